@@ -2,3 +2,25 @@
 //! data in, plain data out; architecture code only under `arch/<arch>/`.
 #![no_std]
 extern crate alloc;
+
+pub mod arch;
+pub mod config;
+pub mod memory;
+pub mod stats;
+pub mod vplatform;
+
+#[cfg(target_os = "none")]
+pub mod drivers;
+#[cfg(target_os = "none")]
+mod heap;
+#[cfg(target_os = "none")]
+pub mod logger;
+#[cfg(target_os = "none")]
+pub mod vm;
+
+/// Reports a hypervisor panic on the console and stops the machine.
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    log::error!("hypervisor panic: {info}");
+    arch::aarch64::power::system_off()
+}

@@ -1,1 +1,205 @@
-//! Helpers for tests that boot QEMU machines.
+//! Boots QEMU machines for tests and benchmarks and reads their serial
+//! console. Every run has a deadline and is killed when it passes; output is
+//! kept whole so a failing test can show it.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The machine every VMsync device runs on under QEMU: EL2 available, GICv3.
+pub const MACHINE: &str = "virt,virtualization=on,gic-version=3";
+pub const CPU: &str = "cortex-a57";
+
+/// Host RAM for a device whose guest has `guest_mib`: the guest's backing
+/// plus the hypervisor image, heap and tables.
+pub fn host_mem_mib(guest_mib: u64) -> u64 {
+    guest_mib + 256
+}
+
+/// The QEMU command for one device booting `image` (a VMsync boot image or,
+/// with `plain`, a guest kernel run directly without the hypervisor).
+pub fn qemu_command(image: &Path, mem_mib: u64) -> Command {
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args(["-M", MACHINE, "-cpu", CPU, "-m", &format!("{mem_mib}M")]);
+    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    c.arg("-kernel").arg(image);
+    c
+}
+
+/// A plain QEMU run of a Linux kernel, the baseline the hypervisor is
+/// compared with: same machine and CPU, no EL2.
+pub fn plain_command(kernel: &Path, initrd: &Path, append: &str, mem_mib: u64) -> Command {
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args(["-M", "virt,gic-version=3", "-cpu", CPU, "-m", &format!("{mem_mib}M")]);
+    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
+    c
+}
+
+pub struct RunOutput {
+    /// None when the run was killed at its deadline.
+    pub status: Option<ExitStatus>,
+    pub output: String,
+    /// When each watched marker first appeared, from the start of the run.
+    pub marks: Vec<(String, Duration)>,
+    pub elapsed: Duration,
+}
+
+impl RunOutput {
+    pub fn timed_out(&self) -> bool {
+        self.status.is_none()
+    }
+
+    pub fn exited_ok(&self) -> bool {
+        self.status.map(|s| s.success()).unwrap_or(false)
+    }
+
+    pub fn mark(&self, m: &str) -> Option<Duration> {
+        self.marks.iter().find(|(n, _)| n == m).map(|(_, d)| *d)
+    }
+
+    /// Lines containing `pat`.
+    pub fn lines_with<'a>(&'a self, pat: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.output.lines().filter(move |l| l.contains(pat))
+    }
+
+    /// The output between two marker lines (exclusive), first occurrence after `from`.
+    pub fn section(&self, begin: &str, end: &str, nth: usize) -> Option<String> {
+        let mut rest = self.output.as_str();
+        for _ in 0..nth {
+            let i = rest.find(begin)?;
+            rest = &rest[i + begin.len()..];
+        }
+        let i = rest.find(begin)?;
+        let after = &rest[i + begin.len()..];
+        let j = after.find(end)?;
+        Some(after[..j].to_string())
+    }
+
+    /// The last 60 lines, for failure messages.
+    pub fn tail(&self) -> String {
+        let lines: Vec<&str> = self.output.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+/// Runs `cmd` to its end or its deadline, recording when each of `watch`
+/// first appears in its output. `echo` copies the output to our stderr as it
+/// comes (for progress on long runs).
+pub fn run(mut cmd: Command, deadline: Duration, watch: &[&str], echo: bool) -> std::io::Result<RunOutput> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut readers = Vec::new();
+    for mut pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut raw = Vec::new();
+    let mut marks: Vec<(String, Duration)> = Vec::new();
+    let mut status = None;
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(chunk) => {
+                if echo {
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(&chunk);
+                }
+                raw.extend_from_slice(&chunk);
+                let text = String::from_utf8_lossy(&raw);
+                for w in watch {
+                    if !marks.iter().any(|(n, _)| n == w) && text.contains(w) {
+                        marks.push((w.to_string(), start.elapsed()));
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                status = Some(child.wait()?);
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(s) = child.try_wait()? {
+            // Drain what is still in the pipes.
+            while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+                raw.extend_from_slice(&chunk);
+            }
+            status = Some(s);
+            break;
+        }
+        if start.elapsed() >= deadline {
+            kill(&mut child);
+            break;
+        }
+    }
+    let output = String::from_utf8_lossy(&raw).replace('\r', "");
+    for w in watch {
+        if !marks.iter().any(|(n, _)| n == w) && output.contains(w) {
+            marks.push((w.to_string(), start.elapsed()));
+        }
+    }
+    Ok(RunOutput { status, output, marks, elapsed: start.elapsed() })
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Paths that `cargo xtask test` hands to the tests.
+pub struct Assets {
+    /// The hypervisor's flat binary (`target/vmsync/hypervisor.bin`).
+    pub hypervisor: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_release: String,
+    pub workdir: PathBuf,
+}
+
+impl Assets {
+    /// From the environment `cargo xtask test` sets. Panics with the command
+    /// to run when a test is started some other way.
+    pub fn from_env() -> Self {
+        let get = |k: &str| {
+            std::env::var_os(k).unwrap_or_else(|| panic!("{k} is not set: run the QEMU tests through `cargo xtask test`"))
+        };
+        Assets {
+            hypervisor: get("VMSYNC_TEST_HYPERVISOR").into(),
+            kernel: get("VMSYNC_TEST_KERNEL").into(),
+            initrd: get("VMSYNC_TEST_INITRD").into(),
+            kernel_release: get("VMSYNC_TEST_KERNEL_RELEASE").to_string_lossy().into_owned(),
+            workdir: get("VMSYNC_TEST_WORKDIR").into(),
+        }
+    }
+
+    /// Packs a boot image for a guest with this command line and RAM size
+    /// and writes it to the work directory as `name`.
+    pub fn image(&self, name: &str, cmdline: &str, mem_mib: u64) -> PathBuf {
+        let bytes = self.image_bytes(cmdline, mem_mib);
+        let path = self.workdir.join(name);
+        std::fs::write(&path, bytes).expect("writing a test image");
+        path
+    }
+
+    pub fn image_bytes(&self, cmdline: &str, mem_mib: u64) -> Vec<u8> {
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        let hv = read(&self.hypervisor);
+        let kernel = read(&self.kernel);
+        let initrd = read(&self.initrd);
+        let config = format!("cmdline={cmdline}\nmem_mib={mem_mib}\n");
+        let payload = vmsync_boot::container::pack(&[("kernel", &kernel), ("initrd", &initrd), ("config", config.as_bytes())])
+            .expect("packing a payload");
+        vmsync_boot::image::assemble(&hv, &payload).expect("assembling an image")
+    }
+}

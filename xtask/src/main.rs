@@ -1,1 +1,184 @@
-fn main() {}
+//! `cargo xtask`: build, run, test and measure VMsync.
+mod apt;
+mod bench;
+mod cpio;
+mod guest;
+mod image;
+mod test;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and measure VMsync", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download the Debian arm64 kernel and busybox, build the workload
+    /// programs and the initramfs; cached under target/guest/.
+    Guest {
+        /// Rebuild even when the cache is complete.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build the hypervisor and pack a boot image with a guest
+    /// (default: the prepared Debian guest) into target/vmsync/vmsync.img.
+    Build {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// Where to write the boot image.
+        #[arg(long, default_value = "target/vmsync/vmsync.img")]
+        out: PathBuf,
+    },
+    /// Boot one QEMU device running the hypervisor and the guest, console on
+    /// stdout; exits when the guest powers off.
+    Run {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// Boot the kernel directly in QEMU, without the hypervisor (the
+        /// baseline for comparisons).
+        #[arg(long)]
+        plain: bool,
+        /// Kill QEMU after this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+    },
+    /// The VMsync demo. For now: one device running the guest and its
+    /// workload under the hypervisor, with a summary of what it measured.
+    Demo {
+        /// Number of devices (only 1 until networked sync lands).
+        #[arg(long, default_value_t = 1)]
+        devices: u32,
+        /// Guest workload: counter, video, idle or memtouch.
+        #[arg(long, default_value = "video")]
+        workload: String,
+        /// How long the workload runs, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 256)]
+        mem: u64,
+    },
+    /// Run every host test and the QEMU tests (installs QEMU and clang from
+    /// Debian packages when missing).
+    Test {
+        /// Only the host tests and bare-metal builds; no QEMU.
+        #[arg(long)]
+        host_only: bool,
+        /// Only QEMU tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Measurements, as ratios against a baseline in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+/// Which guest to boot. Defaults: the prepared Debian kernel and initramfs.
+#[derive(Args, Clone)]
+pub struct GuestArgs {
+    /// An arm64 Linux `Image` (or `Image.gz`) to boot instead of the prepared one.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// An initramfs to pass to the kernel (default: the prepared one when
+    /// --kernel is not given, none otherwise).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// The whole kernel command line.
+    #[arg(long, default_value = DEFAULT_APPEND)]
+    append: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u64,
+}
+
+pub const DEFAULT_APPEND: &str = "console=ttyAMA0 vmsync.workload=counter vmsync.seconds=5";
+
+pub struct ResolvedGuest {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    append: String,
+    mem: u64,
+}
+
+impl GuestArgs {
+    fn resolve(&self) -> Result<ResolvedGuest> {
+        let (kernel, initrd) = match &self.kernel {
+            Some(k) => (k.clone(), self.initrd.clone()),
+            None => {
+                let g = guest::prepare(false)?;
+                (g.kernel, Some(self.initrd.clone().unwrap_or(g.initrd)))
+            }
+        };
+        Ok(ResolvedGuest { kernel, initrd, append: self.append.clone(), mem: self.mem })
+    }
+}
+
+fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
+    let hv = image::build_hypervisor()?;
+    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem }, out)?;
+    eprintln!("xtask: boot image {} ({} bytes)", out.display(), std::fs::metadata(out)?.len());
+    Ok(())
+}
+
+fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
+    apt::ensure_qemu_aarch64()?;
+    let mut cmd = if plain {
+        let Some(initrd) = &g.initrd else { anyhow::bail!("--plain needs an initrd") };
+        qemu_tests::plain_command(&g.kernel, initrd, &g.append, g.mem)
+    } else {
+        let img = image::out_dir().join("vmsync.img");
+        build_image(g, &img)?;
+        qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(g.mem))
+    };
+    eprintln!("xtask: starting {cmd:?}");
+    if timeout == 0 {
+        let status = cmd.status()?;
+        if !status.success() {
+            anyhow::bail!("QEMU exited with {status}");
+        }
+        return Ok(());
+    }
+    let out = qemu_tests::run(cmd, std::time::Duration::from_secs(timeout), &[], true)?;
+    if out.timed_out() {
+        anyhow::bail!("killed after {timeout} s");
+    }
+    if !out.exited_ok() || out.output.contains("vmsync: error: fatal") {
+        anyhow::bail!("the run failed (QEMU status {:?})", out.status);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Guest { force } => {
+            let g = guest::prepare(force)?;
+            println!("kernel {} ({})\ninitrd {}", g.kernel.display(), g.kernel_release, g.initrd.display());
+            Ok(())
+        }
+        Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
+        Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
+        Cmd::Demo { devices, workload, seconds, mem } => {
+            if devices != 1 {
+                anyhow::bail!("--devices {devices}: only one device is supported until networked sync lands");
+            }
+            let args = GuestArgs {
+                kernel: None,
+                initrd: None,
+                append: format!("console=ttyAMA0 vmsync.workload={workload} vmsync.seconds={seconds}"),
+                mem,
+            };
+            run(&args.resolve()?, false, seconds + 300)
+        }
+        Cmd::Test { host_only, filter } => test::run(host_only, filter.as_deref()),
+        Cmd::Bench { what } => bench::run(what),
+    }
+}

@@ -1,0 +1,183 @@
+//! From the loader's hand-off to the guest's first instruction: console,
+//! EL2 MMU, the payload, memory, stage 2, the virtual board, the guest's
+//! device tree, and the EL1 entry state of the boot protocol.
+use aarch64_cpu::registers::*;
+use alloc::vec::Vec;
+use log::{error, info};
+use vmsync_boot::{container, image};
+
+use super::{board, gic::Gic, mmu, power, stage2_mem::PoolTables, sysreg, vectors};
+use crate::config::GuestConfig;
+use crate::memory::{guest::GuestMemory, layout, phys, stage2};
+use crate::vm::Vm;
+use crate::vplatform::{board as vboard, fdt as vfdt};
+
+pub static LOGGER: crate::logger::ConsoleLogger =
+    // SAFETY: the board's console UART is mapped (Device memory, first GiB)
+    // and only this logger drives it.
+    crate::logger::ConsoleLogger::new(unsafe { crate::drivers::pl011::Pl011::new(board::UART_BASE) });
+
+// SAFETY: the board's GIC addresses; only the hypervisor drives the GIC.
+pub static GIC: Gic = unsafe { Gic::new(board::GICD_BASE, board::GICR_BASE) };
+
+pub static VM: spin::Mutex<Option<Vm>> = spin::Mutex::new(None);
+
+/// Counter value when the guest started, for elapsed times in reports.
+pub static START_COUNT: spin::Once<u64> = spin::Once::new();
+
+const HEAP_SIZE: u64 = 32 << 20;
+const STAGE2_POOL: u64 = 4 << 20;
+const VMID: u16 = 1;
+
+extern "C" {
+    static __image_start: u8;
+    static __payload_start: u8;
+}
+
+/// Logs and stops the machine: a boot error leaves a message, not a hang.
+pub fn fatal(args: core::fmt::Arguments) -> ! {
+    error!("fatal: {}", args);
+    power::system_off()
+}
+
+macro_rules! fatal {
+    ($($t:tt)*) => { fatal(format_args!($($t)*)) };
+}
+
+#[no_mangle]
+pub extern "C" fn vmsync_main(dtb: usize) -> ! {
+    // `set_logger` only fails if called twice; this is the only call.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    info!("VMsync {} hypervisor at EL2", env!("CARGO_PKG_VERSION"));
+
+    // SAFETY: the loader hands the device tree's physical address in x0;
+    // the MMU is off, so that address is directly usable. `from_ptr` checks
+    // the magic and bounds its reads by the header's total size.
+    let host_fdt = match unsafe { fdt::Fdt::from_ptr(dtb as *const u8) } {
+        Ok(f) => f,
+        Err(e) => fatal!("no usable device tree from the loader at {dtb:#x}: {e:?}"),
+    };
+    let Some(region) = host_fdt.memory().regions().next() else { fatal!("the device tree names no memory") };
+    let ram = phys::Range { start: region.starting_address as u64, end: region.starting_address as u64 + region.size.unwrap_or(0) as u64 };
+    let dtb_range = phys::Range { start: dtb as u64, end: dtb as u64 + host_fdt.total_size() as u64 };
+    info!("board RAM {:#x}..{:#x}, loader device tree at {:#x}", ram.start, ram.end, dtb);
+
+    // SAFETY: early, once, MMU off; RAM covers this image (we run from it).
+    unsafe { mmu::enable(board::DEVICE_GIB, (ram.start >> 30)..ram.end.div_ceil(1 << 30)) };
+
+    // The payload container directly follows our BSS span.
+    // SAFETY: linker-script symbols; only their addresses are used.
+    let (image_start, payload) = (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__payload_start) as u64);
+    let room = ram.end.saturating_sub(payload);
+    let at = |len: u64| {
+        // SAFETY: `len` never exceeds `room`, so the slice stays inside RAM,
+        // which the loader gave us and the identity map covers.
+        unsafe { core::slice::from_raw_parts(payload as *const u8, len.min(room) as usize) }
+    };
+    let total = match container::total_len(at(container::HEADER_LEN as u64)) {
+        Ok(t) => t,
+        Err(e) => fatal!("boot image payload missing or corrupt at {payload:#x}: {e:?} (was the image packed by `cargo xtask build`?)"),
+    };
+    if total > room {
+        fatal!("boot image payload truncated: header says {total} bytes, only {room} fit in RAM");
+    }
+    let mut alloc = phys::PhysAllocator::new(ram);
+    let reserved = alloc.reserve(phys::Range { start: image_start, end: payload + total }) && alloc.reserve(dtb_range);
+    if !reserved {
+        fatal!("reserved-range table full");
+    }
+    let heap = alloc.alloc(HEAP_SIZE, 4096).unwrap_or_else(|e| fatal!("no room for the heap: {e:?}"));
+    crate::heap::init(heap as usize, HEAP_SIZE as usize);
+
+    let pack = match container::Container::parse(at(total)) {
+        Ok(c) => c,
+        Err(container::ContainerError::EntryCorrupt { name }) => {
+            fatal!("boot image payload corrupt: entry '{}' does not match its hash (truncated or damaged image)", container::name_str(&name))
+        }
+        Err(e) => fatal!("boot image payload corrupt: {e:?}"),
+    };
+    info!("payload: {} entries, {} bytes, hashes verified", pack.entries().len(), total);
+
+    let config = match pack.get("config").map(GuestConfig::parse) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => fatal!("guest config: {e:?}"),
+        None => fatal!("boot image has no 'config' entry"),
+    };
+    let Some(kernel) = pack.get("kernel") else { fatal!("boot image has no 'kernel' entry") };
+    let kernel_header = image::parse(kernel).unwrap_or_else(|e| fatal!("guest kernel is not an arm64 Image: {e:?}"));
+    let initrd = pack.get("initrd").unwrap_or(&[]);
+
+    let backing = alloc
+        .alloc(config.mem_bytes, 2 << 20)
+        .unwrap_or_else(|e| fatal!("no room for {} MiB of guest RAM: {e:?}", config.mem_bytes >> 20));
+    // SAFETY: `backing` was just carved out for the guest alone, inside RAM.
+    let mut mem = unsafe { GuestMemory::new(vboard::RAM_BASE, config.mem_bytes, backing as *mut u8) };
+    let place = layout::place(vboard::RAM_BASE, config.mem_bytes, &kernel_header, kernel.len() as u64, initrd.len() as u64)
+        .unwrap_or_else(|e| fatal!("guest does not fit: {e:?}"));
+
+    let mut gb = vfdt::GuestBoard::qemu_virt_like(vboard::RAM_BASE, config.mem_bytes);
+    gb.cmdline = config.cmdline.clone();
+    if !initrd.is_empty() {
+        gb.initrd = Some((place.initrd, place.initrd + initrd.len() as u64));
+    }
+    let dtb_blob: Vec<u8> = vfdt::build(&gb).unwrap_or_else(|e| fatal!("writing the guest device tree: {e:?}"));
+    // Fresh guest RAM holds nothing of whoever used this memory before.
+    let loaded = mem.fill(vboard::RAM_BASE, config.mem_bytes, 0).and_then(|_| mem.write(place.kernel, kernel)).and_then(|_| mem.write(place.initrd, initrd)).and_then(|_| mem.write(place.dtb, &dtb_blob));
+    if let Err(e) = loaded {
+        fatal!("loading the guest: {e:?}");
+    }
+    // The guest starts with its MMU off (non-cacheable): push it all to memory.
+    mmu::clean_dcache_range(backing, config.mem_bytes);
+
+    // Stage 2: guest RAM at its fixed IPA, backed elsewhere; nothing else mapped.
+    let pool = alloc.alloc(STAGE2_POOL, 0x2000).unwrap_or_else(|e| fatal!("no room for stage-2 tables: {e:?}"));
+    // SAFETY: the pool was just allocated for the tables alone.
+    let mut tables = unsafe { PoolTables::new(pool, STAGE2_POOL) };
+    let mut s2 = stage2::Stage2::new(&mut tables).unwrap_or_else(|e| fatal!("stage-2 root: {e:?}"));
+    if let Err(e) = s2.map(&mut tables, vboard::RAM_BASE, backing, config.mem_bytes, stage2::S2Attrs { writable: true, memory: stage2::MemType::Normal }) {
+        fatal!("mapping guest RAM: {e:?}");
+    }
+    VTCR_EL2.set(stage2::VTCR);
+    VTTBR_EL2.set(s2.vttbr(VMID));
+    // SAFETY: invalidates stage-1+2 TLB entries of the current VMID before
+    // its first use.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+
+    GIC.init();
+    GIC.enable(vboard::VTIMER_INTID);
+    GIC.init_virtual();
+    LOGGER.enable_rx_irq();
+    GIC.enable(board::UART_INTID);
+
+    // The guest uses the virtual timer; its physical timer traps (EL1PCEN=0)
+    // while the physical counter stays readable. The virtual counter starts
+    // at zero when the guest does.
+    CNTHCTL_EL2.set(1);
+    let now = CNTPCT_EL0.get();
+    CNTVOFF_EL2.set(now);
+    START_COUNT.call_once(|| now);
+    sysreg::set_vpidr_el2(vboard::GUEST_MIDR);
+    VMPIDR_EL2.set(vboard::GUEST_MPIDR);
+    // EL1 starts with MMU and caches off, little-endian: RES1 bits only.
+    SCTLR_EL1.set(0x30D0_0800);
+    // Stage 2 on; IRQ/FIQ/SError to EL2 so the hypervisor keeps its own
+    // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64.
+    HCR_EL2.write(HCR_EL2::VM::Enable + HCR_EL2::SWIO::SET + HCR_EL2::FMO::EnableVirtualFIQ + HCR_EL2::IMO::EnableVirtualIRQ + HCR_EL2::AMO::SET + HCR_EL2::TSC::EnableTrapEl1SmcToEl2 + HCR_EL2::RW::EL1IsAarch64);
+
+    info!(
+        "guest: kernel {} bytes at {:#x}, initrd {} bytes at {:#x}, device tree at {:#x}; {} MiB RAM at IPA {:#x} backed by PA {:#x}",
+        kernel.len(), place.kernel, initrd.len(), place.initrd, place.dtb, config.mem_bytes >> 20, vboard::RAM_BASE, backing
+    );
+    info!("guest command line: {}", config.cmdline);
+    *VM.lock() = Some(Vm::new(mem));
+
+    let mut frame = vectors::TrapFrame::zeroed();
+    frame.x[0] = place.dtb;
+    ELR_EL2.set(place.kernel);
+    // EL1h with D, A, I, F masked, as the boot protocol asks.
+    SPSR_EL2.set(0x3c5);
+    // SAFETY: ELR/SPSR/HCR/stage 2 describe a complete EL1 guest; the frame
+    // holds the boot protocol's x0..x3.
+    unsafe { vectors::vmsync_enter_guest(&frame) }
+}

@@ -1,0 +1,21 @@
+//! aarch64 at EL2: entry, vectors, MMU, GIC, traps.
+pub mod esr;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod board;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod boot;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod gic;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod mmu;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod power;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod stage2_mem;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod sysreg;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod trap;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod vectors;

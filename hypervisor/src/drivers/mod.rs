@@ -1,0 +1,2 @@
+//! Drivers for the physical devices the hypervisor itself owns.
+pub mod pl011;

@@ -1,0 +1,102 @@
+#!/bin/sh
+# VMsync guest init: PID 1 of the initramfs that `cargo xtask guest` builds.
+# Tests read the "vmsync-guest:" markers from the serial console: keep their
+# wording. Kernel command line (read from /proc/cmdline, since dotted
+# parameters never reach init's argv or environment):
+#   vmsync.workload=NAME  counter (default) | video | idle | memtouch | storage |
+#                         browse | none | shell
+#   vmsync.seconds=S      how long the workload runs (default 5)
+#   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args)
+#   vmsync.test=badaccess read an address outside guest RAM through /dev/mem
+
+# First, so boot time can be measured to this line.
+echo "vmsync-guest: init"
+
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t devtmpfs dev /dev || echo "vmsync-guest: warning: cannot mount devtmpfs on /dev"
+mount -t proc proc /proc || echo "vmsync-guest: warning: cannot mount proc on /proc"
+mount -t sysfs sys /sys || echo "vmsync-guest: warning: cannot mount sysfs on /sys"
+mount -t tmpfs tmp /tmp || echo "vmsync-guest: warning: cannot mount tmpfs on /tmp"
+
+workload=counter
+seconds=5
+exec_path=
+exec_args=
+tests=
+for arg in $(cat /proc/cmdline 2>/dev/null); do
+    case "$arg" in
+        vmsync.workload=*) workload=${arg#*=} ;;
+        vmsync.seconds=*) seconds=${arg#*=} ;;
+        vmsync.exec=*) exec_path=${arg#*=} ;;
+        vmsync.args=*) exec_args=$(echo "${arg#*=}" | tr ',' ' ') ;;
+        vmsync.test=*) tests=${arg#*=} ;;
+    esac
+done
+
+echo "vmsync-guest: uname $(uname -r)"
+
+interrupts() {
+    echo "vmsync-guest: interrupts-begin"
+    cat /proc/interrupts 2>&1 || echo "no /proc/interrupts"
+    echo "vmsync-guest: interrupts-end"
+}
+
+# Every node of the device tree the guest was given, with its compatible.
+device_tree() {
+    echo "vmsync-guest: dt-begin"
+    if [ -d /proc/device-tree ]; then
+        # The trailing slash: /proc/device-tree is a symlink into sysfs.
+        find /proc/device-tree/ -type d | sort | while read -r node; do
+            path=${node#/proc/device-tree}
+            if [ -f "$node/compatible" ]; then
+                compat=$(tr '\0' ' ' < "$node/compatible")
+                echo "dt-node ${path:-/} compatible=${compat% }"
+            else
+                echo "dt-node ${path:-/}"
+            fi
+        done
+    else
+        echo "no /proc/device-tree (kernel without device-tree support, or not booted with one)"
+    fi
+    echo "vmsync-guest: dt-end"
+}
+
+run_workload() {
+    if [ -n "$exec_path" ]; then
+        name=$exec_path
+        set -- "$exec_path" $exec_args
+    elif [ "$workload" = none ]; then
+        return
+    elif [ "$workload" = shell ]; then
+        name=shell
+        set -- setsid cttyhack /bin/sh
+    else
+        name=$workload
+        set -- /bin/vmsync-workload "$workload" --seconds "$seconds"
+    fi
+    echo "vmsync-guest: workload $name start"
+    "$@"
+    echo "vmsync-guest: workload $name end rc=$?"
+}
+
+interrupts
+device_tree
+run_workload
+interrupts
+
+case ",$tests," in
+    *,badaccess,*)
+        # Nothing lives at 0x0a000000 on the VMsync board: the hypervisor
+        # reflects the read as an external abort, so devmem dies of SIGBUS
+        # (rc 135). Under plain QEMU a virtio-mmio device answers instead.
+        devmem 0x0a000000 32
+        echo "vmsync-guest: badaccess rc=$?"
+        ;;
+esac
+
+echo "vmsync-guest: poweroff"
+poweroff -f
+# If power-off is not possible, PID 1 must not exit (that panics the kernel).
+echo "vmsync-guest: poweroff failed"
+while :; do sleep 3600; done

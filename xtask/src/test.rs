@@ -1,0 +1,64 @@
+//! `cargo xtask test`: the one test command. Host tests of every crate,
+//! bare-metal builds, then the QEMU tests against freshly built images.
+use anyhow::Result;
+use std::time::Instant;
+
+use crate::{apt, guest, image};
+
+fn step(name: &str) -> Instant {
+    eprintln!("\nxtask test: == {name} ==");
+    Instant::now()
+}
+
+fn done(t: Instant) {
+    eprintln!("xtask test: done in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
+    let all = Instant::now();
+    // zstd's C is cross-built for the bare-metal targets with clang.
+    apt::ensure_clang()?;
+
+    let t = step("host tests (every crate but the QEMU tests)");
+    image::run_checked(image::cargo().args(["test", "--workspace", "--exclude", "qemu-tests"]))?;
+    done(t);
+
+    let t = step("sync-core for the bare-metal targets");
+    for target in ["aarch64-unknown-none", "x86_64-unknown-none"] {
+        image::run_checked(image::cargo().args(["build", "--release", "-p", "sync-core", "--target", target]))?;
+    }
+    done(t);
+
+    let t = step("hypervisor image");
+    let hv = image::build_hypervisor()?;
+    done(t);
+    if host_only {
+        eprintln!("xtask test: host tests passed ({:.0} s); QEMU tests skipped (--host-only)", all.elapsed().as_secs_f64());
+        return Ok(());
+    }
+
+    apt::ensure_qemu_aarch64()?;
+    let t = step("guest assets");
+    let g = guest::prepare(false)?;
+    done(t);
+
+    let t = step("QEMU tests");
+    let work = image::workspace_root().join("target/qemu-tests");
+    std::fs::create_dir_all(&work)?;
+    let mut cmd = image::cargo();
+    cmd.args(["test", "--release", "-p", "qemu-tests", "--"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    // Each QEMU run is one emulated CPU: two at a time fills two cores.
+    cmd.args(["--test-threads", "2"]);
+    cmd.env("VMSYNC_TEST_HYPERVISOR", &hv)
+        .env("VMSYNC_TEST_KERNEL", &g.kernel)
+        .env("VMSYNC_TEST_INITRD", &g.initrd)
+        .env("VMSYNC_TEST_KERNEL_RELEASE", &g.kernel_release)
+        .env("VMSYNC_TEST_WORKDIR", &work);
+    image::run_checked(&mut cmd)?;
+    done(t);
+    eprintln!("xtask test: all passed in {:.0} s", all.elapsed().as_secs_f64());
+    Ok(())
+}
