@@ -22,7 +22,9 @@ pub fn host_mem_mib(guest_mib: u64) -> u64 {
 pub fn qemu_command(image: &Path, mem_mib: u64) -> Command {
     let mut c = Command::new("qemu-system-aarch64");
     c.args(["-M", MACHINE, "-cpu", CPU, "-m", &format!("{mem_mib}M")]);
-    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    // `-nic none`: no default PCI NIC, whose option ROM (ipxe-qemu) a
+    // --no-install-recommends QEMU lacks; the board needs none.
+    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot", "-nic", "none"]);
     c.arg("-kernel").arg(image);
     c
 }
@@ -32,7 +34,9 @@ pub fn qemu_command(image: &Path, mem_mib: u64) -> Command {
 pub fn plain_command(kernel: &Path, initrd: &Path, append: &str, mem_mib: u64) -> Command {
     let mut c = Command::new("qemu-system-aarch64");
     c.args(["-M", "virt,gic-version=3", "-cpu", CPU, "-m", &format!("{mem_mib}M")]);
-    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    // `-nic none`: no default PCI NIC, whose option ROM (ipxe-qemu) a
+    // --no-install-recommends QEMU lacks; the board needs none.
+    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot", "-nic", "none"]);
     c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
     c
 }

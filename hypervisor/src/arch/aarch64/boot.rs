@@ -146,6 +146,7 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
 
     GIC.init();
     GIC.enable(vboard::VTIMER_INTID);
+    GIC.enable(vboard::MAINTENANCE_INTID);
     GIC.init_virtual();
     LOGGER.enable_rx_irq();
     GIC.enable(board::UART_INTID);

@@ -247,6 +247,8 @@ fn irq(vm: &mut Vm) {
             // Stays active physically until the guest deactivates it
             // through the HW list register.
             vboard::VTIMER_INTID => vm.platform.vgic.set_pending(intid),
+            // Underflow: the refill below does the work.
+            vboard::MAINTENANCE_INTID => GIC.deactivate(intid),
             id if id == super::board::UART_INTID => {
                 while let Some(b) = LOGGER.read_byte() {
                     vm.platform.uart_input(b);
@@ -280,7 +282,16 @@ fn refill_list_registers(vm: &mut Vm) {
         vm.platform.vgic.mark_in_lr(n, p.intid);
         sysreg::set_ich_lr(n, vgic::lr_value(&p, hw));
     }
+    // More waiting than list registers: ask for the underflow maintenance
+    // interrupt, which brings us back as soon as an LR frees up.
+    let hcr = ICH_HCR_EL2.get();
+    let want = if vm.platform.vgic.next_to_inject().is_some() { hcr | ICH_HCR_UIE } else { hcr & !ICH_HCR_UIE };
+    if want != hcr {
+        ICH_HCR_EL2.set(want);
+    }
 }
+
+const ICH_HCR_UIE: u64 = 1 << 1;
 
 /// Time since the guest started, in microseconds.
 pub fn elapsed_us() -> u64 {
