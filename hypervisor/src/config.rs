@@ -3,13 +3,21 @@
 //! ```text
 //! cmdline=console=ttyAMA0 vmsync.workload=video
 //! mem_mib=256
+//! policy=interval:200ms
+//! verify=on
 //! ```
 use alloc::string::String;
+use sync_core::policy::PolicySpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestConfig {
     pub cmdline: String,
     pub mem_bytes: u64,
+    /// Epoch policy; `None` (or `policy=off`) runs the guest untracked.
+    pub policy: Option<PolicySpec>,
+    /// Keep a second image built only from the encoded epochs and compare
+    /// it with guest RAM at every cut.
+    pub verify: bool,
 }
 
 pub const DEFAULT_MEM_MIB: u64 = 256;
@@ -25,12 +33,17 @@ pub enum ConfigError {
     UnknownKey { line: usize },
     BadNumber { line: usize },
     MemOutOfRange { mib: u64 },
+    BadPolicy { line: usize },
+    /// `verify` is `on` or `off`.
+    BadSwitch { line: usize },
+    /// `verify=on` without a policy: there would be no epochs to check.
+    VerifyWithoutSync,
 }
 
 impl GuestConfig {
     pub fn parse(text: &[u8]) -> Result<Self, ConfigError> {
         let text = core::str::from_utf8(text).map_err(|_| ConfigError::NotUtf8)?;
-        let mut cfg = GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20 };
+        let mut cfg = GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20, policy: None, verify: false };
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.trim();
@@ -47,8 +60,24 @@ impl GuestConfig {
                     }
                     cfg.mem_bytes = mib << 20;
                 }
+                "policy" => {
+                    cfg.policy = match value.trim() {
+                        "off" => None,
+                        spec => Some(PolicySpec::parse(spec).map_err(|_| ConfigError::BadPolicy { line: line_no })?),
+                    }
+                }
+                "verify" => {
+                    cfg.verify = match value.trim() {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(ConfigError::BadSwitch { line: line_no }),
+                    }
+                }
                 _ => return Err(ConfigError::UnknownKey { line: line_no }),
             }
+        }
+        if cfg.verify && cfg.policy.is_none() {
+            return Err(ConfigError::VerifyWithoutSync);
         }
         Ok(cfg)
     }
@@ -63,6 +92,17 @@ mod tests {
         let c = GuestConfig::parse(b"# guest\ncmdline=console=ttyAMA0 a=b\nmem_mib = 128\n").unwrap();
         assert_eq!(c.cmdline, "console=ttyAMA0 a=b");
         assert_eq!(c.mem_bytes, 128 << 20);
+    }
+
+    #[test]
+    fn sync_keys() {
+        let c = GuestConfig::parse(b"policy=interval:50ms\nverify=on\n").unwrap();
+        assert_eq!(c.policy, Some(PolicySpec::Interval { period_ns: 50_000_000 }));
+        assert!(c.verify);
+        assert_eq!(GuestConfig::parse(b"policy=off").unwrap().policy, None);
+        assert_eq!(GuestConfig::parse(b"policy=sometimes"), Err(ConfigError::BadPolicy { line: 1 }));
+        assert_eq!(GuestConfig::parse(b"policy=switch-only\nverify=yes"), Err(ConfigError::BadSwitch { line: 2 }));
+        assert_eq!(GuestConfig::parse(b"verify=on"), Err(ConfigError::VerifyWithoutSync));
     }
 
     #[test]

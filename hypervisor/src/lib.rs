@@ -7,6 +7,7 @@ pub mod arch;
 pub mod config;
 pub mod memory;
 pub mod stats;
+pub mod sync;
 pub mod vplatform;
 
 #[cfg(target_os = "none")]

@@ -8,16 +8,18 @@ pub struct TrapStats {
     pub smc: u64,
     pub irq: u64,
     pub stage2_fault: u64,
+    /// Stage-2 write-permission faults of dirty tracking.
+    pub write_fault: u64,
     pub other: u64,
 }
 
 impl TrapStats {
     pub fn total(&self) -> u64 {
-        self.mmio + self.sysreg + self.hvc + self.smc + self.irq + self.stage2_fault + self.other
+        self.mmio + self.sysreg + self.hvc + self.smc + self.irq + self.stage2_fault + self.write_fault + self.other
     }
 
     /// Per-second rates over `elapsed_us`, as a printable line.
-    pub fn rates(&self, elapsed_us: u64) -> [(&'static str, u64, u64); 7] {
+    pub fn rates(&self, elapsed_us: u64) -> [(&'static str, u64, u64); 8] {
         let per_s = |n: u64| if elapsed_us == 0 { 0 } else { n.saturating_mul(1_000_000) / elapsed_us };
         [
             ("mmio", self.mmio, per_s(self.mmio)),
@@ -26,6 +28,7 @@ impl TrapStats {
             ("smc", self.smc, per_s(self.smc)),
             ("irq", self.irq, per_s(self.irq)),
             ("abort", self.stage2_fault, per_s(self.stage2_fault)),
+            ("write_fault", self.write_fault, per_s(self.write_fault)),
             ("other", self.other, per_s(self.other)),
         ]
     }

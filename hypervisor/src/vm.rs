@@ -1,6 +1,7 @@
 //! The one virtual machine: its memory, its board and its counters.
 use crate::memory::guest::GuestMemory;
 use crate::stats::TrapStats;
+use crate::sync::engine::Engine;
 use crate::vplatform::Platform;
 
 pub struct Vm {
@@ -12,6 +13,8 @@ pub struct Vm {
     /// System registers that trapped and were treated as RAZ/WI, reported
     /// once each.
     pub sysregs_reported: heapless::Vec<u32, 32>,
+    /// Dirty tracking and epoch encoding, when a policy is configured.
+    pub sync: Option<Engine>,
 }
 
 impl Vm {
@@ -22,6 +25,7 @@ impl Vm {
             stats: TrapStats::default(),
             unmapped_accesses: 0,
             sysregs_reported: heapless::Vec::new(),
+            sync: None,
         }
     }
 }

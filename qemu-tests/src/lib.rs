@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 pub const MACHINE: &str = "virt,virtualization=on,gic-version=3";
 pub const CPU: &str = "cortex-a57";
 
-/// Host RAM for a device whose guest has `guest_mib`: the guest's backing
-/// plus the hypervisor image, heap and tables.
+/// Host RAM for a device whose guest has `guest_mib`: the guest's backing;
+/// with sync as much again for shadow pages; with verify twice more (the
+/// local standby's image and its staging of a whole epoch); plus the
+/// hypervisor image, heap and tables. QEMU backs it lazily, so what a run
+/// does not use costs nothing.
 pub fn host_mem_mib(guest_mib: u64) -> u64 {
-    guest_mib + 256
+    4 * guest_mib + 256
 }
 
 /// The QEMU command for one device booting `image` (a VMsync boot image or,
@@ -89,8 +92,8 @@ impl RunOutput {
 }
 
 /// Runs `cmd` to its end or its deadline, recording when each of `watch`
-/// first appears in its output. `echo` copies the output to our stderr as it
-/// comes (for progress on long runs).
+/// first appears in its output. `echo` copies the output to our stdout as it
+/// comes (the console of a demo, progress on long runs).
 pub fn run(mut cmd: Command, deadline: Duration, watch: &[&str], echo: bool) -> std::io::Result<RunOutput> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -118,7 +121,9 @@ pub fn run(mut cmd: Command, deadline: Duration, watch: &[&str], echo: bool) -> 
             Ok(chunk) => {
                 if echo {
                     use std::io::Write;
-                    let _ = std::io::stderr().write_all(&chunk);
+                    let mut o = std::io::stdout();
+                    let _ = o.write_all(&chunk);
+                    let _ = o.flush();
                 }
                 raw.extend_from_slice(&chunk);
                 let text = String::from_utf8_lossy(&raw);

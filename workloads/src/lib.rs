@@ -13,6 +13,8 @@
 pub mod browse;
 pub mod counter;
 pub mod memtouch;
+pub mod player;
+pub mod sqlstore;
 pub mod storage;
 pub mod video;
 
@@ -91,6 +93,20 @@ pub fn format_line(counter: u64, checksum: u64, uptime: &str, extra: &str) -> St
     s
 }
 
+/// The field of a workload's per-second line that counts its work done (a
+/// running total, so rates compare across runs), or `None` for `counter`
+/// and `idle`, whose `counter` (seconds) is all they do.
+pub fn progress_field(workload: &str) -> Option<&'static str> {
+    Some(match workload {
+        "video" | "dav1d" => "frames",
+        "memtouch" => "periods",
+        "storage" | "browse" => "ticks",
+        "sqlite" => "transactions",
+        "python" => "objects",
+        _ => return None,
+    })
+}
+
 /// One parsed per-second line: the fields tests and reports read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
@@ -142,6 +158,10 @@ mod tests {
         assert_eq!((l.counter, l.checksum, l.uptime_ms), (7, 0xdead_beef, Some(12_340)));
         assert_eq!(l.field("frames"), Some("210"));
         assert!(parse_line("vmsync-guest: init").is_none());
+        // The real-program workloads print the same form.
+        let l = parse_line("vmsync-workload: counter=3 checksum=19bc9e5e8956fad5 uptime=5.57 transactions=75 dropped=0").unwrap();
+        assert_eq!(l.field(progress_field("sqlite").unwrap()), Some("75"));
+        assert_eq!(progress_field("idle"), None);
     }
 
     #[test]

@@ -1,15 +1,16 @@
-//! `vmsync-workload <name> [--seconds S] [--mib N] [--period-ms P] [--dir D]`
+//! `vmsync-workload <name> [--seconds S] [--mib N] [--period-ms P] [--dir D] [--clip F]`
 //!
 //! Runs one guest workload and prints the per-second line described in the
-//! library. `--seconds 0` runs until killed. Exits 0 at the end.
+//! library. `--seconds 0` runs until killed. Exits 0 at the end. `dav1d` and
+//! `sqlite` drive Debian's programs, so they run only in the study initramfs.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmsync_workloads::{browse, counter, format_line, memtouch, storage, video};
+use vmsync_workloads::{browse, counter, format_line, memtouch, player, sqlstore, storage, video};
 
-const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse> \
-[--seconds S (default 10, 0 = forever)] [--mib N] [--period-ms P] [--dir D]";
+const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse|dav1d|sqlite> \
+[--seconds S (default 10, 0 = forever)] [--mib N] [--period-ms P] [--dir D] [--clip F]";
 
 struct Args {
     workload: String,
@@ -17,6 +18,7 @@ struct Args {
     mib: Option<usize>,
     period_ms: Option<u64>,
     dir: Option<String>,
+    clip: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -25,7 +27,7 @@ fn parse_args() -> Result<Args, String> {
     if workload == "--help" || workload == "-h" {
         return Err(String::new());
     }
-    let mut args = Args { workload, seconds: 10, mib: None, period_ms: None, dir: None };
+    let mut args = Args { workload, seconds: 10, mib: None, period_ms: None, dir: None, clip: None };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
@@ -34,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
             "--mib" => args.mib = Some(num(value()?)? as usize),
             "--period-ms" => args.period_ms = Some(num(value()?)?.max(1)),
             "--dir" => args.dir = Some(value()?),
+            "--clip" => args.clip = Some(value()?),
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -186,6 +189,46 @@ impl Workload for Browse {
     }
 }
 
+/// `dav1d`: a real decoder's frames shown at the clip's frame rate.
+struct Play(player::Player, Duration);
+
+impl Workload for Play {
+    fn period(&self) -> Option<Duration> {
+        Some(self.1)
+    }
+    fn tick(&mut self) -> Result<(), String> {
+        self.0.present_next().map_err(|e| e.to_string())
+    }
+    fn report(&mut self, dropped: u64) -> Result<(u64, String), String> {
+        let extra = format!("frames={} dropped={dropped} loops={}", self.0.frames(), self.0.loops());
+        Ok((self.0.checksum(), extra))
+    }
+}
+
+/// `sqlite`: transactions on a real database, at a steady rate.
+struct Sql(sqlstore::SqlStore, Duration);
+
+impl Workload for Sql {
+    fn period(&self) -> Option<Duration> {
+        Some(self.1)
+    }
+    fn tick(&mut self) -> Result<(), String> {
+        self.0.transaction().map_err(|e| e.to_string())
+    }
+    fn report(&mut self, dropped: u64) -> Result<(u64, String), String> {
+        Ok((self.0.checksum(), format!("transactions={} dropped={dropped}", self.0.transactions())))
+    }
+}
+
+/// Debian's programs are only in the study initramfs: say so plainly.
+fn need_program(path: &str) -> Result<(), String> {
+    if std::path::Path::new(path).exists() {
+        Ok(())
+    } else {
+        Err(format!("{path} is not in this guest: real-program workloads need the study initramfs (initrd-study.cpio.gz)"))
+    }
+}
+
 fn build(a: &Args) -> Result<Box<dyn Workload>, String> {
     let period = |default: Duration| a.period_ms.map(Duration::from_millis).unwrap_or(default);
     let per_second = |n: u64| Duration::from_nanos(1_000_000_000 / n);
@@ -208,6 +251,19 @@ fn build(a: &Args) -> Result<Box<dyn Workload>, String> {
             Box::new(Storage(s, period(per_second(storage::TICKS_PER_SECOND))))
         }
         "browse" => Box::new(Browse(browse::Browse::new(), period(per_second(browse::TICKS_PER_SECOND)))),
+        "dav1d" => {
+            need_program(player::DECODER)?;
+            let clip = a.clip.as_deref().unwrap_or(player::CLIP);
+            let p = player::Player::open(player::DECODER.as_ref(), clip.as_ref()).map_err(|e| format!("{clip}: {e}"))?;
+            let fp = p.format().frame_period();
+            Box::new(Play(p, period(fp)))
+        }
+        "sqlite" => {
+            need_program(sqlstore::SQLITE)?;
+            let dir = a.dir.as_deref().unwrap_or(sqlstore::DEFAULT_DIR);
+            let s = sqlstore::SqlStore::create(sqlstore::SQLITE.as_ref(), dir.as_ref()).map_err(|e| format!("{dir}: {e}"))?;
+            Box::new(Sql(s, period(per_second(sqlstore::TX_PER_SECOND))))
+        }
         other => return Err(format!("unknown workload {other}")),
     })
 }

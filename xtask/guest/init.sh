@@ -4,7 +4,8 @@
 # wording. Kernel command line (read from /proc/cmdline, since dotted
 # parameters never reach init's argv or environment):
 #   vmsync.workload=NAME  counter (default) | video | idle | memtouch | storage |
-#                         browse | none | shell
+#                         browse | none | shell, and with the study initramfs
+#                         the real programs: dav1d | sqlite | python
 #   vmsync.seconds=S      how long the workload runs (default 5)
 #   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args)
 #   vmsync.test=badaccess read an address outside guest RAM through /dev/mem
@@ -71,7 +72,18 @@ run_workload() {
     elif [ "$workload" = shell ]; then
         name=shell
         set -- setsid cttyhack /bin/sh
+    elif [ "$workload" = python ]; then
+        # Debian's python3.11 runs the browse script: -S (no site module)
+        # and -B (no .pyc writes) keep start-up to builtin modules; a fixed
+        # hash seed gives the same dict layouts on every run.
+        name=python
+        if [ ! -x /usr/bin/python3 ]; then
+            echo "vmsync-guest: no /usr/bin/python3: the python workload needs the study initramfs"
+        fi
+        set -- env PYTHONHASHSEED=0 /usr/bin/python3 -B -S /usr/share/vmsync/browse.py --seconds "$seconds"
     else
+        # dav1d and sqlite are drivers in vmsync-workload around Debian's
+        # dav1d and sqlite3 (study initramfs only).
         name=$workload
         set -- /bin/vmsync-workload "$workload" --seconds "$seconds"
     fi

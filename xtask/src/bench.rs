@@ -37,7 +37,7 @@ fn boot(runs: usize) -> Result<()> {
     let g = guest::prepare(false)?;
     let hv = image::build_hypervisor()?;
     let img = image::out_dir().join("bench-boot.img");
-    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: APPEND, mem_mib: MEM_MIB }, &img)?;
+    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: APPEND, mem_mib: MEM_MIB, policy: None, verify: false }, &img)?;
     let deadline = Duration::from_secs(180);
     let (mut under, mut plain) = (Vec::new(), Vec::new());
     for i in 0..runs {

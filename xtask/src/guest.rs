@@ -3,6 +3,18 @@
 //! the workload programs) is built here. Everything is cached under
 //! `target/guest/` with stamps, so a second run only checks them.
 
+// The study guest (issue 7). Unused until `cargo xtask study` calls
+// `prepare_study`; the allows go then.
+#[allow(dead_code)]
+mod clip;
+#[allow(dead_code)]
+mod elf;
+#[allow(dead_code)]
+mod study;
+
+#[allow(unused_imports)]
+pub use study::prepare_study;
+
 use crate::apt;
 use crate::cpio::CpioWriter;
 use anyhow::{bail, ensure, Context, Result};
@@ -55,7 +67,6 @@ pub fn prepare(force: bool) -> Result<GuestAssets> {
 /// gzip-compressed archive holding `files` (guest path, host path), each
 /// mode 0755. The kernel unpacks concatenated archives in order, so this is
 /// how an arbitrary static program joins the guest (`vmsync.exec=`).
-#[allow(dead_code)] // for `--workload-exec` (issue 4)
 pub fn initrd_with_files(base: &Path, files: &[(&str, &Path)], out: &Path) -> Result<()> {
     let mut bytes = std::fs::read(base).with_context(|| format!("reading {}", base.display()))?;
     let mut w = CpioWriter::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
@@ -363,7 +374,16 @@ fn initramfs(dir: &Path, busybox: &Path, workload: &Path, force: bool) -> Result
 /// stdio before anything is mounted.
 fn initramfs_cpio(busybox: &[u8], workload: &[u8]) -> Result<Vec<u8>> {
     let mut w = CpioWriter::new(Vec::new());
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt", "run"] {
+    base_entries(&mut w, busybox, workload)?;
+    Ok(w.finish()?)
+}
+
+/// The directories of the base initramfs (the study one adds to them).
+const BASE_DIRS: [&str; 13] = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt", "run"];
+
+/// Every entry of the base initramfs, without the trailer.
+fn base_entries<W: Write>(w: &mut CpioWriter<W>, busybox: &[u8], workload: &[u8]) -> Result<()> {
+    for d in BASE_DIRS {
         w.dir(d, 0o755)?;
     }
     w.char_device("dev/console", 0o600, 5, 1)?;
@@ -371,7 +391,7 @@ fn initramfs_cpio(busybox: &[u8], workload: &[u8]) -> Result<Vec<u8>> {
     w.symlink("bin/sh", "busybox")?;
     w.file("init", 0o755, INIT_SCRIPT.as_bytes())?;
     w.file(&format!("bin/{WORKLOAD_BIN}"), 0o755, workload)?;
-    Ok(w.finish()?)
+    Ok(())
 }
 
 // ---- Small helpers ---------------------------------------------------------

@@ -32,14 +32,28 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
 /// Builds the hypervisor ELF and returns its flat binary (ending where the
 /// payload goes), also written to `target/vmsync/hypervisor.bin`.
 pub fn build_hypervisor() -> Result<PathBuf> {
+    build_hypervisor_variant(None)
+}
+
+/// A build with a cargo feature (the test-only `negative-control`), written
+/// to `target/vmsync/hypervisor-<feature>.bin`.
+pub fn build_hypervisor_variant(feature: Option<&str>) -> Result<PathBuf> {
     crate::apt::ensure_clang()?;
-    eprintln!("xtask: building the hypervisor for {HV_TARGET}");
-    run_checked(cargo().args(["build", "--release", "-p", "vmsync-hypervisor", "--bin", "vmsync", "--target", HV_TARGET]))?;
+    eprintln!("xtask: building the hypervisor for {HV_TARGET}{}", feature.map(|f| format!(" with feature {f}")).unwrap_or_default());
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "vmsync-hypervisor", "--bin", "vmsync", "--target", HV_TARGET]);
+    if let Some(f) = feature {
+        cmd.args(["--features", f]);
+    }
+    run_checked(&mut cmd)?;
     let elf_path = workspace_root().join("target").join(HV_TARGET).join("release/vmsync");
     let elf = std::fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
     let flat = flatten(&elf)?;
     std::fs::create_dir_all(out_dir())?;
-    let out = out_dir().join("hypervisor.bin");
+    let out = out_dir().join(match feature {
+        Some(f) => format!("hypervisor-{f}.bin"),
+        None => "hypervisor.bin".into(),
+    });
     std::fs::write(&out, &flat)?;
     eprintln!("xtask: hypervisor {} bytes loaded ({} KiB code+data)", flat.len(), loaded_bytes(&elf)? / 1024);
     Ok(out)
@@ -76,6 +90,21 @@ pub struct GuestSpec<'a> {
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
     pub mem_mib: u64,
+    /// Epoch policy (`interval:200ms`, ...); None runs the guest untracked.
+    pub policy: Option<&'a str>,
+    pub verify: bool,
+}
+
+impl GuestSpec<'_> {
+    /// The guest config entry of the payload (parsed by the hypervisor's
+    /// `config` module).
+    pub fn config_text(&self) -> String {
+        let mut c = format!("cmdline={}\nmem_mib={}\n", self.cmdline, self.mem_mib);
+        if let Some(p) = self.policy {
+            c += &format!("policy={p}\nverify={}\n", if self.verify { "on" } else { "off" });
+        }
+        c
+    }
 }
 
 /// The bytes of a kernel as the guest needs them: a raw arm64 `Image`
@@ -102,7 +131,7 @@ pub fn pack(hypervisor_bin: &Path, guest: &GuestSpec, out: &Path) -> Result<()> 
         Some(p) => std::fs::read(p).with_context(|| format!("reading initrd {}", p.display()))?,
         None => Vec::new(),
     };
-    let config = format!("cmdline={}\nmem_mib={}\n", guest.cmdline, guest.mem_mib);
+    let config = guest.config_text();
     let mut entries: Vec<(&str, &[u8])> = vec![("kernel", &kernel), ("config", config.as_bytes())];
     if !initrd.is_empty() {
         entries.push(("initrd", &initrd));

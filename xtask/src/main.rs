@@ -1,9 +1,11 @@
 //! `cargo xtask`: build, run, test and measure VMsync.
 mod apt;
 mod bench;
+mod demo;
 mod cpio;
 mod guest;
 mod image;
+mod report;
 mod test;
 
 use anyhow::Result;
@@ -48,18 +50,33 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         timeout: u64,
     },
-    /// The VMsync demo. For now: one device running the guest and its
-    /// workload under the hypervisor, with a summary of what it measured.
+    /// The VMsync demo: one device running the guest and its workload under
+    /// the hypervisor with dirty tracking on; the guest's console passes
+    /// through, and a summary and a JSON report of every epoch follow.
     Demo {
         /// Number of devices (only 1 until networked sync lands).
         #[arg(long, default_value_t = 1)]
         devices: u32,
-        /// Guest workload: counter, video, idle or memtouch.
-        #[arg(long, default_value = "video")]
+        /// Guest workload: video, storage, browse, idle, counter or memtouch.
+        #[arg(long, default_value = "video", conflicts_with = "workload_exec")]
         workload: String,
+        /// Run this static arm64 Linux program (copied into the initramfs) as
+        /// the workload, with the arguments that follow it. Put it last.
+        #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PATH [ARGS]")]
+        workload_exec: Option<Vec<String>>,
         /// How long the workload runs, in seconds.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Epoch policy: interval:<duration>, threshold:<size>, adaptive, switch-only, or off.
+        #[arg(long, default_value = "interval:200ms")]
+        policy: String,
+        /// Keep a second image built only from the encoded epochs and check
+        /// it against guest RAM at every cut.
+        #[arg(long)]
+        verify: bool,
+        /// Write the JSON report here (default target/vmsync/report.json).
+        #[arg(long)]
+        report: Option<PathBuf>,
         /// Guest RAM in MiB.
         #[arg(long, default_value_t = 256)]
         mem: u64,
@@ -123,7 +140,7 @@ impl GuestArgs {
 
 fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     let hv = image::build_hypervisor()?;
-    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem }, out)?;
+    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem, policy: None, verify: false }, out)?;
     eprintln!("xtask: boot image {} ({} bytes)", out.display(), std::fs::metadata(out)?.len());
     Ok(())
 }
@@ -166,17 +183,11 @@ fn main() -> Result<()> {
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
         Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
-        Cmd::Demo { devices, workload, seconds, mem } => {
+        Cmd::Demo { devices, workload, workload_exec, seconds, policy, verify, report, mem } => {
             if devices != 1 {
                 anyhow::bail!("--devices {devices}: only one device is supported until networked sync lands");
             }
-            let args = GuestArgs {
-                kernel: None,
-                initrd: None,
-                append: format!("console=ttyAMA0 vmsync.workload={workload} vmsync.seconds={seconds}"),
-                mem,
-            };
-            run(&args.resolve()?, false, seconds + 300)
+            demo::run(&demo::DemoArgs { workload, workload_exec, seconds, policy, verify, report, mem })
         }
         Cmd::Test { host_only, filter } => test::run(host_only, filter.as_deref()),
         Cmd::Bench { what } => bench::run(what),

@@ -1,7 +1,10 @@
 //! Guest RAM as the hypervisor sees it: a contiguous range of guest-physical
 //! addresses backed by host memory somewhere else. Every write the
 //! hypervisor makes into the guest goes through here, so dirty tracking
-//! (added with sync) sees it.
+//! sees it.
+use sync_core::digest::PageMemory;
+use sync_core::dirty::{DirtyError, DirtySet, DirtyTracker};
+use sync_core::page::{Page, PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestMemError {
@@ -13,6 +16,8 @@ pub struct GuestMemory {
     ipa_base: u64,
     size: u64,
     host: *mut u8,
+    /// Pages written since the last epoch cut, once tracking is on.
+    dirty: Option<DirtyTracker>,
 }
 
 // SAFETY: the hypervisor runs on one CPU; the pointer is to memory owned by
@@ -24,7 +29,43 @@ impl GuestMemory {
     /// `host` must point to `size` bytes that nothing else uses, mapped
     /// writable for the hypervisor, for as long as this value lives.
     pub unsafe fn new(ipa_base: u64, size: u64, host: *mut u8) -> Self {
-        GuestMemory { ipa_base, size, host }
+        GuestMemory { ipa_base, size, host, dirty: None }
+    }
+
+    /// From now on every write through this API (and every guest write the
+    /// fault handler reports with `mark_dirty`) lands in a dirty set.
+    pub fn start_tracking(&mut self) -> Result<(), DirtyError> {
+        self.dirty = Some(DirtyTracker::new(self.ipa_base, self.size / PAGE_SIZE as u64)?);
+        Ok(())
+    }
+
+    pub fn tracking(&self) -> bool {
+        self.dirty.is_some()
+    }
+
+    /// Marks the page holding `ipa` written; true if it is new this epoch.
+    pub fn mark_dirty(&mut self, ipa: u64) -> bool {
+        match &mut self.dirty {
+            Some(d) => d.mark_gpa(ipa).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    fn mark_range(&mut self, ipa: u64, len: u64) {
+        if let Some(d) = &mut self.dirty {
+            d.current().mark_range(ipa, len);
+        }
+    }
+
+    /// Ends the epoch: the pages written in it, as page numbers from the
+    /// start of guest RAM. Marking continues into a fresh set.
+    pub fn cut(&mut self) -> Option<&mut DirtySet> {
+        self.dirty.as_mut().map(|d| d.cut())
+    }
+
+    /// Pages written in the open epoch so far.
+    pub fn dirty_now(&mut self) -> u64 {
+        self.dirty.as_mut().map(|d| d.current().len() as u64).unwrap_or(0)
     }
 
     pub fn ipa_base(&self) -> u64 {
@@ -50,6 +91,7 @@ impl GuestMemory {
 
     pub fn write(&mut self, ipa: u64, bytes: &[u8]) -> Result<(), GuestMemError> {
         let off = self.offset(ipa, bytes.len() as u64)?;
+        self.mark_range(ipa, bytes.len() as u64);
         // SAFETY: `offset` proved the range lies inside the backing memory
         // that `new`'s contract gives us exclusively.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.host.add(off), bytes.len()) };
@@ -58,6 +100,7 @@ impl GuestMemory {
 
     pub fn fill(&mut self, ipa: u64, len: u64, byte: u8) -> Result<(), GuestMemError> {
         let off = self.offset(ipa, len)?;
+        self.mark_range(ipa, len);
         // SAFETY: as in `write`.
         unsafe { core::ptr::write_bytes(self.host.add(off), byte, len as usize) };
         Ok(())
@@ -68,6 +111,22 @@ impl GuestMemory {
         // SAFETY: as in `write`.
         unsafe { core::ptr::copy_nonoverlapping(self.host.add(off), out.as_mut_ptr(), out.len()) };
         Ok(())
+    }
+}
+
+impl PageMemory for GuestMemory {
+    fn page_count(&self) -> u64 {
+        self.size / PAGE_SIZE as u64
+    }
+
+    fn page(&self, n: u64) -> Option<&Page> {
+        if n >= self.page_count() {
+            return None;
+        }
+        // SAFETY: page `n` lies inside the backing memory (checked above),
+        // which is page aligned; the shared borrow of `self` keeps the
+        // hypervisor's own writers (which need `&mut self`) away meanwhile.
+        Some(unsafe { &*(self.host.add(n as usize * PAGE_SIZE) as *const Page) })
     }
 }
 
@@ -93,5 +152,24 @@ mod tests {
         assert!(m.read(u64::MAX, &mut out).is_err());
         drop(m);
         assert_eq!(&backing[0x1000..0x1003], b"abc");
+    }
+
+    #[test]
+    fn hypervisor_writes_are_marked_dirty() {
+        let mut backing = vec![0u8; 4 * 4096];
+        // SAFETY: the vector outlives `m` and nothing else touches it meanwhile.
+        let mut m = unsafe { GuestMemory::new(0x4000_0000, 4 * 4096, backing.as_mut_ptr()) };
+        m.write(0x4000_0000, b"before tracking").unwrap();
+        m.start_tracking().unwrap();
+        m.write(0x4000_1ffe, b"xyz").unwrap(); // straddles pages 1 and 2
+        m.fill(0x4000_3000, 1, 7).unwrap();
+        assert!(!m.mark_dirty(0x4000_1000)); // already dirty
+        assert!(m.mark_dirty(0x4000_0010)); // a guest write, reported by the fault handler
+        let mut pages: std::vec::Vec<u64> = m.cut().unwrap().iter().collect();
+        pages.sort();
+        assert_eq!(pages, [0, 1, 2, 3]);
+        assert_eq!(m.dirty_now(), 0);
+        assert_eq!(m.page(1).unwrap()[0xffe], b'x');
+        assert!(m.page(4).is_none());
     }
 }

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use log::{error, info};
 use vmsync_boot::{container, image};
 
-use super::{board, gic::Gic, mmu, power, stage2_mem::PoolTables, sysreg, vectors};
+use super::{board, gic::Gic, mmu, power, stage2_mem::{GuestStage2, PoolTables}, sysreg, timer, tracking, vectors};
 use crate::config::GuestConfig;
 use crate::memory::{guest::GuestMemory, layout, phys, stage2};
 use crate::vm::Vm;
@@ -22,10 +22,15 @@ pub static GIC: Gic = unsafe { Gic::new(board::GICD_BASE, board::GICR_BASE) };
 
 pub static VM: spin::Mutex<Option<Vm>> = spin::Mutex::new(None);
 
+/// The guest's stage-2 tables, for dirty tracking's permission changes.
+pub static STAGE2: spin::Mutex<Option<GuestStage2>> = spin::Mutex::new(None);
+
 /// Counter value when the guest started, for elapsed times in reports.
 pub static START_COUNT: spin::Once<u64> = spin::Once::new();
 
-const HEAP_SIZE: u64 = 32 << 20;
+/// Heap for the hypervisor's own needs; sync adds the shadow pages (up to
+/// guest RAM) on top.
+const HEAP_BASE_SIZE: u64 = 48 << 20;
 const STAGE2_POOL: u64 = 4 << 20;
 const VMID: u16 = 1;
 
@@ -87,8 +92,8 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     if !reserved {
         fatal!("reserved-range table full");
     }
-    let heap = alloc.alloc(HEAP_SIZE, 4096).unwrap_or_else(|e| fatal!("no room for the heap: {e:?}"));
-    crate::heap::init(heap as usize, HEAP_SIZE as usize);
+    let heap = alloc.alloc(HEAP_BASE_SIZE, 4096).unwrap_or_else(|e| fatal!("no room for the heap: {e:?}"));
+    crate::heap::add_region(heap as usize, HEAP_BASE_SIZE as usize);
 
     let pack = match container::Container::parse(at(total)) {
         Ok(c) => c,
@@ -143,6 +148,9 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // SAFETY: invalidates stage-1+2 TLB entries of the current VMID before
     // its first use.
     unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+    let mut guest_s2 = GuestStage2 { s2, tables };
+    let engine = config.policy.map(|spec| tracking::start(spec, config.verify, &mut alloc, &mut mem, &mut guest_s2));
+    *STAGE2.lock() = Some(guest_s2);
 
     GIC.init();
     GIC.enable(vboard::VTIMER_INTID);
@@ -171,7 +179,13 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
         kernel.len(), place.kernel, initrd.len(), place.initrd, place.dtb, config.mem_bytes >> 20, vboard::RAM_BASE, backing
     );
     info!("guest command line: {}", config.cmdline);
-    *VM.lock() = Some(Vm::new(mem));
+    let mut vm = Vm::new(mem);
+    vm.sync = engine;
+    if vm.sync.is_some() {
+        GIC.enable(timer::INTID);
+        timer::arm_in(tracking::TICK_NS);
+    }
+    *VM.lock() = Some(vm);
 
     let mut frame = vectors::TrapFrame::zeroed();
     frame.x[0] = place.dtb;

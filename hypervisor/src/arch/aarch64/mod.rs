@@ -19,3 +19,7 @@ pub mod sysreg;
 pub mod trap;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod vectors;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod timer;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod tracking;

@@ -32,3 +32,60 @@ impl TableMemory for PoolTables {
         unsafe { &mut *(pa as *mut [u64; 512]) }
     }
 }
+
+/// The guest's stage-2 tables with the TLB maintenance every permission
+/// change needs. A write-protect without the invalidate would leave a stale
+/// writable TLB entry that never faults, hiding writes.
+pub struct GuestStage2 {
+    pub s2: crate::memory::stage2::Stage2,
+    pub tables: PoolTables,
+}
+
+impl GuestStage2 {
+    /// Makes the pages read-only (IPAs given as page numbers from
+    /// `ipa_base`), then invalidates all stage-1+2 entries of this VMID once:
+    /// cheaper than one invalidate per page when many change. Returns how
+    /// many pages changed.
+    pub fn write_protect(&mut self, ipa_base: u64, pages: impl Iterator<Item = u64>) -> u64 {
+        let mut changed = 0;
+        for p in pages {
+            if let Ok(true) = self.s2.set_writable(&mut self.tables, ipa_base + p * 4096, false) {
+                changed += 1;
+            }
+        }
+        // SAFETY: TLB maintenance for the current VMID (VTTBR_EL2 is this
+        // guest's); the DSB before orders the table writes, the one after
+        // and the ISB complete the invalidation before the guest runs again.
+        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+        changed
+    }
+
+    /// Write-protects every page of a range at once (the first epoch).
+    pub fn write_protect_range(&mut self, ipa: u64, len: u64) -> u64 {
+        let n = self.s2.set_writable_range(&mut self.tables, ipa, len, false).unwrap_or(0);
+        // SAFETY: as in `write_protect`.
+        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+        n
+    }
+
+    /// Gives one page its write permission back after the guest's first
+    /// write of the epoch. Returns false if the IPA is not guest RAM.
+    pub fn make_writable(&mut self, ipa: u64) -> bool {
+        let page = ipa & !0xfff;
+        match self.s2.set_writable(&mut self.tables, page, true) {
+            Ok(_) => {
+                // SAFETY: invalidates the stage-2 entry for this IPA (operand
+                // is IPA >> 12) and the combined stage-1+2 entries that may
+                // cache it, then completes before the guest retries.
+                unsafe {
+                    core::arch::asm!(
+                        "dsb ishst", "tlbi ipas2e1is, {}", "dsb ish", "tlbi vmalle1is", "dsb ish", "isb",
+                        in(reg) page >> 12, options(nostack)
+                    )
+                };
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}

@@ -8,7 +8,7 @@ use log::{error, info, warn};
 use super::boot::{fatal, GIC, LOGGER, START_COUNT, VM};
 use super::esr::{self, DataAbort, Exit, FaultKind};
 use super::vectors::{TrapFrame, VectorKind};
-use super::{power, sysreg};
+use super::{power, sysreg, timer, tracking};
 use crate::vm::{Vm, UNMAPPED_REPORTS};
 use crate::vplatform::{board as vboard, psci, vgic, MmioAccess, MmioOutcome};
 
@@ -94,6 +94,12 @@ fn fault_ipa() -> u64 {
 }
 
 fn data_abort(vm: &mut Vm, frame: &mut TrapFrame, da: &DataAbort) {
+    // Writes to write-protected guest RAM: dirty tracking. Cache
+    // maintenance reports WnR=1 too (an invalidate can change memory), and
+    // a stage-1 walk faults here when it updates access/dirty bits.
+    if matches!(da.kind, FaultKind::Permission(_)) && (da.wnr || da.s1ptw) && tracking::write_fault(vm, da) {
+        return;
+    }
     let ipa = fault_ipa();
     if !matches!(da.kind, FaultKind::Translation(_)) || da.s1ptw {
         vm.stats.stage2_fault += 1;
@@ -195,11 +201,13 @@ fn psci_call(vm: &mut Vm, frame: &mut TrapFrame) {
         }
         psci::PsciOutcome::SystemOff => {
             info!("guest powered off (PSCI SYSTEM_OFF)");
+            tracking::finish(vm);
             report(vm);
             power::system_off();
         }
         psci::PsciOutcome::SystemReset => {
             info!("guest asked for a reset (PSCI SYSTEM_RESET): resetting the board");
+            tracking::finish(vm);
             report(vm);
             power::system_reset();
         }
@@ -247,6 +255,10 @@ fn irq(vm: &mut Vm) {
             // Stays active physically until the guest deactivates it
             // through the HW list register.
             vboard::VTIMER_INTID => vm.platform.vgic.set_pending(intid),
+            timer::INTID => {
+                GIC.deactivate(intid);
+                tracking::tick(vm);
+            }
             // Underflow: the refill below does the work.
             vboard::MAINTENANCE_INTID => GIC.deactivate(intid),
             id if id == super::board::UART_INTID => {

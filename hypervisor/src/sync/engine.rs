@@ -1,0 +1,166 @@
+//! The epoch engine of the active device: asks the policy when to cut,
+//! encodes, compresses and seals each epoch through `sync-core` exactly as
+//! it will go to a standby, and with `verify` applies it to an in-process
+//! standby whose committed image must equal guest RAM at every cut.
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use sync_core::digest::{PageHashes, PageMemory};
+use sync_core::epoch::{ActiveSync, EpochError, Link};
+use sync_core::policy::{DirtyEstimate, EpochPolicy, PolicySpec};
+use sync_core::shadow::Budget;
+use sync_core::standby::Event;
+use sync_core::stats::{EpochStats, TotalStats};
+use sync_core::wire::{FrameDecoder, RamLayout};
+
+use super::loopback::{session_pair, LocalStandby, LoopbackError};
+use super::raw_pages::RawPages;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncError {
+    Epoch(EpochError),
+    Loopback(LoopbackError),
+}
+
+impl From<EpochError> for SyncError {
+    fn from(e: EpochError) -> Self {
+        SyncError::Epoch(e)
+    }
+}
+
+impl From<LoopbackError> for SyncError {
+    fn from(e: LoopbackError) -> Self {
+        SyncError::Loopback(e)
+    }
+}
+
+/// How a verify check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    /// The standby's committed image differs from guest RAM; `first_page`
+    /// is the lowest differing page, `pages` how many differ.
+    Mismatch { first_page: u64, pages: u64 },
+    /// The standby did not commit the epoch.
+    NotCommitted,
+}
+
+pub struct Engine {
+    active: ActiveSync,
+    link: Link,
+    verify: Option<LocalStandby<RawPages>>,
+    policy: Box<dyn EpochPolicy + Send>,
+    pub spec: PolicySpec,
+    pub totals: TotalStats,
+    pub checks: u64,
+    pub mismatches: u64,
+    faults_open: u64,
+}
+
+impl Engine {
+    /// Sync of a guest of `ram` starting now. With `verify_image` (zeroed,
+    /// as large as guest RAM) every epoch is also applied to a local standby.
+    pub fn new(spec: PolicySpec, ram: RamLayout, verify_image: Option<RawPages>, now_ns: u64) -> Result<Self, SyncError> {
+        let pages = ram.size / 4096;
+        let mut active = ActiveSync::new(pages, Budget::Full)?;
+        // Fixed nonces: this pair never leaves the machine. Networked
+        // sessions take fresh ones per connection.
+        let (a, b) = session_pair(ram, [1; 32], [2; 32])?;
+        let standby = active.add_standby();
+        active.connect(standby, 0)?;
+        let link = Link::new(standby, a, sync_core::compress::ZstdConfig::default())?;
+        let verify = match verify_image {
+            Some(img) => Some(LocalStandby::new(b, img)?),
+            None => None,
+        };
+        Ok(Engine {
+            active,
+            link,
+            verify,
+            policy: spec.build(now_ns),
+            spec,
+            totals: TotalStats::default(),
+            checks: 0,
+            mismatches: 0,
+            faults_open: 0,
+        })
+    }
+
+    pub fn verifying(&self) -> bool {
+        self.verify.is_some()
+    }
+
+    pub fn note_write_fault(&mut self) {
+        self.faults_open += 1;
+    }
+
+    pub fn should_cut(&mut self, now_ns: u64, dirty_pages: u64) -> bool {
+        self.policy.should_cut(now_ns, DirtyEstimate { pages: dirty_pages, bytes: dirty_pages * 4096 })
+    }
+
+    /// Cuts the open epoch over `dirty` (page numbers written in it), with
+    /// the guest paused: encodes, compresses and seals it as it will be sent.
+    /// The caller re-protects the pages, then calls `verify` (if on) and
+    /// `finish`.
+    pub fn cut<G: PageMemory>(&mut self, guest: &G, dirty: &[u64]) -> Result<EpochStats, SyncError> {
+        let (epoch, stats) = self.active.cut(dirty.iter().copied(), guest, &mut [&mut self.link])?;
+        let mut st = stats.into_iter().next().unwrap_or_else(|| EpochStats::new(epoch));
+        st.write_faults = core::mem::take(&mut self.faults_open);
+        Ok(st)
+    }
+
+    /// The sealed frames of the last cut: applied to the local standby with
+    /// `verify`, dropped otherwise (until the network carries them).
+    /// Returns how the standby's committed image compares with guest RAM.
+    pub fn verify<G: PageMemory>(&mut self, guest: &G, epoch: u64) -> Result<Option<Verdict>, SyncError> {
+        let sent = core::mem::take(&mut self.link.out);
+        let Some(sb) = &mut self.verify else { return Ok(None) };
+        let events = sb.receive(&sent)?;
+        let committed = events.iter().any(|e| *e == Event::Committed(epoch));
+        // The acks go back as they would over the network.
+        let replies = core::mem::take(&mut sb.replies);
+        let mut dec = FrameDecoder::new();
+        let mut input = &replies[..];
+        while let Some(frame) = dec.decode(&mut input).map_err(LoopbackError::Wire)? {
+            self.active.on_frame(&mut self.link, frame)?;
+        }
+        self.checks += 1;
+        Ok(Some(if !committed {
+            self.mismatches += 1;
+            Verdict::NotCommitted
+        } else {
+            compare(guest, sb.applier.page_hashes(), &mut self.mismatches)
+        }))
+    }
+
+    /// Records the epoch's figures; the next epoch starts at `now_ns` (after
+    /// the pause, so a slow cut never starves the guest).
+    pub fn finish(&mut self, st: &EpochStats, now_ns: u64) {
+        self.totals.add(st);
+        self.policy.on_cut(now_ns);
+    }
+}
+
+/// Hashes every page of guest RAM afresh (a missed write hides anywhere)
+/// and compares with the standby's page hashes, which its applier checked
+/// against each applied record.
+fn compare<G: PageMemory>(guest: &G, standby: &PageHashes, mismatches: &mut u64) -> Verdict {
+    let now = PageHashes::of_memory(guest);
+    if now.digest() == standby.digest() {
+        return Verdict::Match;
+    }
+    *mismatches += 1;
+    let mut first = u64::MAX;
+    let mut pages = 0;
+    for p in 0..guest.page_count() {
+        if now.get(p) != standby.get(p) {
+            first = first.min(p);
+            pages += 1;
+        }
+    }
+    Verdict::Mismatch { first_page: first, pages }
+}
+
+/// Pages of a dirty set as a vector (the set is reused at the next cut).
+pub fn pages_of(set: impl Iterator<Item = u64>) -> Vec<u64> {
+    set.collect()
+}

@@ -1,0 +1,6 @@
+//! Sync glue: the epochs of the running guest, encoded exactly as they will
+//! be sent, through `sync-core`. Until the network lands, the sealed frames
+//! go to an in-process standby (with `--verify`) or are counted and dropped.
+pub mod engine;
+pub mod loopback;
+pub mod raw_pages;

@@ -1,0 +1,128 @@
+//! Delta codec throughput next to `memcmp` of the same page pairs (the
+//! memory-bandwidth limit) and next to QEMU's XBZRLE, per write pattern.
+//!
+//! `cargo bench -p sync-core --bench codec -- --warm-up-time 1 --measurement-time 2`
+//!
+//! Each benchmark handles every pair of one pattern per iteration; the
+//! throughput is in page bytes (pairs x 4096), so the ratio of two lines of
+//! one pattern is the ratio of their speeds. Sizes (ours vs XBZRLE, raw and
+//! after zstd) are printed by `cargo run --release --example codec_figures`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use sync_core::delta::{self, Shadow};
+use sync_core::page::{hash_page, Page, PAGE_SIZE};
+use sync_core::xbzrle;
+
+mod patterns;
+
+fn codec(c: &mut Criterion) {
+    for pat in patterns::all() {
+        let pairs: Vec<(&Page, &Page, u64)> = pat
+            .pairs
+            .iter()
+            .map(|(s, p)| {
+                let s = s.as_deref().expect("every benchmark pair has a shadow");
+                (s, &**p, hash_page(s))
+            })
+            .collect();
+        let mut g = c.benchmark_group(pat.name);
+        g.throughput(Throughput::Bytes((pairs.len() * PAGE_SIZE) as u64));
+
+        g.bench_function("memcmp", |b| {
+            b.iter(|| {
+                let mut equal = 0usize;
+                for (s, p, _) in &pairs {
+                    equal += (black_box(&s[..]) == black_box(&p[..])) as usize;
+                }
+                equal
+            })
+        });
+
+        // `==` stops at the first difference; a delta encoder must read the
+        // whole page, so this is the bandwidth limit for changed pages.
+        g.bench_function("memcmp_full", |b| {
+            b.iter(|| {
+                let mut differing = 0usize;
+                for (s, p, _) in &pairs {
+                    for (x, y) in s.chunks_exact(256).zip(p.chunks_exact(256)) {
+                        differing += (black_box(x) != black_box(y)) as usize;
+                    }
+                }
+                differing
+            })
+        });
+
+        let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
+        g.bench_function("encode", |b| {
+            b.iter(|| {
+                out.clear();
+                for (i, (s, p, h)) in pairs.iter().enumerate() {
+                    let sh = Shadow {
+                        page: black_box(*s),
+                        hash: *h,
+                    };
+                    delta::encode_page_record_with(i as u64, black_box(*p), Some(sh), &mut out);
+                }
+                out.len()
+            })
+        });
+
+        g.bench_function("encode_hashing_shadow", |b| {
+            b.iter(|| {
+                out.clear();
+                for (i, (s, p, _)) in pairs.iter().enumerate() {
+                    delta::encode_page_record(
+                        i as u64,
+                        black_box(*p),
+                        Some(black_box(*s)),
+                        &mut out,
+                    );
+                }
+                out.len()
+            })
+        });
+
+        let mut xout = Vec::with_capacity(pairs.len() * PAGE_SIZE);
+        g.bench_function("xbzrle_encode", |b| {
+            b.iter(|| {
+                xout.clear();
+                for (s, p, _) in &pairs {
+                    black_box(xbzrle::encode(
+                        black_box(*s),
+                        black_box(*p),
+                        PAGE_SIZE,
+                        &mut xout,
+                    ));
+                }
+                xout.len()
+            })
+        });
+
+        // Apply: parse each record and rebuild the page, checking its hash.
+        let mut batch = Vec::new();
+        for (i, (s, p, h)) in pairs.iter().enumerate() {
+            delta::encode_page_record_with(
+                i as u64,
+                p,
+                Some(Shadow { page: s, hash: *h }),
+                &mut batch,
+            );
+        }
+        let mut page = Box::new([0u8; PAGE_SIZE]);
+        g.bench_function("apply", |b| {
+            b.iter(|| {
+                let mut rest = &batch[..];
+                for (s, _, _) in &pairs {
+                    let (rec, used) = delta::decode_page_record(rest).expect("valid batch");
+                    delta::apply(Some(s), &rec, &mut page).expect("applies");
+                    rest = &rest[used..];
+                }
+                page[0]
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);

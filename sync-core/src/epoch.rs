@@ -1,0 +1,318 @@
+//! The active side's epoch encoder: at a cut, turns the dirty pages (and,
+//! for a standby that is behind, every page changed since its base) into
+//! page records, compressed batches and sealed frames for each standby
+//! link, keeping the shadows, the resume bookkeeping, the image digest and
+//! the stats in step.
+//!
+//! Call `cut` with the guest paused (or its dirty pages copied): the batch
+//! of an epoch must be the guest's content at the cut (see `resume`).
+//! An error from `cut` or `on_frame` leaves a link's stream unusable: the
+//! caller drops that link and the standby reconnects.
+
+use alloc::vec::Vec;
+
+use crate::compress::{Compressor, ZstdConfig, ZstdError};
+use crate::delta::{encode_page_record_with, RecordKind, MAX_PAGE_RECORD};
+use crate::digest::{PageHashes, PageMemory};
+use crate::page::hash_page;
+use crate::resume::{ResumeError, ResumeTracker, StandbyId};
+use crate::shadow::{Budget, ShadowError, ShadowStore};
+use crate::stats::EpochStats;
+use crate::wire::{Epoch, Frame, Message, Session, WireError, MAX_BATCH_RAW};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochError {
+    Resume(ResumeError),
+    Wire(WireError),
+    Zstd(ZstdError),
+    Shadow(ShadowError),
+    /// The guest memory has no such page.
+    PageOutOfRange,
+    /// The standby sent something only an active side sends.
+    Unexpected,
+}
+
+impl From<ResumeError> for EpochError {
+    fn from(e: ResumeError) -> Self {
+        EpochError::Resume(e)
+    }
+}
+impl From<WireError> for EpochError {
+    fn from(e: WireError) -> Self {
+        EpochError::Wire(e)
+    }
+}
+impl From<ZstdError> for EpochError {
+    fn from(e: ZstdError) -> Self {
+        EpochError::Zstd(e)
+    }
+}
+
+/// One standby's connection as the encoder sees it: its session, its zstd
+/// stream and the bytes waiting to be written to its socket.
+pub struct Link {
+    id: StandbyId,
+    session: Session,
+    compressor: Compressor,
+    /// Sealed frames to send, in order.
+    pub out: Vec<u8>,
+}
+
+impl Link {
+    /// A link for standby `id` over an established session; call
+    /// `ActiveSync::connect` with the standby's last committed epoch too.
+    pub fn new(id: StandbyId, session: Session, zstd: ZstdConfig) -> Result<Self, EpochError> {
+        Ok(Self {
+            id,
+            session,
+            compressor: Compressor::new(zstd)?,
+            out: Vec::new(),
+        })
+    }
+
+    pub fn id(&self) -> StandbyId {
+        self.id
+    }
+
+    /// Seals any message (CpuState, DeviceState, SwitchDone...) onto `out`;
+    /// returns its bytes on the wire.
+    pub fn send(&mut self, msg: &Message) -> Result<usize, EpochError> {
+        Ok(self.session.seal(msg, &mut self.out)?)
+    }
+}
+
+/// What a frame from a standby meant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveEvent {
+    Acked(Epoch),
+    /// The standby rolled back to this epoch; the next cut resumes from it.
+    Resync(Epoch),
+    SwitchRequested,
+}
+
+/// The active side's sync state, shared by all standby links.
+pub struct ActiveSync {
+    tracker: ResumeTracker,
+    shadows: ShadowStore,
+    /// Page hashes of the guest at the last cut (what EpochCommit digests).
+    hashes: PageHashes,
+}
+
+/// Per-link state while one epoch is encoded.
+struct Out {
+    pages: Vec<u64>,
+    cursor: usize,
+    raw: Vec<u8>,
+    seq: u32,
+    records: u64,
+    stats: EpochStats,
+}
+
+impl ActiveSync {
+    /// Sync of a guest starting now: epoch 1 will send every page; every
+    /// standby starts from the all-zero image of epoch 0.
+    pub fn new(page_count: u64, budget: Budget) -> Result<Self, EpochError> {
+        Ok(Self {
+            tracker: ResumeTracker::new(page_count),
+            shadows: ShadowStore::new(page_count, budget).map_err(EpochError::Shadow)?,
+            hashes: PageHashes::zeroed(page_count),
+        })
+    }
+
+    /// Sync on a device that has just become active with the committed
+    /// image of epoch `committed` (a standby's applier after SwitchDone):
+    /// its pages seed the shadows (as far as the budget goes), so the old
+    /// active device, holding the same epoch, gets deltas only.
+    pub fn after_switch(
+        image: &impl PageMemory,
+        hashes: PageHashes,
+        committed: Epoch,
+        budget: Budget,
+    ) -> Result<Self, EpochError> {
+        let n = image.page_count();
+        let mut tracker = ResumeTracker::after_switch(n, committed);
+        let mut shadows = ShadowStore::new(n, budget).map_err(EpochError::Shadow)?;
+        for p in 0..n {
+            let page = image.page(p).ok_or(EpochError::PageOutOfRange)?;
+            let h = hashes.get(p).ok_or(EpochError::PageOutOfRange)?;
+            shadows.update_with_hash(p, page, h);
+            tracker.record_shadow(p, committed)?;
+        }
+        Ok(Self {
+            tracker,
+            shadows,
+            hashes,
+        })
+    }
+
+    pub fn tracker(&self) -> &ResumeTracker {
+        &self.tracker
+    }
+
+    pub fn shadows(&self) -> &ShadowStore {
+        &self.shadows
+    }
+
+    /// Digest of the guest image at the last cut.
+    pub fn digest(&self) -> crate::wire::Digest {
+        self.hashes.digest()
+    }
+
+    pub fn add_standby(&mut self) -> StandbyId {
+        self.tracker.add_standby()
+    }
+
+    /// The standby on `id` connected holding `last_committed`.
+    pub fn connect(&mut self, id: StandbyId, last_committed: Epoch) -> Result<(), EpochError> {
+        Ok(self.tracker.on_connect(id, last_committed)?)
+    }
+
+    pub fn disconnect(&mut self, id: StandbyId) -> Result<(), EpochError> {
+        Ok(self.tracker.on_disconnect(id)?)
+    }
+
+    /// Handles one frame from a standby.
+    pub fn on_frame(&mut self, link: &mut Link, frame: Frame) -> Result<ActiveEvent, EpochError> {
+        match link.session.open(frame)? {
+            Message::Ack { epoch } => {
+                self.tracker.on_ack(link.id, epoch)?;
+                Ok(ActiveEvent::Acked(epoch))
+            }
+            Message::Resync { from_epoch } => {
+                self.tracker.on_resync(link.id, from_epoch)?;
+                // The standby resets its decompressor at the first epoch on
+                // this base; the next batch we compress starts that stream.
+                link.compressor.reset()?;
+                Ok(ActiveEvent::Resync(from_epoch))
+            }
+            Message::SwitchRequest => Ok(ActiveEvent::SwitchRequested),
+            _ => Err(EpochError::Unexpected),
+        }
+    }
+
+    /// Cuts the open epoch: `dirty` are the pages written in it. Encodes,
+    /// compresses and seals the epoch for every link (each link's standby
+    /// must be connected), appending to each link's `out`. Returns the
+    /// epoch and one stats record per link, in the order of `links`.
+    pub fn cut<G: PageMemory>(
+        &mut self,
+        dirty: impl IntoIterator<Item = u64>,
+        guest: &G,
+        links: &mut [&mut Link],
+    ) -> Result<(Epoch, Vec<EpochStats>), EpochError> {
+        for p in dirty {
+            self.tracker.mark_dirty(p)?;
+        }
+        let m = self.tracker.cut();
+        let dirty_pages = self.tracker.cut_dirty().len() as u64;
+
+        let mut outs = Vec::with_capacity(links.len());
+        for link in links.iter_mut() {
+            let base = self
+                .tracker
+                .standby(link.id)
+                .ok_or(ResumeError::UnknownStandby)?
+                .base;
+            let pages = self.tracker.pages_for(link.id)?;
+            let mut stats = EpochStats::new(m);
+            stats.dirty_pages = dirty_pages;
+            stats.sealed_bytes += link.send(&Message::EpochBegin { epoch: m, base })? as u64;
+            outs.push(Out {
+                pages,
+                cursor: 0,
+                raw: Vec::new(),
+                seq: 0,
+                records: 0,
+                stats,
+            });
+        }
+
+        // Every page any link needs, plus the dirty pages (whose hashes
+        // change even when no standby is connected), each once, ascending.
+        let mut all: Vec<u64> = outs.iter().flat_map(|o| o.pages.iter().copied()).collect();
+        all.extend_from_slice(self.tracker.cut_dirty());
+        all.sort_unstable();
+        all.dedup();
+
+        for &p in &all {
+            let content = guest.page(p).ok_or(EpochError::PageOutOfRange)?;
+            let mut sent_hash = None;
+            for (link, o) in links.iter_mut().zip(outs.iter_mut()) {
+                if o.pages.get(o.cursor) != Some(&p) {
+                    continue;
+                }
+                o.cursor += 1;
+                if o.raw.len() + MAX_PAGE_RECORD > MAX_BATCH_RAW {
+                    flush(link, o, m)?;
+                }
+                let shadow = if self.tracker.may_delta(link.id, p) {
+                    self.shadows.get_shadow(p)
+                } else {
+                    None
+                };
+                let r = encode_page_record_with(p, content, shadow, &mut o.raw);
+                o.records += 1;
+                let s = &mut o.stats;
+                s.sent_pages += 1;
+                s.changed_bytes += r.changed_bytes as u64;
+                s.encoded_bytes += r.len as u64;
+                match r.kind {
+                    RecordKind::Zero => s.zero_pages += 1,
+                    RecordKind::Same => s.same_pages += 1,
+                    RecordKind::Full => s.full_pages += 1,
+                    RecordKind::Delta => s.delta_pages += 1,
+                }
+                sent_hash = Some(r.hash);
+            }
+            // Shadows change only after every link encoded the page, so all
+            // of them diffed against the same shadow.
+            let hash = match sent_hash {
+                Some(h) => {
+                    self.shadows.update_with_hash(p, content, h);
+                    self.tracker.record_shadow(p, m)?;
+                    h
+                }
+                None => hash_page(content),
+            };
+            self.hashes
+                .set(p, hash)
+                .map_err(|_| EpochError::PageOutOfRange)?;
+        }
+
+        let digest = self.hashes.digest();
+        let mut stats = Vec::with_capacity(links.len());
+        for (link, mut o) in links.iter_mut().zip(outs) {
+            if !o.raw.is_empty() {
+                flush(link, &mut o, m)?;
+            }
+            let commit = Message::EpochCommit {
+                epoch: m,
+                digest,
+                page_count: o.records,
+            };
+            o.stats.sealed_bytes += link.send(&commit)? as u64;
+            self.tracker.record_sent(link.id, m)?;
+            stats.push(o.stats);
+        }
+        Ok((m, stats))
+    }
+}
+
+/// Compresses and seals the link's pending records as one PageRecords.
+fn flush(link: &mut Link, o: &mut Out, epoch: Epoch) -> Result<(), EpochError> {
+    let mut data = Vec::new();
+    let n = link.compressor.compress_batch(&o.raw, &mut data)?;
+    o.stats.compressed_bytes += n as u64;
+    // raw is kept below MAX_BATCH_RAW by the caller, which fits u32.
+    let raw_len = o.raw.len() as u32;
+    let msg = Message::PageRecords {
+        epoch,
+        seq: o.seq,
+        raw_len,
+        data,
+    };
+    o.stats.sealed_bytes += link.send(&msg)? as u64;
+    o.seq += 1;
+    o.raw.clear();
+    Ok(())
+}

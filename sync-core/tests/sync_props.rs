@@ -1,0 +1,290 @@
+//! Property: through random epochs, link cuts at random points and
+//! reconnects, with two standbys, each standby's committed image is always
+//! the guest at its committed epoch, reconnects resend only the pages
+//! changed since then, and after a final clean epoch every image equals the
+//! guest.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::World;
+use proptest::prelude::*;
+use sync_core::digest::{PageMemory, VecMemory};
+use sync_core::shadow::Budget;
+
+const PAGES: usize = 16;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write {
+        page: usize,
+        offset: usize,
+        len: usize,
+        seed: u8,
+    },
+    ZeroPage(usize),
+    /// Cut; each standby's link breaks after that many thousandths.
+    Cut([Option<u32>; 2]),
+    Disconnect(usize),
+    Reconnect(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let brk = prop_oneof![3 => Just(None), 1 => (0u32..1000).prop_map(Some)];
+    prop_oneof![
+        6 => (0..PAGES, 0..4096usize, 1..300usize, any::<u8>())
+            .prop_map(|(page, offset, len, seed)| Op::Write { page, offset, len, seed }),
+        1 => (0..PAGES).prop_map(Op::ZeroPage),
+        3 => [brk.clone(), brk].prop_map(Op::Cut),
+        1 => (0..2usize).prop_map(Op::Disconnect),
+        2 => (0..2usize).prop_map(Op::Reconnect),
+    ]
+}
+
+fn initial_guest(seed: u64) -> VecMemory {
+    let mut g = VecMemory::zeroed(PAGES);
+    let mut x = seed | 1;
+    for (i, p) in g.pages_mut().iter_mut().enumerate() {
+        if i % 3 == 0 {
+            continue; // some pages start zero
+        }
+        for b in p.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x % 7) as u8; // compressible
+        }
+    }
+    g
+}
+
+/// Pages changed after epoch `since` up to the last cut.
+fn changed_since(epoch_dirty: &[BTreeSet<u64>], since: u64) -> usize {
+    if since == 0 {
+        return PAGES;
+    }
+    let mut all = BTreeSet::new();
+    for d in &epoch_dirty[since as usize + 1..] {
+        all.extend(d.iter().copied());
+    }
+    all.len()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn standby_always_holds_a_committed_epoch(
+        seed in any::<u64>(),
+        small_budget in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let budget = if small_budget { Budget::Pages(4) } else { Budget::Full };
+        let mut w = World::new(initial_guest(seed), 2, budget);
+        w.connect(0);
+        w.connect(1);
+        // epoch_dirty[e] = pages written in epoch e (epoch 0 is empty).
+        let mut epoch_dirty = vec![BTreeSet::new()];
+        let mut open_dirty = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::Write { page, offset, len, seed } => {
+                    let bytes: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+                    w.write(page as u64, offset, &bytes);
+                    open_dirty.insert(page as u64);
+                }
+                Op::ZeroPage(page) => {
+                    w.write(page as u64, 0, &[0u8; 4096]);
+                    open_dirty.insert(page as u64);
+                }
+                Op::Cut(breaks) => {
+                    // Who is connected, and from which base, before the cut.
+                    let before: Vec<(usize, u64)> = (0..2)
+                        .filter(|&i| w.standbys[i].conn.is_some())
+                        .map(|i| (i, w.active.tracker().standby(w.standbys[i].id).unwrap().base))
+                        .collect();
+                    epoch_dirty.push(std::mem::take(&mut open_dirty));
+                    let (m, stats) = w.cut(&breaks);
+                    prop_assert_eq!(stats.len(), before.len());
+                    for ((_, base), st) in before.iter().zip(&stats) {
+                        // Merge, not replay: each changed page exactly once.
+                        prop_assert_eq!(st.sent_pages as usize, changed_since(&epoch_dirty, *base), "epoch {}", m);
+                        prop_assert_eq!(
+                            st.sent_pages,
+                            st.zero_pages + st.same_pages + st.full_pages + st.delta_pages
+                        );
+                    }
+                }
+                Op::Disconnect(i) => w.disconnect(i),
+                Op::Reconnect(i) => {
+                    if w.standbys[i].conn.is_none() {
+                        w.connect(i);
+                    }
+                }
+            }
+            for s in &w.standbys {
+                common::assert_image_is_a_committed_epoch(&s.applier, &w.history);
+                if s.conn.is_none() {
+                    prop_assert_eq!(s.applier.staging_epoch(), None);
+                }
+            }
+        }
+        // Final: everyone reconnects and a clean epoch goes through.
+        for i in 0..2 {
+            if w.standbys[i].conn.is_none() {
+                w.connect(i);
+            }
+        }
+        let (m, _) = w.cut(&[None, None]);
+        for s in &w.standbys {
+            prop_assert_eq!(s.applier.committed_epoch(), m);
+            prop_assert!(s.applier.image().pages() == w.guest.pages(), "final image differs");
+            prop_assert!(w.active.tracker().is_caught_up(s.id));
+        }
+        prop_assert_eq!(w.active.digest(), w.standbys[0].applier.digest());
+    }
+}
+
+/// A standby that comes back after several epochs gets deltas for pages
+/// whose shadow it holds, and whole pages where the shadow moved on.
+#[test]
+fn lagging_standby_gets_whole_pages_only_where_needed() {
+    let mut w = World::new(initial_guest(5), 2, Budget::Full);
+    w.connect(0);
+    w.connect(1);
+    w.cut(&[None, None]); // epoch 1: everything
+    w.disconnect(1);
+    w.write(2, 10, &[1, 2, 3]); // epoch 2: page 2, to standby 0 only
+    w.cut(&[None, None]);
+    w.connect(1);
+    w.write(2, 20, &[4]); // epoch 3: pages 2 and 4
+    w.write(4, 30, &[5]);
+    let (_, stats) = w.cut(&[None, None]);
+    // Standby 0 (in step): two deltas.
+    assert_eq!((stats[0].sent_pages, stats[0].delta_pages), (2, 2));
+    // Standby 1 (at epoch 1): page 2's shadow is epoch 3's now... it was
+    // epoch 2's when encoding, which standby 1 never got: whole. Page 4's
+    // shadow is from epoch 1, which it holds: a delta.
+    assert_eq!(
+        (
+            stats[1].sent_pages,
+            stats[1].full_pages,
+            stats[1].delta_pages
+        ),
+        (2, 1, 1)
+    );
+    for s in &w.standbys {
+        assert_eq!(s.applier.image().pages(), w.guest.pages());
+    }
+}
+
+/// The device that was a standby becomes active after a switch; the old
+/// active becomes its standby and receives deltas only, no full copy.
+#[test]
+fn switch_back_needs_no_full_copy() {
+    let mut w = World::new(initial_guest(9), 1, Budget::Full);
+    w.connect(0);
+    w.cut(&[None]);
+    w.write(1, 0, &[9; 100]);
+    let (m, _) = w.cut(&[None]);
+    // Switch: standby 0's applier becomes the active image.
+    let applier = std::mem::replace(
+        &mut w.standbys[0].applier,
+        sync_core::applier::Applier::new(VecMemory::zeroed(1), 0),
+    );
+    let (image, hashes, committed) = applier.into_parts();
+    assert_eq!(committed, m);
+    let mut new_active =
+        sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, Budget::Full)
+            .unwrap();
+    // The old active's guest is the new standby's image at epoch m.
+    let old = sync_core::applier::Applier::new(w.guest.clone(), m);
+    let mut w2 = World::new(image.clone(), 0, Budget::Full);
+    let id = new_active.add_standby();
+    w2.active = new_active;
+    w2.history = vec![[0; 32]; m as usize];
+    w2.history.push(sync_core::digest::content_digest(&image));
+    w2.standbys.push(common::Standby {
+        id,
+        applier: old,
+        conn: None,
+    });
+    w2.connect(0);
+    w2.write(3, 5, &[1, 2, 3, 4]);
+    let (m2, stats) = w2.cut(&[None]);
+    assert_eq!(m2, m + 1);
+    assert_eq!((stats[0].sent_pages, stats[0].delta_pages), (1, 1));
+    assert!(stats[0].sealed_bytes < 300, "{}", stats[0].sealed_bytes);
+    assert_eq!(w2.standbys[0].applier.image().pages(), w2.guest.pages());
+    assert_eq!(w2.standbys[0].applier.image().page_count(), PAGES as u64);
+}
+
+/// Bit rot in the standby's committed image is found by the page hash of
+/// the next delta to that page; the standby drops the epoch and asks for
+/// a Resync; the active side resumes from the standby's epoch with the page
+/// whole, on a fresh zstd stream, in the same session.
+#[test]
+fn bit_rot_on_standby_is_repaired_by_resync() {
+    use sync_core::applier::ApplyError;
+    use sync_core::delta::DeltaError;
+    use sync_core::epoch::ActiveEvent;
+    use sync_core::standby::{EpochFault, Event};
+
+    let mut w = World::new(initial_guest(3), 1, Budget::Full);
+    w.connect(0);
+    w.cut(&[None]);
+    // Rot one byte of page 4 in the standby's committed image.
+    w.check = false;
+    let s = &mut w.standbys[0];
+    let a = std::mem::replace(
+        &mut s.applier,
+        sync_core::applier::Applier::new(VecMemory::zeroed(1), 0),
+    );
+    let (mut img, hashes, e) = a.into_parts();
+    img.pages_mut()[4][77] ^= 0x10;
+    s.applier = sync_core::applier::Applier::with_hashes(img, e, hashes);
+
+    // Epoch 2 changes page 4: its delta does not apply to the rotten page.
+    w.write(4, 1000, &[1, 2, 3]);
+    w.write(5, 0, &[8]);
+    let dirty = std::mem::take(&mut w.dirty);
+    let s = &mut w.standbys[0];
+    let c = s.conn.as_mut().unwrap();
+    w.active.cut(dirty, &w.guest, &mut [&mut c.link]).unwrap();
+    w.history.push(sync_core::digest::content_digest(&w.guest));
+    let bytes = std::mem::take(&mut c.link.out);
+    let mut input = &bytes[..];
+    let mut replies = Vec::new();
+    let mut events = Vec::new();
+    while let Some(f) = c.rx_dec.decode(&mut input).unwrap() {
+        events.push(c.rx.on_frame(f, &mut s.applier, &mut replies).unwrap());
+    }
+    assert!(
+        events.contains(&Event::Resyncing(EpochFault::Apply(ApplyError::Record(
+            DeltaError::HashMismatch
+        ))))
+    );
+    assert_eq!(s.applier.committed_epoch(), 1);
+    // The active side takes the Resync.
+    let mut input = &replies[..];
+    let f = c.tx_dec.decode(&mut input).unwrap().unwrap();
+    assert_eq!(
+        w.active.on_frame(&mut c.link, f).unwrap(),
+        ActiveEvent::Resync(1)
+    );
+    assert!(input.is_empty(), "nothing but the Resync (no Ack)");
+
+    // Epoch 3: pages 4 and 5 again (changed since epoch 1), page 4 whole
+    // (its shadow is epoch 2's, which the standby never committed).
+    w.write(6, 0, &[9]);
+    let (_, stats) = w.cut(&[None]);
+    assert_eq!(stats[0].sent_pages, 3);
+    assert_eq!(
+        stats[0].full_pages, 2,
+        "pages 4 and 5 go whole: their shadows are from epoch 2"
+    );
+    let s = &w.standbys[0];
+    assert_eq!(s.applier.committed_epoch(), 3);
+    assert_eq!(s.applier.image().pages(), w.guest.pages(), "repaired");
+}

@@ -1,0 +1,82 @@
+//! `cargo xtask demo`: one device, the guest and its workload under the
+//! hypervisor with dirty tracking, its console passed through, then the
+//! summary and the JSON report.
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{apt, guest, image, report};
+
+pub struct DemoArgs {
+    pub workload: String,
+    pub workload_exec: Option<Vec<String>>,
+    pub seconds: u64,
+    pub policy: String,
+    pub verify: bool,
+    pub report: Option<PathBuf>,
+    pub mem: u64,
+}
+
+/// Guest path of a program given with `--workload-exec`.
+const EXEC_PATH: &str = "/bin/vmsync-exec";
+
+/// The kernel command line and initrd for a workload (a named one, or a
+/// program copied into the initramfs).
+pub fn workload_guest(workload: &str, exec: Option<&[String]>, seconds: u64, base_initrd: &Path) -> Result<(String, PathBuf, String)> {
+    let mut append = format!("console=ttyAMA0 vmsync.seconds={seconds}");
+    match exec {
+        None => {
+            append += &format!(" vmsync.workload={workload}");
+            Ok((append, base_initrd.to_path_buf(), workload.to_string()))
+        }
+        Some([path, args @ ..]) => {
+            let host = Path::new(path);
+            if !host.is_file() {
+                bail!("--workload-exec {path}: no such file");
+            }
+            if args.iter().any(|a| a.contains(',') || a.contains(' ')) {
+                bail!("--workload-exec arguments may not contain ',' or spaces (they travel on the kernel command line)");
+            }
+            let out = image::out_dir().join("initrd-exec.cpio.gz");
+            guest::initrd_with_files(base_initrd, &[(EXEC_PATH, host)], &out)?;
+            append += &format!(" vmsync.exec={EXEC_PATH}");
+            if !args.is_empty() {
+                append += &format!(" vmsync.args={}", args.join(","));
+            }
+            let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "exec".into());
+            Ok((append, out, name))
+        }
+        Some([]) => bail!("--workload-exec needs a program"),
+    }
+}
+
+pub fn run(a: &DemoArgs) -> Result<()> {
+    apt::ensure_qemu_aarch64()?;
+    let g = guest::prepare(false)?;
+    let (append, initrd, name) = workload_guest(&a.workload, a.workload_exec.as_deref(), a.seconds, &g.initrd)?;
+    let policy = (a.policy != "off").then_some(a.policy.as_str());
+    if a.verify && policy.is_none() {
+        bail!("--verify needs a policy other than off");
+    }
+    let hv = image::build_hypervisor()?;
+    let img = image::out_dir().join("demo.img");
+    let spec = image::GuestSpec { kernel: &g.kernel, initrd: Some(&initrd), cmdline: &append, mem_mib: a.mem, policy, verify: a.verify };
+    image::pack(&hv, &spec, &img)?;
+    eprintln!("xtask demo: one device, workload {name}, policy {}, verify {}, {} s", a.policy, if a.verify { "on" } else { "off" }, a.seconds);
+    let cmd = qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(a.mem));
+    let out = qemu_tests::run(cmd, Duration::from_secs(a.seconds + 300), &[], true)?;
+    let r = report::build(&out.output, &report::RunInfo { workload: &name, policy: &a.policy, seconds: a.seconds });
+    let path = a.report.clone().unwrap_or_else(|| image::out_dir().join("report.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+    println!("\n{}report: {}", report::summary(&r), path.display());
+    if out.timed_out() {
+        bail!("the guest did not power off in time");
+    }
+    if !out.exited_ok() || out.output.contains("vmsync: error: fatal") {
+        bail!("the run failed (QEMU status {:?})", out.status);
+    }
+    if r["verify"]["mismatches"].as_u64().unwrap_or(0) > 0 {
+        bail!("verify found mismatches: a write escaped tracking");
+    }
+    Ok(())
+}
