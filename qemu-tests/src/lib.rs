@@ -170,6 +170,8 @@ fn kill(child: &mut Child) {
 pub struct Assets {
     /// The hypervisor's flat binary (`target/vmsync/hypervisor.bin`).
     pub hypervisor: PathBuf,
+    /// The test-only build that leaves one page per epoch unprotected.
+    pub hypervisor_negative: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub kernel_release: String,
@@ -185,6 +187,7 @@ impl Assets {
         };
         Assets {
             hypervisor: get("VMSYNC_TEST_HYPERVISOR").into(),
+            hypervisor_negative: get("VMSYNC_TEST_HYPERVISOR_NEGATIVE").into(),
             kernel: get("VMSYNC_TEST_KERNEL").into(),
             initrd: get("VMSYNC_TEST_INITRD").into(),
             kernel_release: get("VMSYNC_TEST_KERNEL_RELEASE").to_string_lossy().into_owned(),
@@ -202,13 +205,44 @@ impl Assets {
     }
 
     pub fn image_bytes(&self, cmdline: &str, mem_mib: u64) -> Vec<u8> {
+        self.image_bytes_with(&self.hypervisor, cmdline, mem_mib, "")
+    }
+
+    /// An image of the given hypervisor build with extra guest-config lines
+    /// (`policy=...`, `verify=on`).
+    pub fn image_with(&self, name: &str, hypervisor: &Path, cmdline: &str, mem_mib: u64, extra_config: &str) -> PathBuf {
+        let bytes = self.image_bytes_with(hypervisor, cmdline, mem_mib, extra_config);
+        let path = self.workdir.join(name);
+        std::fs::write(&path, bytes).expect("writing a test image");
+        path
+    }
+
+    pub fn image_bytes_with(&self, hypervisor: &Path, cmdline: &str, mem_mib: u64, extra_config: &str) -> Vec<u8> {
         let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
-        let hv = read(&self.hypervisor);
+        let hv = read(hypervisor);
         let kernel = read(&self.kernel);
         let initrd = read(&self.initrd);
-        let config = format!("cmdline={cmdline}\nmem_mib={mem_mib}\n");
+        let config = format!("cmdline={cmdline}\nmem_mib={mem_mib}\n{extra_config}");
         let payload = vmsync_boot::container::pack(&[("kernel", &kernel), ("initrd", &initrd), ("config", config.as_bytes())])
             .expect("packing a payload");
         vmsync_boot::image::assemble(&hv, &payload).expect("assembling an image")
     }
+}
+
+/// The epochs a run printed (`vmsync: epoch ...` lines).
+pub fn epochs(output: &str) -> Vec<sync_core::stats::EpochStats> {
+    output
+        .lines()
+        .filter_map(|l| l.split_once("vmsync: epoch ").map(|(_, rest)| rest))
+        .map(|rest| sync_core::stats::parse_epoch_line(rest.trim()).unwrap_or_else(|e| panic!("bad epoch line {rest:?}: {e:?}")))
+        .collect()
+}
+
+/// `(checks, mismatches)` from the `vmsync: verify checks=.. mismatches=..` summary.
+pub fn verify_summary(output: &str) -> Option<(u64, u64)> {
+    let line = output.lines().find_map(|l| l.split_once("vmsync: verify checks=").map(|(_, r)| r))?;
+    let mut it = line.split_whitespace();
+    let checks = it.next()?.parse().ok()?;
+    let mismatches = it.next()?.strip_prefix("mismatches=")?.parse().ok()?;
+    Some((checks, mismatches))
 }

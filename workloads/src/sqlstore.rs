@@ -71,7 +71,7 @@ pub fn transaction_sql(n: u64) -> String {
     let r = rand2(n, 200);
     let _ = writeln!(s, "SELECT count(*), total(score) FROM items WHERE owner = {};", r % OWNERS);
     let _ = writeln!(s, "SELECT count(*), max(at) FROM events WHERE item = {};", 1 + (r >> 16) % ITEMS);
-    if n % TRIM_EVERY == 0 && n > EVENTS_KEPT_TX {
+    if n.is_multiple_of(TRIM_EVERY) && n > EVENTS_KEPT_TX {
         let _ = writeln!(s, "DELETE FROM events WHERE at <= {};", n - EVENTS_KEPT_TX);
     }
     let _ = writeln!(s, "COMMIT;\nSELECT '{MARKER}', {n};");

@@ -31,6 +31,8 @@ pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
 
     let t = step("hypervisor image");
     let hv = image::build_hypervisor()?;
+    // The negative control of the dirty-tracking tests: a build that must fail --verify.
+    let hv_negative = image::build_hypervisor_variant(Some("negative-control"))?;
     done(t);
     if host_only {
         eprintln!("xtask test: host tests passed ({:.0} s); QEMU tests skipped (--host-only)", all.elapsed().as_secs_f64());
@@ -53,6 +55,7 @@ pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
     // Each QEMU run is one emulated CPU: two at a time fills two cores.
     cmd.args(["--test-threads", "2"]);
     cmd.env("VMSYNC_TEST_HYPERVISOR", &hv)
+        .env("VMSYNC_TEST_HYPERVISOR_NEGATIVE", &hv_negative)
         .env("VMSYNC_TEST_KERNEL", &g.kernel)
         .env("VMSYNC_TEST_INITRD", &g.initrd)
         .env("VMSYNC_TEST_KERNEL_RELEASE", &g.kernel_release)
