@@ -15,6 +15,8 @@ pub struct Vm {
     pub sysregs_reported: heapless::Vec<u32, 32>,
     /// Dirty tracking and epoch encoding, when a policy is configured.
     pub sync: Option<Engine>,
+    /// Counter value when sync started (epoch times count from it).
+    pub sync_start_ticks: u64,
 }
 
 impl Vm {
@@ -26,6 +28,7 @@ impl Vm {
             unmapped_accesses: 0,
             sysregs_reported: heapless::Vec::new(),
             sync: None,
+            sync_start_ticks: 0,
         }
     }
 }

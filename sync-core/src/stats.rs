@@ -11,6 +11,11 @@ use core::fmt;
 
 const PAGE_BYTES: u64 = 4096;
 
+/// What the hypervisor logs (after its `vmsync: ` prefix) right after the
+/// epoch it cuts when the guest's workload starts: the epochs printed after
+/// this line are the workload's steady state.
+pub const WORKLOAD_START_LOG: &str = "sync: workload started; later epochs are its steady state";
+
 /// Figures of one epoch (one standby's stream of it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpochStats {
@@ -37,6 +42,9 @@ pub struct EpochStats {
     pub same_pages: u64,
     pub full_pages: u64,
     pub delta_pages: u64,
+    /// When the epoch was cut, milliseconds since sync started (optional
+    /// in the line; 0 when absent). Rates per second divide by these.
+    pub at_ms: u64,
 }
 
 impl EpochStats {
@@ -56,7 +64,8 @@ impl EpochStats {
 impl fmt::Display for EpochStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "epoch={} ", self.epoch)?;
-        write_fields(f, &Fields::of_epoch(self))
+        write_fields(f, &Fields::of_epoch(self))?;
+        write!(f, " at_ms={}", self.at_ms)
     }
 }
 
@@ -198,6 +207,7 @@ pub fn parse_epoch_line(line: &str) -> Result<EpochStats, StatsParseError> {
             "same_pages" => (11, Some(&mut e.same_pages)),
             "full_pages" => (12, Some(&mut e.full_pages)),
             "delta_pages" => (13, Some(&mut e.delta_pages)),
+            "at_ms" => (14, Some(&mut e.at_ms)),
             _ => return Err(StatsParseError::UnknownKey),
         };
         if seen & (1 << bit) != 0 {
@@ -209,7 +219,8 @@ pub fn parse_epoch_line(line: &str) -> Result<EpochStats, StatsParseError> {
             None => dirty_bytes = Some(v),
         }
     }
-    if seen != (1 << 14) - 1 {
+    // `at_ms` (bit 14) is optional.
+    if seen & ((1 << 14) - 1) != (1 << 14) - 1 {
         return Err(StatsParseError::MissingKey);
     }
     if dirty_bytes != Some(e.dirty_page_bytes()) {
@@ -239,6 +250,7 @@ mod tests {
             same_pages: 2 * k,
             full_pages: 3 * k,
             delta_pages: 5 * k,
+            at_ms: 200 * k,
         }
     }
 
@@ -249,9 +261,12 @@ mod tests {
             e.to_string(),
             "epoch=3 dirty_pages=10 dirty_bytes=40960 sent_pages=11 changed_bytes=1000 \
              encoded_bytes=1200 compressed_bytes=600 sealed_bytes=650 write_faults=12 pause_us=30 \
-             zero_pages=1 same_pages=2 full_pages=3 delta_pages=5"
+             zero_pages=1 same_pages=2 full_pages=3 delta_pages=5 at_ms=200"
         );
         assert_eq!(parse_epoch_line(&format!("vmsync: sync {e}")), Ok(e));
+        // `at_ms` may be left out (lines of older builds).
+        let without = e.to_string().replace(" at_ms=200", "");
+        assert_eq!(parse_epoch_line(&without), Ok(EpochStats { at_ms: 0, ..e }));
     }
 
     #[test]

@@ -15,6 +15,20 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// What dirty tracking costs the guest: the workload's own progress with
+    /// tracking off and on, same run length, as a ratio; with the epoch
+    /// figures (bytes per second, pause, write faults) of the tracked run.
+    Tracking {
+        /// Guest workload (its progress field is what is compared).
+        #[arg(long, default_value = "video")]
+        workload: String,
+        /// Epoch policy of the tracked run.
+        #[arg(long, default_value = "interval:200ms")]
+        policy: String,
+        /// Workload run length, seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 const INIT_MARK: &str = "vmsync-guest: init";
@@ -29,6 +43,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(what: BenchCmd) -> Result<()> {
     match what {
         BenchCmd::Boot { runs } => boot(runs.max(1)),
+        BenchCmd::Tracking { workload, policy, seconds } => tracking(&workload, &policy, seconds),
     }
 }
 
@@ -59,3 +74,55 @@ fn boot(runs: usize) -> Result<()> {
     println!("  ratio          {:7.2}x", u / p);
     Ok(())
 }
+
+/// The last value of the workload's progress field, and the uptime when it
+/// was printed.
+fn progress(out: &str, field: &str) -> Option<(u64, f64)> {
+    out.lines()
+        .filter_map(|l| l.split_once("vmsync-workload: ").map(|(_, r)| r))
+        .filter_map(|l| {
+            let get = |k: &str| l.split_whitespace().find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='));
+            Some((get(field)?.parse().ok()?, get("uptime")?.parse().ok()?))
+        })
+        .last()
+}
+
+fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
+    apt::ensure_qemu_aarch64()?;
+    let Some(field) = vmsync_workloads::progress_field(workload) else {
+        bail!("workload {workload} has no progress field to compare");
+    };
+    let g = guest::prepare(false)?;
+    let hv = image::build_hypervisor()?;
+    let append = format!("console=ttyAMA0 vmsync.workload={workload} vmsync.seconds={seconds}");
+    let deadline = Duration::from_secs(seconds + 240);
+    let mut results = Vec::new();
+    for (label, pol) in [("untracked", None), ("tracked", Some(policy))] {
+        let img = image::out_dir().join(format!("bench-tracking-{label}.img"));
+        image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: &append, mem_mib: MEM_MIB, policy: pol, verify: false }, &img)?;
+        eprintln!("bench tracking: {workload}, {label}, {seconds} s");
+        let out = qemu_tests::run(qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(MEM_MIB)), deadline, &[], false)?;
+        if !out.exited_ok() {
+            bail!("the {label} run failed:\n{}", out.tail());
+        }
+        let Some(p) = progress(&out.output, field) else { bail!("no progress lines in the {label} run:\n{}", out.tail()) };
+        results.push((label, p, out.output));
+    }
+    let (off, on) = (results[0].1 .0 as f64, results[1].1 .0 as f64);
+    println!("tracking cost, workload {workload}, {seconds} s, policy {policy}");
+    println!("  progress ({field}) untracked {off:>10.0}");
+    println!("  progress ({field}) tracked   {on:>10.0}");
+    println!("  ratio tracked/untracked {:>10.3}", on / off.max(1.0));
+    let r = crate::report::build(&results[1].2, &crate::report::RunInfo { workload, policy, seconds });
+    let s = &r["steady"];
+    let secs = s["seconds"].as_f64().unwrap_or(0.0);
+    if secs > 0.0 {
+        let rate = |k: &str| s[k].as_f64().unwrap_or(0.0) / secs;
+        println!("  after epoch 1, per second: dirty-page {:.0} B/s, changed {:.0} B/s, delta {:.0} B/s, compressed {:.0} B/s, wire {:.0} B/s", rate("dirty_page_bytes"), rate("changed_bytes"), rate("delta_bytes"), rate("compressed_bytes"), rate("wire_bytes"));
+        println!("  dirty-page bytes / compressed bytes {:.1}", s["dirty_page_bytes"].as_f64().unwrap_or(0.0) / s["compressed_bytes"].as_f64().unwrap_or(1.0).max(1.0));
+        println!("  write faults {:.0}/s", rate("write_faults"));
+    }
+    println!("  pause per epoch: median {} us, max {} us (max includes epoch 1, the initial copy)", r["pause_us"]["median"], r["pause_us"]["max"]);
+    Ok(())
+}
+

@@ -48,7 +48,7 @@ pub fn build(out: &str, info: &RunInfo) -> Value {
                 "changed_bytes": e.changed_bytes, "delta_bytes": e.encoded_bytes,
                 "compressed_bytes": e.compressed_bytes, "wire_bytes": e.sealed_bytes,
                 "write_faults": e.write_faults, "pause_us": e.pause_us,
-                "sent_pages": e.sent_pages, "zero_pages": e.zero_pages, "same_pages": e.same_pages,
+                "sent_pages": e.sent_pages, "at_ms": e.at_ms, "zero_pages": e.zero_pages, "same_pages": e.same_pages,
                 "full_pages": e.full_pages, "delta_pages": e.delta_pages,
             })
         })
@@ -57,6 +57,11 @@ pub fn build(out: &str, info: &RunInfo) -> Value {
     // Epoch 1 carries the whole initial image; the steady-state figures
     // leave it out (`steady`), the totals keep it.
     let steady: Vec<&EpochStats> = epochs.iter().filter(|e| e.epoch > 1).collect();
+    // Wall time the steady epochs cover: from the cut of epoch 1 to the last.
+    let steady_seconds = match (epochs.iter().find(|e| e.epoch == 1), steady.last()) {
+        (Some(first), Some(last)) => last.at_ms.saturating_sub(first.at_ms) as f64 / 1000.0,
+        _ => 0.0,
+    };
     let ssum = |f: fn(&EpochStats) -> u64| steady.iter().map(|e| f(e)).sum::<u64>();
     let verify = after(out, "vmsync: verify checks=").next().map(|l| {
         let l = format!("checks={l}");
@@ -78,6 +83,7 @@ pub fn build(out: &str, info: &RunInfo) -> Value {
         },
         "steady": {
             "epochs": steady.len(),
+            "seconds": steady_seconds,
             "dirty_page_bytes": ssum(|e| e.dirty_page_bytes()), "changed_bytes": ssum(|e| e.changed_bytes),
             "delta_bytes": ssum(|e| e.encoded_bytes), "compressed_bytes": ssum(|e| e.compressed_bytes),
             "wire_bytes": ssum(|e| e.sealed_bytes), "write_faults": ssum(|e| e.write_faults),

@@ -54,6 +54,8 @@ pub struct Engine {
     pub checks: u64,
     pub mismatches: u64,
     faults_open: u64,
+    /// Watches the guest console for the workload's start (cut there once).
+    pub workload_start: super::workload_start::WorkloadStart,
 }
 
 impl Engine {
@@ -82,6 +84,7 @@ impl Engine {
             checks: 0,
             mismatches: 0,
             faults_open: 0,
+            workload_start: Default::default(),
         })
     }
 

@@ -4,3 +4,4 @@
 pub mod engine;
 pub mod loopback;
 pub mod raw_pages;
+pub mod workload_start;

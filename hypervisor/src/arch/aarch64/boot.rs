@@ -181,6 +181,7 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     info!("guest command line: {}", config.cmdline);
     let mut vm = Vm::new(mem);
     vm.sync = engine;
+    vm.sync_start_ticks = timer::now_ticks();
     if vm.sync.is_some() {
         GIC.enable(timer::INTID);
         timer::arm_in(tracking::TICK_NS);

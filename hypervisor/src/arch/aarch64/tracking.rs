@@ -102,6 +102,16 @@ pub fn tick(vm: &mut Vm) {
     timer::arm_in(TICK_NS);
 }
 
+/// A byte the guest wrote to its console: when it ends the workload's
+/// start line, cut an epoch there (see `sync::workload_start`).
+pub fn console_byte(vm: &mut Vm, b: u8) {
+    let Some(engine) = vm.sync.as_mut() else { return };
+    if engine.workload_start.feed(b) {
+        cut_epoch(vm);
+        info!("{}", sync_core::stats::WORKLOAD_START_LOG);
+    }
+}
+
 /// Cuts the open epoch with the guest paused (we are in its trap): encode,
 /// compress, seal; re-protect the pages written in it; then, with verify,
 /// check the local standby against guest RAM (not counted in the pause: a
@@ -110,6 +120,7 @@ pub fn cut_epoch(vm: &mut Vm) {
     let start = timer::now_ticks();
     let Some(set) = vm.mem.cut() else { return };
     let dirty: Vec<u64> = set.iter().collect();
+    let sync_start = vm.sync_start_ticks;
     let Some(engine) = vm.sync.as_mut() else { return };
     let mut st = match engine.cut(&vm.mem, &dirty) {
         Ok(st) => st,
@@ -123,6 +134,7 @@ pub fn cut_epoch(vm: &mut Vm) {
         s2.write_protect(vboard::RAM_BASE, reprotect_set(&dirty));
     }
     st.pause_us = timer::ticks_to_ns(timer::now_ticks() - start) / 1000;
+    st.at_ms = timer::ticks_to_ns(start.saturating_sub(sync_start)) / 1_000_000;
     info!("epoch {st}");
     match engine.verify(&vm.mem, st.epoch) {
         Ok(None) => {}

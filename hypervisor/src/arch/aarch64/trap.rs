@@ -133,7 +133,10 @@ fn data_abort(vm: &mut Vm, frame: &mut TrapFrame, da: &DataAbort) {
                     }
                     frame.set_reg(da.srt, v);
                 }
-                MmioOutcome::Console(b) => LOGGER.guest_bytes(&[b]),
+                MmioOutcome::Console(b) => {
+                    LOGGER.guest_bytes(&[b]);
+                    tracking::console_byte(vm, b);
+                }
                 MmioOutcome::Written => {}
             }
             skip_instruction();

@@ -1,0 +1,256 @@
+//! One study row from one run's console: the workload's steady state, that
+//! is every epoch the hypervisor cut after the one at the workload's start
+//! (`sync_core::stats::WORKLOAD_START_LOG`), and `results.csv`.
+//!
+//! Left out: epoch 1 (the initial full copy of the guest) and every epoch
+//! cut while the guest booted. The paper measured steady-state sync; an
+//! initial copy is paid once per pairing of devices, not per hour.
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use sync_core::stats::{EpochStats, WORKLOAD_START_LOG};
+
+use crate::report;
+
+/// The columns of `results.csv`, named as in the demo's JSON report.
+pub const CSV_HEADER: &str = "workload,policy,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+
+/// Totals over a run's steady-state epochs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub workload: String,
+    pub policy: String,
+    /// Time the steady epochs cover: from the end of the cut at the
+    /// workload's start to the last cut (at power-off).
+    pub seconds: f64,
+    pub epochs: u64,
+    pub dirty_pages: u64,
+    pub dirty_page_bytes: u64,
+    pub changed_bytes: u64,
+    pub delta_bytes: u64,
+    pub compressed_bytes: u64,
+    /// Sealed frames: what the link carries.
+    pub wire_bytes: u64,
+    pub write_faults: u64,
+    pub pause_us_median: u64,
+    pub pause_us_max: u64,
+    /// The workload's progress field per second (None: it has none, as idle).
+    pub progress_rate: Option<f64>,
+}
+
+impl Row {
+    /// `bytes` per second of steady state (0 when no time was covered).
+    pub fn per_second(&self, bytes: u64) -> f64 {
+        if self.seconds > 0.0 {
+            bytes as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The steady-state row of a run of `workload` (the study's name) under
+/// `policy`, whose guest program reports progress in `progress_field`.
+pub fn row(workload: &str, policy: &str, progress_field: Option<&str>, output: &str) -> Result<Row> {
+    let marker = format!("vmsync: {WORKLOAD_START_LOG}");
+    let Some(at) = output.find(&marker) else {
+        bail!("the hypervisor never logged the workload's start (`{marker}`): no steady state to measure");
+    };
+    let (before, after) = output.split_at(at);
+    let start = report::epochs(before).pop().context("no epoch was cut at the workload's start")?;
+    let steady = report::epochs(after);
+    let seconds = match steady.last() {
+        Some(last) => {
+            if last.at_ms == 0 {
+                bail!("the epoch lines carry no at_ms: this hypervisor build is older than the study");
+            }
+            // The guest resumes after the start cut's pause.
+            let from_ms = start.at_ms as f64 + start.pause_us as f64 / 1000.0;
+            ((last.at_ms as f64 - from_ms) / 1000.0).max(0.0)
+        }
+        None => 0.0,
+    };
+    let sum = |f: fn(&EpochStats) -> u64| steady.iter().map(f).sum::<u64>();
+    Ok(Row {
+        workload: workload.to_string(),
+        policy: policy.to_string(),
+        seconds,
+        epochs: steady.len() as u64,
+        dirty_pages: sum(|e| e.dirty_pages),
+        dirty_page_bytes: sum(|e| e.dirty_page_bytes()),
+        changed_bytes: sum(|e| e.changed_bytes),
+        delta_bytes: sum(|e| e.encoded_bytes),
+        compressed_bytes: sum(|e| e.compressed_bytes),
+        wire_bytes: sum(|e| e.sealed_bytes),
+        write_faults: sum(|e| e.write_faults),
+        pause_us_median: report::median(steady.iter().map(|e| e.pause_us).collect()),
+        pause_us_max: steady.iter().map(|e| e.pause_us).max().unwrap_or(0),
+        progress_rate: progress_field.and_then(|f| progress_rate(output, f)),
+    })
+}
+
+/// The workload's progress per second of guest time, between its first and
+/// its last per-second line (start-up before the first line is left out).
+pub fn progress_rate(output: &str, field: &str) -> Option<f64> {
+    let points: Vec<(u64, f64)> = output
+        .lines()
+        .filter_map(vmsync_workloads::parse_line)
+        .filter_map(|l| Some((l.uptime_ms?, l.field(field)?.parse::<f64>().ok()?)))
+        .collect();
+    let (first, last) = (points.first()?, points.last()?);
+    let ms = last.0.checked_sub(first.0).filter(|&ms| ms > 0)?;
+    Some((last.1 - first.1) / (ms as f64 / 1000.0))
+}
+
+/// `results.csv`: the header and one line per row.
+pub fn csv(rows: &[Row]) -> String {
+    let mut s = format!("{CSV_HEADER}\n");
+    for r in rows {
+        let rate = r.progress_rate.map(|v| format!("{v:.2}")).unwrap_or_default();
+        // Infallible: writing to a String cannot fail.
+        let _ = writeln!(
+            s,
+            "{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
+            r.workload,
+            r.policy,
+            r.seconds,
+            r.epochs,
+            r.dirty_pages,
+            r.dirty_page_bytes,
+            r.changed_bytes,
+            r.delta_bytes,
+            r.compressed_bytes,
+            r.wire_bytes,
+            r.write_faults,
+            r.pause_us_median,
+            r.pause_us_max,
+            rate
+        );
+    }
+    s
+}
+
+/// Reads `results.csv` back (the inverse of `csv`).
+pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
+    let mut lines = text.lines();
+    let header = lines.next().context("empty CSV")?;
+    if header != CSV_HEADER {
+        bail!("unexpected CSV header {header:?}");
+    }
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() != 14 {
+                bail!("line {}: {} fields, not 14", i + 2, f.len());
+            }
+            let n = |k: usize| f[k].parse::<u64>().with_context(|| format!("line {}: field {} = {:?}", i + 2, k + 1, f[k]));
+            Ok(Row {
+                workload: f[0].to_string(),
+                policy: f[1].to_string(),
+                seconds: f[2].parse().with_context(|| format!("line {}: seconds {:?}", i + 2, f[2]))?,
+                epochs: n(3)?,
+                dirty_pages: n(4)?,
+                dirty_page_bytes: n(5)?,
+                changed_bytes: n(6)?,
+                delta_bytes: n(7)?,
+                compressed_bytes: n(8)?,
+                wire_bytes: n(9)?,
+                write_faults: n(10)?,
+                pause_us_median: n(11)?,
+                pause_us_max: n(12)?,
+                progress_rate: if f[13].is_empty() {
+                    None
+                } else {
+                    Some(f[13].parse().with_context(|| format!("line {}: progress_rate {:?}", i + 2, f[13]))?)
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(n: u64, dirty: u64, changed: u64, at_ms: u64, pause_us: u64) -> String {
+        let e = EpochStats {
+            epoch: n,
+            dirty_pages: dirty,
+            sent_pages: dirty,
+            changed_bytes: changed,
+            encoded_bytes: changed + 10,
+            compressed_bytes: changed / 2,
+            sealed_bytes: changed / 2 + 40,
+            write_faults: dirty,
+            pause_us,
+            at_ms,
+            ..EpochStats::default()
+        };
+        format!("vmsync: epoch {e}\n")
+    }
+
+    /// Boot epochs 1 and 2, the cut at the workload's start (3), then two
+    /// steady epochs; the workload's lines two guest seconds apart.
+    fn console() -> String {
+        let mut s = String::new();
+        s += &epoch(1, 5000, 5000 * 4096, 1000, 900_000);
+        s += &epoch(2, 300, 90_000, 2000, 5000);
+        s += "vmsync-guest: workload dav1d start\n";
+        s += &epoch(3, 200, 60_000, 2400, 100_000);
+        s += &format!("vmsync: {WORKLOAD_START_LOG}\n");
+        s += "vmsync-workload: counter=1 checksum=00000000000000ab uptime=5.00 frames=30\n";
+        s += &epoch(4, 100, 1000, 3500, 300);
+        s += "vmsync-workload: counter=2 checksum=00000000000000cd uptime=7.00 frames=90\n";
+        s += &epoch(5, 50, 500, 4500, 100);
+        s
+    }
+
+    #[test]
+    fn steady_state_is_after_the_start_cut() {
+        let r = row("video", "interval:1s", Some("frames"), &console()).unwrap();
+        assert_eq!(r.epochs, 2);
+        assert_eq!(r.dirty_pages, 150);
+        assert_eq!(r.dirty_page_bytes, 150 * 4096);
+        assert_eq!(r.changed_bytes, 1500);
+        assert_eq!(r.delta_bytes, 1520);
+        assert_eq!(r.compressed_bytes, 750);
+        assert_eq!(r.wire_bytes, 830);
+        assert_eq!(r.write_faults, 150);
+        // From 2400 ms + the start cut's 100 ms pause to 4500 ms.
+        assert!((r.seconds - 2.0).abs() < 1e-9, "{}", r.seconds);
+        assert_eq!((r.pause_us_median, r.pause_us_max), (300, 300));
+        // 60 frames in 2 guest seconds.
+        assert_eq!(r.progress_rate, Some(30.0));
+        assert_eq!(r.per_second(r.wire_bytes), 415.0);
+    }
+
+    #[test]
+    fn a_run_without_the_start_cut_is_an_error() {
+        let out = console().replace(&format!("vmsync: {WORKLOAD_START_LOG}\n"), "");
+        let e = row("video", "interval:1s", Some("frames"), &out).unwrap_err().to_string();
+        assert!(e.contains("workload's start"), "{e}");
+    }
+
+    #[test]
+    fn no_progress_field_no_rate() {
+        let r = row("idle", "switch-only", None, &console()).unwrap();
+        assert_eq!(r.progress_rate, None);
+        assert_eq!(progress_rate(&console(), "transactions"), None);
+    }
+
+    #[test]
+    fn csv_round_trips_with_the_exact_header() {
+        let mut a = row("video", "interval:1s", Some("frames"), &console()).unwrap();
+        let mut b = row("idle", "switch-only", None, &console()).unwrap();
+        a.seconds = 19.875;
+        b.seconds = 20.5;
+        let text = csv(&[a.clone(), b.clone()]);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(CSV_HEADER));
+        assert_eq!(lines.next(), Some("video,interval:1s,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00"));
+        assert!(lines.next().is_some_and(|l| l.ends_with(",300,300,")), "idle has an empty progress_rate");
+        assert_eq!(parse_csv(&text).unwrap(), vec![a, b]);
+        assert!(parse_csv("workload,policy\n").is_err());
+        assert!(parse_csv(&format!("{CSV_HEADER}\nvideo,x,1\n")).is_err());
+    }
+}
