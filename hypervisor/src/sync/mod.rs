@@ -4,4 +4,5 @@
 pub mod engine;
 pub mod loopback;
 pub mod raw_pages;
+pub mod session;
 pub mod workload_start;

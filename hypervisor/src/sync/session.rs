@@ -1,0 +1,291 @@
+//! One sync connection as a state machine over a byte stream (sans I/O):
+//! bytes in from the transport, bytes out in `outbox`. The active side
+//! opens with Hello; the standby answers HelloAck naming its committed
+//! epoch; both derive the session keys from the pairing secret and both
+//! nonces; everything after is sealed. The same code runs over smoltcp in
+//! the hypervisor and over in-memory pipes in host tests.
+use alloc::vec::Vec;
+use sync_core::applier::Applier;
+use sync_core::compress::ZstdConfig;
+use sync_core::crypto::{PairingSecret, Role};
+use sync_core::digest::PageMemoryMut;
+use sync_core::epoch::{ActiveEvent, ActiveSync, EpochError, Link};
+use sync_core::resume::StandbyId;
+use sync_core::standby::{Event, StandbyError, StandbyReceiver};
+use sync_core::wire::{decode_clear, encode_clear, Epoch, FrameDecoder, Handshake, Message, Session, WireError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// Malformed, tampered or unexpected input: drop the connection.
+    Wire(WireError),
+    Epoch(EpochError),
+    Standby(StandbyError),
+    /// The peer's first message was not the handshake it owed us.
+    Protocol,
+}
+
+impl From<WireError> for SessionError {
+    fn from(e: WireError) -> Self {
+        SessionError::Wire(e)
+    }
+}
+impl From<EpochError> for SessionError {
+    fn from(e: EpochError) -> Self {
+        SessionError::Epoch(e)
+    }
+}
+impl From<StandbyError> for SessionError {
+    fn from(e: StandbyError) -> Self {
+        SessionError::Standby(e)
+    }
+}
+
+enum ActiveState {
+    AwaitHelloAck { hello: Handshake },
+    Established { link: Link },
+}
+
+/// The active device's end of one standby connection.
+pub struct ActivePeer {
+    pub id: StandbyId,
+    state: ActiveState,
+    decoder: FrameDecoder,
+    /// Bytes for the transport (the Hello until established; after that the
+    /// sealed frames live in the link's own `out`).
+    pub outbox: Vec<u8>,
+}
+
+impl ActivePeer {
+    /// Starts a connection to standby `id` with our handshake (its nonce
+    /// fresh for this connection).
+    pub fn connect(id: StandbyId, hello: Handshake) -> Result<Self, SessionError> {
+        let mut outbox = Vec::new();
+        encode_clear(&Message::Hello(hello.clone()), &mut outbox)?;
+        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox })
+    }
+
+    pub fn link_mut(&mut self) -> Option<&mut Link> {
+        match &mut self.state {
+            ActiveState::Established { link } => Some(link),
+            _ => None,
+        }
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, ActiveState::Established { .. })
+    }
+
+    /// Bytes waiting for the transport.
+    pub fn pending(&self) -> usize {
+        self.outbox.len() + match &self.state {
+            ActiveState::Established { link } => link.out.len(),
+            _ => 0,
+        }
+    }
+
+    /// Moves up to `max` bytes for the transport into `out` (the handshake
+    /// first, then sealed frames). Returns how many.
+    pub fn take_output(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
+        let src = if !self.outbox.is_empty() {
+            &mut self.outbox
+        } else {
+            match &mut self.state {
+                ActiveState::Established { link } => &mut link.out,
+                _ => return 0,
+            }
+        };
+        let n = src.len().min(max);
+        out.extend_from_slice(&src[..n]);
+        src.drain(..n);
+        n
+    }
+
+    /// Bytes from the standby. On an error the connection must be dropped
+    /// (and `ActiveSync::disconnect` called).
+    pub fn on_bytes(&mut self, mut bytes: &[u8], secret: &PairingSecret, active: &mut ActiveSync) -> Result<Vec<ActiveEvent>, SessionError> {
+        let mut events = Vec::new();
+        while let Some(frame) = self.decoder.decode(&mut bytes)? {
+            match &mut self.state {
+                ActiveState::AwaitHelloAck { hello } => {
+                    let Message::HelloAck(ack) = decode_clear(&frame)? else { return Err(SessionError::Protocol) };
+                    hello.check_peer(&ack)?;
+                    let session = Session::establish(secret, Role::Initiator, hello, &ack);
+                    active.connect(self.id, ack.last_committed)?;
+                    let link = Link::new(self.id, session, ZstdConfig::default())?;
+                    self.state = ActiveState::Established { link };
+                    events.push(ActiveEvent::Resync(ack.last_committed));
+                }
+                ActiveState::Established { link } => events.push(active.on_frame(link, frame)?),
+            }
+        }
+        Ok(events)
+    }
+}
+
+enum StandbyState {
+    AwaitHello,
+    Established { rx: StandbyReceiver },
+}
+
+/// The standby device's end of the connection from the active device.
+pub struct StandbyPeer {
+    state: StandbyState,
+    decoder: FrameDecoder,
+    pub outbox: Vec<u8>,
+    ours: Handshake,
+}
+
+impl StandbyPeer {
+    /// `ours`: our handshake (fresh nonce, our committed epoch).
+    pub fn accept(ours: Handshake) -> Self {
+        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours }
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, StandbyState::Established { .. })
+    }
+
+    /// Bytes from the active device; epochs go into `applier`. On an error
+    /// the connection must be dropped; the committed image is untouched.
+    pub fn on_bytes<M: PageMemoryMut>(&mut self, mut bytes: &[u8], secret: &PairingSecret, applier: &mut Applier<M>) -> Result<Vec<Event>, SessionError> {
+        let mut events = Vec::new();
+        while let Some(frame) = self.decoder.decode(&mut bytes)? {
+            match &mut self.state {
+                StandbyState::AwaitHello => {
+                    let Message::Hello(hello) = decode_clear(&frame)? else { return Err(SessionError::Protocol) };
+                    let mut ack = self.ours.clone();
+                    ack.last_committed = applier.committed_epoch();
+                    ack.check_peer(&hello)?;
+                    encode_clear(&Message::HelloAck(ack.clone()), &mut self.outbox)?;
+                    let session = Session::establish(secret, Role::Responder, &hello, &ack);
+                    let rx = StandbyReceiver::new(session, ZstdConfig::default())?;
+                    self.state = StandbyState::Established { rx };
+                }
+                StandbyState::Established { rx } => {
+                    let ev = rx.on_frame(frame, applier, &mut self.outbox);
+                    if ev.is_err() {
+                        applier.abort();
+                    }
+                    events.push(ev?);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// The standby asks for the guest (its user picked this device up).
+    pub fn request_switch(&mut self) -> Result<(), SessionError> {
+        match &mut self.state {
+            StandbyState::Established { rx } => {
+                rx.send(&Message::SwitchRequest, &mut self.outbox)?;
+                Ok(())
+            }
+            _ => Err(SessionError::Protocol),
+        }
+    }
+}
+
+/// The epoch a standby holds, for logs.
+pub fn committed<M: PageMemoryMut>(applier: &Applier<M>) -> Epoch {
+    applier.committed_epoch()
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use sync_core::digest::{content_digest, PageHashes, PageMemory, VecMemory};
+    use sync_core::shadow::Budget;
+    use sync_core::wire::{RamLayout, PROTOCOL_VERSION, WIRE_PAGE_SIZE};
+
+    const PAGES: u64 = 8;
+
+    fn hs(nonce: u8) -> Handshake {
+        Handshake {
+            version: PROTOCOL_VERSION,
+            vm_id: [1; 16],
+            platform_id: [2; 32],
+            ram: RamLayout { base: 0x4000_0000, size: PAGES * WIRE_PAGE_SIZE as u64 },
+            page_size: WIRE_PAGE_SIZE,
+            last_committed: 0,
+            nonce: [nonce; 32],
+        }
+    }
+
+    /// Moves everything each side has for the other until both are quiet.
+    fn pump(a: &mut ActivePeer, s: &mut StandbyPeer, sa: &PairingSecret, ss: &PairingSecret, active: &mut ActiveSync, applier: &mut Applier<VecMemory>) -> Result<(), SessionError> {
+        loop {
+            let mut to_s = Vec::new();
+            a.take_output(usize::MAX, &mut to_s);
+            let to_a = core::mem::take(&mut s.outbox);
+            if to_s.is_empty() && to_a.is_empty() {
+                return Ok(());
+            }
+            s.on_bytes(&to_s, ss, applier)?;
+            a.on_bytes(&to_a, sa, active)?;
+        }
+    }
+
+    fn guest() -> VecMemory {
+        let mut g = VecMemory::zeroed(PAGES as usize);
+        for (i, p) in g.pages_mut().iter_mut().enumerate() {
+            p[i * 7] = i as u8 + 1;
+        }
+        g
+    }
+
+    #[test]
+    fn handshake_then_epochs_commit_on_the_standby() {
+        let secret = PairingSecret::new([9; 32]);
+        let mut g = guest();
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let id = active.add_standby();
+        let mut a = ActivePeer::connect(id, hs(1)).unwrap();
+        let mut s = StandbyPeer::accept(hs(2));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
+        assert!(a.is_established() && s.is_established());
+        for round in 0..3u8 {
+            g.pages_mut()[3][100] = round;
+            let link = a.link_mut().unwrap();
+            active.cut([3u64], &g, &mut [link]).unwrap();
+            pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
+            assert_eq!(applier.committed_epoch(), round as u64 + 1);
+            assert_eq!(content_digest(applier.image()), content_digest(&g));
+        }
+        assert_eq!(active.tracker().standby(id).unwrap().acked, 3);
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused_and_nothing_is_committed() {
+        let g = guest();
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let id = active.add_standby();
+        let mut a = ActivePeer::connect(id, hs(1)).unwrap();
+        let mut s = StandbyPeer::accept(hs(2));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let (right, wrong) = (PairingSecret::new([9; 32]), PairingSecret::new([8; 32]));
+        // The handshake itself is in clear; the keys differ, so the first
+        // sealed frame fails to open.
+        pump(&mut a, &mut s, &right, &wrong, &mut active, &mut applier).unwrap();
+        let link = a.link_mut().unwrap();
+        active.cut([0u64], &g, &mut [link]).unwrap();
+        let r = pump(&mut a, &mut s, &right, &wrong, &mut active, &mut applier);
+        assert!(matches!(r, Err(SessionError::Standby(_)) | Err(SessionError::Wire(_))), "{r:?}");
+        assert_eq!(applier.committed_epoch(), 0);
+        assert!(applier.image().page(0).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn garbage_instead_of_a_hello_is_an_error_not_a_panic() {
+        let mut s = StandbyPeer::accept(hs(2));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let secret = PairingSecret::new([9; 32]);
+        for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xff; 64], &[0u8; 5]] {
+            let mut s2 = StandbyPeer::accept(hs(2));
+            let _ = s2.on_bytes(junk, &secret, &mut applier);
+        }
+        assert!(s.on_bytes(&[0xff; 64], &secret, &mut applier).is_err());
+        assert_eq!(applier.committed_epoch(), 0);
+    }
+}
