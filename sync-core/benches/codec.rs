@@ -1,7 +1,7 @@
 //! Delta codec throughput next to `memcmp` of the same page pairs (the
 //! memory-bandwidth limit) and next to QEMU's XBZRLE, per write pattern.
 //!
-//! `cargo bench -p sync-core --bench codec -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench -p sync-core --bench codec -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Each benchmark handles every pair of one pattern per iteration; the
 //! throughput is in page bytes (pairs x 4096), so the ratio of two lines of
@@ -9,7 +9,7 @@
 //! after zstd) are printed by `cargo run --release --example codec_figures`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use sync_core::delta::{self, Shadow};
+use sync_core::delta::{self, BatchDecoder, BatchEncoder, Shadow};
 use sync_core::page::{hash_page, Page, PAGE_SIZE};
 use sync_core::xbzrle;
 
@@ -56,12 +56,14 @@ fn codec(c: &mut Criterion) {
         g.bench_function("encode", |b| {
             b.iter(|| {
                 out.clear();
+                let mut w = BatchEncoder::new();
                 for (i, (s, p, h)) in pairs.iter().enumerate() {
                     let sh = Shadow {
                         page: black_box(*s),
                         hash: *h,
                     };
-                    delta::encode_page_record_with(i as u64, black_box(*p), Some(sh), &mut out);
+                    let r = w.encode_with(i as u64, black_box(*p), Some(sh), &mut out);
+                    black_box(r.expect("page numbers ascend"));
                 }
                 out.len()
             })
@@ -70,13 +72,10 @@ fn codec(c: &mut Criterion) {
         g.bench_function("encode_hashing_shadow", |b| {
             b.iter(|| {
                 out.clear();
+                let mut w = BatchEncoder::new();
                 for (i, (s, p, _)) in pairs.iter().enumerate() {
-                    delta::encode_page_record(
-                        i as u64,
-                        black_box(*p),
-                        Some(black_box(*s)),
-                        &mut out,
-                    );
+                    let r = w.encode(i as u64, black_box(*p), Some(black_box(*s)), &mut out);
+                    black_box(r.expect("page numbers ascend"));
                 }
                 out.len()
             })
@@ -98,24 +97,22 @@ fn codec(c: &mut Criterion) {
             })
         });
 
-        // Apply: parse each record and rebuild the page, checking its hash.
+        // Apply: parse each record and rebuild the page, checking its hash
+        // (Same pages are not in the batch: nothing to apply).
         let mut batch = Vec::new();
+        let mut w = BatchEncoder::new();
         for (i, (s, p, h)) in pairs.iter().enumerate() {
-            delta::encode_page_record_with(
-                i as u64,
-                p,
-                Some(Shadow { page: s, hash: *h }),
-                &mut batch,
-            );
+            let sh = Some(Shadow { page: s, hash: *h });
+            w.encode_with(i as u64, p, sh, &mut batch)
+                .expect("page numbers ascend");
         }
         let mut page = Box::new([0u8; PAGE_SIZE]);
         g.bench_function("apply", |b| {
             b.iter(|| {
-                let mut rest = &batch[..];
-                for (s, _, _) in &pairs {
-                    let (rec, used) = delta::decode_page_record(rest).expect("valid batch");
+                let mut records = BatchDecoder::new(&batch);
+                while let Some(rec) = records.next_record().expect("valid batch") {
+                    let (s, _, _) = pairs[rec.page_num as usize];
                     delta::apply(Some(s), &rec, &mut page).expect("applies");
-                    rest = &rest[used..];
                 }
                 page[0]
             })

@@ -152,26 +152,26 @@ impl<M: PageMemoryMut> Applier<M> {
 
     /// Applies a decompressed batch of page records into staging. On error
     /// the whole epoch is dropped.
-    pub fn apply_batch(&mut self, mut records: &[u8]) -> Result<(), ApplyError> {
+    pub fn apply_batch(&mut self, records: &[u8]) -> Result<(), ApplyError> {
         if self.staging.is_none() {
             return Err(ApplyError::NoEpoch);
         }
-        while !records.is_empty() {
-            let r = self.apply_one(records);
-            match r {
-                Ok(used) => records = &records[used..],
-                Err(e) => {
-                    self.abort();
-                    return Err(e);
-                }
+        let mut batch = delta::BatchDecoder::new(records);
+        loop {
+            let r = match batch.next_record() {
+                Ok(Some(rec)) => self.apply_one(&rec),
+                Ok(None) => return Ok(()),
+                Err(e) => Err(ApplyError::Record(e)),
+            };
+            if let Err(e) = r {
+                self.abort();
+                return Err(e);
             }
         }
-        Ok(())
     }
 
-    /// Applies the record at the front of `input`; returns its length.
-    fn apply_one(&mut self, input: &[u8]) -> Result<usize, ApplyError> {
-        let (rec, used) = delta::decode_page_record(input).map_err(ApplyError::Record)?;
+    /// Applies one record into staging.
+    fn apply_one(&mut self, rec: &delta::PageRecordRef<'_>) -> Result<(), ApplyError> {
         let p = rec.page_num;
         let committed = self.image.page(p).ok_or(ApplyError::PageOutOfRange)?;
         let staging = self.staging.as_mut().ok_or(ApplyError::NoEpoch)?;
@@ -185,13 +185,13 @@ impl<M: PageMemoryMut> Applier<M> {
             .pop()
             .unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
         buf.copy_from_slice(committed);
-        if let Err(e) = delta::apply_in_place(&mut buf, &rec) {
+        if let Err(e) = delta::apply_in_place(&mut buf, rec) {
             self.pool.push(buf);
             return Err(ApplyError::Record(e));
         }
         staging.seen[w] |= bit;
         staging.pages.push((p, buf, rec.hash));
-        Ok(used)
+        Ok(())
     }
 
     /// Commits the staged epoch if it is `epoch`, holds `page_count` records
@@ -252,7 +252,7 @@ impl<M: PageMemoryMut> Applier<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::encode_page_record;
+    use crate::delta::{encode_page_record, BatchEncoder};
     use crate::digest::{content_digest, VecMemory};
     use crate::page::hash_page;
 
@@ -279,8 +279,9 @@ mod tests {
         want[1] = page(3);
         want[3] = page(5);
         let mut b = Vec::new();
-        encode_page_record(1, &want[1], None, &mut b);
-        encode_page_record(3, &want[3], None, &mut b);
+        let mut w = BatchEncoder::new();
+        w.encode(1, &want[1], None, &mut b).unwrap();
+        w.encode(3, &want[3], None, &mut b).unwrap();
         a.begin(1, 0).unwrap();
         a.apply_batch(&b).unwrap();
         a.commit(1, &digest_of(&want), 2).unwrap();
@@ -292,9 +293,9 @@ mod tests {
         want[1][10] ^= 0xff;
         want[0][0] = 1;
         let (mut b1, mut b2) = (Vec::new(), Vec::new());
-        let o = encode_page_record(1, &want[1], Some(&old), &mut b1);
+        let o = encode_page_record(1, &want[1], Some(&old), &mut b1).unwrap();
         assert_eq!(o.kind, crate::delta::RecordKind::Delta);
-        encode_page_record(0, &want[0], Some(&[0u8; PAGE_SIZE]), &mut b2);
+        encode_page_record(0, &want[0], Some(&[0u8; PAGE_SIZE]), &mut b2).unwrap();
         a.begin(2, 1).unwrap();
         a.apply_batch(&b1).unwrap();
         assert_eq!(a.image().pages()[1], old, "staged, not committed yet");
@@ -313,8 +314,9 @@ mod tests {
         let mut a = fresh(2);
         let want = [page(1), page(2)];
         let mut b = Vec::new();
-        encode_page_record(0, &want[0], None, &mut b);
-        encode_page_record(1, &want[1], None, &mut b);
+        let mut w = BatchEncoder::new();
+        w.encode(0, &want[0], None, &mut b).unwrap();
+        w.encode(1, &want[1], None, &mut b).unwrap();
         a.begin(1, 0).unwrap();
         a.apply_batch(&b).unwrap();
         a.commit(1, &digest_of(&want), 2).unwrap();
@@ -327,7 +329,7 @@ mod tests {
         let mut next = want;
         next[0][7] ^= 1;
         let mut good = Vec::new();
-        encode_page_record(0, &next[0], Some(&want[0]), &mut good);
+        encode_page_record(0, &next[0], Some(&want[0]), &mut good).unwrap();
         let d = digest_of(&next);
         type Case = fn(&mut Applier<VecMemory>, &[u8], &Digest) -> Result<(), ApplyError>;
         let cases: &[(Case, ApplyError)] = &[
@@ -388,7 +390,7 @@ mod tests {
                 |a, g, _| {
                     a.begin(2, 1)?;
                     let mut bad = g.to_vec();
-                    bad[0] = 2; // page 2 of a 2-page image
+                    bad[0] = 2 << 2 | 3; // page 2 of a 2-page image
                     a.apply_batch(&bad)
                 },
                 ApplyError::PageOutOfRange,
@@ -423,7 +425,7 @@ mod tests {
     fn cut_epoch_is_dropped_by_abort() {
         let (mut a, want) = committed_one();
         let mut b = Vec::new();
-        encode_page_record(1, &page(9), None, &mut b);
+        encode_page_record(1, &page(9), None, &mut b).unwrap();
         a.begin(5, 1).unwrap();
         a.apply_batch(&b).unwrap();
         a.abort();

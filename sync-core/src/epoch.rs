@@ -12,7 +12,7 @@
 use alloc::vec::Vec;
 
 use crate::compress::{Compressor, ZstdConfig, ZstdError};
-use crate::delta::{encode_page_record_with, RecordKind, MAX_PAGE_RECORD};
+use crate::delta::{BatchEncoder, RecordKind, MAX_PAGE_RECORD};
 use crate::digest::{PageHashes, PageMemory};
 use crate::page::hash_page;
 use crate::resume::{ResumeError, ResumeTracker, StandbyId};
@@ -103,7 +103,10 @@ struct Out {
     pages: Vec<u64>,
     cursor: usize,
     raw: Vec<u8>,
+    /// Page-number gaps of the batch in `raw`.
+    batch: BatchEncoder,
     seq: u32,
+    /// Records sent in the epoch (Same pages are not sent).
     records: u64,
     stats: EpochStats,
 }
@@ -221,6 +224,7 @@ impl ActiveSync {
                 pages,
                 cursor: 0,
                 raw: Vec::new(),
+                batch: BatchEncoder::new(),
                 seq: 0,
                 records: 0,
                 stats,
@@ -250,8 +254,13 @@ impl ActiveSync {
                 } else {
                     None
                 };
-                let r = encode_page_record_with(p, content, shadow, &mut o.raw);
-                o.records += 1;
+                // Pages come in ascending order, each once, and p is a page
+                // of the guest (far below MAX_PAGE_NUM).
+                let r = o
+                    .batch
+                    .encode_with(p, content, shadow, &mut o.raw)
+                    .map_err(|_| EpochError::PageOutOfRange)?;
+                o.records += (r.kind != RecordKind::Same) as u64;
                 let s = &mut o.stats;
                 s.sent_pages += 1;
                 s.changed_bytes += r.changed_bytes as u64;
@@ -314,5 +323,6 @@ fn flush(link: &mut Link, o: &mut Out, epoch: Epoch) -> Result<(), EpochError> {
     o.stats.sealed_bytes += link.send(&msg)? as u64;
     o.seq += 1;
     o.raw.clear();
+    o.batch = BatchEncoder::new();
     Ok(())
 }

@@ -168,6 +168,24 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// `has_avx2()`, and the CPU has POPCNT, LZCNT and BMI1 (every AVX2 CPU
+/// shipped has them, but each has its own CPUID bit). Checked once.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+pub fn has_avx2_bits() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // 0 = not checked yet, 1 = no, 2 = yes. A race only repeats the check.
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = has_avx2() && x86::detect_bits();
+            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod x86 {
     use super::{BLOCK, BLOCKS};
@@ -191,6 +209,22 @@ mod x86 {
         // SAFETY: leaf 7 exists (max_leaf >= 7).
         let l7 = unsafe { __cpuid_count(7, 0) };
         l7.ebx & (1 << 5) != 0
+    }
+
+    /// POPCNT (leaf 1 ECX 23), BMI1 (leaf 7 EBX 3), LZCNT (leaf 0x8000_0001
+    /// ECX 5). Call only after `detect_avx2` said yes (leaf 7 exists).
+    #[allow(unused_unsafe)]
+    pub(super) fn detect_bits() -> bool {
+        // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 exists because
+        // the caller saw AVX2 there; extended leaves are queried for their
+        // maximum first.
+        unsafe {
+            let popcnt = __cpuid(1).ecx & (1 << 23) != 0;
+            let bmi1 = __cpuid_count(7, 0).ebx & (1 << 3) != 0;
+            let lzcnt =
+                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 5) != 0;
+            popcnt && bmi1 && lzcnt
+        }
     }
 
     #[target_feature(enable = "xsave")]

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use sync_core::compress::{Compressor, Decompressor, ZstdConfig};
 use sync_core::delta::{
-    self, apply, apply_in_place, decode_page_record, encode_page_record, encode_page_record_with,
-    RecordKind, RecordRef, Shadow,
+    self, apply, apply_in_place, decode_page_record, encode_page_record, BatchDecoder,
+    BatchEncoder, RecordKind, RecordRef, Shadow, MAX_PAGE_NUM,
 };
 use sync_core::dirty::DirtyTracker;
 use sync_core::page::{hash_page, Page, PAGE_SIZE};
@@ -99,11 +99,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn apply_of_encode_is_the_page(shadow in base_page(), c in change(), page_num in any::<u64>(), with_shadow in any::<bool>()) {
+    fn apply_of_encode_is_the_page(shadow in base_page(), c in change(), page_num in 0..=MAX_PAGE_NUM, with_shadow in any::<bool>()) {
         let page = changed(&shadow, &c);
         let sh = with_shadow.then_some(&*shadow);
         let mut out = vec![0xAB; 3];
-        let o = encode_page_record(page_num, &page, sh, &mut out);
+        let o = encode_page_record(page_num, &page, sh, &mut out).unwrap();
         prop_assert_eq!(o.len, out.len() - 3);
         prop_assert_eq!(o.hash, hash_page(&page));
         let diff = page.iter().zip(shadow.iter()).filter(|(a, b)| a != b).count();
@@ -111,6 +111,12 @@ proptest! {
             Some(_) => prop_assert_eq!(o.changed_bytes, diff),
             None if o.kind == RecordKind::Zero => prop_assert_eq!(o.changed_bytes, 0),
             None => prop_assert_eq!(o.changed_bytes, PAGE_SIZE),
+        }
+        if o.kind == RecordKind::Same {
+            // Not sent: the standby's copy is the shadow, which is the page.
+            prop_assert!(with_shadow && diff == 0);
+            prop_assert_eq!(out.len(), 3);
+            return Ok(());
         }
         let (rec, used) = decode_page_record(&out[3..]).unwrap();
         prop_assert_eq!(used, o.len);
@@ -126,7 +132,7 @@ proptest! {
         }
         // The fast path with a known shadow hash gives the same bytes.
         let mut fast = Vec::new();
-        let o2 = encode_page_record_with(page_num, &page, sh.map(|p| Shadow { page: p, hash: hash_page(p) }), &mut fast);
+        let o2 = BatchEncoder::new().encode_with(page_num, &page, sh.map(|p| Shadow { page: p, hash: hash_page(p) }), &mut fast).unwrap();
         prop_assert_eq!(o2, o);
         prop_assert_eq!(&fast[..], &out[3..]);
         // Kinds: Same only when equal; a zero page is Zero unless Same.
@@ -140,7 +146,7 @@ proptest! {
     fn runs_never_exceed_xbzrle(shadow in base_page(), c in change()) {
         let page = changed(&shadow, &c);
         let mut ours = Vec::new();
-        let o = encode_page_record(0, &page, Some(&shadow), &mut ours);
+        let o = encode_page_record(0, &page, Some(&shadow), &mut ours).unwrap();
         let mut theirs = Vec::new();
         match xbzrle::encode(&shadow, &page, PAGE_SIZE, &mut theirs) {
             XbzrleOutcome::Unchanged => prop_assert_eq!(o.kind, RecordKind::Same),
@@ -170,7 +176,12 @@ proptest! {
     ) {
         let page = changed(&shadow, &c);
         let mut good = Vec::new();
-        encode_page_record(77, &page, Some(&shadow), &mut good);
+        encode_page_record(77, &page, Some(&shadow), &mut good).unwrap();
+        if good.is_empty() {
+            // A Same page sends nothing: there is nothing to damage.
+            prop_assert!(page[..] == shadow[..]);
+            return Ok(());
+        }
         // Every strict prefix is refused.
         for cut in [0, 1, good.len() / 2, good.len() - 1] {
             prop_assert!(decode_page_record(&good[..cut]).is_err());
@@ -193,16 +204,19 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(input in vec(any::<u8>(), 0..5000), shadow in base_page()) {
-        let mut rest = &input[..];
-        // Parse as a batch until the first error.
-        while let Ok((rec, used)) = decode_page_record(rest) {
-            prop_assert!(used > 0 && used <= rest.len());
+        // Parse as a batch until the first error or its end.
+        let mut batch = BatchDecoder::new(&input);
+        let mut last = None;
+        while let Ok(Some(rec)) = batch.next_record() {
+            // Page numbers ascend strictly and stay in range.
+            prop_assert!(last.is_none_or(|l| rec.page_num > l));
+            prop_assert!(rec.page_num <= MAX_PAGE_NUM);
+            last = Some(rec.page_num);
             let mut out = Box::new([0u8; PAGE_SIZE]);
             if apply(Some(&shadow), &rec, &mut out).is_ok() {
                 prop_assert_eq!(hash_page(&out), rec.hash);
             }
             let _ = apply(None, &rec, &mut out);
-            rest = &rest[used..];
         }
     }
 
@@ -213,26 +227,28 @@ proptest! {
         for _ in 0..epochs {
             let mut batch = Vec::new();
             let mut want = Vec::new();
+            let mut w = BatchEncoder::new();
             for (i, (shadow, ch)) in pairs.iter().enumerate() {
                 let page = changed(shadow, ch);
-                encode_page_record(i as u64 * 3, &page, Some(shadow), &mut batch);
-                want.push(page);
+                let o = w.encode(i as u64 * 3, &page, Some(shadow), &mut batch).unwrap();
+                if o.kind != RecordKind::Same {
+                    want.push((i, page));
+                }
             }
             let mut wire = Vec::new();
             c.compress_batch(&batch, &mut wire).unwrap();
             let mut plain = Vec::new();
             d.decompress_batch(&wire, &mut plain, batch.len()).unwrap();
             prop_assert_eq!(&plain, &batch);
-            let mut rest = &plain[..];
-            for (i, page) in want.iter().enumerate() {
-                let (rec, used) = decode_page_record(rest).unwrap();
-                prop_assert_eq!(rec.page_num, i as u64 * 3);
+            let mut records = BatchDecoder::new(&plain);
+            for (i, page) in &want {
+                let rec = records.next_record().unwrap().unwrap();
+                prop_assert_eq!(rec.page_num, *i as u64 * 3);
                 let mut out = Box::new([0u8; PAGE_SIZE]);
-                apply(Some(&pairs[i].0), &rec, &mut out).unwrap();
+                apply(Some(&pairs[*i].0), &rec, &mut out).unwrap();
                 prop_assert_eq!(&out[..], &page[..]);
-                rest = &rest[used..];
             }
-            prop_assert!(rest.is_empty());
+            prop_assert_eq!(records.next_record(), Ok(None));
         }
     }
 
@@ -310,12 +326,13 @@ proptest! {
 
 #[test]
 fn varint_and_kind_boundaries() {
-    // Largest page number round-trips.
+    // Largest page number round-trips, within MAX_PAGE_RECORD.
     let page = noise(5);
     let mut out = Vec::new();
-    encode_page_record(u64::MAX, &page, None, &mut out);
+    encode_page_record(MAX_PAGE_NUM, &page, None, &mut out).unwrap();
     let (rec, used) = decode_page_record(&out).unwrap();
-    assert_eq!((rec.page_num, used), (u64::MAX, out.len()));
-    assert_eq!(out.len(), 10 + delta::RECORD_HEADER + PAGE_SIZE);
+    assert_eq!((rec.page_num, used), (MAX_PAGE_NUM, out.len()));
+    // Head: varint of MAX_PAGE_NUM << 2 | kind, 54 bits = 8 bytes.
+    assert_eq!(out.len(), 8 + delta::HASH_LEN + PAGE_SIZE);
     assert_eq!(out.len(), delta::MAX_PAGE_RECORD);
 }

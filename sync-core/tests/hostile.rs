@@ -8,7 +8,7 @@ use common::World;
 use proptest::prelude::*;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::delta::encode_page_record;
+use sync_core::delta::{BatchEncoder, RecordKind};
 use sync_core::digest::{content_digest, PageHashes, PageMemory, VecMemory};
 use sync_core::shadow::Budget;
 use sync_core::standby::StandbyReceiver;
@@ -229,20 +229,25 @@ proptest! {
             pages.insert(p);
         }
         let mut batch = Vec::new();
+        let mut w = BatchEncoder::new();
+        let mut sent = 0u64;
         for &p in &pages {
-            encode_page_record(p as u64, &g2.pages()[p], Some(&g1.pages()[p]), &mut batch);
+            let o = w.encode(p as u64, &g2.pages()[p], Some(&g1.pages()[p]), &mut batch).unwrap();
+            sent += (o.kind != RecordKind::Same) as u64;
         }
         let batch = match random_batch {
             Some(r) => r,
             None => {
                 let mut b = batch;
-                apply_damage(&mut b, &d);
+                if !b.is_empty() {
+                    apply_damage(&mut b, &d);
+                }
                 b
             }
         };
         let digest2 = PageHashes::of_memory(&g2).digest();
         a.begin(2, 1).unwrap();
-        let r = a.apply_batch(&batch).and_then(|()| a.commit(2, &digest2, pages.len() as u64));
+        let r = a.apply_batch(&batch).and_then(|()| a.commit(2, &digest2, sent));
         match r {
             Ok(()) => {
                 prop_assert!(a.image() == &g2, "committed something else than the intended image");
