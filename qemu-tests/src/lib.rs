@@ -1,6 +1,8 @@
 //! Boots QEMU machines for tests and benchmarks and reads their serial
 //! console. Every run has a deadline and is killed when it passes; output is
 //! kept whole so a failing test can show it.
+pub mod link;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
