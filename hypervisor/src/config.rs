@@ -5,8 +5,10 @@
 //! mem_mib=256
 //! policy=interval:200ms
 //! verify=on
+//! net_ip=169.254.0.1/16
 //! ```
 use alloc::string::String;
+use core::net::Ipv4Addr;
 use sync_core::policy::PolicySpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +20,148 @@ pub struct GuestConfig {
     /// Keep a second image built only from the encoded epochs and compare
     /// it with guest RAM at every cut.
     pub verify: bool,
+    /// The sync NIC (`net_*` keys).
+    pub net: NetConfig,
+    /// Who this device is in sync (`role`, `peer`, `listen`, `secret`).
+    pub sync: SyncRole,
+}
+
+/// The device's part in sync.
+///
+/// ```text
+/// role=active                  # runs the guest (default)
+/// peer=169.254.0.2:7000        # a standby to keep in sync (repeat for more)
+/// role=standby                 # runs no guest; keeps a committed copy
+/// listen=7000                  # the port a standby listens on (default 7000)
+/// secret=<64 hex digits>       # the pairing secret both devices share
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRole {
+    pub standby: bool,
+    pub peers: heapless::Vec<(Ipv4Addr, u16), MAX_PEERS>,
+    pub listen: u16,
+    pub secret: Option<[u8; 32]>,
+}
+
+pub const MAX_PEERS: usize = 4;
+pub const DEFAULT_SYNC_PORT: u16 = 7000;
+
+impl SyncRole {
+    const fn new() -> Self {
+        SyncRole { standby: false, peers: heapless::Vec::new(), listen: DEFAULT_SYNC_PORT, secret: None }
+    }
+
+    /// Applies one key; false when the value is malformed.
+    fn set(&mut self, key: &str, value: &str) -> bool {
+        match key {
+            "role" => match value {
+                "active" => self.standby = false,
+                "standby" => self.standby = true,
+                _ => return false,
+            },
+            "peer" => {
+                let Some((ip, port)) = value.split_once(':') else { return false };
+                match (ip.parse(), port.parse()) {
+                    (Ok(ip), Ok(port @ 1..)) => return self.peers.push((ip, port)).is_ok(),
+                    _ => return false,
+                }
+            }
+            "listen" => match value.parse() {
+                Ok(p @ 1..) => self.listen = p,
+                _ => return false,
+            },
+            "secret" => {
+                if value.len() != 64 {
+                    return false;
+                }
+                let mut out = [0u8; 32];
+                for (i, o) in out.iter_mut().enumerate() {
+                    match u8::from_str_radix(&value[2 * i..2 * i + 2], 16) {
+                        Ok(b) => *o = b,
+                        Err(_) => return false,
+                    }
+                }
+                self.secret = Some(out);
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The hypervisor's own network (see `net/`). Without `net_ip` the NIC, if
+/// the board has one, stays unused.
+///
+/// ```text
+/// net_ip=169.254.0.1/16        # address and prefix (default /16, link-local)
+/// net_test=server              # temporary TCP throughput test instead of the guest:
+/// net_test=client:169.254.0.1  #   the client sends net_test_mib MiB to the server
+/// net_test_mib=8
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    pub ip: Option<Ipv4Addr>,
+    pub prefix: u8,
+    pub test: Option<NetTestRole>,
+    pub test_mib: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetTestRole {
+    Server,
+    Client { server: Ipv4Addr },
+}
+
+impl NetConfig {
+    pub const DEFAULT_PREFIX: u8 = 16;
+    pub const DEFAULT_TEST_MIB: u32 = 8;
+    pub const MAX_TEST_MIB: u32 = 1024;
+
+    pub const fn new() -> Self {
+        NetConfig { ip: None, prefix: Self::DEFAULT_PREFIX, test: None, test_mib: Self::DEFAULT_TEST_MIB }
+    }
+
+    /// Applies one `net_*` key; false when the value is malformed.
+    fn set(&mut self, key: &str, value: &str) -> bool {
+        match key {
+            "net_ip" => {
+                let (ip, prefix) = value.split_once('/').unwrap_or((value, ""));
+                let prefix = if prefix.is_empty() { Some(Self::DEFAULT_PREFIX) } else { prefix.parse().ok() };
+                match (ip.parse(), prefix) {
+                    (Ok(ip), Some(p @ 1..=32)) => {
+                        self.ip = Some(ip);
+                        self.prefix = p;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            "net_test" => {
+                self.test = match value {
+                    "server" => Some(NetTestRole::Server),
+                    _ => match value.strip_prefix("client:").map(str::parse) {
+                        Some(Ok(server)) => Some(NetTestRole::Client { server }),
+                        _ => return false,
+                    },
+                };
+                true
+            }
+            "net_test_mib" => match value.parse() {
+                Ok(m @ 1..=Self::MAX_TEST_MIB) => {
+                    self.test_mib = m;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 pub const DEFAULT_MEM_MIB: u64 = 256;
@@ -38,12 +182,23 @@ pub enum ConfigError {
     BadSwitch { line: usize },
     /// `verify=on` without a policy: there would be no epochs to check.
     VerifyWithoutSync,
+    /// A malformed `net_*` value.
+    BadNet { line: usize },
+    /// `net_test` without `net_ip`: the test needs an address.
+    NetTestWithoutIp,
+    /// A malformed `role`, `peer`, `listen` or `secret`.
+    BadSync { line: usize },
+    /// Peers or a standby role need `net_ip` and `secret`.
+    SyncWithoutNet,
+    /// A standby runs no guest, so it takes no policy; an active device
+    /// with peers needs one.
+    SyncPolicy,
 }
 
 impl GuestConfig {
     pub fn parse(text: &[u8]) -> Result<Self, ConfigError> {
         let text = core::str::from_utf8(text).map_err(|_| ConfigError::NotUtf8)?;
-        let mut cfg = GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20, policy: None, verify: false };
+        let mut cfg = GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20, policy: None, verify: false, net: NetConfig::new(), sync: SyncRole::new() };
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.trim();
@@ -73,11 +228,31 @@ impl GuestConfig {
                         _ => return Err(ConfigError::BadSwitch { line: line_no }),
                     }
                 }
+                k @ ("net_ip" | "net_test" | "net_test_mib") => {
+                    if !cfg.net.set(k, value.trim()) {
+                        return Err(ConfigError::BadNet { line: line_no });
+                    }
+                }
+                k @ ("role" | "peer" | "listen" | "secret") => {
+                    if !cfg.sync.set(k, value.trim()) {
+                        return Err(ConfigError::BadSync { line: line_no });
+                    }
+                }
                 _ => return Err(ConfigError::UnknownKey { line: line_no }),
             }
         }
+        let networked = cfg.sync.standby || !cfg.sync.peers.is_empty();
+        if networked && (cfg.net.ip.is_none() || cfg.sync.secret.is_none()) {
+            return Err(ConfigError::SyncWithoutNet);
+        }
+        if (cfg.sync.standby && (cfg.policy.is_some() || !cfg.sync.peers.is_empty())) || (!cfg.sync.peers.is_empty() && cfg.policy.is_none()) {
+            return Err(ConfigError::SyncPolicy);
+        }
         if cfg.verify && cfg.policy.is_none() {
             return Err(ConfigError::VerifyWithoutSync);
+        }
+        if cfg.net.test.is_some() && cfg.net.ip.is_none() {
+            return Err(ConfigError::NetTestWithoutIp);
         }
         Ok(cfg)
     }
@@ -85,7 +260,9 @@ impl GuestConfig {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::format;
 
     #[test]
     fn parses_keys_and_keeps_equals_in_the_cmdline() {
@@ -106,8 +283,44 @@ mod tests {
     }
 
     #[test]
+    fn sync_roles() {
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let c = GuestConfig::parse(format!("policy=interval:200ms\nnet_ip=169.254.0.1\npeer=169.254.0.2:7000\npeer=169.254.0.3:7001\nsecret={secret}\n").as_bytes()).unwrap();
+        assert!(!c.sync.standby);
+        assert_eq!(c.sync.peers.as_slice(), &[(Ipv4Addr::new(169, 254, 0, 2), 7000), (Ipv4Addr::new(169, 254, 0, 3), 7001)]);
+        assert_eq!(c.sync.secret.unwrap()[1], 0x11);
+        let s = GuestConfig::parse(format!("role=standby\nlisten=7001\nnet_ip=169.254.0.2\nsecret={secret}").as_bytes()).unwrap();
+        assert!(s.sync.standby);
+        assert_eq!(s.sync.listen, 7001);
+        assert_eq!(GuestConfig::parse(b"role=standby"), Err(ConfigError::SyncWithoutNet));
+        assert_eq!(GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npolicy=switch-only").as_bytes()), Err(ConfigError::SyncPolicy));
+        assert_eq!(GuestConfig::parse(format!("net_ip=169.254.0.1\npeer=169.254.0.2:7000\nsecret={secret}").as_bytes()), Err(ConfigError::SyncPolicy));
+        assert_eq!(GuestConfig::parse(b"peer=nowhere"), Err(ConfigError::BadSync { line: 1 }));
+        assert_eq!(GuestConfig::parse(b"secret=abc"), Err(ConfigError::BadSync { line: 1 }));
+        assert_eq!(GuestConfig::parse(b"role=boss"), Err(ConfigError::BadSync { line: 1 }));
+    }
+
+    #[test]
     fn defaults() {
-        assert_eq!(GuestConfig::parse(b"").unwrap().mem_bytes, DEFAULT_MEM_MIB << 20);
+        let c = GuestConfig::parse(b"").unwrap();
+        assert_eq!(c.mem_bytes, DEFAULT_MEM_MIB << 20);
+        assert_eq!(c.net, NetConfig::new());
+        assert_eq!(c.net.ip, None, "networking is off unless configured");
+    }
+
+    #[test]
+    fn net_keys() {
+        let c = GuestConfig::parse(b"net_ip=169.254.0.2\nnet_test=client:169.254.0.1\nnet_test_mib=16").unwrap();
+        assert_eq!(c.net.ip, Some(Ipv4Addr::new(169, 254, 0, 2)));
+        assert_eq!(c.net.prefix, 16);
+        assert_eq!(c.net.test, Some(NetTestRole::Client { server: Ipv4Addr::new(169, 254, 0, 1) }));
+        assert_eq!(c.net.test_mib, 16);
+        let c = GuestConfig::parse(b"net_ip = 10.0.0.1/24\nnet_test=server").unwrap();
+        assert_eq!((c.net.ip, c.net.prefix, c.net.test), (Some(Ipv4Addr::new(10, 0, 0, 1)), 24, Some(NetTestRole::Server)));
+        for bad in ["net_ip=169.254.0", "net_ip=169.254.0.1/33", "net_ip=169.254.0.1/0", "net_ip=1.2.3.4/x", "net_test=both", "net_test=client:", "net_test_mib=0", "net_test_mib=4096"] {
+            assert_eq!(GuestConfig::parse(bad.as_bytes()), Err(ConfigError::BadNet { line: 1 }), "{bad}");
+        }
+        assert_eq!(GuestConfig::parse(b"net_test=server"), Err(ConfigError::NetTestWithoutIp));
     }
 
     #[test]

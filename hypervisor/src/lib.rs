@@ -6,6 +6,7 @@ extern crate alloc;
 pub mod arch;
 pub mod config;
 pub mod memory;
+pub mod net;
 pub mod stats;
 pub mod sync;
 pub mod vplatform;

@@ -46,6 +46,7 @@ pub fn plain_command(kernel: &Path, initrd: &Path, append: &str, mem_mib: u64) -
     c
 }
 
+#[derive(Clone)]
 pub struct RunOutput {
     /// None when the run was killed at its deadline.
     pub status: Option<ExitStatus>,
@@ -247,4 +248,83 @@ pub fn verify_summary(output: &str) -> Option<(u64, u64)> {
     let checks = it.next()?.parse().ok()?;
     let mismatches = it.next()?.strip_prefix("mismatches=")?.parse().ok()?;
     Some((checks, mismatches))
+}
+
+/// A QEMU running in the background (a standby device), its output
+/// collected until it is stopped.
+pub struct Background {
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn spawn(mut cmd: Command) -> std::io::Result<Self> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        for mut pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
+            let out = output.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut o) = out.lock() {
+                        o.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }));
+        }
+        Ok(Background { child, output, readers })
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        let bytes = self.output.lock().map(|o| o.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).replace('\r', "")
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops it and returns everything it printed.
+    pub fn stop(mut self) -> String {
+        kill(&mut self.child);
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.output()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// `(epoch, digest)` of every `vmsync: digest epoch=E d=HEX` (active) or
+/// `vmsync: standby committed epoch=E digest=HEX` (standby) line.
+pub fn digests(output: &str) -> Vec<(u64, String)> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("vmsync: digest epoch=").map(|(_, r)| r).or_else(|| l.split_once("vmsync: standby committed epoch=").map(|(_, r)| r))?;
+            let (e, d) = rest.split_once(' ')?;
+            let d = d.trim().trim_start_matches("d=").trim_start_matches("digest=");
+            Some((e.parse().ok()?, d.to_string()))
+        })
+        .collect()
+}
+
+/// Key=value numbers of the `vmsync: peer standby=N ...` line for standby `n`.
+pub fn peer_stat(output: &str, n: usize, key: &str) -> Option<u64> {
+    let prefix = format!("vmsync: peer standby={n} ");
+    let line = output.lines().find_map(|l| l.split_once(prefix.as_str()).map(|(_, r)| r))?;
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }

@@ -5,9 +5,11 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{apt, guest, image, report};
+use crate::{apt, guest, image, multi, report};
 
 pub struct DemoArgs {
+    pub devices: usize,
+    pub link: String,
     pub workload: String,
     pub workload_exec: Option<Vec<String>>,
     pub seconds: u64,
@@ -61,11 +63,40 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let hv = image::build_hypervisor()?;
     let img = image::out_dir().join("demo.img");
     let spec = image::GuestSpec { kernel: &g.kernel, initrd: Some(&initrd), cmdline: &append, mem_mib: a.mem, policy, verify: a.verify };
-    image::pack(&hv, &spec, &img)?;
-    eprintln!("xtask demo: one device, workload {name}, policy {}, verify {}, {} s", a.policy, if a.verify { "on" } else { "off" }, a.seconds);
-    let cmd = qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(a.mem));
-    let out = qemu_tests::run(cmd, Duration::from_secs(a.seconds + 300), &[], true)?;
-    let r = report::build(&out.output, &report::RunInfo { workload: &name, policy: &a.policy, seconds: a.seconds });
+    let deadline = Duration::from_secs(a.seconds + 300);
+    let host_mem = qemu_tests::host_mem_mib(a.mem);
+    let (out, multi) = if a.devices > 1 {
+        if policy.is_none() {
+            bail!("--devices {} needs a policy other than off", a.devices);
+        }
+        let profile: qemu_tests::link::Profile = a.link.parse().map_err(|e| anyhow::anyhow!("--link {}: {e:?}", a.link))?;
+        let secret = multi::fresh_secret();
+        image::pack_extra(&hv, &spec, &multi::active_config(a.devices, &secret), &img)?;
+        let mut standby_imgs = Vec::new();
+        for i in 1..a.devices {
+            let p = image::out_dir().join(format!("demo-standby-{i}.img"));
+            image::pack_extra(&hv, &image::GuestSpec { policy: None, verify: false, ..spec }, &multi::standby_config(i, &secret), &p)?;
+            standby_imgs.push(p);
+        }
+        eprintln!("xtask demo: {} devices over {}, workload {name}, policy {}, {} s", a.devices, a.link, a.policy, a.seconds);
+        let refs: Vec<&std::path::Path> = standby_imgs.iter().map(|p| p.as_path()).collect();
+        let m = multi::run(&img, &refs, host_mem, profile, deadline, true)?;
+        (m.active.clone(), Some(m))
+    } else {
+        image::pack(&hv, &spec, &img)?;
+        eprintln!("xtask demo: one device, workload {name}, policy {}, verify {}, {} s", a.policy, if a.verify { "on" } else { "off" }, a.seconds);
+        let cmd = qemu_tests::qemu_command(&img, host_mem);
+        (qemu_tests::run(cmd, deadline, &[], true)?, None)
+    };
+    let mut r = report::build(&out.output, &report::RunInfo { workload: &name, policy: &a.policy, seconds: a.seconds });
+    if let Some(m) = &multi {
+        r["standbys"] = multi::standby_report(m);
+        r["totals"]["wire_bytes"] = m.snapshot.delivered_bytes().into();
+        r["link"] = a.link.clone().into();
+        for s in r["standbys"].as_array().cloned().unwrap_or_default() {
+            println!("standby {}: committed epoch {}, digest match {}, reconnects {}, full resyncs {}, received {} bytes", s["name"], s["committed_epoch"], s["digest_match"], s["reconnects"], s["full_resyncs"], s["bytes_received"]);
+        }
+    }
     let path = a.report.clone().unwrap_or_else(|| image::out_dir().join("report.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{}report: {}", report::summary(&r), path.display());
@@ -74,6 +105,11 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     }
     if !out.exited_ok() || out.output.contains("vmsync: error: fatal") {
         bail!("the run failed (QEMU status {:?})", out.status);
+    }
+    if let Some(st) = r["standbys"].as_array() {
+        if st.iter().any(|s| s["digest_match"] != true) {
+            bail!("a standby's committed image does not match the active device");
+        }
     }
     if r["verify"]["mismatches"].as_u64().unwrap_or(0) > 0 {
         bail!("verify found mismatches: a write escaped tracking");

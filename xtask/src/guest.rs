@@ -3,16 +3,11 @@
 //! the workload programs) is built here. Everything is cached under
 //! `target/guest/` with stamps, so a second run only checks them.
 
-// The study guest (issue 7). Unused until `cargo xtask study` calls
-// `prepare_study`; the allows go then.
-#[allow(dead_code)]
+// The study guest (issue 7), for `cargo xtask study`.
 mod clip;
-#[allow(dead_code)]
 mod elf;
-#[allow(dead_code)]
 mod study;
 
-#[allow(unused_imports)]
 pub use study::prepare_study;
 
 use crate::apt;

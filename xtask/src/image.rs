@@ -85,6 +85,7 @@ pub fn flatten(elf: &[u8]) -> Result<Vec<u8>> {
     Ok(flat)
 }
 
+#[derive(Clone, Copy)]
 pub struct GuestSpec<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
@@ -125,13 +126,18 @@ pub fn read_kernel(path: &Path) -> Result<Vec<u8>> {
 }
 
 pub fn pack(hypervisor_bin: &Path, guest: &GuestSpec, out: &Path) -> Result<()> {
+    pack_extra(hypervisor_bin, guest, "", out)
+}
+
+/// `pack` with extra guest-config lines (network, role, peers, secret).
+pub fn pack_extra(hypervisor_bin: &Path, guest: &GuestSpec, extra_config: &str, out: &Path) -> Result<()> {
     let hv = std::fs::read(hypervisor_bin)?;
     let kernel = read_kernel(guest.kernel)?;
     let initrd = match guest.initrd {
         Some(p) => std::fs::read(p).with_context(|| format!("reading initrd {}", p.display()))?,
         None => Vec::new(),
     };
-    let config = guest.config_text();
+    let config = guest.config_text() + extra_config;
     let mut entries: Vec<(&str, &[u8])> = vec![("kernel", &kernel), ("config", config.as_bytes())];
     if !initrd.is_empty() {
         entries.push(("initrd", &initrd));

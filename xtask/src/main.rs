@@ -5,7 +5,9 @@ mod demo;
 mod cpio;
 mod guest;
 mod image;
+mod multi;
 mod report;
+mod study;
 mod test;
 
 use anyhow::Result;
@@ -54,9 +56,15 @@ enum Cmd {
     /// the hypervisor with dirty tracking on; the guest's console passes
     /// through, and a summary and a JSON report of every epoch follow.
     Demo {
-        /// Number of devices (only 1 until networked sync lands).
+        /// Number of devices: device A runs the guest, the others are
+        /// standbys kept in sync over the emulated link.
         #[arg(long, default_value_t = 1)]
         devices: u32,
+        /// Link profile between the devices: loopback, wifi (50 Mbit/s,
+        /// 5 ms), lte (10 Mbit/s, 40 ms), bt (2 Mbit/s, 30 ms); options as
+        /// in `lte,loss=1%,jitter=2`.
+        #[arg(long, default_value = "wifi")]
+        link: String,
         /// Guest workload: video, storage, browse, idle, counter or memtouch.
         #[arg(long, default_value = "video", conflicts_with = "workload_exec")]
         workload: String,
@@ -91,6 +99,10 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// The feasibility study: one guest run per workload × policy pair
+    /// (real Debian programs and synthetic ones), then results.csv,
+    /// report.md and plots (PNG, SVG) of the bytes each policy sends.
+    Study(study::StudyArgs),
     /// Measurements, as ratios against a baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -183,13 +195,14 @@ fn main() -> Result<()> {
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
         Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
-        Cmd::Demo { devices, workload, workload_exec, seconds, policy, verify, report, mem } => {
-            if devices != 1 {
-                anyhow::bail!("--devices {devices}: only one device is supported until networked sync lands");
+        Cmd::Demo { devices, link, workload, workload_exec, seconds, policy, verify, report, mem } => {
+            if !(1..=4).contains(&devices) {
+                anyhow::bail!("--devices {devices}: 1 to 4 devices");
             }
-            demo::run(&demo::DemoArgs { workload, workload_exec, seconds, policy, verify, report, mem })
+            demo::run(&demo::DemoArgs { devices: devices as usize, link, workload, workload_exec, seconds, policy, verify, report, mem })
         }
         Cmd::Test { host_only, filter } => test::run(host_only, filter.as_deref()),
         Cmd::Bench { what } => bench::run(what),
+        Cmd::Study(a) => study::run(&a),
     }
 }

@@ -29,7 +29,7 @@ pub fn progress(out: &str) -> Option<u64> {
     after(out, "vmsync-workload: ").filter_map(|l| field(l, "counter")).last()
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
+pub fn median(mut v: Vec<u64>) -> u64 {
     if v.is_empty() {
         return 0;
     }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use std::time::Instant;
 
-use crate::{apt, guest, image};
+use crate::{apt, guest, image, study};
 
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: == {name} ==");
@@ -44,6 +44,18 @@ pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
     let g = guest::prepare(false)?;
     done(t);
 
+    // The study's short form, alone (one guest at a time); the QEMU tests
+    // check its files (qemu-tests/tests/study.rs). A failure here shows
+    // there, after the other QEMU tests ran.
+    let study_dir = image::workspace_root().join("target/qemu-tests/study");
+    if filter.map_or(true, |f| study::QUICK_TESTS.iter().any(|name| name.contains(f))) {
+        let t = step("cargo xtask study --quick");
+        if let Err(e) = study::quick(&study_dir) {
+            eprintln!("xtask test: the quick study failed: {e:#}");
+        }
+        done(t);
+    }
+
     let t = step("QEMU tests");
     let work = image::workspace_root().join("target/qemu-tests");
     std::fs::create_dir_all(&work)?;
@@ -59,7 +71,8 @@ pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
         .env("VMSYNC_TEST_KERNEL", &g.kernel)
         .env("VMSYNC_TEST_INITRD", &g.initrd)
         .env("VMSYNC_TEST_KERNEL_RELEASE", &g.kernel_release)
-        .env("VMSYNC_TEST_WORKDIR", &work);
+        .env("VMSYNC_TEST_WORKDIR", &work)
+        .env("VMSYNC_TEST_STUDY_DIR", &study_dir);
     image::run_checked(&mut cmd)?;
     done(t);
     eprintln!("xtask test: all passed in {:.0} s", all.elapsed().as_secs_f64());

@@ -54,6 +54,7 @@ pub struct Engine {
     pub checks: u64,
     pub mismatches: u64,
     faults_open: u64,
+    peers: Option<super::peers::Peers>,
     /// Watches the guest console for the workload's start (cut there once).
     pub workload_start: super::workload_start::WorkloadStart,
 }
@@ -84,6 +85,7 @@ impl Engine {
             checks: 0,
             mismatches: 0,
             faults_open: 0,
+            peers: None,
             workload_start: Default::default(),
         })
     }
@@ -105,10 +107,45 @@ impl Engine {
     /// The caller re-protects the pages, then calls `verify` (if on) and
     /// `finish`.
     pub fn cut<G: PageMemory>(&mut self, guest: &G, dirty: &[u64]) -> Result<EpochStats, SyncError> {
-        let (epoch, stats) = self.active.cut(dirty.iter().copied(), guest, &mut [&mut self.link])?;
+        let mut links: Vec<&mut Link> = Vec::new();
+        links.push(&mut self.link);
+        if let Some(p) = self.peers.as_mut() {
+            links.extend(p.links());
+        }
+        let (epoch, stats) = self.active.cut(dirty.iter().copied(), guest, &mut links)?;
+        // The local link's figures describe the epoch (every standby in step
+        // gets the same bytes; a lagging one more, reported by the tools).
         let mut st = stats.into_iter().next().unwrap_or_else(|| EpochStats::new(epoch));
         st.write_faults = core::mem::take(&mut self.faults_open);
         Ok(st)
+    }
+
+    /// The digest of guest memory at the last cut (what EpochCommit carries
+    /// and a standby's committed image must match).
+    pub fn digest(&self) -> sync_core::wire::Digest {
+        self.active.digest()
+    }
+
+    /// Connects the standbys named in the config.
+    pub fn add_peers(&mut self, addrs: &[super::peers::PeerAddr], secret: sync_core::crypto::PairingSecret, hello: sync_core::wire::Handshake, nonce_seed: u64) {
+        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, nonce_seed));
+    }
+
+    /// Every connected standby has acknowledged the last cut.
+    pub fn all_acked(&self) -> bool {
+        let last = self.active.tracker().last_cut();
+        self.peers.as_ref().map(|p| p.list.iter().all(|x| x.acked >= last)).unwrap_or(true)
+    }
+
+    pub fn peers(&self) -> Option<&super::peers::Peers> {
+        self.peers.as_ref()
+    }
+
+    /// Moves sealed epochs to the standbys and their replies back. Never waits.
+    pub fn pump<D: crate::net::stack::NetDevice>(&mut self, net: &mut crate::net::stack::Stack<D>, now_ms: u64) {
+        if let Some(p) = self.peers.as_mut() {
+            p.pump(net, &mut self.active, now_ms);
+        }
     }
 
     /// The sealed frames of the last cut: applied to the local standby with

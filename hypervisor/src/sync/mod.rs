@@ -4,5 +4,7 @@
 pub mod engine;
 pub mod loopback;
 pub mod raw_pages;
+pub mod peers;
 pub mod session;
+pub mod standby_node;
 pub mod workload_start;

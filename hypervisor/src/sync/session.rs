@@ -83,21 +83,37 @@ impl ActivePeer {
         }
     }
 
-    /// Moves up to `max` bytes for the transport into `out` (the handshake
-    /// first, then sealed frames). Returns how many.
-    pub fn take_output(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
-        let src = if !self.outbox.is_empty() {
-            &mut self.outbox
-        } else {
-            match &mut self.state {
-                ActiveState::Established { link } => &mut link.out,
-                _ => return 0,
+    /// The next bytes for the transport (the handshake first, then sealed
+    /// frames); call `consume` with what the transport took.
+    pub fn output(&self) -> &[u8] {
+        if !self.outbox.is_empty() {
+            return &self.outbox;
+        }
+        match &self.state {
+            ActiveState::Established { link } => &link.out,
+            _ => &[],
+        }
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        if !self.outbox.is_empty() {
+            self.outbox.drain(..n.min(self.outbox.len()));
+        } else if let ActiveState::Established { link } = &mut self.state {
+            link.out.drain(..n.min(link.out.len()));
+        }
+    }
+
+    /// Moves everything pending into `out` (for in-memory transports).
+    pub fn take_output(&mut self, out: &mut Vec<u8>) {
+        loop {
+            let chunk = self.output();
+            if chunk.is_empty() {
+                return;
             }
-        };
-        let n = src.len().min(max);
-        out.extend_from_slice(&src[..n]);
-        src.drain(..n);
-        n
+            let n = chunk.len();
+            out.extend_from_slice(chunk);
+            self.consume(n);
+        }
     }
 
     /// Bytes from the standby. On an error the connection must be dropped
@@ -216,7 +232,7 @@ mod tests {
     fn pump(a: &mut ActivePeer, s: &mut StandbyPeer, sa: &PairingSecret, ss: &PairingSecret, active: &mut ActiveSync, applier: &mut Applier<VecMemory>) -> Result<(), SessionError> {
         loop {
             let mut to_s = Vec::new();
-            a.take_output(usize::MAX, &mut to_s);
+            a.take_output(&mut to_s);
             let to_a = core::mem::take(&mut s.outbox);
             if to_s.is_empty() && to_a.is_empty() {
                 return Ok(());

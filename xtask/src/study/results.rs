@@ -101,6 +101,40 @@ pub fn progress_rate(output: &str, field: &str) -> Option<f64> {
     Some((last.1 - first.1) / (ms as f64 / 1000.0))
 }
 
+/// What the guest's init said its workload exited with (`rc=` of
+/// `vmsync-guest: workload NAME end rc=N`), if it said so.
+pub fn workload_rc(output: &str, init_name: &str) -> Option<String> {
+    let end = format!("vmsync-guest: workload {init_name} end rc=");
+    // The hypervisor starts each log line on a fresh line, so one can cut a
+    // guest line in two: look in the console with those lines taken out
+    // and the guest's pieces joined, too.
+    [output.to_string(), without_log_lines(output)].iter().find_map(|text| {
+        let rest = &text[text.find(&end)? + end.len()..];
+        let rc: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '-').collect();
+        (!rc.is_empty()).then_some(rc)
+    })
+}
+
+/// The console without the hypervisor's `vmsync: ` lines, the lines on
+/// either side of each joined (where a log line cut a guest line, that
+/// restores it; elsewhere it glues two lines, which `workload_rc` can bear).
+fn without_log_lines(output: &str) -> String {
+    let mut out = String::with_capacity(output.len());
+    let mut cut = false;
+    for line in output.lines() {
+        if line.starts_with("vmsync: ") {
+            cut = true;
+            continue;
+        }
+        if !out.is_empty() && !cut {
+            out.push('\n');
+        }
+        out.push_str(line);
+        cut = false;
+    }
+    out
+}
+
 /// `results.csv`: the header and one line per row.
 pub fn csv(rows: &[Row]) -> String {
     let mut s = format!("{CSV_HEADER}\n");
@@ -236,6 +270,17 @@ mod tests {
         let r = row("idle", "switch-only", None, &console()).unwrap();
         assert_eq!(r.progress_rate, None);
         assert_eq!(progress_rate(&console(), "transactions"), None);
+    }
+
+    #[test]
+    fn workload_exit_code_even_when_a_log_line_cuts_it() {
+        assert_eq!(workload_rc("vmsync-guest: workload dav1d end rc=0\n", "dav1d").as_deref(), Some("0"));
+        assert_eq!(workload_rc("vmsync-guest: workload dav1d end rc=3\n", "dav1d").as_deref(), Some("3"));
+        // As the hypervisor's logger prints it when its line interrupts the guest's.
+        let cut = "vmsync-gues\nvmsync: epoch epoch=9 dirty_pages=1\nt: workload browse end rc=0\nvmsync-guest: interrupts-begin\n";
+        assert_eq!(workload_rc(cut, "browse").as_deref(), Some("0"));
+        assert_eq!(workload_rc(cut, "video"), None);
+        assert_eq!(workload_rc("vmsync-guest: workload browse start\n", "browse"), None);
     }
 
     #[test]

@@ -109,6 +109,19 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
         Some(Err(e)) => fatal!("guest config: {e:?}"),
         None => fatal!("boot image has no 'config' entry"),
     };
+
+    // The sync NIC (net/), if the board has one and the config an address.
+    // `net_test` runs the TCP throughput test instead of the guest.
+    let clock_ms = || timer::ticks_to_ns(timer::now_ticks()) / 1_000_000;
+    let device_window = board::DEVICE_GIB.start << 30..board::DEVICE_GIB.end << 30;
+    crate::net::start(&config.net, &host_fdt, &mut alloc, device_window, timer::now_ticks(), clock_ms());
+    if let Some(role) = config.net.test {
+        crate::net::run_test(role, config.net.test_mib, clock_ms);
+        power::system_off();
+    }
+    if config.sync.standby {
+        super::standby::run(&config, &mut alloc);
+    }
     let Some(kernel) = pack.get("kernel") else { fatal!("boot image has no 'kernel' entry") };
     let kernel_header = image::parse(kernel).unwrap_or_else(|e| fatal!("guest kernel is not an arm64 Image: {e:?}"));
     let initrd = pack.get("initrd").unwrap_or(&[]);
@@ -149,7 +162,13 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // its first use.
     unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
     let mut guest_s2 = GuestStage2 { s2, tables };
-    let engine = config.policy.map(|spec| tracking::start(spec, config.verify, &mut alloc, &mut mem, &mut guest_s2));
+    let mut engine = config.policy.map(|spec| tracking::start(spec, config.verify, &mut alloc, &mut mem, &mut guest_s2));
+    if let (Some(e), Some(secret)) = (engine.as_mut(), config.sync.secret) {
+        let peers: alloc::vec::Vec<_> = config.sync.peers.iter().map(|&(ip, port)| crate::sync::peers::PeerAddr { ip, port }).collect();
+        let hello = crate::sync::loopback::handshake(sync_core::wire::RamLayout { base: vboard::RAM_BASE, size: config.mem_bytes }, [0; 32]);
+        e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, timer::now_ticks());
+        info!("sync: {} standby peer(s) configured", peers.len());
+    }
     *STAGE2.lock() = Some(guest_s2);
 
     GIC.init();

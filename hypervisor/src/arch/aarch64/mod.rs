@@ -23,3 +23,5 @@ pub mod vectors;
 pub mod timer;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod tracking;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod standby;

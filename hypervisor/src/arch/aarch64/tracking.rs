@@ -91,9 +91,22 @@ pub fn write_fault(vm: &mut Vm, da: &DataAbort) -> bool {
     true
 }
 
+/// Network work of the tick: frames both ways, sealed epochs out to the
+/// standbys as their sockets take them, their replies in. Never waits.
+fn pump(vm: &mut Vm, now_ms: u64) {
+    crate::net::with(|n| {
+        n.poll(now_ms);
+        if let Some(e) = vm.sync.as_mut() {
+            e.pump(n, now_ms);
+            n.poll(now_ms);
+        }
+    });
+}
+
 /// The hypervisor's tick: ask the policy, cut when it says so, re-arm.
 pub fn tick(vm: &mut Vm) {
     let now = timer::ticks_to_ns(timer::now_ticks());
+    pump(vm, now / 1_000_000);
     let dirty = vm.mem.dirty_now();
     let cut = vm.sync.as_mut().map(|e| e.should_cut(now, dirty)).unwrap_or(false);
     if cut {
@@ -134,6 +147,9 @@ pub fn cut_epoch(vm: &mut Vm) {
         s2.write_protect(vboard::RAM_BASE, reprotect_set(&dirty));
     }
     st.pause_us = timer::ticks_to_ns(timer::now_ticks() - start) / 1000;
+    if engine.peers().is_some() {
+        info!("digest epoch={} d={}", st.epoch, crate::sync::standby_node::hex(&engine.digest()));
+    }
     st.at_ms = timer::ticks_to_ns(start.saturating_sub(sync_start)) / 1_000_000;
     info!("epoch {st}");
     match engine.verify(&vm.mem, st.epoch) {
@@ -148,6 +164,8 @@ pub fn cut_epoch(vm: &mut Vm) {
         Err(e) => warn!("verify epoch={} failed: {e:?}", st.epoch),
     }
     engine.finish(&st, timer::ticks_to_ns(timer::now_ticks()));
+    // Start sending at once rather than at the next tick.
+    pump(vm, timer::ticks_to_ns(timer::now_ticks()) / 1_000_000);
 }
 
 /// The pages to write-protect again after a cut: all that were written.
@@ -171,10 +189,44 @@ pub fn finish(vm: &mut Vm) {
     }
     timer::stop();
     cut_epoch(vm);
+    flush(vm);
     if let Some(e) = vm.sync.as_ref() {
         info!("sync totals {}", e.totals);
         if e.verifying() {
             info!("verify checks={} mismatches={}", e.checks, e.mismatches);
+        }
+        if let Some(p) = e.peers() {
+            for s in &p.list {
+                info!(
+                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={}",
+                    s.id, s.addr.ip, s.addr.port, s.acked, s.reconnects, s.full_resyncs, s.bytes_sent
+                );
+            }
+        }
+    }
+}
+
+/// Before power-off: give the standbys the last epoch (up to a bound, so a
+/// dead link cannot hold the device up).
+fn flush(vm: &mut Vm) {
+    const FLUSH_MS: u64 = 15_000;
+    let Some(e) = vm.sync.as_ref() else { return };
+    if e.peers().is_none() {
+        return;
+    }
+    let start = timer::ticks_to_ns(timer::now_ticks()) / 1_000_000;
+    loop {
+        let now = timer::ticks_to_ns(timer::now_ticks()) / 1_000_000;
+        pump(vm, now);
+        let done = vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true);
+        if done || now - start > FLUSH_MS {
+            info!("sync: flush at power-off {} after {} ms", if done { "complete" } else { "gave up" }, now - start);
+            return;
+        }
+        // About a millisecond between polls.
+        let until = timer::now_ticks() + timer::ns_to_ticks(1_000_000);
+        while timer::now_ticks() < until {
+            core::hint::spin_loop();
         }
     }
 }

@@ -1,0 +1,124 @@
+//! The hypervisor's own network: the sync NIC (a virtio-net device the
+//! guest never sees: its device tree has no virtio node and stage 2 maps no
+//! device), smoltcp on it, and a small socket API for sync sessions.
+//!
+//! - `hal`: DMA pages and identity addresses for `virtio-drivers`
+//! - `nic`: finds and drives the virtio-net device as a smoltcp device
+//! - `stack`: the interface, its IPv4 address, TCP sockets by `Handle`
+//! - `test_mode`: `net_test`, a TCP throughput check between two devices
+//!
+//! Polled, never waiting, from the hypervisor's 5 ms tick (`tick`) and from
+//! whoever needs the network sooner (`with`). A standby without a guest
+//! polls in a loop and may sleep up to `Stack::poll_delay_ms` between polls.
+pub mod hal;
+pub mod nic;
+pub mod stack;
+pub mod test_mode;
+#[cfg(test)]
+pub(crate) mod test_link;
+
+use core::ops::Range;
+use log::{error, info};
+
+pub use nic::{Nic, NicStats};
+pub use stack::{Handle, NetError, Stack, TcpState, TCP_BUFFER};
+
+use crate::config::{NetConfig, NetTestRole};
+use crate::memory::phys::PhysAllocator;
+
+/// The stack on the board's NIC.
+pub type Net = Stack<Nic>;
+
+/// DMA memory for the virtqueues (a few pages at `QUEUE_SIZE` 64); frame
+/// buffers come from the heap, which is identity-mapped RAM as well.
+const DMA_POOL: u64 = 256 << 10;
+
+/// The network, once `start` found a NIC and an address.
+static NET: spin::Mutex<Option<Net>> = spin::Mutex::new(None);
+
+/// Brings the network up at boot when the board has a virtio-net device
+/// and the config gives an address; otherwise logs one line and leaves it
+/// off. `device_window` is the physical range EL2 maps as Device memory;
+/// `seed` should differ per boot (the counter will do).
+pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, device_window: Range<u64>, seed: u64, now_ms: u64) -> bool {
+    let slots = host_fdt
+        .all_nodes()
+        .filter(|n| n.compatible().is_some_and(|c| c.all().any(|s| s == "virtio,mmio")))
+        .filter_map(|n| n.reg()?.next())
+        .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+    let found = nic::find_net_slot(slots, device_window, |addr| {
+        // SAFETY: `find_net_slot` only reads registers of slots inside the
+        // Device-mapped window; reading a virtio-mmio ID register has no
+        // side effect.
+        unsafe { core::ptr::read_volatile(addr as *const u32) }
+    });
+    let Some((base, size)) = found else {
+        info!("net: no virtio-net device: networking off");
+        return false;
+    };
+    let Some(ip) = cfg.ip else {
+        info!("net: virtio-net at {base:#x} left unused: no net_ip in the config");
+        return false;
+    };
+    let pool = match alloc.alloc(DMA_POOL, 4096) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("net: no room for the DMA pool: {e:?}; networking off");
+            return false;
+        }
+    };
+    // SAFETY: the pool was just carved for DMA alone; RAM is identity-mapped
+    // Normal memory at EL2; `start` runs once.
+    unsafe { hal::init_pool(pool, DMA_POOL) };
+    // SAFETY: a virtio-mmio slot inside the Device-mapped window, found
+    // once; nothing else drives it (the guest has no device mapped).
+    let nic = match unsafe { Nic::open(base, size) } {
+        Ok(n) => n,
+        Err(e) => {
+            error!("net: virtio-net at {base:#x}: {e:?}; networking off");
+            return false;
+        }
+    };
+    let mac = nic.mac();
+    match Stack::new(nic, ip, cfg.prefix, seed, now_ms) {
+        Ok(net) => {
+            info!(
+                "net: virtio-net at {base:#x}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {ip}/{}, TCP buffers {} KiB",
+                mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], cfg.prefix, TCP_BUFFER >> 10
+            );
+            *NET.lock() = Some(net);
+            true
+        }
+        Err(e) => {
+            error!("net: {e:?}; networking off");
+            false
+        }
+    }
+}
+
+/// Runs `f` on the network if it is up (None otherwise, or when called
+/// from inside another `with`).
+pub fn with<R>(f: impl FnOnce(&mut Net) -> R) -> Option<R> {
+    NET.try_lock()?.as_mut().map(f)
+}
+
+/// The hypervisor's tick: one poll, bounded (at most a queue's worth of
+/// frames each way), never waiting.
+pub fn tick(now_ms: u64) {
+    with(|n| n.poll(now_ms));
+}
+
+/// `net_test`: runs the TCP throughput test on the network and logs the
+/// outcome (the caller powers off after). `clock_ms` reads the time.
+pub fn run_test(role: NetTestRole, mib: u32, clock_ms: impl FnMut() -> u64) {
+    let r = with(|net| test_mode::run(net, role, (mib as u64) << 20, clock_ms));
+    match r {
+        Some(r) => {
+            test_mode::log_outcome(role, &r);
+            if let Some(stats) = with(|n| n.device().stats) {
+                info!("net: {stats:?}");
+            }
+        }
+        None => error!("net-test failed: the network is off (no virtio-net device or no net_ip)"),
+    }
+}

@@ -1,0 +1,289 @@
+//! The active device's connections to its standbys over the hypervisor's
+//! TCP stack: connect (and reconnect with a back-off), handshake, push the
+//! sealed epochs out as the socket takes them, read Acks and Resyncs. A
+//! slow or absent standby never stalls the guest or the other standbys:
+//! its queue is bounded, and past the bound its connection is dropped; it
+//! reconnects and resumes from its last committed epoch (pages merged).
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use log::{info, warn};
+use sync_core::crypto::PairingSecret;
+use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
+use sync_core::resume::StandbyId;
+use sync_core::wire::{Epoch, Handshake};
+
+use super::session::ActivePeer;
+use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
+
+/// A standby's queue beyond this many bytes means it cannot keep up.
+pub const MAX_PENDING: usize = 32 << 20;
+/// Wait this long before connecting again after a failure.
+const RETRY_MS: u64 = 500;
+/// A connection that has not finished its handshake by then is dropped.
+const HANDSHAKE_MS: u64 = 5_000;
+/// Bytes read from one socket per pump (bounds the work per tick).
+const READ_CHUNK: usize = 256 << 10;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+pub struct Peer {
+    pub addr: PeerAddr,
+    pub id: StandbyId,
+    tcp: Option<Handle>,
+    session: Option<ActivePeer>,
+    since_ms: u64,
+    next_try_ms: u64,
+    connections: u32,
+    /// Connections after the first.
+    pub reconnects: u32,
+    /// Connections where the standby held nothing (epoch 0) after we had
+    /// already sent it something: it starts over with the whole guest.
+    pub full_resyncs: u32,
+    pub acked: Epoch,
+    pub bytes_sent: u64,
+}
+
+pub struct Peers {
+    pub list: Vec<Peer>,
+    secret: PairingSecret,
+    hello: Handshake,
+    nonce_seed: u64,
+    scratch: Vec<u8>,
+}
+
+impl Peers {
+    /// `hello` is our handshake template (its nonce is replaced per
+    /// connection from `nonce_seed` and a counter).
+    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, nonce_seed: u64) -> Self {
+        let list = addrs
+            .iter()
+            .map(|&addr| Peer {
+                addr,
+                id: active.add_standby(),
+                tcp: None,
+                session: None,
+                since_ms: 0,
+                next_try_ms: 0,
+                connections: 0,
+                reconnects: 0,
+                full_resyncs: 0,
+                acked: 0,
+                bytes_sent: 0,
+            })
+            .collect();
+        Peers { list, secret, hello, nonce_seed, scratch: Vec::new() }
+    }
+
+    /// The links of established sessions, for a cut.
+    pub fn links(&mut self) -> impl Iterator<Item = &mut Link> {
+        self.list.iter_mut().filter_map(|p| p.session.as_mut()?.link_mut())
+    }
+
+    fn nonce(&mut self, peer: usize) -> [u8; 32] {
+        // Unique per connection: boot seed, peer, a counter. NOT secret
+        // randomness: the board has no RNG driver yet (see the closing note).
+        self.nonce_seed = self.nonce_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut n = [0u8; 32];
+        n[..8].copy_from_slice(&self.nonce_seed.to_le_bytes());
+        n[8..16].copy_from_slice(&(peer as u64).to_le_bytes());
+        n[16..20].copy_from_slice(&self.hello.ram.size.to_le_bytes()[..4]);
+        n
+    }
+
+    fn drop_conn<D: NetDevice>(&mut self, i: usize, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64, why: &str) {
+        let p = &mut self.list[i];
+        if let Some(h) = p.tcp.take() {
+            net.abort(h);
+            net.release(h);
+        }
+        if p.session.take().is_some_and(|s| s.is_established()) {
+            let _ = active.disconnect(p.id);
+        }
+        p.next_try_ms = now_ms + RETRY_MS;
+        warn!("sync: standby {} ({}:{}) connection dropped: {why}", p.id, p.addr.ip, p.addr.port);
+    }
+
+    /// Moves bytes both ways on every connection; (re)connects. Never waits.
+    pub fn pump<D: NetDevice>(&mut self, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64) {
+        for i in 0..self.list.len() {
+            if self.list[i].tcp.is_none() {
+                if now_ms < self.list[i].next_try_ms {
+                    continue;
+                }
+                let a = self.list[i].addr;
+                match net.tcp_connect(a.ip, a.port) {
+                    Ok(h) => {
+                        let p = &mut self.list[i];
+                        p.tcp = Some(h);
+                        p.since_ms = now_ms;
+                    }
+                    Err(e) => {
+                        self.list[i].next_try_ms = now_ms + RETRY_MS;
+                        warn!("sync: connect to {}:{}: {e:?}", a.ip, a.port);
+                        continue;
+                    }
+                }
+            }
+            let Some(h) = self.list[i].tcp else { continue };
+            match net.state(h) {
+                TcpState::Closed | TcpState::CloseWait | TcpState::TimeWait | TcpState::Closing | TcpState::LastAck => {
+                    self.drop_conn(i, net, active, now_ms, "closed by the peer or the network");
+                    continue;
+                }
+                _ => {}
+            }
+            if !net.is_established(h) {
+                if now_ms - self.list[i].since_ms > HANDSHAKE_MS {
+                    self.drop_conn(i, net, active, now_ms, "no connection");
+                }
+                continue;
+            }
+            if self.list[i].session.is_none() {
+                let mut hello = self.hello.clone();
+                hello.nonce = self.nonce(i);
+                hello.last_committed = active.tracker().last_cut();
+                let id = self.list[i].id;
+                match ActivePeer::connect(id, hello) {
+                    Ok(s) => {
+                        let p = &mut self.list[i];
+                        p.session = Some(s);
+                        p.since_ms = now_ms;
+                    }
+                    Err(e) => {
+                        self.drop_conn(i, net, active, now_ms, "handshake encoding failed");
+                        warn!("sync: {e:?}");
+                        continue;
+                    }
+                }
+            }
+            // Replies first: an Ack may be waiting.
+            self.scratch.clear();
+            let n = net.recv(h, &mut self.scratch, READ_CHUNK);
+            if n > 0 {
+                let secret = self.secret.clone();
+                let p = &mut self.list[i];
+                let Some(s) = p.session.as_mut() else { continue };
+                let was = s.is_established();
+                match s.on_bytes(&self.scratch, &secret, active) {
+                    Ok(events) => {
+                        for ev in events {
+                            match ev {
+                                ActiveEvent::Acked(e) => {
+                                    p.acked = e;
+                                    info!("ack standby={} epoch={e} at_ms={now_ms}", p.id);
+                                }
+                                ActiveEvent::Resync(e) if !was => {
+                                    p.connections += 1;
+                                    if p.connections > 1 {
+                                        p.reconnects += 1;
+                                        if e == 0 && active.tracker().last_cut() > 0 {
+                                            p.full_resyncs += 1;
+                                        }
+                                    }
+                                    info!("sync: standby {} at {}:{} connected holding epoch {e}", p.id, p.addr.ip, p.addr.port);
+                                }
+                                ActiveEvent::Resync(e) => info!("sync: standby {} asks to resync from epoch {e}", p.id),
+                                ActiveEvent::SwitchRequested => info!("sync: standby {} asks for the guest (switching lands later)", p.id),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.drop_conn(i, net, active, now_ms, "bad input from the standby");
+                        warn!("sync: {e:?}");
+                        continue;
+                    }
+                }
+            }
+            let p = &mut self.list[i];
+            let Some(s) = p.session.as_mut() else { continue };
+            if !s.is_established() && now_ms - p.since_ms > HANDSHAKE_MS {
+                self.drop_conn(i, net, active, now_ms, "no HelloAck");
+                continue;
+            }
+            if s.pending() > MAX_PENDING {
+                self.drop_conn(i, net, active, now_ms, "standby too far behind; it will resume from its last committed epoch");
+                continue;
+            }
+            // As much as the socket takes, without waiting.
+            loop {
+                let out = s.output();
+                if out.is_empty() {
+                    break;
+                }
+                let sent = net.send(h, out);
+                s.consume(sent);
+                p.bytes_sent += sent as u64;
+                if sent == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::net::test_link::pair;
+    use crate::sync::loopback::handshake;
+    use crate::sync::raw_pages::RawPages;
+    use crate::sync::standby_node::StandbyNode;
+    use sync_core::digest::{PageMemory, VecMemory};
+    use sync_core::shadow::Budget;
+    use sync_core::wire::RamLayout;
+
+    const PAGES: u64 = 64;
+
+    #[test]
+    fn epochs_flow_to_a_standby_over_tcp_and_acks_come_back() {
+        let (la, lb) = pair();
+        let (a_ip, b_ip) = (Ipv4Addr::new(169, 254, 0, 1), Ipv4Addr::new(169, 254, 0, 2));
+        let mut na = Stack::new(la, a_ip, 16, 1, 0).unwrap();
+        let mut nb = Stack::new(lb, b_ip, 16, 2, 0).unwrap();
+        let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
+        let secret = PairingSecret::new([3; 32]);
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5);
+        let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
+        // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
+        let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
+        let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), 9);
+        let mut guest = VecMemory::zeroed(PAGES as usize);
+        let mut now = 0u64;
+        let mut step = |na: &mut Stack<_>, nb: &mut Stack<_>, peers: &mut Peers, active: &mut ActiveSync, node: &mut StandbyNode, now: &mut u64| {
+            na.poll(*now);
+            peers.pump(na, active, *now);
+            na.poll(*now);
+            nb.poll(*now);
+            node.pump(nb);
+            nb.poll(*now);
+            *now += 1;
+        };
+        for _ in 0..200 {
+            step(&mut na, &mut nb, &mut peers, &mut active, &mut node, &mut now);
+        }
+        assert!(peers.links().count() == 1, "no session after 200 ms");
+        for epoch in 1..=5u64 {
+            for p in 0..PAGES as usize {
+                guest.pages_mut()[p][(epoch as usize * 13 + p) % 4096] = epoch as u8;
+            }
+            let mut links: Vec<&mut Link> = peers.links().collect();
+            active.cut(0..PAGES, &guest, &mut links).unwrap();
+            for _ in 0..500 {
+                step(&mut na, &mut nb, &mut peers, &mut active, &mut node, &mut now);
+                if peers.list[0].acked == epoch {
+                    break;
+                }
+            }
+            assert_eq!(node.applier.committed_epoch(), epoch);
+            assert_eq!(peers.list[0].acked, epoch, "no ack for epoch {epoch}");
+            assert_eq!(node.applier.image().page(7), guest.page(7));
+        }
+        assert_eq!(peers.list[0].reconnects, 0);
+    }
+}

@@ -1,0 +1,97 @@
+//! The feasibility study's short form: `cargo xtask test` runs
+//! `cargo xtask study --quick` (two workloads, one of them Debian's dav1d,
+//! two policies, a few seconds each) before the QEMU tests and names its
+//! output directory in `VMSYNC_TEST_STUDY_DIR`; these tests check what it
+//! wrote. Keep the test names in step with `QUICK_TESTS` in xtask/src/study.rs.
+use std::path::PathBuf;
+
+const HEADER: &str = "workload,policy,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+const QUICK_WORKLOADS: [&str; 2] = ["video", "synth-video"];
+const QUICK_POLICIES: [&str; 2] = ["interval:200ms", "switch-only"];
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn dir() -> PathBuf {
+    std::env::var_os("VMSYNC_TEST_STUDY_DIR")
+        .unwrap_or_else(|| panic!("VMSYNC_TEST_STUDY_DIR is not set: run the QEMU tests through `cargo xtask test`"))
+        .into()
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let p = dir().join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// One row of results.csv: the two names, then the numbers by column name.
+struct Row {
+    workload: String,
+    policy: String,
+    values: Vec<(&'static str, f64)>,
+}
+
+impl Row {
+    fn get(&self, column: &str) -> f64 {
+        self.values.iter().find(|(c, _)| *c == column).unwrap_or_else(|| panic!("no column {column}")).1
+    }
+}
+
+fn rows() -> Vec<Row> {
+    let text = String::from_utf8(read("results.csv")).expect("results.csv is UTF-8");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(HEADER), "results.csv header");
+    let columns: Vec<&'static str> = HEADER.split(',').collect();
+    lines
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            assert_eq!(f.len(), columns.len(), "fields in {line:?}");
+            let values = columns[2..]
+                .iter()
+                .zip(&f[2..])
+                // progress_rate is empty for a workload without a progress field.
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(c, v)| (*c, v.parse::<f64>().unwrap_or_else(|_| panic!("{c}={v:?} in {line:?} is not a number"))))
+                .collect();
+            Row { workload: f[0].to_string(), policy: f[1].to_string(), values }
+        })
+        .collect()
+}
+
+#[test]
+fn study_quick_files() {
+    let rows = rows();
+    for w in QUICK_WORKLOADS {
+        for p in QUICK_POLICIES {
+            let r = rows.iter().find(|r| r.workload == w && r.policy == p).unwrap_or_else(|| panic!("no row for {w} × {p}"));
+            assert!(r.get("seconds") > 1.0, "{w} × {p}: steady state of {} s", r.get("seconds"));
+            assert!(r.get("epochs") >= 1.0, "{w} × {p}: no steady epoch");
+            assert!(r.get("progress_rate") > 0.0, "{w} × {p}: the workload made no progress");
+        }
+    }
+    assert_eq!(rows.len(), QUICK_WORKLOADS.len() * QUICK_POLICIES.len());
+    let report = String::from_utf8(read("report.md")).expect("report.md is UTF-8");
+    for part in ["| video | interval:200ms |", "| synth-video | switch-only |", "Cost per hour", "wifi 50 Mbit/s", "bytes_per_second.png"] {
+        assert!(report.contains(part), "report.md has no {part:?}:\n{report}");
+    }
+    for stem in ["bytes_per_second", "bytes_vs_interval"] {
+        let png = read(&format!("{stem}.png"));
+        assert!(png.starts_with(PNG_MAGIC) && png.len() > 1000, "{stem}.png is not a PNG ({} bytes)", png.len());
+        let svg = String::from_utf8(read(&format!("{stem}.svg"))).expect("SVG is UTF-8");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{stem}.svg is not an SVG");
+        assert!(svg.contains("<text") && svg.contains("<rect"), "{stem}.svg has no text or shapes");
+    }
+}
+
+/// The paper's effect on real video playback (Debian's dav1d), and ours:
+/// whole dirty pages move more than the bytes that changed, and delta +
+/// zstd moves less than that.
+#[test]
+fn study_quick_video_inequality() {
+    let rows = rows();
+    let video: Vec<&Row> = rows.iter().filter(|r| r.workload == "video").collect();
+    assert_eq!(video.len(), QUICK_POLICIES.len());
+    for r in video {
+        let (dirty, changed, compressed) = (r.get("dirty_page_bytes"), r.get("changed_bytes"), r.get("compressed_bytes"));
+        assert!(changed > 0.0, "video × {}: nothing changed", r.policy);
+        assert!(dirty >= changed, "video × {}: dirty-page bytes {dirty} < changed bytes {changed}", r.policy);
+        assert!(changed >= compressed, "video × {}: changed bytes {changed} < compressed bytes {compressed}", r.policy);
+    }
+}

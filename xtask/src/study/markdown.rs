@@ -1,0 +1,226 @@
+//! `report.md`: the study's table, the ratios (the paper's and ours), and
+//! what each policy costs per hour on each link profile of DESIGN.md.
+use std::fmt::Write as _;
+
+use super::results::Row;
+
+/// The link profiles of the link emulator (DESIGN.md, "Network and the
+/// test link"): name and bits per second.
+pub const LINKS: &[(&str, f64)] = &[("wifi", 50e6), ("lte", 10e6), ("bt", 2e6)];
+
+/// Megabytes (10^6) per hour at `bytes_per_second`.
+pub fn mb_per_hour(bytes_per_second: f64) -> f64 {
+    bytes_per_second * 3600.0 / 1e6
+}
+
+/// The share of a link of `link_bps` bits per second that a stream of
+/// `bytes_per_second` occupies (1.0: all of it).
+pub fn link_share(bytes_per_second: f64, link_bps: f64) -> f64 {
+    bytes_per_second * 8.0 / link_bps
+}
+
+/// `a / b` as `3.1x`, or `-` when `b` is 0.
+pub fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}x", a as f64 / b as f64)
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / 1e6)
+}
+
+/// A share of a link as a percentage; over 100 % the link cannot keep up.
+fn share(s: f64) -> String {
+    let pct = s * 100.0;
+    let text = if pct >= 10.0 {
+        format!("{pct:.0} %")
+    } else if pct >= 0.1 {
+        format!("{pct:.1} %")
+    } else {
+        format!("{pct:.2} %")
+    };
+    if s > 1.0 {
+        format!("**{text}** (too slow)")
+    } else {
+        text
+    }
+}
+
+/// What the report says about how the study was run.
+pub struct Context<'a> {
+    pub command: &'a str,
+    pub kernel: &'a str,
+    pub mem_mib: u64,
+    pub seconds: u64,
+    /// (workload, policy, why) of runs that gave no row.
+    pub failed: &'a [(String, String, String)],
+    /// The plots written beside the report (file stems).
+    pub plots: &'a [(&'a str, &'a str)],
+}
+
+pub fn report(rows: &[Row], cx: &Context) -> String {
+    let mut o = String::new();
+    // Writing to a String cannot fail: the results of writeln! are ignored.
+    let _ = writeln!(o, "# VMsync feasibility study\n");
+    let _ = writeln!(
+        o,
+        "`{}`: every workload × policy pair in its own guest run (Debian kernel `{}`, {} MiB of guest RAM, \
+         each workload run for {} s) under the hypervisor with dirty tracking; every epoch encoded, \
+         compressed and sealed exactly as it would be sent.\n",
+        cx.command, cx.kernel, cx.mem_mib, cx.seconds
+    );
+    let _ = writeln!(
+        o,
+        "**What is counted.** The workload's steady state: every epoch cut after the one the hypervisor \
+         cuts when the workload starts. Epoch 1 (the initial full copy of the guest) and the epochs of \
+         the guest's boot are left out: an initial copy is paid once per pairing of devices, and the \
+         paper measured steady-state sync. `seconds` is the time those epochs cover (from the end of the \
+         start cut to the last cut, at power-off); rates divide by it. For `switch-only` the steady \
+         state is one epoch, the one a switch at the end of the run would send.\n"
+    );
+    let _ = writeln!(
+        o,
+        "Columns: `dirty pages` = dirty pages × 4 KiB (what sending whole pages moves, the paper's \
+         baseline); `changed` = bytes that differ from the standby's copy; `delta` = our page records \
+         (runs of changed bytes); `delta+zstd` = those compressed; `wire` = sealed frames on the link. \
+         `paper` = dirty pages / changed (the paper found 3x); `ours` = dirty pages / wire. \
+         Workloads: `video` (Debian's dav1d playing AV1 at 30 fps), `storage` (sqlite3 transactions), \
+         `browse` (python3 object-graph churn), `idle` (kernel housekeeping); `synth-*` are the \
+         synthetic Rust stand-ins.\n"
+    );
+
+    let _ = writeln!(o, "## Results (MB = 10^6 bytes)\n");
+    let _ = writeln!(
+        o,
+        "| workload | policy | seconds | epochs | dirty pages MB | changed MB | delta MB | delta+zstd MB | wire MB | paper | ours | pause median / max µs | faults/s | progress/s |"
+    );
+    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let progress = r.progress_rate.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.0} | {} |",
+            r.workload,
+            r.policy,
+            r.seconds,
+            r.epochs,
+            mb(r.dirty_page_bytes),
+            mb(r.changed_bytes),
+            mb(r.delta_bytes),
+            mb(r.compressed_bytes),
+            mb(r.wire_bytes),
+            ratio(r.dirty_page_bytes, r.changed_bytes),
+            ratio(r.dirty_page_bytes, r.wire_bytes),
+            r.pause_us_median,
+            r.pause_us_max,
+            r.per_second(r.write_faults),
+            progress
+        );
+    }
+
+    let _ = writeln!(o, "\n## Cost per hour on each link\n");
+    let _ = writeln!(
+        o,
+        "What keeping one standby in sync costs at the steady-state rate: MB per hour on the wire \
+         (and, for comparison, what whole dirty pages would cost), and the share of each link profile \
+         it occupies (over 100 %: the link cannot keep up and the backlog grows).\n"
+    );
+    let mut head = String::from("| workload | policy | wire KB/s | wire MB/hour | dirty pages MB/hour |");
+    let mut rule = String::from("|---|---|--:|--:|--:|");
+    for (name, bps) in LINKS {
+        let _ = write!(head, " {name} {:.0} Mbit/s |", bps / 1e6);
+        rule += "--:|";
+    }
+    let _ = writeln!(o, "{head}\n{rule}");
+    for r in rows {
+        let wire = r.per_second(r.wire_bytes);
+        let _ = write!(
+            o,
+            "| {} | {} | {:.1} | {:.0} | {:.0} |",
+            r.workload,
+            r.policy,
+            wire / 1e3,
+            mb_per_hour(wire),
+            mb_per_hour(r.per_second(r.dirty_page_bytes))
+        );
+        for (_, bps) in LINKS {
+            let _ = write!(o, " {} |", share(link_share(wire, *bps)));
+        }
+        let _ = writeln!(o);
+    }
+
+    if !cx.plots.is_empty() {
+        let _ = writeln!(o, "\n## Plots\n");
+        for (stem, title) in cx.plots {
+            let _ = writeln!(o, "{title} ([SVG]({stem}.svg)):\n\n![{title}]({stem}.png)\n");
+        }
+    }
+    if !cx.failed.is_empty() {
+        let _ = writeln!(o, "\n## Runs that failed\n");
+        for (w, p, why) in cx.failed {
+            let _ = writeln!(o, "- {w} × {p}: {why}");
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(workload: &str, policy: &str, seconds: f64, dirty: u64, changed: u64, wire: u64) -> Row {
+        Row {
+            workload: workload.into(),
+            policy: policy.into(),
+            seconds,
+            epochs: 10,
+            dirty_pages: dirty / 4096,
+            dirty_page_bytes: dirty,
+            changed_bytes: changed,
+            delta_bytes: changed,
+            compressed_bytes: wire,
+            wire_bytes: wire,
+            write_faults: 200,
+            pause_us_median: 150,
+            pause_us_max: 900,
+            progress_rate: Some(29.96),
+        }
+    }
+
+    #[test]
+    fn costs_per_hour_and_link_shares() {
+        // 1 MB/s is 3600 MB per hour and 8 Mbit/s: 16 % of wifi, 80 % of
+        // lte, 400 % of bt.
+        assert_eq!(mb_per_hour(1e6), 3600.0);
+        let shares: Vec<f64> = LINKS.iter().map(|(_, bps)| link_share(1e6, *bps)).collect();
+        assert_eq!(shares, [0.16, 0.8, 4.0]);
+        assert_eq!(share(0.16), "16 %");
+        assert_eq!(share(0.0123), "1.2 %");
+        assert_eq!(share(0.0004), "0.04 %");
+        assert_eq!(share(4.0), "**400 %** (too slow)");
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio(3000, 1000), "3.0x");
+        assert_eq!(ratio(1, 0), "-");
+    }
+
+    #[test]
+    fn report_has_the_table_ratios_costs_and_failures() {
+        // 20 s: 40.96 MB of dirty pages, 12 MB changed, 2 MB on the wire (100 KB/s).
+        let rows = [row("video", "interval:200ms", 20.0, 40_960_000, 12_000_000, 2_000_000)];
+        let failed = [("storage".to_string(), "interval:5s".to_string(), "killed at its deadline".to_string())];
+        let cx = Context { command: "cargo xtask study", kernel: "6.1.0-test", mem_mib: 256, seconds: 20, failed: &failed, plots: &[("bytes_per_second", "Bytes per second")] };
+        let md = report(&rows, &cx);
+        assert!(md.contains("| video | interval:200ms | 20.0 | 10 | 40.96 | 12.00 | 12.00 | 2.00 | 2.00 | 3.4x | 20.5x | 150 / 900 | 10 | 30.0 |"), "{md}");
+        // 100 KB/s: 360 MB/hour, 0.8 Mbit/s = 1.6 % of wifi, 8.0 % of lte, 40 % of bt.
+        assert!(md.contains("| video | interval:200ms | 100.0 | 360 | 7373 | 1.6 % | 8.0 % | 40 % |"), "{md}");
+        assert!(md.contains("![Bytes per second](bytes_per_second.png)"));
+        assert!(md.contains("- storage × interval:5s: killed at its deadline"));
+        assert!(md.contains("Epoch 1 (the initial full copy"));
+    }
+}
