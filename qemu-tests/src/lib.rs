@@ -2,6 +2,7 @@
 //! console. Every run has a deadline and is killed when it passes; output is
 //! kept whole so a failing test can show it.
 pub mod link;
+pub mod multi;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

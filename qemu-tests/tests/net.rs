@@ -15,6 +15,7 @@ const MIB: u64 = 8;
 fn mib() -> u64 {
     std::env::var("VMSYNC_NET_TEST_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(MIB)
 }
+
 /// The test mode needs no guest RAM; the smallest the config accepts.
 const MEM_MIB: u64 = 64;
 const DEADLINE: Duration = Duration::from_secs(240);

@@ -14,9 +14,10 @@
 //! `dc civac` over DeviceToDriver buffers in `share` (no dirty line may be
 //! evicted over what the device writes) and `dc ivac` over them again in
 //! `unshare` (drop lines fetched speculatively meanwhile), each range
-//! followed by `dsb sy`. Virtio-mmio exists only in emulators, where it is
-//! coherent; a physical board's NIC gets its own driver with its own DMA
-//! rules, so that code is not written here where no test could run it.
+//! followed by `dsb sy`. Virtio-mmio devices are provided by emulators and
+//! hypervisors, which are coherent; a physical board's NIC gets its own
+//! driver with its own DMA rules, so that code is not written here, where
+//! no test could run it.
 use core::ptr::NonNull;
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 

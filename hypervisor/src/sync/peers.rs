@@ -255,7 +255,7 @@ mod tests {
         let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), 9);
         let mut guest = VecMemory::zeroed(PAGES as usize);
         let mut now = 0u64;
-        let mut step = |na: &mut Stack<_>, nb: &mut Stack<_>, peers: &mut Peers, active: &mut ActiveSync, node: &mut StandbyNode, now: &mut u64| {
+        let step = |na: &mut Stack<_>, nb: &mut Stack<_>, peers: &mut Peers, active: &mut ActiveSync, node: &mut StandbyNode, now: &mut u64| {
             na.poll(*now);
             peers.pump(na, active, *now);
             na.poll(*now);

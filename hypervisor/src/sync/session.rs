@@ -149,12 +149,15 @@ pub struct StandbyPeer {
     decoder: FrameDecoder,
     pub outbox: Vec<u8>,
     ours: Handshake,
+    /// Each commit with the image's digest right after it (several epochs
+    /// may commit in one `on_bytes`).
+    pub commits: Vec<(Epoch, sync_core::wire::Digest)>,
 }
 
 impl StandbyPeer {
     /// `ours`: our handshake (fresh nonce, our committed epoch).
     pub fn accept(ours: Handshake) -> Self {
-        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours }
+        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, commits: Vec::new() }
     }
 
     pub fn is_established(&self) -> bool {
@@ -182,7 +185,11 @@ impl StandbyPeer {
                     if ev.is_err() {
                         applier.abort();
                     }
-                    events.push(ev?);
+                    let ev = ev?;
+                    if let Event::Committed(e) = ev {
+                        self.commits.push((e, applier.digest()));
+                    }
+                    events.push(ev);
                 }
             }
         }

@@ -109,11 +109,12 @@ impl StandbyNode {
             let Some((_, peer)) = self.conn.as_mut() else { return };
             match peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
                 Ok(events) => {
+                    for (e, d) in peer.commits.drain(..) {
+                        info!("standby committed epoch={e} digest={}", hex(&d));
+                    }
                     for ev in events {
-                        match ev {
-                            Event::Committed(e) => info!("standby committed epoch={e} digest={}", hex(&self.applier.digest())),
-                            Event::Resyncing(f) => warn!("standby: epoch dropped ({f:?}); asked to resync from {}", self.applier.committed_epoch()),
-                            _ => {}
+                        if let Event::Resyncing(f) = ev {
+                            warn!("standby: epoch dropped ({f:?}); asked to resync from {}", self.applier.committed_epoch());
                         }
                     }
                 }
