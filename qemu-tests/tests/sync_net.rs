@@ -2,9 +2,9 @@
 //! active device streams its epochs from EL2 over its own TCP/IP stack; each
 //! standby commits them and its committed image's digest must equal the
 //! active device's guest memory at that epoch.
-use qemu_tests::link::Profile;
-use qemu_tests::multi::{self, MultiRun};
-use qemu_tests::{digests, host_mem_mib, Assets};
+use qemu_tests::link::{FlipAt, Filter, Links, Profile};
+use qemu_tests::multi::{self, Control, MultiRun};
+use qemu_tests::{digests, host_mem_mib, peer_stat, Assets};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ const DEADLINE: Duration = Duration::from_secs(420);
 const SECRET: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 const OTHER_SECRET: &str = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
 
-fn images(name: &str, devices: usize, standby_secret: &str) -> (PathBuf, Vec<PathBuf>) {
+fn images(name: &str, devices: usize, standby_secret: &str, seconds: u64) -> (PathBuf, Vec<PathBuf>) {
     let a = Assets::from_env();
-    let cmdline = "console=ttyAMA0 vmsync.workload=video vmsync.seconds=4";
+    let cmdline = &format!("console=ttyAMA0 vmsync.workload=video vmsync.seconds={seconds}");
     let active = a.image_with(&format!("{name}-a.img"), &a.hypervisor, cmdline, MEM_MIB, &format!("policy=interval:200ms\n{}", multi::active_config(devices, SECRET)));
     let standbys = (1..devices)
         .map(|i| a.image_with(&format!("{name}-{i}.img"), &a.hypervisor, cmdline, MEM_MIB, &multi::standby_config(i, standby_secret)))
@@ -24,9 +24,13 @@ fn images(name: &str, devices: usize, standby_secret: &str) -> (PathBuf, Vec<Pat
 }
 
 fn run(name: &str, devices: usize, standby_secret: &str) -> MultiRun {
-    let (active, standbys) = images(name, devices, standby_secret);
+    scripted(name, devices, standby_secret, 4, None)
+}
+
+fn scripted(name: &str, devices: usize, standby_secret: &str, seconds: u64, script: Option<Box<dyn FnOnce(&Control) + Send>>) -> MultiRun {
+    let (active, standbys) = images(name, devices, standby_secret, seconds);
     let refs: Vec<&std::path::Path> = standbys.iter().map(|p| p.as_path()).collect();
-    let r = multi::run(&active, &refs, host_mem_mib(MEM_MIB), Profile::wifi(), DEADLINE, false).expect("starting the devices");
+    let r = multi::run_scripted(&active, &refs, host_mem_mib(MEM_MIB), Profile::wifi(), DEADLINE, false, script).expect("starting the devices");
     assert!(!r.active.timed_out(), "the active device did not power off:\n{}", r.active.tail());
     assert!(r.active.exited_ok(), "active QEMU status {:?}:\n{}", r.active.status, r.active.tail());
     r
@@ -36,7 +40,9 @@ fn run(name: &str, devices: usize, standby_secret: &str) -> MultiRun {
 /// and the standby holds the last epoch cut.
 fn assert_in_sync(r: &MultiRun, standby: usize) {
     let active = digests(&r.active.output);
-    let commits = digests(&r.standbys[standby]);
+    // After a restart only the new incarnation's commits count.
+    let out = r.standbys[standby].rsplit("--- restarted ---").next().unwrap_or("");
+    let commits = digests(out);
     let last_cut = active.last().expect("the active device cut no epoch").0;
     assert!(last_cut >= 20, "only {last_cut} epochs");
     assert!(!commits.is_empty(), "standby {} committed nothing:\n{}", standby + 1, r.standbys[standby]);
@@ -72,4 +78,75 @@ fn a_standby_with_the_wrong_secret_is_refused_and_receives_nothing() {
     assert!(r.active.output.contains("connection dropped"), "{}", r.active.tail());
     // The guest ran on regardless.
     assert!(r.active.output.contains("vmsync-guest: workload video end rc=0"));
+}
+
+/// Waits until standby 1 committed `epoch` (the initial copy is over and
+/// sync is in its steady state).
+fn after_commit(c: &Control, epoch: u64) -> bool {
+    let mark = format!("standby committed epoch={epoch} ");
+    c.wait_standby(1, Duration::from_secs(240), |o| o.contains(&mark))
+}
+
+fn delivered_to(r: &MultiRun, device: usize) -> u64 {
+    r.snapshot.dirs.iter().filter(|d| d.to == device).map(|d| d.bytes).sum()
+}
+
+#[test]
+fn a_three_second_cut_resumes_without_a_full_resync() {
+    let at_restore = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mark = at_restore.clone();
+    let r = scripted(
+        "netcut",
+        2,
+        SECRET,
+        12,
+        Some(Box::new(move |c: &Control| {
+            assert!(after_commit(c, 5), "no steady state to cut in");
+            c.link.cut(0, 1).unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+            c.link.restore(0, 1).unwrap();
+            let received: u64 = c.link.snapshot().dirs.iter().filter(|d| d.to == 1).map(|d| d.bytes).sum();
+            *mark.lock().unwrap() = Some(received);
+        })),
+    );
+    assert_in_sync(&r, 0);
+    assert_eq!(peer_stat(&r.active.output, 1, "full_resyncs"), Some(0), "{}", r.active.tail());
+    let before = at_restore.lock().unwrap().expect("the cut never happened");
+    let after = delivered_to(&r, 1) - before;
+    assert!(after < (MEM_MIB << 20) / 4, "{after} bytes after the restore: that is a full copy, not a resume");
+}
+
+#[test]
+fn a_flipped_bit_is_rejected_and_the_session_recovers() {
+    let r = scripted(
+        "netflip",
+        2,
+        SECRET,
+        12,
+        Some(Box::new(|c: &Control| {
+            assert!(after_commit(c, 5), "no steady state to corrupt");
+            // Checksums fixed up: TCP delivers the bad byte; only the AEAD can catch it.
+            c.link.flip_bit(Filter::tcp_payload(Links::Dir { from: 0, to: 1 }), FlipAt::Random, true).unwrap();
+        })),
+    );
+    assert!(r.standbys[0].contains("standby: connection closed: bad or tampered input"), "the corruption was not caught:\n{}", r.standbys[0]);
+    assert!(r.active.output.contains("connected holding epoch") && peer_stat(&r.active.output, 1, "reconnects").unwrap_or(0) >= 1);
+    assert_eq!(peer_stat(&r.active.output, 1, "full_resyncs"), Some(0));
+    assert_in_sync(&r, 0);
+}
+
+#[test]
+fn a_standby_restarted_from_scratch_gets_a_full_resync_then_matches() {
+    let r = scripted(
+        "netrestart",
+        2,
+        SECRET,
+        12,
+        Some(Box::new(|c: &Control| {
+            assert!(after_commit(c, 5), "no steady state to restart in");
+            c.restart_standby(1).unwrap();
+        })),
+    );
+    assert!(peer_stat(&r.active.output, 1, "full_resyncs").unwrap_or(0) >= 1, "{}", r.active.tail());
+    assert_in_sync(&r, 0);
 }
