@@ -27,16 +27,23 @@ const ALIGN: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerError {
     /// The bytes end before the header does.
-    Truncated { need: u64, have: u64 },
+    Truncated {
+        need: u64,
+        have: u64,
+    },
     BadMagic,
     UnsupportedVersion(u32),
     HeaderCorrupt,
     TooManyEntries(u32),
     EntryTableCorrupt,
     /// An entry points outside the container.
-    EntryOutOfBounds { index: u32 },
+    EntryOutOfBounds {
+        index: u32,
+    },
     /// The named entry's data does not match its hash.
-    EntryCorrupt { name: [u8; NAME_LEN] },
+    EntryCorrupt {
+        name: [u8; NAME_LEN],
+    },
     BadName,
     DuplicateName,
 }

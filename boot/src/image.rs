@@ -43,11 +43,7 @@ pub fn parse(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
     if bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4] != MAGIC {
         return Err(ImageError::BadMagic);
     }
-    let h = ImageHeader {
-        text_offset: le64(bytes, 8),
-        image_size: le64(bytes, IMAGE_SIZE_OFFSET),
-        flags: le64(bytes, 24),
-    };
+    let h = ImageHeader { text_offset: le64(bytes, 8), image_size: le64(bytes, IMAGE_SIZE_OFFSET), flags: le64(bytes, 24) };
     if h.flags & 1 != 0 {
         return Err(ImageError::BigEndian);
     }

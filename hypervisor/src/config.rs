@@ -173,21 +173,37 @@ pub const MAX_MEM_MIB: u64 = 64 * 1024;
 pub enum ConfigError {
     NotUtf8,
     /// Line number (1-based) without a `=`.
-    Syntax { line: usize },
-    UnknownKey { line: usize },
-    BadNumber { line: usize },
-    MemOutOfRange { mib: u64 },
-    BadPolicy { line: usize },
+    Syntax {
+        line: usize,
+    },
+    UnknownKey {
+        line: usize,
+    },
+    BadNumber {
+        line: usize,
+    },
+    MemOutOfRange {
+        mib: u64,
+    },
+    BadPolicy {
+        line: usize,
+    },
     /// `verify` is `on` or `off`.
-    BadSwitch { line: usize },
+    BadSwitch {
+        line: usize,
+    },
     /// `verify=on` without a policy: there would be no epochs to check.
     VerifyWithoutSync,
     /// A malformed `net_*` value.
-    BadNet { line: usize },
+    BadNet {
+        line: usize,
+    },
     /// `net_test` without `net_ip`: the test needs an address.
     NetTestWithoutIp,
     /// A malformed `role`, `peer`, `listen` or `secret`.
-    BadSync { line: usize },
+    BadSync {
+        line: usize,
+    },
     /// Peers or a standby role need `net_ip` and `secret`.
     SyncWithoutNet,
     /// A standby runs no guest, so it takes no policy; an active device
@@ -198,7 +214,8 @@ pub enum ConfigError {
 impl GuestConfig {
     pub fn parse(text: &[u8]) -> Result<Self, ConfigError> {
         let text = core::str::from_utf8(text).map_err(|_| ConfigError::NotUtf8)?;
-        let mut cfg = GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20, policy: None, verify: false, net: NetConfig::new(), sync: SyncRole::new() };
+        let mut cfg =
+            GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20, policy: None, verify: false, net: NetConfig::new(), sync: SyncRole::new() };
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.trim();
@@ -285,7 +302,10 @@ mod tests {
     #[test]
     fn sync_roles() {
         let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-        let c = GuestConfig::parse(format!("policy=interval:200ms\nnet_ip=169.254.0.1\npeer=169.254.0.2:7000\npeer=169.254.0.3:7001\nsecret={secret}\n").as_bytes()).unwrap();
+        let c = GuestConfig::parse(
+            format!("policy=interval:200ms\nnet_ip=169.254.0.1\npeer=169.254.0.2:7000\npeer=169.254.0.3:7001\nsecret={secret}\n").as_bytes(),
+        )
+        .unwrap();
         assert!(!c.sync.standby);
         assert_eq!(c.sync.peers.as_slice(), &[(Ipv4Addr::new(169, 254, 0, 2), 7000), (Ipv4Addr::new(169, 254, 0, 3), 7001)]);
         assert_eq!(c.sync.secret.unwrap()[1], 0x11);
@@ -293,7 +313,10 @@ mod tests {
         assert!(s.sync.standby);
         assert_eq!(s.sync.listen, 7001);
         assert_eq!(GuestConfig::parse(b"role=standby"), Err(ConfigError::SyncWithoutNet));
-        assert_eq!(GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npolicy=switch-only").as_bytes()), Err(ConfigError::SyncPolicy));
+        assert_eq!(
+            GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npolicy=switch-only").as_bytes()),
+            Err(ConfigError::SyncPolicy)
+        );
         assert_eq!(GuestConfig::parse(format!("net_ip=169.254.0.1\npeer=169.254.0.2:7000\nsecret={secret}").as_bytes()), Err(ConfigError::SyncPolicy));
         assert_eq!(GuestConfig::parse(b"peer=nowhere"), Err(ConfigError::BadSync { line: 1 }));
         assert_eq!(GuestConfig::parse(b"secret=abc"), Err(ConfigError::BadSync { line: 1 }));
@@ -317,7 +340,16 @@ mod tests {
         assert_eq!(c.net.test_mib, 16);
         let c = GuestConfig::parse(b"net_ip = 10.0.0.1/24\nnet_test=server").unwrap();
         assert_eq!((c.net.ip, c.net.prefix, c.net.test), (Some(Ipv4Addr::new(10, 0, 0, 1)), 24, Some(NetTestRole::Server)));
-        for bad in ["net_ip=169.254.0", "net_ip=169.254.0.1/33", "net_ip=169.254.0.1/0", "net_ip=1.2.3.4/x", "net_test=both", "net_test=client:", "net_test_mib=0", "net_test_mib=4096"] {
+        for bad in [
+            "net_ip=169.254.0",
+            "net_ip=169.254.0.1/33",
+            "net_ip=169.254.0.1/0",
+            "net_ip=1.2.3.4/x",
+            "net_test=both",
+            "net_test=client:",
+            "net_test_mib=0",
+            "net_test_mib=4096",
+        ] {
             assert_eq!(GuestConfig::parse(bad.as_bytes()), Err(ConfigError::BadNet { line: 1 }), "{bad}");
         }
         assert_eq!(GuestConfig::parse(b"net_test=server"), Err(ConfigError::NetTestWithoutIp));

@@ -3,9 +3,9 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
-use vmsync_hypervisor as _;
-#[cfg(target_os = "none")]
 use vmsync_boot as _;
+#[cfg(target_os = "none")]
+use vmsync_hypervisor as _;
 
 #[cfg(target_os = "none")]
 #[panic_handler]

@@ -104,7 +104,10 @@ pub fn run(mut cmd: Command, deadline: Duration, watch: &[&str], echo: bool) -> 
     let mut child = cmd.spawn()?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let mut readers = Vec::new();
-    for mut pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
+    for mut pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)]
+        .into_iter()
+        .flatten()
+    {
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -186,9 +189,7 @@ impl Assets {
     /// From the environment `cargo xtask test` sets. Panics with the command
     /// to run when a test is started some other way.
     pub fn from_env() -> Self {
-        let get = |k: &str| {
-            std::env::var_os(k).unwrap_or_else(|| panic!("{k} is not set: run the QEMU tests through `cargo xtask test`"))
-        };
+        let get = |k: &str| std::env::var_os(k).unwrap_or_else(|| panic!("{k} is not set: run the QEMU tests through `cargo xtask test`"));
         Assets {
             hypervisor: get("VMSYNC_TEST_HYPERVISOR").into(),
             hypervisor_negative: get("VMSYNC_TEST_HYPERVISOR_NEGATIVE").into(),
@@ -227,8 +228,7 @@ impl Assets {
         let kernel = read(&self.kernel);
         let initrd = read(&self.initrd);
         let config = format!("cmdline={cmdline}\nmem_mib={mem_mib}\n{extra_config}");
-        let payload = vmsync_boot::container::pack(&[("kernel", &kernel), ("initrd", &initrd), ("config", config.as_bytes())])
-            .expect("packing a payload");
+        let payload = vmsync_boot::container::pack(&[("kernel", &kernel), ("initrd", &initrd), ("config", config.as_bytes())]).expect("packing a payload");
         vmsync_boot::image::assemble(&hv, &payload).expect("assembling an image")
     }
 }
@@ -265,7 +265,10 @@ impl Background {
         let mut child = cmd.spawn()?;
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut readers = Vec::new();
-        for mut pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
+        for mut pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)]
+            .into_iter()
+            .flatten()
+        {
             let out = output.clone();
             readers.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];

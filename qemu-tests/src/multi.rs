@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::link::{device_mac, Link, LinkConfig, Profile};
 use crate::{qemu_command, Background, RunOutput};
 
-
 pub const SYNC_PORT: u16 = 7000;
 
 pub fn device_ip(i: usize) -> String {

@@ -51,10 +51,12 @@ fn net_test_image(a: &Assets, name: &str, ip: &str, role: &str) -> std::path::Pa
 fn listening(port: u16) -> bool {
     let want = format!("0100007F:{port:04X}");
     std::fs::read_to_string("/proc/net/tcp")
-        .map(|t| t.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == want && f[3] == "0A"
-        }))
+        .map(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1] == want && f[3] == "0A"
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -72,8 +74,7 @@ fn two_devices() -> (RunOutput, RunOutput) {
     while !listening(port) && start.elapsed() < Duration::from_secs(30) && !server.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let client = run(device(&client_img, &format!("connect=127.0.0.1:{port}"), "52:54:00:00:00:02"), DEADLINE, &[], false)
-        .expect("starting the client's QEMU");
+    let client = run(device(&client_img, &format!("connect=127.0.0.1:{port}"), "52:54:00:00:00:02"), DEADLINE, &[], false).expect("starting the client's QEMU");
     (server.join().expect("server thread"), client)
 }
 

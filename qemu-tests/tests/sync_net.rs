@@ -2,7 +2,7 @@
 //! active device streams its epochs from EL2 over its own TCP/IP stack; each
 //! standby commits them and its committed image's digest must equal the
 //! active device's guest memory at that epoch.
-use qemu_tests::link::{FlipAt, Filter, Links, Profile};
+use qemu_tests::link::{Filter, FlipAt, Links, Profile};
 use qemu_tests::multi::{self, Control, MultiRun};
 use qemu_tests::{digests, host_mem_mib, peer_stat, Assets};
 use std::path::PathBuf;
@@ -16,10 +16,10 @@ const OTHER_SECRET: &str = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5
 fn images(name: &str, devices: usize, standby_secret: &str, seconds: u64) -> (PathBuf, Vec<PathBuf>) {
     let a = Assets::from_env();
     let cmdline = &format!("console=ttyAMA0 vmsync.workload=video vmsync.seconds={seconds}");
-    let active = a.image_with(&format!("{name}-a.img"), &a.hypervisor, cmdline, MEM_MIB, &format!("policy=interval:200ms\n{}", multi::active_config(devices, SECRET)));
-    let standbys = (1..devices)
-        .map(|i| a.image_with(&format!("{name}-{i}.img"), &a.hypervisor, cmdline, MEM_MIB, &multi::standby_config(i, standby_secret)))
-        .collect();
+    let active =
+        a.image_with(&format!("{name}-a.img"), &a.hypervisor, cmdline, MEM_MIB, &format!("policy=interval:200ms\n{}", multi::active_config(devices, SECRET)));
+    let standbys =
+        (1..devices).map(|i| a.image_with(&format!("{name}-{i}.img"), &a.hypervisor, cmdline, MEM_MIB, &multi::standby_config(i, standby_secret))).collect();
     (active, standbys)
 }
 

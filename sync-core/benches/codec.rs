@@ -58,10 +58,7 @@ fn codec(c: &mut Criterion) {
                 out.clear();
                 let mut w = BatchEncoder::new();
                 for (i, (s, p, h)) in pairs.iter().enumerate() {
-                    let sh = Shadow {
-                        page: black_box(*s),
-                        hash: *h,
-                    };
+                    let sh = Shadow { page: black_box(*s), hash: *h };
                     let r = w.encode_with(i as u64, black_box(*p), Some(sh), &mut out);
                     black_box(r.expect("page numbers ascend"));
                 }
@@ -86,12 +83,7 @@ fn codec(c: &mut Criterion) {
             b.iter(|| {
                 xout.clear();
                 for (s, p, _) in &pairs {
-                    black_box(xbzrle::encode(
-                        black_box(*s),
-                        black_box(*p),
-                        PAGE_SIZE,
-                        &mut xout,
-                    ));
+                    black_box(xbzrle::encode(black_box(*s), black_box(*p), PAGE_SIZE, &mut xout));
                 }
                 xout.len()
             })
@@ -103,8 +95,7 @@ fn codec(c: &mut Criterion) {
         let mut w = BatchEncoder::new();
         for (i, (s, p, h)) in pairs.iter().enumerate() {
             let sh = Some(Shadow { page: s, hash: *h });
-            w.encode_with(i as u64, p, sh, &mut batch)
-                .expect("page numbers ascend");
+            w.encode_with(i as u64, p, sh, &mut batch).expect("page numbers ascend");
         }
         let mut page = Box::new([0u8; PAGE_SIZE]);
         g.bench_function("apply", |b| {

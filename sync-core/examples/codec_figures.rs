@@ -98,18 +98,13 @@ fn time(iters: u32, mut f: impl FnMut() -> usize) -> f64 {
 fn main() {
     let pats = patterns::all();
     let mut total = Sizes::default();
-    println!(
-        "Encoded bytes per pattern (ours = VMsync page records; qemu = XBZRLE as QEMU sends it)\n"
-    );
+    println!("Encoded bytes per pattern (ours = VMsync page records; qemu = XBZRLE as QEMU sends it)\n");
     println!(
         "{:<12} {:>5} {:>8} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>6} | {:>7} {:>7} {:>6}  kinds (Z/S/F/D)",
         "pattern", "pages", "changed", "ours", "qemu", "o/q", "ours+z", "qemu+z", "oz/q", "oz/qz", "runs:o", "runs:q", "o/q"
     );
     for pat in &pats {
-        let mut s = Sizes {
-            pages: pat.pairs.len(),
-            ..Sizes::default()
-        };
+        let mut s = Sizes { pages: pat.pairs.len(), ..Sizes::default() };
         let mut ours = Vec::new();
         let mut qemu = Vec::new();
         let mut kinds = [0usize; 4];
@@ -117,9 +112,7 @@ fn main() {
         for (i, (sh, page)) in pat.pairs.iter().enumerate() {
             let sh = sh.as_deref().expect("shadowed pairs");
             let start = ours.len();
-            let o = w
-                .encode(FIRST_PAGE + i as u64, page, Some(sh), &mut ours)
-                .expect("page numbers ascend");
+            let o = w.encode(FIRST_PAGE + i as u64, page, Some(sh), &mut ours).expect("page numbers ascend");
             s.changed += o.changed_bytes;
             kinds[o.kind as usize] += 1;
             qemu_wire(FIRST_PAGE + i as u64, sh, page, &mut qemu);
@@ -150,25 +143,13 @@ fn main() {
         total.runs_qemu += s.runs_qemu;
     }
     print_row("overall", &total, None);
-    println!(
-        "\no/q = ours / qemu raw; oz/q = ours+zstd / qemu as sent (QEMU does not compress XBZRLE);"
-    );
+    println!("\no/q = ours / qemu raw; oz/q = ours+zstd / qemu as sent (QEMU does not compress XBZRLE);");
     println!("oz/qz = ours+zstd / qemu+zstd. apply on same: no records (Same pages are not sent).");
 
     println!("\nSpeed next to memcmp of the same pairs (best of 11 in this process; criterion: benches/codec.rs)\n");
     println!(
         "{:<12} {:>9} {:>9} {:>9} {:>7} {:>7} {:>11} {:>7} {:>9} {:>7} {:>8}",
-        "pattern",
-        "memcmp",
-        "mc full",
-        "encode",
-        "/mc",
-        "/full",
-        "enc+hash",
-        "/full",
-        "xbzrle",
-        "/full",
-        "apply"
+        "pattern", "memcmp", "mc full", "encode", "/mc", "/full", "enc+hash", "/full", "xbzrle", "/full", "apply"
     );
     for pat in &pats {
         let pairs: Vec<(&Page, &Page, u64)> = pat
@@ -181,24 +162,11 @@ fn main() {
             .collect();
         let n = pairs.len() as f64;
         let iters = (100_000 / pairs.len()) as u32;
-        let mc = time(iters, || {
-            pairs
-                .iter()
-                .filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..]))
-                .count()
-        }) / n;
+        let mc = time(iters, || pairs.iter().filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..])).count()) / n;
         // memcmp of every 256-byte block: the whole page read, as any
         // encoder that finds all changes must (`==` stops at the first).
         let mcf = time(iters, || {
-            pairs
-                .iter()
-                .map(|(s, p, _)| {
-                    s.chunks_exact(256)
-                        .zip(p.chunks_exact(256))
-                        .filter(|(a, b)| black_box(a) != black_box(b))
-                        .count()
-                })
-                .sum()
+            pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum()
         }) / n;
         let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
         let enc = time(iters, || {
@@ -232,8 +200,7 @@ fn main() {
         let mut w = BatchEncoder::new();
         for (i, (s, p, h)) in pairs.iter().enumerate() {
             let sh = Some(Shadow { page: s, hash: *h });
-            w.encode_with(i as u64, p, sh, &mut batch)
-                .expect("page numbers ascend");
+            w.encode_with(i as u64, p, sh, &mut batch).expect("page numbers ascend");
         }
         let mut page = Box::new([0u8; PAGE_SIZE]);
         let ap = time(iters, || {
@@ -246,18 +213,22 @@ fn main() {
         }) / n;
         println!(
             "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>6.2}x {:>11.1} {:>6.2}x {:>9.1} {:>6.2}x {:>8.1}",
-            pat.name, mc, mcf, enc, mc / enc, mcf / enc, enc_h, mcf / enc_h, xb, mcf / xb, ap
+            pat.name,
+            mc,
+            mcf,
+            enc,
+            mc / enc,
+            mcf / enc,
+            enc_h,
+            mcf / enc_h,
+            xb,
+            mcf / xb,
+            ap
         );
     }
-    println!(
-        "\nns per page. /mc = memcmp (`==`, stops at the first difference) time / encode time;"
-    );
-    println!(
-        "/full = whole-page memcmp (16 blocks of 256 bytes) time / that line's time. Goal: >= 0.8x"
-    );
-    println!(
-        "on same and sparse pages. encode uses the shadow's cached hash (ShadowStore keeps it);"
-    );
+    println!("\nns per page. /mc = memcmp (`==`, stops at the first difference) time / encode time;");
+    println!("/full = whole-page memcmp (16 blocks of 256 bytes) time / that line's time. Goal: >= 0.8x");
+    println!("on same and sparse pages. encode uses the shadow's cached hash (ShadowStore keeps it);");
     println!("enc+hash hashes the shadow first (the plain `encode` API).");
 }
 
@@ -269,9 +240,7 @@ fn print_row(name: &str, s: &Sizes, kinds: Option<[usize; 4]>) {
             a as f64 / b as f64
         }
     };
-    let kinds = kinds
-        .map(|k| format!("{}/{}/{}/{}", k[0], k[1], k[2], k[3]))
-        .unwrap_or_default();
+    let kinds = kinds.map(|k| format!("{}/{}/{}/{}", k[0], k[1], k[2], k[3])).unwrap_or_default();
     println!(
         "{:<12} {:>5} {:>8} {:>8} {:>8} {:>6.3} | {:>8} {:>8} {:>6.3} {:>6.3} | {:>7} {:>7} {:>6.3}  {}",
         name,

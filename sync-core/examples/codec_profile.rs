@@ -40,10 +40,7 @@ fn memcmp_full_pass(pairs: &[(&Page, &Page, u64)]) -> usize {
 
 #[inline(never)]
 fn memcmp_pass(pairs: &[(&Page, &Page, u64)]) -> usize {
-    pairs
-        .iter()
-        .filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..]))
-        .count()
+    pairs.iter().filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..])).count()
 }
 
 fn main() {
@@ -59,11 +56,7 @@ fn main() {
         eprintln!("no pattern {name}");
         std::process::exit(2);
     };
-    let pairs: Vec<(&Page, &Page, u64)> = pat
-        .pairs
-        .iter()
-        .filter_map(|(s, p)| s.as_deref().map(|s| (s, &**p, hash_page(s))))
-        .collect();
+    let pairs: Vec<(&Page, &Page, u64)> = pat.pairs.iter().filter_map(|(s, p)| s.as_deref().map(|s| (s, &**p, hash_page(s)))).collect();
     let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
     let mut sink = 0;
     for _ in 0..iters {

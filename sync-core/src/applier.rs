@@ -78,13 +78,7 @@ impl<M: PageMemoryMut> Applier<M> {
     /// As `new`, with the page hashes known (e.g. `PageHashes::zeroed`
     /// for a zeroed image, which spares hashing it).
     pub fn with_hashes(image: M, committed: Epoch, hashes: PageHashes) -> Self {
-        Self {
-            image,
-            hashes,
-            committed,
-            staging: None,
-            pool: Vec::new(),
-        }
+        Self { image, hashes, committed, staging: None, pool: Vec::new() }
     }
 
     pub fn committed_epoch(&self) -> Epoch {
@@ -127,17 +121,10 @@ impl<M: PageMemoryMut> Applier<M> {
             return Err(ApplyError::StaleEpoch);
         }
         if base != self.committed {
-            return Err(ApplyError::BaseMismatch {
-                have: self.committed,
-                want: base,
-            });
+            return Err(ApplyError::BaseMismatch { have: self.committed, want: base });
         }
         let words = self.image.page_count().div_ceil(64) as usize;
-        self.staging = Some(Staging {
-            epoch,
-            pages: Vec::new(),
-            seen: vec![0; words],
-        });
+        self.staging = Some(Staging { epoch, pages: Vec::new(), seen: vec![0; words] });
         Ok(())
     }
 
@@ -145,8 +132,7 @@ impl<M: PageMemoryMut> Applier<M> {
     pub fn abort(&mut self) {
         if let Some(s) = self.staging.take() {
             let room = POOL_MAX.saturating_sub(self.pool.len());
-            self.pool
-                .extend(s.pages.into_iter().take(room).map(|(_, b, _)| b));
+            self.pool.extend(s.pages.into_iter().take(room).map(|(_, b, _)| b));
         }
     }
 
@@ -180,10 +166,7 @@ impl<M: PageMemoryMut> Applier<M> {
         if staging.seen[w] & bit != 0 {
             return Err(ApplyError::DuplicatePage);
         }
-        let mut buf = self
-            .pool
-            .pop()
-            .unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
+        let mut buf = self.pool.pop().unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
         buf.copy_from_slice(committed);
         if let Err(e) = delta::apply_in_place(&mut buf, rec) {
             self.pool.push(buf);
@@ -197,12 +180,7 @@ impl<M: PageMemoryMut> Applier<M> {
     /// Commits the staged epoch if it is `epoch`, holds `page_count` records
     /// and gives the image `digest`. On error the epoch is dropped and the
     /// committed image is untouched.
-    pub fn commit(
-        &mut self,
-        epoch: Epoch,
-        digest: &Digest,
-        page_count: u64,
-    ) -> Result<(), ApplyError> {
+    pub fn commit(&mut self, epoch: Epoch, digest: &Digest, page_count: u64) -> Result<(), ApplyError> {
         let r = self.check_commit(epoch, digest, page_count);
         if r.is_err() {
             self.abort();
@@ -225,12 +203,7 @@ impl<M: PageMemoryMut> Applier<M> {
         Ok(())
     }
 
-    fn check_commit(
-        &self,
-        epoch: Epoch,
-        digest: &Digest,
-        page_count: u64,
-    ) -> Result<(), ApplyError> {
+    fn check_commit(&self, epoch: Epoch, digest: &Digest, page_count: u64) -> Result<(), ApplyError> {
         let s = self.staging.as_ref().ok_or(ApplyError::NoEpoch)?;
         if s.epoch != epoch {
             return Err(ApplyError::WrongEpoch);
@@ -238,10 +211,7 @@ impl<M: PageMemoryMut> Applier<M> {
         if s.pages.len() as u64 != page_count {
             return Err(ApplyError::PageCountMismatch);
         }
-        let after = self
-            .hashes
-            .digest_after(s.pages.iter().map(|(p, _, h)| (*p, *h)))
-            .map_err(|_| ApplyError::PageOutOfRange)?;
+        let after = self.hashes.digest_after(s.pages.iter().map(|(p, _, h)| (*p, *h))).map_err(|_| ApplyError::PageOutOfRange)?;
         if &after != digest {
             return Err(ApplyError::DigestMismatch);
         }
@@ -336,10 +306,7 @@ mod tests {
             (|a, _, _| a.apply_batch(&[]), ApplyError::NoEpoch),
             (|a, _, d| a.commit(2, d, 1), ApplyError::NoEpoch),
             (|a, _, _| a.begin(1, 1), ApplyError::StaleEpoch),
-            (
-                |a, _, _| a.begin(2, 0),
-                ApplyError::BaseMismatch { have: 1, want: 0 },
-            ),
+            (|a, _, _| a.begin(2, 0), ApplyError::BaseMismatch { have: 1, want: 0 }),
             (
                 |a, g, d| {
                     a.begin(2, 1)?;

@@ -23,10 +23,7 @@ pub struct ZstdConfig {
 
 impl Default for ZstdConfig {
     fn default() -> Self {
-        ZstdConfig {
-            level: 3,
-            window_log: 20,
-        }
+        ZstdConfig { level: 3, window_log: 20 }
     }
 }
 
@@ -60,12 +57,8 @@ impl Compressor {
     }
 
     fn apply_config(&mut self) -> Result<(), ZstdError> {
-        self.cctx
-            .set_parameter(CParameter::CompressionLevel(self.config.level))
-            .map_err(ZstdError::Zstd)?;
-        self.cctx
-            .set_parameter(CParameter::WindowLog(self.config.window_log))
-            .map_err(ZstdError::Zstd)?;
+        self.cctx.set_parameter(CParameter::CompressionLevel(self.config.level)).map_err(ZstdError::Zstd)?;
+        self.cctx.set_parameter(CParameter::WindowLog(self.config.window_log)).map_err(ZstdError::Zstd)?;
         Ok(())
     }
 
@@ -83,14 +76,7 @@ impl Compressor {
             }
             let pos = out.len();
             let mut outb = OutBuffer::around_pos(out, pos);
-            let remaining = self
-                .cctx
-                .compress_stream2(
-                    &mut outb,
-                    &mut inb,
-                    zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
-                )
-                .map_err(ZstdError::Zstd)?;
+            let remaining = self.cctx.compress_stream2(&mut outb, &mut inb, zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush).map_err(ZstdError::Zstd)?;
             if remaining == 0 && inb.pos() == input.len() {
                 break;
             }
@@ -101,9 +87,7 @@ impl Compressor {
     /// Starts a new stream (a new frame); the peer's `Decompressor` must
     /// `reset` at the same point.
     pub fn reset(&mut self) -> Result<(), ZstdError> {
-        self.cctx
-            .reset(ResetDirective::SessionOnly)
-            .map_err(ZstdError::Zstd)?;
+        self.cctx.reset(ResetDirective::SessionOnly).map_err(ZstdError::Zstd)?;
         Ok(())
     }
 
@@ -122,20 +106,14 @@ impl Decompressor {
         let mut dctx = DCtx::try_create().ok_or(ZstdError::NoContext)?;
         // Refuse frames asking for a bigger window than agreed: it bounds the
         // history buffer zstd allocates for a hostile or broken peer.
-        dctx.set_parameter(DParameter::WindowLogMax(config.window_log.max(10)))
-            .map_err(ZstdError::Zstd)?;
+        dctx.set_parameter(DParameter::WindowLogMax(config.window_log.max(10))).map_err(ZstdError::Zstd)?;
         Ok(Decompressor { dctx })
     }
 
     /// Decodes one batch, appending at most `max_out` bytes to `out`.
     /// Returns the number of bytes appended. More output than `max_out` is
     /// an error, never a reallocation beyond the bound.
-    pub fn decompress_batch(
-        &mut self,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        max_out: usize,
-    ) -> Result<usize, ZstdError> {
+    pub fn decompress_batch(&mut self, input: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<usize, ZstdError> {
         let start = out.len();
         // One byte more than allowed: filling it proves the batch is too big.
         let limit = start.checked_add(max_out).and_then(|l| l.checked_add(1));
@@ -154,10 +132,7 @@ impl Decompressor {
             // OutBuffer writes up to the Vec's capacity; LimitedVec keeps it
             // to the bound.
             let res = {
-                let mut tmp = LimitedVec {
-                    vec: &mut *out,
-                    cap,
-                };
+                let mut tmp = LimitedVec { vec: &mut *out, cap };
                 let pos = tmp.vec.len();
                 let mut outb = OutBuffer::around_pos(&mut tmp, pos);
                 self.dctx.decompress_stream(&mut outb, &mut inb)
@@ -186,9 +161,7 @@ impl Decompressor {
 
     /// Forgets the stream; the next batch must start a new frame.
     pub fn reset(&mut self) -> Result<(), ZstdError> {
-        self.dctx
-            .reset(ResetDirective::SessionOnly)
-            .map_err(ZstdError::Zstd)?;
+        self.dctx.reset(ResetDirective::SessionOnly).map_err(ZstdError::Zstd)?;
         Ok(())
     }
 }
@@ -227,9 +200,7 @@ mod tests {
     use alloc::vec;
 
     fn text(n: usize, seed: u8) -> Vec<u8> {
-        (0..n)
-            .map(|i| b"the quick brown fox "[(i + seed as usize) % 20])
-            .collect()
+        (0..n).map(|i| b"the quick brown fox "[(i + seed as usize) % 20]).collect()
     }
 
     #[test]
@@ -284,10 +255,7 @@ mod tests {
         c.compress_batch(&input, &mut wire).unwrap();
         let mut d = Decompressor::new(ZstdConfig::default()).unwrap();
         let mut out = vec![1, 2, 3];
-        assert_eq!(
-            d.decompress_batch(&wire, &mut out, 99_999),
-            Err(ZstdError::OutputTooLarge)
-        );
+        assert_eq!(d.decompress_batch(&wire, &mut out, 99_999), Err(ZstdError::OutputTooLarge));
         assert_eq!(out, [1, 2, 3], "nothing appended on error");
         let mut d = Decompressor::new(ZstdConfig::default()).unwrap();
         let mut out = Vec::new();
@@ -303,9 +271,7 @@ mod tests {
         c.compress_batch(&input, &mut wire).unwrap();
         let mut d = Decompressor::new(ZstdConfig::default()).unwrap();
         let mut out = Vec::new();
-        assert!(d
-            .decompress_batch(b"not zstd at all", &mut out, 1 << 20)
-            .is_err());
+        assert!(d.decompress_batch(b"not zstd at all", &mut out, 1 << 20).is_err());
         for i in 0..wire.len() {
             for bit in [0, 3, 7] {
                 let mut bad = wire.clone();
@@ -323,16 +289,8 @@ mod tests {
 
     #[test]
     fn reset_starts_a_new_stream_on_both_ends() {
-        let mut c = Compressor::new(ZstdConfig {
-            level: 1,
-            window_log: 17,
-        })
-        .unwrap();
-        let mut d = Decompressor::new(ZstdConfig {
-            level: 1,
-            window_log: 17,
-        })
-        .unwrap();
+        let mut c = Compressor::new(ZstdConfig { level: 1, window_log: 17 }).unwrap();
+        let mut d = Decompressor::new(ZstdConfig { level: 1, window_log: 17 }).unwrap();
         let a = text(3000, 1);
         let mut w = Vec::new();
         c.compress_batch(&a, &mut w).unwrap();
@@ -348,22 +306,13 @@ mod tests {
 
     #[test]
     fn window_bigger_than_agreed_is_refused() {
-        let big = ZstdConfig {
-            level: 1,
-            window_log: 24,
-        };
-        let small = ZstdConfig {
-            level: 1,
-            window_log: 17,
-        };
+        let big = ZstdConfig { level: 1, window_log: 24 };
+        let small = ZstdConfig { level: 1, window_log: 17 };
         let mut c = Compressor::new(big).unwrap();
         let mut w = Vec::new();
         c.compress_batch(&text(3000, 2), &mut w).unwrap();
         let mut d = Decompressor::new(small).unwrap();
         let mut out = Vec::new();
-        assert!(matches!(
-            d.decompress_batch(&w, &mut out, 1 << 20),
-            Err(ZstdError::Zstd(_))
-        ));
+        assert!(matches!(d.decompress_batch(&w, &mut out, 1 << 20), Err(ZstdError::Zstd(_))));
     }
 }

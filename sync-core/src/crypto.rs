@@ -102,10 +102,7 @@ pub fn derive_session_keys(
         h.update(transcript);
         *h.finalize().as_bytes()
     };
-    SessionKeys {
-        initiator_to_responder: derive(CONTEXT_I2R),
-        responder_to_initiator: derive(CONTEXT_R2I),
-    }
+    SessionKeys { initiator_to_responder: derive(CONTEXT_I2R), responder_to_initiator: derive(CONTEXT_R2I) }
 }
 
 impl SessionKeys {
@@ -138,10 +135,7 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn new(key: &[u8; 32]) -> Self {
-        Self {
-            aead: cipher(key),
-            next: 0,
-        }
+        Self { aead: cipher(key), next: 0 }
     }
 
     /// Counter of the next frame to be sealed (= frames sealed so far).
@@ -157,10 +151,7 @@ impl Sealer {
             return Err(CryptoError::CounterExhausted);
         }
         let nonce = counter_nonce(self.next);
-        let tag = self
-            .aead
-            .encrypt_inout_detached(&nonce, aad, buf.into())
-            .map_err(|_| CryptoError::TooLong)?;
+        let tag = self.aead.encrypt_inout_detached(&nonce, aad, buf.into()).map_err(|_| CryptoError::TooLong)?;
         self.next += 1;
         Ok(tag.into())
     }
@@ -182,11 +173,7 @@ pub struct Opener {
 
 impl Opener {
     pub fn new(key: &[u8; 32]) -> Self {
-        Self {
-            aead: cipher(key),
-            next: 0,
-            poisoned: false,
-        }
+        Self { aead: cipher(key), next: 0, poisoned: false }
     }
 
     /// Counter the next frame must carry (= frames opened so far).
@@ -200,12 +187,7 @@ impl Opener {
 
     /// Verifies `tag` and decrypts `buf` in place. On any error the opener
     /// is poisoned and `buf`'s content is unspecified.
-    pub fn open(
-        &mut self,
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<(), CryptoError> {
+    pub fn open(&mut self, aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), CryptoError> {
         if self.poisoned {
             return Err(CryptoError::Poisoned);
         }
@@ -234,19 +216,12 @@ impl Opener {
         Ok(())
     }
 
-    fn open_inner(
-        &mut self,
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<(), CryptoError> {
+    fn open_inner(&mut self, aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), CryptoError> {
         if self.next == u64::MAX {
             return Err(CryptoError::CounterExhausted);
         }
         let nonce = counter_nonce(self.next);
-        self.aead
-            .decrypt_inout_detached(&nonce, aad, buf.into(), &Tag::from(*tag))
-            .map_err(|_| CryptoError::Authentication)?;
+        self.aead.decrypt_inout_detached(&nonce, aad, buf.into(), &Tag::from(*tag)).map_err(|_| CryptoError::Authentication)?;
         self.next += 1;
         Ok(())
     }
@@ -292,10 +267,7 @@ mod tests {
         let ((_, mut io), _) = pair();
         let mut m = vec![9; 32];
         is.seal_in_place(b"", &mut m).unwrap();
-        assert_eq!(
-            io.open_in_place(b"", &mut m),
-            Err(CryptoError::Authentication)
-        );
+        assert_eq!(io.open_in_place(b"", &mut m), Err(CryptoError::Authentication));
     }
 
     #[test]
@@ -316,10 +288,7 @@ mod tests {
                 }
                 _ => b"aae",
             };
-            assert_eq!(
-                o.open_in_place(aad, &mut m),
-                Err(CryptoError::Authentication)
-            );
+            assert_eq!(o.open_in_place(aad, &mut m), Err(CryptoError::Authentication));
             assert!(o.is_poisoned());
         }
     }
@@ -339,30 +308,18 @@ mod tests {
         let ((mut s, _), (_, mut o)) = pair();
         let f = seal_n(&mut s, 2);
         o.open_in_place(b"", &mut f[0].clone()).unwrap();
-        assert_eq!(
-            o.open_in_place(b"", &mut f[0].clone()),
-            Err(CryptoError::Authentication)
-        );
+        assert_eq!(o.open_in_place(b"", &mut f[0].clone()), Err(CryptoError::Authentication));
         // Reorder.
         let ((mut s, _), (_, mut o)) = pair();
         let f = seal_n(&mut s, 2);
-        assert_eq!(
-            o.open_in_place(b"", &mut f[1].clone()),
-            Err(CryptoError::Authentication)
-        );
+        assert_eq!(o.open_in_place(b"", &mut f[1].clone()), Err(CryptoError::Authentication));
         // Poisoned: even the right frame is refused now.
-        assert_eq!(
-            o.open_in_place(b"", &mut f[0].clone()),
-            Err(CryptoError::Poisoned)
-        );
+        assert_eq!(o.open_in_place(b"", &mut f[0].clone()), Err(CryptoError::Poisoned));
         // Drop (skip one).
         let ((mut s, _), (_, mut o)) = pair();
         let f = seal_n(&mut s, 3);
         o.open_in_place(b"", &mut f[0].clone()).unwrap();
-        assert_eq!(
-            o.open_in_place(b"", &mut f[2].clone()),
-            Err(CryptoError::Authentication)
-        );
+        assert_eq!(o.open_in_place(b"", &mut f[2].clone()), Err(CryptoError::Authentication));
     }
 
     #[test]
@@ -376,10 +333,7 @@ mod tests {
         let mut m = vec![1; 20];
         s.seal_in_place(b"", &mut m).unwrap();
         m.pop();
-        assert_eq!(
-            o.open_in_place(b"", &mut m),
-            Err(CryptoError::Authentication)
-        );
+        assert_eq!(o.open_in_place(b"", &mut m), Err(CryptoError::Authentication));
     }
 
     #[test]
@@ -415,9 +369,6 @@ mod tests {
     fn counter_never_wraps() {
         let mut s = Sealer::new(&[0; 32]);
         s.next = u64::MAX;
-        assert_eq!(
-            s.seal_in_place(b"", &mut vec![1]),
-            Err(CryptoError::CounterExhausted)
-        );
+        assert_eq!(s.seal_in_place(b"", &mut vec![1]), Err(CryptoError::CounterExhausted));
     }
 }

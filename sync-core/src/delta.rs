@@ -142,10 +142,7 @@ pub enum DeltaError {
 /// nothing for `Same`) to `out`. Kind and page number go in the head that
 /// `BatchEncoder` writes.
 pub fn encode(page: &Page, shadow: Option<&Page>, out: &mut Vec<u8>) -> EncodeOutcome {
-    let shadow = shadow.map(|p| Shadow {
-        page: p,
-        hash: hash_page(p),
-    });
+    let shadow = shadow.map(|p| Shadow { page: p, hash: hash_page(p) });
     encode_with(page, shadow, out)
 }
 
@@ -162,30 +159,15 @@ impl BatchEncoder {
     }
 
     /// Appends the record of `page_num` (hashing the shadow).
-    pub fn encode(
-        &mut self,
-        page_num: u64,
-        page: &Page,
-        shadow: Option<&Page>,
-        out: &mut Vec<u8>,
-    ) -> Result<EncodeOutcome, DeltaError> {
-        let shadow = shadow.map(|p| Shadow {
-            page: p,
-            hash: hash_page(p),
-        });
+    pub fn encode(&mut self, page_num: u64, page: &Page, shadow: Option<&Page>, out: &mut Vec<u8>) -> Result<EncodeOutcome, DeltaError> {
+        let shadow = shadow.map(|p| Shadow { page: p, hash: hash_page(p) });
         self.encode_with(page_num, page, shadow, out)
     }
 
     /// Appends the record of `page_num`, whose shadow's hash is known.
     /// Page numbers must ascend strictly within a batch; a `Same` page
     /// appends nothing and does not count as the previous page.
-    pub fn encode_with(
-        &mut self,
-        page_num: u64,
-        page: &Page,
-        shadow: Option<Shadow<'_>>,
-        out: &mut Vec<u8>,
-    ) -> Result<EncodeOutcome, DeltaError> {
+    pub fn encode_with(&mut self, page_num: u64, page: &Page, shadow: Option<Shadow<'_>>, out: &mut Vec<u8>) -> Result<EncodeOutcome, DeltaError> {
         if page_num < self.next || page_num > MAX_PAGE_NUM {
             return Err(DeltaError::BadPageNumber);
         }
@@ -209,12 +191,7 @@ impl BatchEncoder {
 }
 
 /// A batch of one record: `BatchEncoder::new().encode(..)`.
-pub fn encode_page_record(
-    page_num: u64,
-    page: &Page,
-    shadow: Option<&Page>,
-    out: &mut Vec<u8>,
-) -> Result<EncodeOutcome, DeltaError> {
+pub fn encode_page_record(page_num: u64, page: &Page, shadow: Option<&Page>, out: &mut Vec<u8>) -> Result<EncodeOutcome, DeltaError> {
     BatchEncoder::new().encode(page_num, page, shadow, out)
 }
 
@@ -265,36 +242,21 @@ fn encode_shadowed(page: &Page, shadow: Shadow<'_>, out: &mut Vec<u8>) -> Encode
     let mut masks = [0u64; PAGE_SIZE / 64];
     let blocks = simd::page_masks(page, shadow.page, &mut masks);
     if blocks == 0 {
-        return EncodeOutcome {
-            kind: RecordKind::Same,
-            changed_bytes: 0,
-            hash: shadow.hash,
-            len: 0,
-        };
+        return EncodeOutcome { kind: RecordKind::Same, changed_bytes: 0, hash: shadow.hash, len: 0 };
     }
     encode_changed(page, shadow, blocks, &masks, out)
 }
 
 fn push_bare(out: &mut Vec<u8>, kind: RecordKind, hash: u64, changed: usize) -> EncodeOutcome {
     out.extend_from_slice(&hash.to_le_bytes());
-    EncodeOutcome {
-        kind,
-        changed_bytes: changed,
-        hash,
-        len: HASH_LEN,
-    }
+    EncodeOutcome { kind, changed_bytes: changed, hash, len: HASH_LEN }
 }
 
 fn push_full(out: &mut Vec<u8>, page: &Page, hash: u64, changed: usize) -> EncodeOutcome {
     out.reserve(HASH_LEN + PAGE_SIZE);
     out.extend_from_slice(&hash.to_le_bytes());
     out.extend_from_slice(page);
-    EncodeOutcome {
-        kind: RecordKind::Full,
-        changed_bytes: changed,
-        hash,
-        len: HASH_LEN + PAGE_SIZE,
-    }
+    EncodeOutcome { kind: RecordKind::Full, changed_bytes: changed, hash, len: HASH_LEN + PAGE_SIZE }
 }
 
 /// Changed words above which one pass of `hash_page` is cheaper than
@@ -307,13 +269,7 @@ const MAX_HASH_UPDATES: usize = 96;
 const RUN_SLACK: usize = 12;
 
 #[inline(always)]
-fn encode_changed(
-    page: &Page,
-    shadow: Shadow<'_>,
-    blocks: u16,
-    masks: &[u64; PAGE_SIZE / 64],
-    out: &mut Vec<u8>,
-) -> EncodeOutcome {
+fn encode_changed(page: &Page, shadow: Shadow<'_>, blocks: u16, masks: &[u64; PAGE_SIZE / 64], out: &mut Vec<u8>) -> EncodeOutcome {
     // One walk over the changed blocks counts changed bytes, changed words
     // and maximal runs (a run starts at a set bit whose lower neighbour,
     // carried across masks, is clear).
@@ -370,8 +326,7 @@ fn encode_changed(
                     while wm != 0 {
                         let idx = base / 8 + wm.trailing_zeros() as usize;
                         wm &= wm - 1;
-                        hash =
-                            hash_update(hash, idx, read_word(shadow.page, idx), read_word(page, idx));
+                        hash = hash_update(hash, idx, read_word(shadow.page, idx), read_word(page, idx));
                     }
                 }
                 runs.add_mask(base, m);
@@ -407,12 +362,7 @@ fn encode_changed(
         out[runs_start - 2] = (run_bytes as u8 & 0x7F) | 0x80;
         out[runs_start - 1] = (run_bytes >> 7) as u8;
     }
-    EncodeOutcome {
-        kind: RecordKind::Delta,
-        changed_bytes: changed,
-        hash,
-        len: out.len() - rec_start,
-    }
+    EncodeOutcome { kind: RecordKind::Delta, changed_bytes: changed, hash, len: out.len() - rec_start }
 }
 
 /// Builds the runs of one Delta into a slice of the output.
@@ -437,18 +387,7 @@ struct Runs<'a> {
 
 impl<'a> Runs<'a> {
     fn new(buf: &'a mut [u8], page: &'a Page, cap: usize) -> Self {
-        Runs {
-            buf,
-            pos: 0,
-            cap,
-            page,
-            written_end: 0,
-            pending: (0, 0),
-            has_pending: false,
-            current: (0, 0),
-            has_current: false,
-            overflow: false,
-        }
+        Runs { buf, pos: 0, cap, page, written_end: 0, pending: (0, 0), has_pending: false, current: (0, 0), has_current: false, overflow: false }
     }
 
     /// Adds the changed bytes of the 64 bytes at offset `base` (mask bit i
@@ -575,10 +514,7 @@ pub struct BatchDecoder<'a> {
 
 impl<'a> BatchDecoder<'a> {
     pub fn new(batch: &'a [u8]) -> Self {
-        BatchDecoder {
-            rest: batch,
-            next: 0,
-        }
+        BatchDecoder { rest: batch, next: 0 }
     }
 
     /// The next record, `None` at the end of the batch. Checks the head,
@@ -615,14 +551,7 @@ fn decode_at(input: &[u8], next: u64) -> Result<(PageRecordRef<'_>, usize), Delt
         return Err(DeltaError::BadPageNumber);
     }
     let (hash, record, m) = decode_body((head & 3) as u8, &input[n..])?;
-    Ok((
-        PageRecordRef {
-            page_num,
-            hash,
-            record,
-        },
-        n + m,
-    ))
+    Ok((PageRecordRef { page_num, hash, record }, n + m))
 }
 
 /// Parses a record body of `kind` at the start of `input`: its hash, the
@@ -656,11 +585,7 @@ pub fn decode_body(kind: u8, input: &[u8]) -> Result<(u64, RecordRef<'_>, usize)
 /// Rebuilds the page a record describes into `out` and checks its hash.
 /// `shadow` is this side's copy of the page as last applied. On error `out`
 /// holds unspecified content and must not be used.
-pub fn apply(
-    shadow: Option<&Page>,
-    rec: &PageRecordRef<'_>,
-    out: &mut Page,
-) -> Result<(), DeltaError> {
+pub fn apply(shadow: Option<&Page>, rec: &PageRecordRef<'_>, out: &mut Page) -> Result<(), DeltaError> {
     match rec.record {
         RecordRef::Zero => out.fill(0),
         RecordRef::Full(p) => out.copy_from_slice(p),
@@ -815,10 +740,7 @@ mod tests {
         assert_eq!(round_trip(&data, None).0.kind, RecordKind::Full);
         assert_eq!(round_trip(&data, None).0.changed_bytes, PAGE_SIZE);
         let (o, bytes) = round_trip(&data, Some(&data));
-        assert_eq!(
-            (o.kind, o.changed_bytes, bytes.len()),
-            (RecordKind::Same, 0, 0)
-        );
+        assert_eq!((o.kind, o.changed_bytes, bytes.len()), (RecordKind::Same, 0, 0));
         // A page zeroed over data: Zero beats any delta.
         let (o, _) = round_trip(&zero, Some(&data));
         assert_eq!(o.kind, RecordKind::Zero);
@@ -827,10 +749,7 @@ mod tests {
         let other = pattern(2);
         let (o, _) = round_trip(&other, Some(&data));
         assert_eq!(o.kind, RecordKind::Full);
-        assert_eq!(
-            o.changed_bytes,
-            data.iter().zip(&other).filter(|(a, b)| a != b).count()
-        );
+        assert_eq!(o.changed_bytes, data.iter().zip(&other).filter(|(a, b)| a != b).count());
     }
 
     #[test]
@@ -940,20 +859,14 @@ mod tests {
         // A different base: the hash finds it.
         let mut other = shadow;
         other[5] ^= 1;
-        assert_eq!(
-            apply(Some(&other), &rec, &mut buf),
-            Err(DeltaError::HashMismatch)
-        );
+        assert_eq!(apply(Some(&other), &rec, &mut buf), Err(DeltaError::HashMismatch));
         for cut in 0..out.len() {
             assert!(decode_page_record(&out[..cut]).is_err(), "cut {cut}");
         }
         // Head 7 << 2 | kind: kind 1 (Same) is never sent.
         let mut bad = out.clone();
         bad[0] = 7 << 2 | 1;
-        assert_eq!(
-            decode_page_record(&bad).unwrap_err(),
-            DeltaError::BadKind(1)
-        );
+        assert_eq!(decode_page_record(&bad).unwrap_err(), DeltaError::BadKind(1));
         // Runs past the page and empty runs.
         let hdr = |runs: &[u8]| {
             let mut r = vec![3u8];
@@ -975,10 +888,7 @@ mod tests {
         let mut zero_len = vec![3u8];
         zero_len.extend_from_slice(&[0; 8]);
         zero_len.push(0);
-        assert_eq!(
-            decode_page_record(&zero_len).unwrap_err(),
-            DeltaError::BadLength
-        );
+        assert_eq!(decode_page_record(&zero_len).unwrap_err(), DeltaError::BadLength);
     }
 
     #[test]
@@ -1009,13 +919,8 @@ mod tests {
         }
         assert!(scratch.is_empty());
         let mut d = BatchDecoder::new(&out);
-        let pages: Vec<(u64, RecordKind)> = core::iter::from_fn(|| d.next_record().unwrap())
-            .map(|r| (r.page_num, r.record.kind()))
-            .collect();
-        assert_eq!(
-            pages,
-            [(3, RecordKind::Zero), (6, RecordKind::Delta), (1000, RecordKind::Full)]
-        );
+        let pages: Vec<(u64, RecordKind)> = core::iter::from_fn(|| d.next_record().unwrap()).map(|r| (r.page_num, r.record.kind())).collect();
+        assert_eq!(pages, [(3, RecordKind::Zero), (6, RecordKind::Delta), (1000, RecordKind::Full)]);
         // A head naming a page past MAX_PAGE_NUM is an error, not a wrap.
         let mut big = Vec::new();
         push_varint(&mut big, (MAX_PAGE_NUM + 1) << 2);

@@ -40,9 +40,7 @@ pub struct VecMemory {
 impl VecMemory {
     /// An all-zero image of `page_count` pages.
     pub fn zeroed(page_count: usize) -> Self {
-        Self {
-            pages: vec![[0u8; crate::page::PAGE_SIZE]; page_count],
-        }
+        Self { pages: vec![[0u8; crate::page::PAGE_SIZE]; page_count] }
     }
     pub fn pages(&self) -> &[Page] {
         &self.pages
@@ -107,10 +105,7 @@ pub struct PageHashes {
 impl PageHashes {
     /// Hashes of an all-zero image.
     pub fn zeroed(page_count: u64) -> Self {
-        let mut s = Self {
-            hashes: vec![ZERO_PAGE_HASH; page_count as usize],
-            lanes: [0; 2],
-        };
+        let mut s = Self { hashes: vec![ZERO_PAGE_HASH; page_count as usize], lanes: [0; 2] };
         for p in 0..page_count {
             s.add(p, ZERO_PAGE_HASH);
         }
@@ -120,10 +115,7 @@ impl PageHashes {
     /// Hashes of an existing image (reads every page once).
     pub fn of_memory(mem: &impl PageMemory) -> Self {
         let n = mem.page_count();
-        let mut s = Self {
-            hashes: Vec::with_capacity(n as usize),
-            lanes: [0; 2],
-        };
+        let mut s = Self { hashes: Vec::with_capacity(n as usize), lanes: [0; 2] };
         for p in 0..n {
             let h = mem.page(p).map_or(ZERO_PAGE_HASH, hash_page);
             s.hashes.push(h);
@@ -168,14 +160,8 @@ impl PageHashes {
 
     /// The digest the image would have after `changes` (page, new hash),
     /// without changing anything.
-    pub fn digest_after(
-        &self,
-        changes: impl IntoIterator<Item = (u64, u64)>,
-    ) -> Result<Digest, PageOutOfRange> {
-        let mut t = Self {
-            hashes: Vec::new(),
-            lanes: self.lanes,
-        };
+    pub fn digest_after(&self, changes: impl IntoIterator<Item = (u64, u64)>) -> Result<Digest, PageOutOfRange> {
+        let mut t = Self { hashes: Vec::new(), lanes: self.lanes };
         for (p, h) in changes {
             t.sub(p, self.get(p).ok_or(PageOutOfRange)?);
             t.add(p, h);
@@ -240,10 +226,7 @@ mod tests {
         b.set(0, 2).unwrap();
         b.set(1, 1).unwrap();
         assert_ne!(a.digest(), b.digest(), "content moved between pages");
-        assert_ne!(
-            PageHashes::zeroed(4).digest(),
-            PageHashes::zeroed(5).digest()
-        );
+        assert_ne!(PageHashes::zeroed(4).digest(), PageHashes::zeroed(5).digest());
     }
 
     #[test]
@@ -252,9 +235,6 @@ mod tests {
         let d = content_digest(&mem);
         mem.page_mut(2).unwrap()[4095] = 1;
         assert_ne!(content_digest(&mem), d);
-        assert_ne!(
-            content_digest(&VecMemory::zeroed(2)),
-            content_digest(&VecMemory::zeroed(3))
-        );
+        assert_ne!(content_digest(&VecMemory::zeroed(2)), content_digest(&VecMemory::zeroed(3)));
     }
 }

@@ -41,13 +41,7 @@ impl DirtySet {
             return Err(DirtyError::TooManyPages);
         }
         let words = page_count.div_ceil(64) as usize;
-        Ok(DirtySet {
-            base_gpa,
-            page_count,
-            bits: vec![0; words],
-            list: Vec::new(),
-            out_of_range: 0,
-        })
+        Ok(DirtySet { base_gpa, page_count, bits: vec![0; words], list: Vec::new(), out_of_range: 0 })
     }
 
     pub fn base_gpa(&self) -> u64 {
@@ -222,10 +216,7 @@ mod tests {
         assert_eq!(s.mark_range(0x4000_5000, 3 * 4096), Some(3));
         assert_eq!(s.mark_range(0x4000_F000, 4097), None, "runs past the end");
         assert_eq!(s.iter().collect::<Vec<_>>(), [1, 2, 3, 5, 6, 7]);
-        assert_eq!(
-            DirtySet::new(0x123, 1).unwrap_err(),
-            DirtyError::UnalignedBase
-        );
+        assert_eq!(DirtySet::new(0x123, 1).unwrap_err(), DirtyError::UnalignedBase);
     }
 
     #[test]

@@ -62,12 +62,7 @@ impl Link {
     /// A link for standby `id` over an established session; call
     /// `ActiveSync::connect` with the standby's last committed epoch too.
     pub fn new(id: StandbyId, session: Session, zstd: ZstdConfig) -> Result<Self, EpochError> {
-        Ok(Self {
-            id,
-            session,
-            compressor: Compressor::new(zstd)?,
-            out: Vec::new(),
-        })
+        Ok(Self { id, session, compressor: Compressor::new(zstd)?, out: Vec::new() })
     }
 
     pub fn id(&self) -> StandbyId {
@@ -126,12 +121,7 @@ impl ActiveSync {
     /// image of epoch `committed` (a standby's applier after SwitchDone):
     /// its pages seed the shadows (as far as the budget goes), so the old
     /// active device, holding the same epoch, gets deltas only.
-    pub fn after_switch(
-        image: &impl PageMemory,
-        hashes: PageHashes,
-        committed: Epoch,
-        budget: Budget,
-    ) -> Result<Self, EpochError> {
+    pub fn after_switch(image: &impl PageMemory, hashes: PageHashes, committed: Epoch, budget: Budget) -> Result<Self, EpochError> {
         let n = image.page_count();
         let mut tracker = ResumeTracker::after_switch(n, committed);
         let mut shadows = ShadowStore::new(n, budget).map_err(EpochError::Shadow)?;
@@ -141,11 +131,7 @@ impl ActiveSync {
             shadows.update_with_hash(p, page, h);
             tracker.record_shadow(p, committed)?;
         }
-        Ok(Self {
-            tracker,
-            shadows,
-            hashes,
-        })
+        Ok(Self { tracker, shadows, hashes })
     }
 
     pub fn tracker(&self) -> &ResumeTracker {
@@ -211,24 +197,12 @@ impl ActiveSync {
 
         let mut outs = Vec::with_capacity(links.len());
         for link in links.iter_mut() {
-            let base = self
-                .tracker
-                .standby(link.id)
-                .ok_or(ResumeError::UnknownStandby)?
-                .base;
+            let base = self.tracker.standby(link.id).ok_or(ResumeError::UnknownStandby)?.base;
             let pages = self.tracker.pages_for(link.id)?;
             let mut stats = EpochStats::new(m);
             stats.dirty_pages = dirty_pages;
             stats.sealed_bytes += link.send(&Message::EpochBegin { epoch: m, base })? as u64;
-            outs.push(Out {
-                pages,
-                cursor: 0,
-                raw: Vec::new(),
-                batch: BatchEncoder::new(),
-                seq: 0,
-                records: 0,
-                stats,
-            });
+            outs.push(Out { pages, cursor: 0, raw: Vec::new(), batch: BatchEncoder::new(), seq: 0, records: 0, stats });
         }
 
         // Every page any link needs, plus the dirty pages (whose hashes
@@ -249,17 +223,10 @@ impl ActiveSync {
                 if o.raw.len() + MAX_PAGE_RECORD > MAX_BATCH_RAW {
                     flush(link, o, m)?;
                 }
-                let shadow = if self.tracker.may_delta(link.id, p) {
-                    self.shadows.get_shadow(p)
-                } else {
-                    None
-                };
+                let shadow = if self.tracker.may_delta(link.id, p) { self.shadows.get_shadow(p) } else { None };
                 // Pages come in ascending order, each once, and p is a page
                 // of the guest (far below MAX_PAGE_NUM).
-                let r = o
-                    .batch
-                    .encode_with(p, content, shadow, &mut o.raw)
-                    .map_err(|_| EpochError::PageOutOfRange)?;
+                let r = o.batch.encode_with(p, content, shadow, &mut o.raw).map_err(|_| EpochError::PageOutOfRange)?;
                 o.records += (r.kind != RecordKind::Same) as u64;
                 let s = &mut o.stats;
                 s.sent_pages += 1;
@@ -283,9 +250,7 @@ impl ActiveSync {
                 }
                 None => hash_page(content),
             };
-            self.hashes
-                .set(p, hash)
-                .map_err(|_| EpochError::PageOutOfRange)?;
+            self.hashes.set(p, hash).map_err(|_| EpochError::PageOutOfRange)?;
         }
 
         let digest = self.hashes.digest();
@@ -294,11 +259,7 @@ impl ActiveSync {
             if !o.raw.is_empty() {
                 flush(link, &mut o, m)?;
             }
-            let commit = Message::EpochCommit {
-                epoch: m,
-                digest,
-                page_count: o.records,
-            };
+            let commit = Message::EpochCommit { epoch: m, digest, page_count: o.records };
             o.stats.sealed_bytes += link.send(&commit)? as u64;
             self.tracker.record_sent(link.id, m)?;
             stats.push(o.stats);
@@ -314,12 +275,7 @@ fn flush(link: &mut Link, o: &mut Out, epoch: Epoch) -> Result<(), EpochError> {
     o.stats.compressed_bytes += n as u64;
     // raw is kept below MAX_BATCH_RAW by the caller, which fits u32.
     let raw_len = o.raw.len() as u32;
-    let msg = Message::PageRecords {
-        epoch,
-        seq: o.seq,
-        raw_len,
-        data,
-    };
+    let msg = Message::PageRecords { epoch, seq: o.seq, raw_len, data };
     o.stats.sealed_bytes += link.send(&msg)? as u64;
     o.seq += 1;
     o.raw.clear();

@@ -61,8 +61,7 @@ fn key(index: usize) -> u64 {
 #[inline(always)]
 fn mix(key: u64, word: u64) -> u64 {
     let x = word ^ key;
-    word.rotate_left(32)
-        .wrapping_add((x & 0xFFFF_FFFF).wrapping_mul(x >> 32))
+    word.rotate_left(32).wrapping_add((x & 0xFFFF_FFFF).wrapping_mul(x >> 32))
 }
 
 /// The contribution of word `index` holding `word` (little-endian u64 at

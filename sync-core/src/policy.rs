@@ -56,10 +56,7 @@ pub struct Interval {
 
 impl Interval {
     pub fn new(period_ns: u64, now_ns: u64) -> Self {
-        Self {
-            period_ns,
-            epoch_start_ns: now_ns,
-        }
+        Self { period_ns, epoch_start_ns: now_ns }
     }
 }
 
@@ -71,9 +68,7 @@ impl EpochPolicy for Interval {
         self.epoch_start_ns = now_ns;
     }
     fn describe(&self) -> PolicySpec {
-        PolicySpec::Interval {
-            period_ns: self.period_ns,
-        }
+        PolicySpec::Interval { period_ns: self.period_ns }
     }
 }
 
@@ -145,12 +140,7 @@ impl Adaptive {
     const MIN_SAMPLE_BYTES: u64 = 16 << 10;
 
     pub fn new(target_ns: u64, now_ns: u64) -> Self {
-        Self {
-            target_ns,
-            epoch_start_ns: now_ns,
-            bandwidth_bps: Self::INITIAL_BANDWIDTH_BPS,
-            ratio_q10: Self::INITIAL_RATIO_Q10,
-        }
+        Self { target_ns, epoch_start_ns: now_ns, bandwidth_bps: Self::INITIAL_BANDWIDTH_BPS, ratio_q10: Self::INITIAL_RATIO_Q10 }
     }
 
     pub fn bandwidth_bps(&self) -> u64 {
@@ -208,9 +198,7 @@ impl EpochPolicy for Adaptive {
     }
 
     fn describe(&self) -> PolicySpec {
-        PolicySpec::Adaptive {
-            target_ns: self.target_ns,
-        }
+        PolicySpec::Adaptive { target_ns: self.target_ns }
     }
 }
 
@@ -248,18 +236,10 @@ impl PolicySpec {
             None => (s, None),
         };
         match (name, arg) {
-            ("interval", Some(a)) => Ok(PolicySpec::Interval {
-                period_ns: parse_duration(a)?,
-            }),
-            ("threshold", Some(a)) => Ok(PolicySpec::Threshold {
-                bytes: parse_size(a)?,
-            }),
-            ("adaptive", None) => Ok(PolicySpec::Adaptive {
-                target_ns: Adaptive::DEFAULT_TARGET_NS,
-            }),
-            ("adaptive", Some(a)) => Ok(PolicySpec::Adaptive {
-                target_ns: parse_duration(a)?,
-            }),
+            ("interval", Some(a)) => Ok(PolicySpec::Interval { period_ns: parse_duration(a)? }),
+            ("threshold", Some(a)) => Ok(PolicySpec::Threshold { bytes: parse_size(a)? }),
+            ("adaptive", None) => Ok(PolicySpec::Adaptive { target_ns: Adaptive::DEFAULT_TARGET_NS }),
+            ("adaptive", Some(a)) => Ok(PolicySpec::Adaptive { target_ns: parse_duration(a)? }),
             ("switch-only", None) => Ok(PolicySpec::SwitchOnly),
             ("interval" | "threshold", None) => Err(PolicyParseError::MissingValue),
             ("switch-only", Some(_)) => Err(PolicyParseError::UnexpectedValue),
@@ -281,9 +261,7 @@ impl fmt::Display for PolicySpec {
         match *self {
             PolicySpec::Interval { period_ns } => write!(f, "interval:{}", Duration(period_ns)),
             PolicySpec::Threshold { bytes } => write!(f, "threshold:{}", Size(bytes)),
-            PolicySpec::Adaptive { target_ns } if target_ns == Adaptive::DEFAULT_TARGET_NS => {
-                f.write_str("adaptive")
-            }
+            PolicySpec::Adaptive { target_ns } if target_ns == Adaptive::DEFAULT_TARGET_NS => f.write_str("adaptive"),
             PolicySpec::Adaptive { target_ns } => write!(f, "adaptive:{}", Duration(target_ns)),
             PolicySpec::SwitchOnly => f.write_str("switch-only"),
         }
@@ -344,10 +322,7 @@ fn split_number(s: &str) -> Result<(u64, &str), PolicyParseError> {
     let (num, unit) = s.split_at(digits);
     let mut n: u64 = 0;
     for d in num.bytes() {
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(PolicyParseError::Overflow)?;
+        n = n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))).ok_or(PolicyParseError::Overflow)?;
     }
     Ok((n, unit))
 }
@@ -373,10 +348,7 @@ fn parse_size(s: &str) -> Result<u64, PolicyParseError> {
         "G" | "GiB" => 30,
         _ => return Err(PolicyParseError::BadUnit),
     };
-    let v = n
-        .checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or(PolicyParseError::Overflow)?;
+    let v = n.checked_shl(shift).filter(|v| v >> shift == n).ok_or(PolicyParseError::Overflow)?;
     nonzero(v)
 }
 
@@ -396,10 +368,7 @@ mod tests {
     const MS: u64 = NS_PER_MS;
 
     fn d(pages: u64) -> DirtyEstimate {
-        DirtyEstimate {
-            pages,
-            bytes: pages * 4096,
-        }
+        DirtyEstimate { pages, bytes: pages * 4096 }
     }
 
     #[test]
@@ -407,25 +376,10 @@ mod tests {
         use PolicySpec::*;
         let cases = [
             ("interval:50ms", Interval { period_ns: 50 * MS }),
-            (
-                "interval:1s",
-                Interval {
-                    period_ns: NS_PER_S,
-                },
-            ),
-            (
-                "interval:200ms",
-                Interval {
-                    period_ns: 200 * MS,
-                },
-            ),
+            ("interval:1s", Interval { period_ns: NS_PER_S }),
+            ("interval:200ms", Interval { period_ns: 200 * MS }),
             ("threshold:4MiB", Threshold { bytes: 4 << 20 }),
-            (
-                "adaptive",
-                Adaptive {
-                    target_ns: super::Adaptive::DEFAULT_TARGET_NS,
-                },
-            ),
+            ("adaptive", Adaptive { target_ns: super::Adaptive::DEFAULT_TARGET_NS }),
             ("switch-only", SwitchOnly),
             ("adaptive:20ms", Adaptive { target_ns: 20 * MS }),
             ("threshold:512KiB", Threshold { bytes: 512 << 10 }),
@@ -438,18 +392,9 @@ mod tests {
             // Display is canonical and parses back to the same spec.
             assert_eq!(PolicySpec::parse(&want.to_string()), Ok(want), "{s}");
         }
-        assert_eq!(
-            PolicySpec::parse("interval:1s").unwrap().to_string(),
-            "interval:1s"
-        );
-        assert_eq!(
-            PolicySpec::parse("interval:1000ms").unwrap().to_string(),
-            "interval:1s"
-        );
-        assert_eq!(
-            PolicySpec::parse("threshold:4MiB").unwrap().to_string(),
-            "threshold:4MiB"
-        );
+        assert_eq!(PolicySpec::parse("interval:1s").unwrap().to_string(), "interval:1s");
+        assert_eq!(PolicySpec::parse("interval:1000ms").unwrap().to_string(), "interval:1s");
+        assert_eq!(PolicySpec::parse("threshold:4MiB").unwrap().to_string(), "threshold:4MiB");
         assert_eq!("switch-only".parse::<PolicySpec>(), Ok(SwitchOnly));
     }
 
@@ -487,10 +432,7 @@ mod tests {
         let mut p = PolicySpec::parse("interval:50ms").unwrap().build(1000);
         assert!(!p.should_cut(1000 + 49 * MS, d(5)));
         assert!(p.should_cut(1000 + 50 * MS, d(5)));
-        assert!(
-            !p.should_cut(1000 + 500 * MS, d(0)),
-            "nothing dirty: nothing to cut"
-        );
+        assert!(!p.should_cut(1000 + 500 * MS, d(0)), "nothing dirty: nothing to cut");
         p.on_cut(1000 + 60 * MS);
         assert!(!p.should_cut(1000 + 100 * MS, d(5)));
         assert!(p.should_cut(1000 + 110 * MS, d(5)));
@@ -502,13 +444,7 @@ mod tests {
         let mut p = PolicySpec::parse("threshold:4MiB").unwrap().build(0);
         assert!(!p.should_cut(u64::MAX, d(1023)));
         assert!(p.should_cut(0, d(1024)));
-        assert!(p.should_cut(
-            0,
-            DirtyEstimate {
-                pages: 1,
-                bytes: 5 << 20
-            }
-        ));
+        assert!(p.should_cut(0, DirtyEstimate { pages: 1, bytes: 5 << 20 }));
     }
 
     #[test]
@@ -524,27 +460,11 @@ mod tests {
         let mut fast = Adaptive::new(50 * MS, 0);
         // Teach them: slow link 2 Mbit/s, fast link 400 Mbit/s, ratio 1/4.
         for _ in 0..40 {
-            slow.on_sent(SendSample {
-                estimated_bytes: 1 << 20,
-                wire_bytes: 256 << 10,
-                elapsed_ns: 1_048_576_000,
-            });
-            fast.on_sent(SendSample {
-                estimated_bytes: 1 << 20,
-                wire_bytes: 256 << 10,
-                elapsed_ns: 5_242_880,
-            });
+            slow.on_sent(SendSample { estimated_bytes: 1 << 20, wire_bytes: 256 << 10, elapsed_ns: 1_048_576_000 });
+            fast.on_sent(SendSample { estimated_bytes: 1 << 20, wire_bytes: 256 << 10, elapsed_ns: 5_242_880 });
         }
-        assert!(
-            (240_000..=270_000).contains(&slow.bandwidth_bps()),
-            "{}",
-            slow.bandwidth_bps()
-        );
-        assert!(
-            (45_000_000..=55_000_000).contains(&fast.bandwidth_bps()),
-            "{}",
-            fast.bandwidth_bps()
-        );
+        assert!((240_000..=270_000).contains(&slow.bandwidth_bps()), "{}", slow.bandwidth_bps());
+        assert!((45_000_000..=55_000_000).contains(&fast.bandwidth_bps()), "{}", fast.bandwidth_bps());
         // 64 KiB dirty ~ 16 KiB on the wire: more than the slow link's
         // 50 ms budget (~12.5 KiB), far less than the fast link's (~2.5 MB).
         let dirt = d(16);
@@ -564,22 +484,10 @@ mod tests {
     fn adaptive_ignores_degenerate_samples() {
         let mut a = Adaptive::new(50 * MS, 0);
         let bw = a.bandwidth_bps();
-        a.on_sent(SendSample {
-            estimated_bytes: 0,
-            wire_bytes: 100,
-            elapsed_ns: 0,
-        });
-        a.on_sent(SendSample {
-            estimated_bytes: 10,
-            wire_bytes: 1 << 30,
-            elapsed_ns: 0,
-        });
+        a.on_sent(SendSample { estimated_bytes: 0, wire_bytes: 100, elapsed_ns: 0 });
+        a.on_sent(SendSample { estimated_bytes: 10, wire_bytes: 1 << 30, elapsed_ns: 0 });
         assert_eq!(a.bandwidth_bps(), bw);
-        a.on_sent(SendSample {
-            estimated_bytes: u64::MAX,
-            wire_bytes: u64::MAX,
-            elapsed_ns: 1,
-        });
+        a.on_sent(SendSample { estimated_bytes: u64::MAX, wire_bytes: u64::MAX, elapsed_ns: 1 });
         assert!(a.bandwidth_bps() > 0);
         assert_eq!(a.describe().to_string(), "adaptive");
     }

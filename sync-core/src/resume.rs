@@ -98,14 +98,7 @@ impl ResumeTracker {
     /// written in epoch 1 (the open epoch), so epoch 1 sends all of them.
     pub fn new(page_count: u64) -> Self {
         let n = page_count as usize;
-        Self {
-            last_changed: vec![1; n],
-            shadow_epoch: vec![0; n],
-            open: 1,
-            open_dirty: (0..page_count).collect(),
-            cut_dirty: Vec::new(),
-            standbys: Vec::new(),
-        }
+        Self { last_changed: vec![1; n], shadow_epoch: vec![0; n], open: 1, open_dirty: (0..page_count).collect(), cut_dirty: Vec::new(), standbys: Vec::new() }
     }
 
     /// A tracker on a device that became active holding the committed image
@@ -145,10 +138,7 @@ impl ResumeTracker {
 
     /// Page `page` was written in the open epoch.
     pub fn mark_dirty(&mut self, page: u64) -> Result<(), ResumeError> {
-        let lc = self
-            .last_changed
-            .get_mut(page as usize)
-            .ok_or(ResumeError::PageOutOfRange)?;
+        let lc = self.last_changed.get_mut(page as usize).ok_or(ResumeError::PageOutOfRange)?;
         if *lc != self.open {
             *lc = self.open;
             self.open_dirty.push(page);
@@ -171,11 +161,7 @@ impl ResumeTracker {
     }
 
     pub fn add_standby(&mut self) -> StandbyId {
-        let st = Some(StandbyState {
-            connected: false,
-            base: 0,
-            acked: 0,
-        });
+        let st = Some(StandbyState { connected: false, base: 0, acked: 0 });
         if let Some(i) = self.standbys.iter().position(Option::is_none) {
             self.standbys[i] = st;
             i
@@ -186,10 +172,7 @@ impl ResumeTracker {
     }
 
     pub fn remove_standby(&mut self, id: StandbyId) -> Result<(), ResumeError> {
-        let slot = self
-            .standbys
-            .get_mut(id)
-            .ok_or(ResumeError::UnknownStandby)?;
+        let slot = self.standbys.get_mut(id).ok_or(ResumeError::UnknownStandby)?;
         if slot.take().is_none() {
             return Err(ResumeError::UnknownStandby);
         }
@@ -201,10 +184,7 @@ impl ResumeTracker {
     }
 
     fn state_mut(&mut self, id: StandbyId) -> Result<&mut StandbyState, ResumeError> {
-        self.standbys
-            .get_mut(id)
-            .and_then(Option::as_mut)
-            .ok_or(ResumeError::UnknownStandby)
+        self.standbys.get_mut(id).and_then(Option::as_mut).ok_or(ResumeError::UnknownStandby)
     }
 
     /// A standby (re)connected and named its last committed epoch (HelloAck
@@ -215,11 +195,7 @@ impl ResumeTracker {
         if last_committed > last_cut {
             return Err(ResumeError::FutureEpoch);
         }
-        *st = StandbyState {
-            connected: true,
-            base: last_committed,
-            acked: last_committed,
-        };
+        *st = StandbyState { connected: true, base: last_committed, acked: last_committed };
         Ok(())
     }
 
@@ -264,8 +240,7 @@ impl ResumeTracker {
 
     /// Whether every epoch sent to the standby is acknowledged.
     pub fn is_caught_up(&self, id: StandbyId) -> bool {
-        self.standby(id)
-            .is_some_and(|s| s.connected && s.acked == s.base)
+        self.standby(id).is_some_and(|s| s.connected && s.acked == s.base)
     }
 
     /// Pages the standby needs in the batch of the last cut epoch: every
@@ -283,13 +258,7 @@ impl ResumeTracker {
             // In step: exactly the pages of the last epoch.
             return Ok(self.cut_dirty.clone());
         }
-        Ok(self
-            .last_changed
-            .iter()
-            .enumerate()
-            .filter(|&(_, &lc)| lc > st.base && lc <= cut)
-            .map(|(p, _)| p as u64)
-            .collect())
+        Ok(self.last_changed.iter().enumerate().filter(|&(_, &lc)| lc > st.base && lc <= cut).map(|(p, _)| p as u64).collect())
     }
 
     /// Whether a base-dependent record (Delta, Same) against the current
@@ -304,10 +273,7 @@ impl ResumeTracker {
     /// `page`'s shadow now holds its content of `epoch` (or was dropped; the
     /// tag is harmless then since there is no shadow to diff against).
     pub fn record_shadow(&mut self, page: u64, epoch: Epoch) -> Result<(), ResumeError> {
-        let se = self
-            .shadow_epoch
-            .get_mut(page as usize)
-            .ok_or(ResumeError::PageOutOfRange)?;
+        let se = self.shadow_epoch.get_mut(page as usize).ok_or(ResumeError::PageOutOfRange)?;
         *se = epoch;
         Ok(())
     }

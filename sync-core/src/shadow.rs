@@ -75,14 +75,7 @@ impl ShadowStore {
             Budget::Full => n,
             Budget::Pages(p) => p.min(n),
         };
-        Ok(ShadowStore {
-            index: vec![NONE; n],
-            slots: Vec::new(),
-            chunks: Vec::new(),
-            capacity,
-            hand: 0,
-            stats: ShadowStats::default(),
-        })
+        Ok(ShadowStore { index: vec![NONE; n], slots: Vec::new(), chunks: Vec::new(), capacity, hand: 0, stats: ShadowStats::default() })
     }
 
     pub fn page_count(&self) -> u64 {
@@ -106,10 +99,7 @@ impl ShadowStore {
         let s = &mut self.slots[slot as usize];
         s.referenced = true;
         let hash = s.hash;
-        Some(Shadow {
-            page: self.data(slot as usize),
-            hash,
-        })
+        Some(Shadow { page: self.data(slot as usize), hash })
     }
 
     /// The shadow of `page`, without counting or touching CLOCK state.
@@ -216,9 +206,7 @@ impl ShadowStore {
 
     /// Bytes allocated in all: content chunks, slot table and page index.
     pub fn bytes_allocated(&self) -> usize {
-        self.chunks.len() * CHUNK * PAGE_SIZE
-            + self.slots.capacity() * core::mem::size_of::<Slot>()
-            + self.index.len() * core::mem::size_of::<u32>()
+        self.chunks.len() * CHUNK * PAGE_SIZE + self.slots.capacity() * core::mem::size_of::<Slot>() + self.index.len() * core::mem::size_of::<u32>()
     }
 
     fn slot_of(&self, page: u64) -> u32 {
@@ -240,14 +228,9 @@ impl ShadowStore {
             let slot = self.slots.len();
             if slot / CHUNK == self.chunks.len() {
                 let chunk = CHUNK.min(self.capacity - slot);
-                self.chunks
-                    .push(vec![[0u8; PAGE_SIZE]; chunk].into_boxed_slice());
+                self.chunks.push(vec![[0u8; PAGE_SIZE]; chunk].into_boxed_slice());
             }
-            self.slots.push(Slot {
-                page,
-                hash: 0,
-                referenced: true,
-            });
+            self.slots.push(Slot { page, hash: 0, referenced: true });
             self.index[page as usize] = slot as u32;
             return Some(slot);
         }

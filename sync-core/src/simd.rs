@@ -35,10 +35,7 @@ pub fn diff_blocks(a: &Page, b: &Page) -> u16 {
     {
         neon::diff_blocks(a, b)
     }
-    #[cfg(not(any(
-        all(target_arch = "x86_64", target_feature = "sse2"),
-        all(target_arch = "aarch64", target_feature = "neon")
-    )))]
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "sse2"), all(target_arch = "aarch64", target_feature = "neon"))))]
     {
         diff_blocks_scalar(a, b)
     }
@@ -61,10 +58,7 @@ pub fn block_masks(a: &Page, b: &Page, block: usize) -> [u64; BLOCK / 64] {
     {
         neon::block_masks(a, b, block)
     }
-    #[cfg(not(any(
-        all(target_arch = "x86_64", target_feature = "sse2"),
-        all(target_arch = "aarch64", target_feature = "neon")
-    )))]
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "sse2"), all(target_arch = "aarch64", target_feature = "neon"))))]
     {
         block_masks_scalar(a, b, block)
     }
@@ -221,8 +215,7 @@ mod x86 {
         unsafe {
             let popcnt = __cpuid(1).ecx & (1 << 23) != 0;
             let bmi1 = __cpuid_count(7, 0).ebx & (1 << 3) != 0;
-            let lzcnt =
-                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 5) != 0;
+            let lzcnt = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 5) != 0;
             popcnt && bmi1 && lzcnt
         }
     }
@@ -267,10 +260,7 @@ mod x86 {
                 let pb = b.as_ptr().add(j * BLOCK) as *const __m256i;
                 let mut acc = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
                 for k in 1..BLOCK / 32 {
-                    let x = _mm256_xor_si256(
-                        _mm256_loadu_si256(pa.add(k)),
-                        _mm256_loadu_si256(pb.add(k)),
-                    );
+                    let x = _mm256_xor_si256(_mm256_loadu_si256(pa.add(k)), _mm256_loadu_si256(pb.add(k)));
                     acc = _mm256_or_si256(acc, x);
                 }
                 mask |= ((_mm256_testz_si256(acc, acc) == 0) as u16) << j;
@@ -313,14 +303,8 @@ mod x86 {
                 let pa = a.as_ptr().add(off) as *const __m256i;
                 let pb = b.as_ptr().add(off) as *const __m256i;
                 (
-                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(
-                        _mm256_loadu_si256(pa),
-                        _mm256_loadu_si256(pb),
-                    )),
-                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(
-                        _mm256_loadu_si256(pa.add(1)),
-                        _mm256_loadu_si256(pb.add(1)),
-                    )),
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb))),
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1)))),
                 )
             };
             *m = !((lo as u32 as u64) | (hi as u32 as u64) << 32);
@@ -340,10 +324,7 @@ mod x86 {
                 let pb = b.as_ptr().add(j * BLOCK) as *const __m256i;
                 let mut acc = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
                 for k in 1..BLOCK / 32 {
-                    let x = _mm256_xor_si256(
-                        _mm256_loadu_si256(pa.add(k)),
-                        _mm256_loadu_si256(pb.add(k)),
-                    );
+                    let x = _mm256_xor_si256(_mm256_loadu_si256(pa.add(k)), _mm256_loadu_si256(pb.add(k)));
                     acc = _mm256_or_si256(acc, x);
                 }
                 if _mm256_testz_si256(acc, acc) != 0 {
@@ -351,14 +332,8 @@ mod x86 {
                 }
                 blocks |= 1 << j;
                 for k in 0..4 {
-                    let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(
-                        _mm256_loadu_si256(pa.add(2 * k)),
-                        _mm256_loadu_si256(pb.add(2 * k)),
-                    ));
-                    let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(
-                        _mm256_loadu_si256(pa.add(2 * k + 1)),
-                        _mm256_loadu_si256(pb.add(2 * k + 1)),
-                    ));
+                    let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(2 * k)), _mm256_loadu_si256(pb.add(2 * k))));
+                    let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(2 * k + 1)), _mm256_loadu_si256(pb.add(2 * k + 1))));
                     masks[4 * j + k] = !((lo as u32 as u64) | (hi as u32 as u64) << 32);
                 }
             }
@@ -481,10 +456,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(
-            block_masks_scalar(&a, &b, 0),
-            [1 | 1 << 7 | 1 << 8 | 1 << 63, 1 | 1 << 36, 0, 1 << 63]
-        );
+        assert_eq!(block_masks_scalar(&a, &b, 0), [1 | 1 << 7 | 1 << 8 | 1 << 63, 1 | 1 << 36, 0, 1 << 63]);
         assert_eq!(block_masks_scalar(&a, &b, 15)[3], 1 << 63);
     }
 
@@ -503,11 +475,7 @@ mod tests {
         assert_eq!(bf, diff_blocks(&a, &b));
         for j in 0..BLOCKS {
             if bf & (1 << j) != 0 {
-                assert_eq!(
-                    fast[4 * j..4 * j + 4],
-                    block_masks_scalar(&a, &b, j),
-                    "block {j}"
-                );
+                assert_eq!(fast[4 * j..4 * j + 4], block_masks_scalar(&a, &b, j), "block {j}");
             }
         }
         assert_eq!(fast[700 / 64], 0b111 << (700 % 64));

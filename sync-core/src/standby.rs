@@ -81,13 +81,7 @@ impl StandbyReceiver {
     /// A receiver for an established session; the zstd stream starts fresh.
     pub fn new(session: Session, zstd: ZstdConfig) -> Result<Self, StandbyError> {
         let decompressor = Decompressor::new(zstd).map_err(StandbyError::Zstd)?;
-        Ok(Self {
-            session,
-            decompressor,
-            state: State::Idle,
-            scratch: Vec::new(),
-            dead: false,
-        })
+        Ok(Self { session, decompressor, state: State::Idle, scratch: Vec::new(), dead: false })
     }
 
     /// Seals a message of ours (SwitchRequest, Ack, Resync) onto `out`.
@@ -96,12 +90,7 @@ impl StandbyReceiver {
     }
 
     /// Handles one frame from the active side; replies go to `out`.
-    pub fn on_frame<M: PageMemoryMut>(
-        &mut self,
-        frame: Frame,
-        applier: &mut Applier<M>,
-        out: &mut Vec<u8>,
-    ) -> Result<Event, StandbyError> {
+    pub fn on_frame<M: PageMemoryMut>(&mut self, frame: Frame, applier: &mut Applier<M>, out: &mut Vec<u8>) -> Result<Event, StandbyError> {
         if self.dead {
             return Err(StandbyError::Wire(WireError::Poisoned));
         }
@@ -126,12 +115,7 @@ impl StandbyReceiver {
         }
     }
 
-    fn reply<M: PageMemoryMut>(
-        &mut self,
-        msg: &Message,
-        applier: &mut Applier<M>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), StandbyError> {
+    fn reply<M: PageMemoryMut>(&mut self, msg: &Message, applier: &mut Applier<M>, out: &mut Vec<u8>) -> Result<(), StandbyError> {
         match self.session.seal(msg, out) {
             Ok(_) => Ok(()),
             Err(e) => Err(self.die(applier, e)),
@@ -144,11 +128,7 @@ impl StandbyReceiver {
         StandbyError::Wire(e)
     }
 
-    fn on_message<M: PageMemoryMut>(
-        &mut self,
-        msg: Message,
-        applier: &mut Applier<M>,
-    ) -> Result<Event, EpochFault> {
+    fn on_message<M: PageMemoryMut>(&mut self, msg: Message, applier: &mut Applier<M>) -> Result<Event, EpochFault> {
         if let State::AwaitResync = self.state {
             match msg {
                 Message::EpochBegin { base, .. } if base == applier.committed_epoch() => {
@@ -166,17 +146,8 @@ impl StandbyReceiver {
                 self.state = State::Receiving { epoch, next_seq: 0 };
                 Ok(Event::None)
             }
-            Message::PageRecords {
-                epoch,
-                seq,
-                raw_len,
-                data,
-            } => {
-                let State::Receiving {
-                    epoch: cur,
-                    next_seq,
-                } = &mut self.state
-                else {
+            Message::PageRecords { epoch, seq, raw_len, data } => {
+                let State::Receiving { epoch: cur, next_seq } = &mut self.state else {
                     return Err(EpochFault::BadBatch);
                 };
                 if epoch != *cur || seq != *next_seq {
@@ -185,29 +156,18 @@ impl StandbyReceiver {
                 *next_seq += 1;
                 self.scratch.clear();
                 // raw_len was bounded by MAX_BATCH_RAW when the message was decoded.
-                let n = self
-                    .decompressor
-                    .decompress_batch(&data, &mut self.scratch, raw_len as usize)
-                    .map_err(EpochFault::Zstd)?;
+                let n = self.decompressor.decompress_batch(&data, &mut self.scratch, raw_len as usize).map_err(EpochFault::Zstd)?;
                 if n != raw_len as usize {
                     return Err(EpochFault::BadRawLength);
                 }
-                applier
-                    .apply_batch(&self.scratch)
-                    .map_err(EpochFault::Apply)?;
+                applier.apply_batch(&self.scratch).map_err(EpochFault::Apply)?;
                 Ok(Event::None)
             }
-            Message::EpochCommit {
-                epoch,
-                digest,
-                page_count,
-            } => {
+            Message::EpochCommit { epoch, digest, page_count } => {
                 if !matches!(self.state, State::Receiving { epoch: cur, .. } if cur == epoch) {
                     return Err(EpochFault::BadBatch);
                 }
-                applier
-                    .commit(epoch, &digest, page_count)
-                    .map_err(EpochFault::Apply)?;
+                applier.commit(epoch, &digest, page_count).map_err(EpochFault::Apply)?;
                 self.state = State::Idle;
                 Ok(Event::Committed(epoch))
             }
@@ -219,11 +179,7 @@ impl StandbyReceiver {
                 }
                 Ok(Event::SwitchDone(epoch))
             }
-            Message::Hello(_)
-            | Message::HelloAck(_)
-            | Message::Ack { .. }
-            | Message::SwitchRequest
-            | Message::Resync { .. } => Err(EpochFault::Unexpected),
+            Message::Hello(_) | Message::HelloAck(_) | Message::Ack { .. } | Message::SwitchRequest | Message::Resync { .. } => Err(EpochFault::Unexpected),
         }
     }
 }

@@ -12,9 +12,10 @@ use core::fmt;
 const PAGE_BYTES: u64 = 4096;
 
 /// What the hypervisor logs (after its `vmsync: ` prefix) right after the
-/// epoch it cuts when the guest's workload starts: the epochs printed after
-/// this line are the workload's steady state.
-pub const WORKLOAD_START_LOG: &str = "sync: workload started; later epochs are its steady state";
+/// epoch it cuts at the guest workload's first progress line (one second
+/// into its run, start-up done): the epochs printed after this line are the
+/// workload's steady state.
+pub const STEADY_STATE_LOG: &str = "sync: workload running; later epochs are its steady state";
 
 /// Figures of one epoch (one standby's stream of it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,10 +50,7 @@ pub struct EpochStats {
 
 impl EpochStats {
     pub fn new(epoch: u64) -> Self {
-        Self {
-            epoch,
-            ..Self::default()
-        }
+        Self { epoch, ..Self::default() }
     }
 
     /// What sending every dirty page whole would have moved.
@@ -272,34 +270,13 @@ mod tests {
     #[test]
     fn parse_rejects_bad_lines() {
         let good = sample(1, 2).to_string();
-        assert_eq!(
-            parse_epoch_line("nothing here"),
-            Err(StatsParseError::MissingKey)
-        );
-        assert_eq!(
-            parse_epoch_line("epoch=1"),
-            Err(StatsParseError::MissingKey)
-        );
-        assert_eq!(
-            parse_epoch_line(&good.replace("pause_us=60", "pause_us=x")),
-            Err(StatsParseError::BadNumber)
-        );
-        assert_eq!(
-            parse_epoch_line(&good.replace("pause_us=60", "pause_us")),
-            Err(StatsParseError::NotKeyValue)
-        );
-        assert_eq!(
-            parse_epoch_line(&format!("{good} extra=1")),
-            Err(StatsParseError::UnknownKey)
-        );
-        assert_eq!(
-            parse_epoch_line(&format!("{good} pause_us=1")),
-            Err(StatsParseError::DuplicateKey)
-        );
-        assert_eq!(
-            parse_epoch_line(&good.replace("dirty_bytes=81920", "dirty_bytes=1")),
-            Err(StatsParseError::Inconsistent)
-        );
+        assert_eq!(parse_epoch_line("nothing here"), Err(StatsParseError::MissingKey));
+        assert_eq!(parse_epoch_line("epoch=1"), Err(StatsParseError::MissingKey));
+        assert_eq!(parse_epoch_line(&good.replace("pause_us=60", "pause_us=x")), Err(StatsParseError::BadNumber));
+        assert_eq!(parse_epoch_line(&good.replace("pause_us=60", "pause_us")), Err(StatsParseError::NotKeyValue));
+        assert_eq!(parse_epoch_line(&format!("{good} extra=1")), Err(StatsParseError::UnknownKey));
+        assert_eq!(parse_epoch_line(&format!("{good} pause_us=1")), Err(StatsParseError::DuplicateKey));
+        assert_eq!(parse_epoch_line(&good.replace("dirty_bytes=81920", "dirty_bytes=1")), Err(StatsParseError::Inconsistent));
     }
 
     #[test]
@@ -314,10 +291,7 @@ mod tests {
         assert_eq!(t.max_pause_us, 90);
         assert_eq!(t.pause_us, 120);
         let line = t.to_string();
-        assert!(
-            line.starts_with("epochs=2 dirty_pages=40 dirty_bytes=163840 sent_pages=44 "),
-            "{line}"
-        );
+        assert!(line.starts_with("epochs=2 dirty_pages=40 dirty_bytes=163840 sent_pages=44 "), "{line}");
         assert!(line.ends_with(" delta_pages=20 max_pause_us=90"), "{line}");
     }
 }

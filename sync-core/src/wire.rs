@@ -17,10 +17,7 @@
 
 use alloc::vec::Vec;
 
-use crate::crypto::{
-    derive_session_keys, CryptoError, Opener, PairingSecret, Role, Sealer, HANDSHAKE_NONCE_LEN,
-    TAG_LEN,
-};
+use crate::crypto::{derive_session_keys, CryptoError, Opener, PairingSecret, Role, Sealer, HANDSHAKE_NONCE_LEN, TAG_LEN};
 
 /// Version of this protocol. Hello and HelloAck carry it first (after the
 /// magic) so a peer of another version is recognised before anything else
@@ -232,12 +229,7 @@ impl Message {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&base.to_le_bytes());
             }
-            Message::PageRecords {
-                epoch,
-                seq,
-                raw_len,
-                data,
-            } => {
+            Message::PageRecords { epoch, seq, raw_len, data } => {
                 if data.len() > MAX_BATCH_COMPRESSED || *raw_len as usize > MAX_BATCH_RAW {
                     return Err(WireError::MessageTooLarge);
                 }
@@ -247,11 +239,7 @@ impl Message {
                 out.extend_from_slice(&raw_len.to_le_bytes());
                 put_bytes(out, data);
             }
-            Message::EpochCommit {
-                epoch,
-                digest,
-                page_count,
-            } => {
+            Message::EpochCommit { epoch, digest, page_count } => {
                 out.push(tag::EPOCH_COMMIT);
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(digest);
@@ -266,11 +254,7 @@ impl Message {
                 if b.len() > MAX_STATE {
                     return Err(WireError::MessageTooLarge);
                 }
-                let t = if matches!(self, Message::CpuState(_)) {
-                    tag::CPU_STATE
-                } else {
-                    tag::DEVICE_STATE
-                };
+                let t = if matches!(self, Message::CpuState(_)) { tag::CPU_STATE } else { tag::DEVICE_STATE };
                 out.push(t);
                 put_bytes(out, b);
             }
@@ -293,10 +277,7 @@ impl Message {
         let msg = match r.u8()? {
             tag::HELLO => Message::Hello(decode_handshake(&mut r)?),
             tag::HELLO_ACK => Message::HelloAck(decode_handshake(&mut r)?),
-            tag::EPOCH_BEGIN => Message::EpochBegin {
-                epoch: r.u64()?,
-                base: r.u64()?,
-            },
+            tag::EPOCH_BEGIN => Message::EpochBegin { epoch: r.u64()?, base: r.u64()? },
             tag::PAGE_RECORDS => {
                 let epoch = r.u64()?;
                 let seq = r.u32()?;
@@ -305,26 +286,15 @@ impl Message {
                     return Err(WireError::FieldTooLarge);
                 }
                 let data = r.bytes(MAX_BATCH_COMPRESSED)?.to_vec();
-                Message::PageRecords {
-                    epoch,
-                    seq,
-                    raw_len,
-                    data,
-                }
+                Message::PageRecords { epoch, seq, raw_len, data }
             }
-            tag::EPOCH_COMMIT => Message::EpochCommit {
-                epoch: r.u64()?,
-                digest: r.array()?,
-                page_count: r.u64()?,
-            },
+            tag::EPOCH_COMMIT => Message::EpochCommit { epoch: r.u64()?, digest: r.array()?, page_count: r.u64()? },
             tag::ACK => Message::Ack { epoch: r.u64()? },
             tag::SWITCH_REQUEST => Message::SwitchRequest,
             tag::CPU_STATE => Message::CpuState(r.bytes(MAX_STATE)?.to_vec()),
             tag::DEVICE_STATE => Message::DeviceState(r.bytes(MAX_STATE)?.to_vec()),
             tag::SWITCH_DONE => Message::SwitchDone { epoch: r.u64()? },
-            tag::RESYNC => Message::Resync {
-                from_epoch: r.u64()?,
-            },
+            tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
             other => return Err(WireError::UnknownMessage(other)),
         };
         if r.pos != input.len() {
@@ -366,10 +336,7 @@ fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
         version,
         vm_id: r.array()?,
         platform_id: r.array()?,
-        ram: RamLayout {
-            base: r.u64()?,
-            size: r.u64()?,
-        },
+        ram: RamLayout { base: r.u64()?, size: r.u64()? },
         page_size: r.u32()?,
         last_committed: r.u64()?,
         nonce: r.array()?,
@@ -544,10 +511,7 @@ impl FrameDecoder {
         }
         self.current = None;
         self.header_len = 0;
-        Ok(Some(Frame {
-            kind,
-            body: core::mem::take(&mut self.body),
-        }))
+        Ok(Some(Frame { kind, body: core::mem::take(&mut self.body) }))
     }
 
     /// True between frames: a stream that ends now ended cleanly.
@@ -606,20 +570,11 @@ impl Session {
     /// Derives the session from the pairing secret and the two handshake
     /// messages as exchanged (`hello` from the initiator, `ack` from the
     /// responder). Call after `check_peer` passed.
-    pub fn establish(
-        secret: &PairingSecret,
-        role: Role,
-        hello: &Handshake,
-        ack: &Handshake,
-    ) -> Self {
+    pub fn establish(secret: &PairingSecret, role: Role, hello: &Handshake, ack: &Handshake) -> Self {
         let transcript = transcript_hash(hello, ack);
         let keys = derive_session_keys(secret, &hello.nonce, &ack.nonce, &transcript);
         let (sealer, opener) = keys.split(role);
-        Self {
-            sealer,
-            opener,
-            failed: false,
-        }
+        Self { sealer, opener, failed: false }
     }
 
     /// Appends one sealed frame holding `msg`; returns its length on the wire.
@@ -665,9 +620,7 @@ impl Session {
             return Err(WireError::WrongFrameKind);
         }
         if frame.body.len() > MAX_FRAME {
-            return Err(WireError::FrameTooLarge(
-                u32::try_from(frame.body.len()).unwrap_or(u32::MAX),
-            ));
+            return Err(WireError::FrameTooLarge(u32::try_from(frame.body.len()).unwrap_or(u32::MAX)));
         }
         let header = frame_header(FrameKind::Sealed, frame.body.len());
         self.opener.open_in_place(&header, &mut frame.body)?;
@@ -694,10 +647,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             vm_id: [0xa5; 16],
             platform_id: [0x3c; 32],
-            ram: RamLayout {
-                base: 0x4000_0000,
-                size: 64 << 20,
-            },
+            ram: RamLayout { base: 0x4000_0000, size: 64 << 20 },
             page_size: WIRE_PAGE_SIZE,
             last_committed: last,
             nonce: [nonce; 32],
@@ -709,23 +659,9 @@ mod tests {
             Message::Hello(hs(1, 0)),
             Message::HelloAck(hs(2, 7)),
             Message::EpochBegin { epoch: 3, base: 2 },
-            Message::PageRecords {
-                epoch: 3,
-                seq: 2,
-                raw_len: 9000,
-                data: vec![1, 2, 3, 4],
-            },
-            Message::PageRecords {
-                epoch: 3,
-                seq: 0,
-                raw_len: 0,
-                data: vec![],
-            },
-            Message::EpochCommit {
-                epoch: 3,
-                digest: [9; 32],
-                page_count: 12,
-            },
+            Message::PageRecords { epoch: 3, seq: 2, raw_len: 9000, data: vec![1, 2, 3, 4] },
+            Message::PageRecords { epoch: 3, seq: 0, raw_len: 0, data: vec![] },
+            Message::EpochCommit { epoch: 3, digest: [9; 32], page_count: 12 },
             Message::Ack { epoch: 3 },
             Message::SwitchRequest,
             Message::CpuState(vec![7; 300]),
@@ -738,10 +674,7 @@ mod tests {
     fn sessions() -> (Session, Session) {
         let secret = PairingSecret::new([0x11; 32]);
         let (h, a) = (hs(1, 0), hs(2, 5));
-        (
-            Session::establish(&secret, Role::Initiator, &h, &a),
-            Session::establish(&secret, Role::Responder, &h, &a),
-        )
+        (Session::establish(&secret, Role::Initiator, &h, &a), Session::establish(&secret, Role::Responder, &h, &a))
     }
 
     #[test]
@@ -789,17 +722,11 @@ mod tests {
         let mut v2 = b.clone();
         v2[5..7].copy_from_slice(&2u16.to_le_bytes());
         // Only magic and version are needed to tell a peer of another version.
-        assert_eq!(
-            Message::decode(&v2[..7]),
-            Err(WireError::UnsupportedVersion(2))
-        );
+        assert_eq!(Message::decode(&v2[..7]), Err(WireError::UnsupportedVersion(2)));
         let mut bad = b.clone();
         bad[1] = b'X';
         assert_eq!(Message::decode(&bad), Err(WireError::BadMagic));
-        assert_eq!(
-            Message::decode(&[0xee]),
-            Err(WireError::UnknownMessage(0xee))
-        );
+        assert_eq!(Message::decode(&[0xee]), Err(WireError::UnknownMessage(0xee)));
         assert_eq!(Message::decode(&[]), Err(WireError::Truncated));
     }
 
@@ -839,11 +766,7 @@ mod tests {
             for piece in stream.chunks(chunk) {
                 let mut input = piece;
                 while let Some(f) = dec.decode(&mut input).unwrap() {
-                    got.push(if f.kind == FrameKind::Clear {
-                        decode_clear(&f).unwrap()
-                    } else {
-                        b.open(f).unwrap()
-                    });
+                    got.push(if f.kind == FrameKind::Clear { decode_clear(&f).unwrap() } else { b.open(f).unwrap() });
                 }
                 assert!(input.is_empty());
             }
@@ -856,21 +779,12 @@ mod tests {
     fn decoder_bounds_and_poisoning() {
         let mut dec = FrameDecoder::new();
         let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0x7f, 0x02];
-        assert_eq!(
-            dec.decode(&mut huge),
-            Err(WireError::FrameTooLarge(0x7fff_ffff))
-        );
+        assert_eq!(dec.decode(&mut huge), Err(WireError::FrameTooLarge(0x7fff_ffff)));
         assert_eq!(dec.decode(&mut &[0u8][..]), Err(WireError::Poisoned));
         let mut dec = FrameDecoder::new();
-        assert_eq!(
-            dec.decode(&mut &[1, 0, 0, 0, 9][..]),
-            Err(WireError::UnknownFrameKind(9))
-        );
+        assert_eq!(dec.decode(&mut &[1, 0, 0, 0, 9][..]), Err(WireError::UnknownFrameKind(9)));
         let mut dec = FrameDecoder::new();
-        assert_eq!(
-            dec.decode(&mut &[4, 0, 0, 0, 2][..]),
-            Err(WireError::FrameTooShort)
-        );
+        assert_eq!(dec.decode(&mut &[4, 0, 0, 0, 2][..]), Err(WireError::FrameTooShort));
         let mut dec = FrameDecoder::new();
         assert_eq!(dec.decode(&mut &[3, 0, 0, 0, 1, 6][..]), Ok(None));
         assert!(!dec.is_idle());
@@ -881,22 +795,13 @@ mod tests {
     fn clear_and_sealed_are_not_interchangeable() {
         let (mut a, mut b) = sessions();
         let mut out = Vec::new();
-        assert_eq!(
-            a.seal(&Message::Hello(hs(1, 0)), &mut out),
-            Err(WireError::WrongFrameKind)
-        );
+        assert_eq!(a.seal(&Message::Hello(hs(1, 0)), &mut out), Err(WireError::WrongFrameKind));
         assert!(out.is_empty());
-        assert_eq!(
-            encode_clear(&Message::Ack { epoch: 1 }, &mut out),
-            Err(WireError::WrongFrameKind)
-        );
+        assert_eq!(encode_clear(&Message::Ack { epoch: 1 }, &mut out), Err(WireError::WrongFrameKind));
         // A clear Ack (crafted) is refused by decode_clear and by the session.
         let mut body = Vec::new();
         Message::Ack { epoch: 1 }.encode(&mut body).unwrap();
-        let f = Frame {
-            kind: FrameKind::Clear,
-            body,
-        };
+        let f = Frame { kind: FrameKind::Clear, body };
         assert_eq!(decode_clear(&f), Err(WireError::WrongFrameKind));
         assert_eq!(b.open(f), Err(WireError::WrongFrameKind));
     }
@@ -922,10 +827,7 @@ mod tests {
             let (_, mut b) = sessions();
             let mut t = f.clone();
             t.body[i] ^= 0x40;
-            assert_eq!(
-                b.open(t),
-                Err(WireError::Crypto(CryptoError::Authentication))
-            );
+            assert_eq!(b.open(t), Err(WireError::Crypto(CryptoError::Authentication)));
         }
         // Replay and reorder.
         let (mut a, mut b) = sessions();
@@ -950,10 +852,7 @@ mod tests {
         a_seen.last_committed = 4;
         let mut r = Session::establish(&secret, Role::Responder, &h, &a_seen);
         let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
-        assert_eq!(
-            r.open(f),
-            Err(WireError::Crypto(CryptoError::Authentication))
-        );
+        assert_eq!(r.open(f), Err(WireError::Crypto(CryptoError::Authentication)));
         // A session without the pairing secret cannot talk either.
         let mut i = Session::establish(&secret, Role::Initiator, &h, &a);
         let mut r = Session::establish(&PairingSecret::new([0x12; 32]), Role::Responder, &h, &a);
@@ -964,21 +863,11 @@ mod tests {
     #[test]
     fn largest_batch_fits_a_frame() {
         let (mut a, mut b) = sessions();
-        let m = Message::PageRecords {
-            epoch: 1,
-            seq: 0,
-            raw_len: MAX_BATCH_RAW as u32,
-            data: vec![0x5a; MAX_BATCH_COMPRESSED],
-        };
+        let m = Message::PageRecords { epoch: 1, seq: 0, raw_len: MAX_BATCH_RAW as u32, data: vec![0x5a; MAX_BATCH_COMPRESSED] };
         let f = one_sealed(&mut a, &m);
         assert!(f.body.len() <= MAX_FRAME);
         assert_eq!(b.open(f).unwrap(), m);
-        let too_big = Message::PageRecords {
-            epoch: 1,
-            seq: 0,
-            raw_len: 1,
-            data: vec![0; MAX_BATCH_COMPRESSED + 1],
-        };
+        let too_big = Message::PageRecords { epoch: 1, seq: 0, raw_len: 1, data: vec![0; MAX_BATCH_COMPRESSED + 1] };
         let mut out = vec![0xaa];
         assert_eq!(a.seal(&too_big, &mut out), Err(WireError::MessageTooLarge));
         assert_eq!(out, vec![0xaa], "a failed seal leaves the output as it was");

@@ -192,18 +192,12 @@ mod tests {
         let old = [0u8; PAGE_SIZE];
         let mut new = old;
         let mut out = Vec::new();
-        assert_eq!(
-            encode(&old, &new, PAGE_SIZE, &mut out),
-            XbzrleOutcome::Unchanged
-        );
+        assert_eq!(encode(&old, &new, PAGE_SIZE, &mut out), XbzrleOutcome::Unchanged);
         assert!(out.is_empty());
         new[0] = 9;
         new[2] = 8;
         new[300] = 7;
-        assert_eq!(
-            encode(&old, &new, PAGE_SIZE, &mut out),
-            XbzrleOutcome::Encoded(10)
-        );
+        assert_eq!(encode(&old, &new, PAGE_SIZE, &mut out), XbzrleOutcome::Encoded(10));
         // zrun 0, nzrun 1 [9], zrun 1, nzrun 1 [8], zrun 297 (two bytes), nzrun 1 [7]
         assert_eq!(out, [0, 1, 9, 1, 1, 8, 0xA9, 0x02, 1, 7]);
         let mut page = old;
@@ -216,17 +210,11 @@ mod tests {
         let old = [0u8; PAGE_SIZE];
         let new = [1u8; PAGE_SIZE];
         let mut out = Vec::new();
-        assert_eq!(
-            encode(&old, &new, PAGE_SIZE, &mut out),
-            XbzrleOutcome::Overflow
-        );
+        assert_eq!(encode(&old, &new, PAGE_SIZE, &mut out), XbzrleOutcome::Overflow);
         assert!(out.is_empty());
         // Alternating bytes: 2048 runs of 1 byte cost 3 bytes each.
         let alt: Page = core::array::from_fn(|i| (i % 2) as u8);
-        assert_eq!(
-            encode(&old, &alt, PAGE_SIZE, &mut out),
-            XbzrleOutcome::Overflow
-        );
+        assert_eq!(encode(&old, &alt, PAGE_SIZE, &mut out), XbzrleOutcome::Overflow);
     }
 
     /// The encoding by definition: maximal runs, one byte at a time.
@@ -288,19 +276,10 @@ mod tests {
     fn bad_input_is_an_error() {
         let mut page = [0u8; PAGE_SIZE];
         assert_eq!(decode(&[0x80], &mut page), Err(XbzrleError::Truncated));
-        assert_eq!(
-            decode(&[0x80, 0x80], &mut page),
-            Err(XbzrleError::BadLength)
-        );
+        assert_eq!(decode(&[0x80, 0x80], &mut page), Err(XbzrleError::BadLength));
         assert_eq!(decode(&[0, 0], &mut page), Err(XbzrleError::EmptyRun));
-        assert_eq!(
-            decode(&[0, 1, 5, 0, 1, 5], &mut page),
-            Err(XbzrleError::ZeroRunInside)
-        );
-        assert_eq!(
-            decode(&[0x80, 0x20, 1, 1], &mut page),
-            Err(XbzrleError::PastPage)
-        );
+        assert_eq!(decode(&[0, 1, 5, 0, 1, 5], &mut page), Err(XbzrleError::ZeroRunInside));
+        assert_eq!(decode(&[0x80, 0x20, 1, 1], &mut page), Err(XbzrleError::PastPage));
         assert_eq!(decode(&[0, 3, 1], &mut page), Err(XbzrleError::Truncated));
     }
 }

@@ -5,8 +5,7 @@ use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use sync_core::compress::{Compressor, Decompressor, ZstdConfig};
 use sync_core::delta::{
-    self, apply, apply_in_place, decode_page_record, encode_page_record, BatchDecoder,
-    BatchEncoder, RecordKind, RecordRef, Shadow, MAX_PAGE_NUM,
+    self, apply, apply_in_place, decode_page_record, encode_page_record, BatchDecoder, BatchEncoder, RecordKind, RecordRef, Shadow, MAX_PAGE_NUM,
 };
 use sync_core::dirty::DirtyTracker;
 use sync_core::page::{hash_page, Page, PAGE_SIZE};
@@ -23,11 +22,7 @@ fn base_page() -> impl Strategy<Value = Box<Page>> {
             let mut p = Box::new([0u8; PAGE_SIZE]);
             let n = noise(seed);
             for w in 0..PAGE_SIZE / 8 {
-                let v = if n[w].is_multiple_of(3) {
-                    0x0000_7F12_3400_0000u64 | (n[w + 1] as u64) << 4
-                } else {
-                    n[w] as u64 % 100
-                };
+                let v = if n[w].is_multiple_of(3) { 0x0000_7F12_3400_0000u64 | (n[w + 1] as u64) << 4 } else { n[w] as u64 % 100 };
                 p[w * 8..w * 8 + 8].copy_from_slice(&v.to_le_bytes());
             }
             p

@@ -55,21 +55,9 @@ fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Damage::Flip { at, bit }),
         any::<usize>().prop_map(Damage::Truncate),
-        (
-            any::<usize>(),
-            proptest::collection::vec(any::<u8>(), 1..40)
-        )
-            .prop_map(|(at, bytes)| Damage::Insert { at, bytes }),
-        (any::<usize>(), 1..200usize, any::<usize>()).prop_map(|(from, len, at)| Damage::Replay {
-            from,
-            len,
-            at
-        }),
-        (any::<usize>(), any::<usize>(), 1..200usize).prop_map(|(a, b, len)| Damage::Swap {
-            a,
-            b,
-            len
-        }),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..40)).prop_map(|(at, bytes)| Damage::Insert { at, bytes }),
+        (any::<usize>(), 1..200usize, any::<usize>()).prop_map(|(from, len, at)| Damage::Replay { from, len, at }),
+        (any::<usize>(), any::<usize>(), 1..200usize).prop_map(|(a, b, len)| Damage::Swap { a, b, len }),
     ]
 }
 
@@ -288,31 +276,16 @@ proptest! {
 fn senseless() -> impl Strategy<Value = Message> {
     let epoch = 0u64..5;
     prop_oneof![
-        (epoch.clone(), epoch.clone())
-            .prop_map(|(epoch, base)| Message::EpochBegin { epoch, base }),
-        (
-            epoch.clone(),
-            0u32..3,
-            0u32..5000,
-            proptest::collection::vec(any::<u8>(), 0..300)
-        )
-            .prop_map(|(epoch, seq, raw_len, data)| Message::PageRecords {
-                epoch,
-                seq,
-                raw_len,
-                data
-            }),
-        (epoch.clone(), any::<[u8; 32]>(), 0u64..3).prop_map(|(epoch, digest, page_count)| {
-            Message::EpochCommit {
-                epoch,
-                digest,
-                page_count,
-            }
+        (epoch.clone(), epoch.clone()).prop_map(|(epoch, base)| Message::EpochBegin { epoch, base }),
+        (epoch.clone(), 0u32..3, 0u32..5000, proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(epoch, seq, raw_len, data)| Message::PageRecords {
+            epoch,
+            seq,
+            raw_len,
+            data
         }),
+        (epoch.clone(), any::<[u8; 32]>(), 0u64..3).prop_map(|(epoch, digest, page_count)| { Message::EpochCommit { epoch, digest, page_count } }),
         epoch.clone().prop_map(|epoch| Message::Ack { epoch }),
-        epoch
-            .clone()
-            .prop_map(|epoch| Message::SwitchDone { epoch }),
+        epoch.clone().prop_map(|epoch| Message::SwitchDone { epoch }),
         epoch.prop_map(|from_epoch| Message::Resync { from_epoch }),
         Just(Message::SwitchRequest),
         proptest::collection::vec(any::<u8>(), 0..50).prop_map(Message::CpuState),

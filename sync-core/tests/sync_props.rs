@@ -166,14 +166,7 @@ fn lagging_standby_gets_whole_pages_only_where_needed() {
     // Standby 1 (at epoch 1): page 2's shadow is epoch 3's now... it was
     // epoch 2's when encoding, which standby 1 never got: whole. Page 4's
     // shadow is from epoch 1, which it holds: a delta.
-    assert_eq!(
-        (
-            stats[1].sent_pages,
-            stats[1].full_pages,
-            stats[1].delta_pages
-        ),
-        (2, 1, 1)
-    );
+    assert_eq!((stats[1].sent_pages, stats[1].full_pages, stats[1].delta_pages), (2, 1, 1));
     for s in &w.standbys {
         assert_eq!(s.applier.image().pages(), w.guest.pages());
     }
@@ -189,15 +182,10 @@ fn switch_back_needs_no_full_copy() {
     w.write(1, 0, &[9; 100]);
     let (m, _) = w.cut(&[None]);
     // Switch: standby 0's applier becomes the active image.
-    let applier = std::mem::replace(
-        &mut w.standbys[0].applier,
-        sync_core::applier::Applier::new(VecMemory::zeroed(1), 0),
-    );
+    let applier = std::mem::replace(&mut w.standbys[0].applier, sync_core::applier::Applier::new(VecMemory::zeroed(1), 0));
     let (image, hashes, committed) = applier.into_parts();
     assert_eq!(committed, m);
-    let mut new_active =
-        sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, Budget::Full)
-            .unwrap();
+    let mut new_active = sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, Budget::Full).unwrap();
     // The old active's guest is the new standby's image at epoch m.
     let old = sync_core::applier::Applier::new(w.guest.clone(), m);
     let mut w2 = World::new(image.clone(), 0, Budget::Full);
@@ -205,11 +193,7 @@ fn switch_back_needs_no_full_copy() {
     w2.active = new_active;
     w2.history = vec![[0; 32]; m as usize];
     w2.history.push(sync_core::digest::content_digest(&image));
-    w2.standbys.push(common::Standby {
-        id,
-        applier: old,
-        conn: None,
-    });
+    w2.standbys.push(common::Standby { id, applier: old, conn: None });
     w2.connect(0);
     w2.write(3, 5, &[1, 2, 3, 4]);
     let (m2, stats) = w2.cut(&[None]);
@@ -237,10 +221,7 @@ fn bit_rot_on_standby_is_repaired_by_resync() {
     // Rot one byte of page 4 in the standby's committed image.
     w.check = false;
     let s = &mut w.standbys[0];
-    let a = std::mem::replace(
-        &mut s.applier,
-        sync_core::applier::Applier::new(VecMemory::zeroed(1), 0),
-    );
+    let a = std::mem::replace(&mut s.applier, sync_core::applier::Applier::new(VecMemory::zeroed(1), 0));
     let (mut img, hashes, e) = a.into_parts();
     img.pages_mut()[4][77] ^= 0x10;
     s.applier = sync_core::applier::Applier::with_hashes(img, e, hashes);
@@ -260,19 +241,12 @@ fn bit_rot_on_standby_is_repaired_by_resync() {
     while let Some(f) = c.rx_dec.decode(&mut input).unwrap() {
         events.push(c.rx.on_frame(f, &mut s.applier, &mut replies).unwrap());
     }
-    assert!(
-        events.contains(&Event::Resyncing(EpochFault::Apply(ApplyError::Record(
-            DeltaError::HashMismatch
-        ))))
-    );
+    assert!(events.contains(&Event::Resyncing(EpochFault::Apply(ApplyError::Record(DeltaError::HashMismatch)))));
     assert_eq!(s.applier.committed_epoch(), 1);
     // The active side takes the Resync.
     let mut input = &replies[..];
     let f = c.tx_dec.decode(&mut input).unwrap().unwrap();
-    assert_eq!(
-        w.active.on_frame(&mut c.link, f).unwrap(),
-        ActiveEvent::Resync(1)
-    );
+    assert_eq!(w.active.on_frame(&mut c.link, f).unwrap(), ActiveEvent::Resync(1));
     assert!(input.is_empty(), "nothing but the Resync (no Ack)");
 
     // Epoch 3: pages 4 and 5 again (changed since epoch 1), page 4 whole
@@ -280,10 +254,7 @@ fn bit_rot_on_standby_is_repaired_by_resync() {
     w.write(6, 0, &[9]);
     let (_, stats) = w.cut(&[None]);
     assert_eq!(stats[0].sent_pages, 3);
-    assert_eq!(
-        stats[0].full_pages, 2,
-        "pages 4 and 5 go whole: their shadows are from epoch 2"
-    );
+    assert_eq!(stats[0].full_pages, 2, "pages 4 and 5 go whole: their shadows are from epoch 2");
     let s = &w.standbys[0];
     assert_eq!(s.applier.committed_epoch(), 3);
     assert_eq!(s.applier.image().pages(), w.guest.pages(), "repaired");

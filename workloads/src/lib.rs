@@ -128,11 +128,7 @@ impl Line {
 /// another console's output may share the line).
 pub fn parse_line(line: &str) -> Option<Line> {
     let rest = &line[line.find(LINE_PREFIX)? + LINE_PREFIX.len()..];
-    let fields: Vec<(String, String)> = rest
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let fields: Vec<(String, String)> = rest.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let get = |k: &str| fields.iter().find(|(fk, _)| fk == k).map(|(_, v)| v.as_str());
     let counter = get("counter")?.parse().ok()?;
     let checksum = u64::from_str_radix(get("checksum")?, 16).ok()?;

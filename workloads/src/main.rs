@@ -44,10 +44,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn uptime() -> String {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".to_string())
+    std::fs::read_to_string("/proc/uptime").ok().and_then(|s| s.split_whitespace().next().map(str::to_string)).unwrap_or_else(|| "unknown".to_string())
 }
 
 fn print_line(counter: u64, checksum: u64, extra: &str) {

@@ -61,11 +61,7 @@ mod tests {
         let mut m = MemTouch::new(1);
         let before = m.region.clone();
         m.touch();
-        let changed_pages = before
-            .chunks(PAGE)
-            .zip(m.region.chunks(PAGE))
-            .filter(|(a, b)| a != b)
-            .count();
+        let changed_pages = before.chunks(PAGE).zip(m.region.chunks(PAGE)).filter(|(a, b)| a != b).count();
         assert_eq!(changed_pages, m.pages());
         assert_eq!(m.checksum(), MemTouch::checksum_after(1, 1));
     }

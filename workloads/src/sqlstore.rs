@@ -60,13 +60,8 @@ pub fn transaction_sql(n: u64) -> String {
     }
     for j in 0..UPDATES_PER_TX {
         let r = rand2(n, 100 + j);
-        let _ = writeln!(
-            s,
-            "UPDATE items SET score = score + {}, updated = {n}, title = 'item-{:08x}' WHERE id = {};",
-            (r >> 40) % 100,
-            r >> 32,
-            1 + r % ITEMS
-        );
+        let _ =
+            writeln!(s, "UPDATE items SET score = score + {}, updated = {n}, title = 'item-{:08x}' WHERE id = {};", (r >> 40) % 100, r >> 32, 1 + r % ITEMS);
     }
     let r = rand2(n, 200);
     let _ = writeln!(s, "SELECT count(*), total(score) FROM items WHERE owner = {};", r % OWNERS);
@@ -174,9 +169,7 @@ mod tests {
     /// Debian's arm64 build of the same program).
     #[test]
     fn same_transactions_same_checksum_with_a_host_sqlite3() {
-        let Some(sqlite) = std::env::var_os("PATH")
-            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("sqlite3")).find(|p| p.is_file()))
-        else {
+        let Some(sqlite) = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("sqlite3")).find(|p| p.is_file())) else {
             eprintln!("no sqlite3 on this host: skipped");
             return;
         };

@@ -35,9 +35,7 @@ fn record(seed: u64, n: u64) -> [u8; RECORD] {
 impl Storage {
     pub fn create(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let open = |name: &str| {
-            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join(name))
-        };
+        let open = |name: &str| OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join(name));
         let mut db = open("db.dat")?;
         for i in 0..DB_RECORDS {
             db.write_all(&record(2, i))?;

@@ -133,10 +133,7 @@ fn sprite_pos(f: u64) -> (usize, usize) {
         let m = p % (2 * max);
         (if m <= max { m } else { 2 * max - m }) as usize
     }
-    (
-        bounce(f * 7, (WIDTH - SPRITE_W) as u64),
-        bounce(f * 5, (HEIGHT - SPRITE_H - TIMECODE_H - 32) as u64),
-    )
+    (bounce(f * 7, (WIDTH - SPRITE_W) as u64), bounce(f * 5, (HEIGHT - SPRITE_H - TIMECODE_H - 32) as u64))
 }
 
 #[cfg(test)]

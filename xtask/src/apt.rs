@@ -112,10 +112,7 @@ fn as_root(argv: Vec<String>, p: Privilege) -> Result<Vec<String>> {
     match p {
         Privilege::Root => Ok(argv),
         Privilege::Sudo => Ok(std::iter::once("sudo".to_string()).chain(argv).collect()),
-        Privilege::None => bail!(
-            "`{}` needs root and there is no sudo: run it as root, then run this command again",
-            argv.join(" ")
-        ),
+        Privilege::None => bail!("`{}` needs root and there is no sudo: run it as root, then run this command again", argv.join(" ")),
     }
 }
 
@@ -158,9 +155,7 @@ fn is_present(probe: &str) -> bool {
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -196,10 +191,7 @@ mod tests {
     #[test]
     fn non_root_uses_sudo() {
         let plan = install_plan(&["qemu-system-arm"], Privilege::Sudo, false).unwrap();
-        assert_eq!(
-            strs(&plan),
-            ["sudo apt-get update", "sudo apt-get install -y --no-install-recommends qemu-system-arm"]
-        );
+        assert_eq!(strs(&plan), ["sudo apt-get update", "sudo apt-get install -y --no-install-recommends qemu-system-arm"]);
     }
 
     #[test]

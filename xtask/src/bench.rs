@@ -99,7 +99,11 @@ fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
     let mut results = Vec::new();
     for (label, pol) in [("untracked", None), ("tracked", Some(policy))] {
         let img = image::out_dir().join(format!("bench-tracking-{label}.img"));
-        image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: &append, mem_mib: MEM_MIB, policy: pol, verify: false }, &img)?;
+        image::pack(
+            &hv,
+            &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: &append, mem_mib: MEM_MIB, policy: pol, verify: false },
+            &img,
+        )?;
         eprintln!("bench tracking: {workload}, {label}, {seconds} s");
         let out = qemu_tests::run(qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(MEM_MIB)), deadline, &[], false)?;
         if !out.exited_ok() {
@@ -118,11 +122,20 @@ fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
     let secs = s["seconds"].as_f64().unwrap_or(0.0);
     if secs > 0.0 {
         let rate = |k: &str| s[k].as_f64().unwrap_or(0.0) / secs;
-        println!("  after epoch 1, per second: dirty-page {:.0} B/s, changed {:.0} B/s, delta {:.0} B/s, compressed {:.0} B/s, wire {:.0} B/s", rate("dirty_page_bytes"), rate("changed_bytes"), rate("delta_bytes"), rate("compressed_bytes"), rate("wire_bytes"));
-        println!("  dirty-page bytes / compressed bytes {:.1}", s["dirty_page_bytes"].as_f64().unwrap_or(0.0) / s["compressed_bytes"].as_f64().unwrap_or(1.0).max(1.0));
+        println!(
+            "  after epoch 1, per second: dirty-page {:.0} B/s, changed {:.0} B/s, delta {:.0} B/s, compressed {:.0} B/s, wire {:.0} B/s",
+            rate("dirty_page_bytes"),
+            rate("changed_bytes"),
+            rate("delta_bytes"),
+            rate("compressed_bytes"),
+            rate("wire_bytes")
+        );
+        println!(
+            "  dirty-page bytes / compressed bytes {:.1}",
+            s["dirty_page_bytes"].as_f64().unwrap_or(0.0) / s["compressed_bytes"].as_f64().unwrap_or(1.0).max(1.0)
+        );
         println!("  write faults {:.0}/s", rate("write_faults"));
     }
     println!("  pause per epoch: median {} us, max {} us (max includes epoch 1, the initial copy)", r["pause_us"]["median"], r["pause_us"]["max"]);
     Ok(())
 }
-

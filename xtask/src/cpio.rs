@@ -57,8 +57,7 @@ impl<W: Write> CpioWriter<W> {
         if name.is_empty() || name.len() >= 4096 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cpio path {path:?}")));
         }
-        let size = u32::try_from(data.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: over 4 GiB")))?;
+        let size = u32::try_from(data.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: over 4 GiB")))?;
         let ino = self.next_ino;
         self.next_ino += 1;
         self.header(name, ino, mode, nlink, size, rmajor, rminor)?;
@@ -134,8 +133,8 @@ mod tests {
         assert_eq!(a.len() % 512, 0);
         // The first header, byte for byte: ino 1, mode 040755, nlink 2, name "bin".
         let first = concat!(
-            "070701", "00000001", "000041ED", "00000000", "00000000", "00000002", "00000000", "00000000",
-            "00000000", "00000000", "00000000", "00000000", "00000004", "00000000", "bin\0"
+            "070701", "00000001", "000041ED", "00000000", "00000000", "00000002", "00000000", "00000000", "00000000", "00000000", "00000000", "00000000",
+            "00000004", "00000000", "bin\0"
         );
         assert_eq!(&a[..HEADER_LEN + 4], first.as_bytes());
         let e = parse(&a);

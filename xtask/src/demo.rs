@@ -94,7 +94,10 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         r["totals"]["wire_bytes"] = m.snapshot.delivered_bytes().into();
         r["link"] = a.link.clone().into();
         for s in r["standbys"].as_array().cloned().unwrap_or_default() {
-            println!("standby {}: committed epoch {}, digest match {}, reconnects {}, full resyncs {}, received {} bytes", s["name"], s["committed_epoch"], s["digest_match"], s["reconnects"], s["full_resyncs"], s["bytes_received"]);
+            println!(
+                "standby {}: committed epoch {}, digest match {}, reconnects {}, full resyncs {}, received {} bytes",
+                s["name"], s["committed_epoch"], s["digest_match"], s["reconnects"], s["full_resyncs"], s["bytes_received"]
+            );
         }
     }
     let path = a.report.clone().unwrap_or_else(|| image::out_dir().join("report.json"));

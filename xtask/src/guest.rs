@@ -101,10 +101,7 @@ fn debian_parts(dir: &Path, force: bool) -> Result<DebianParts> {
         if let Ok(stamp) = std::fs::read_to_string(&stamp_path) {
             if stamp_field(&stamp, "pinned") == Some(KERNEL_PACKAGE) {
                 if let Some(release) = stamp_field(&stamp, "kernel-release") {
-                    println!(
-                        "xtask: guest: using the cached kernel {release} and busybox in {} (--force refreshes)",
-                        dir.display()
-                    );
+                    println!("xtask: guest: using the cached kernel {release} and busybox in {} (--force refreshes)", dir.display());
                     return Ok(DebianParts { kernel, busybox, kernel_release: release.to_string() });
                 }
             }
@@ -112,10 +109,7 @@ fn debian_parts(dir: &Path, force: bool) -> Result<DebianParts> {
     }
     let _ = std::fs::remove_file(&stamp_path);
     for tool in ["dpkg", "dpkg-deb", "apt-get", "apt-cache"] {
-        ensure!(
-            apt::find_in_path(tool).is_some(),
-            "`{tool}` not found: the guest comes from Debian packages, so this needs a Debian (or derived) host"
-        );
+        ensure!(apt::find_in_path(tool).is_some(), "`{tool}` not found: the guest comes from Debian packages, so this needs a Debian (or derived) host");
     }
     ensure_arm64_architecture()?;
     let kernel_pkg = resolve_kernel_package(KERNEL_PACKAGE)?;
@@ -181,8 +175,7 @@ fn resolve_kernel_package(pinned_package: &str) -> Result<String> {
     }
     let meta = format!("{KERNEL_META}:{ARCH}");
     let depends = output("apt-cache", &["depends", &meta])?;
-    let newest = kernel_dependency(&depends)
-        .with_context(|| format!("{pinned} is gone from the archive and {meta} names no kernel:\n{depends}"))?;
+    let newest = kernel_dependency(&depends).with_context(|| format!("{pinned} is gone from the archive and {meta} names no kernel:\n{depends}"))?;
     let newest = format!("{}:{ARCH}", newest.split(':').next().unwrap());
     println!("xtask: guest: {pinned_package} is gone from the archive; using {newest} (what {meta} depends on)");
     Ok(newest)
@@ -190,11 +183,7 @@ fn resolve_kernel_package(pinned_package: &str) -> Result<String> {
 
 /// The `linux-image-*` package in `apt-cache depends` output.
 fn kernel_dependency(depends: &str) -> Option<&str> {
-    depends
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends:"))
-        .map(str::trim)
-        .find(|d| d.starts_with("linux-image-") && !d.starts_with(KERNEL_META))
+    depends.lines().filter_map(|l| l.trim().strip_prefix("Depends:")).map(str::trim).find(|d| d.starts_with("linux-image-") && !d.starts_with(KERNEL_META))
 }
 
 /// `apt-get download` into `debs` (emptied first); returns the .deb of each
@@ -202,8 +191,7 @@ fn kernel_dependency(depends: &str) -> Option<&str> {
 fn download(debs: &Path, pkgs: &[&str]) -> Result<Vec<PathBuf>> {
     let _ = std::fs::remove_dir_all(debs);
     std::fs::create_dir_all(debs).with_context(|| format!("creating {}", debs.display()))?;
-    let qualified: Vec<String> =
-        pkgs.iter().map(|p| if p.contains(':') { p.to_string() } else { format!("{p}:{ARCH}") }).collect();
+    let qualified: Vec<String> = pkgs.iter().map(|p| if p.contains(':') { p.to_string() } else { format!("{p}:{ARCH}") }).collect();
     println!("xtask: guest: downloading {}", qualified.join(" "));
     if let Err(e) = apt_download(debs, &qualified) {
         if apt::updated() {
@@ -354,12 +342,7 @@ fn initramfs(dir: &Path, busybox: &Path, workload: &Path, force: bool) -> Result
     let gz = gz.finish()?;
     write_atomically(&out, &gz)?;
     write_atomically(&stamp_path, key.as_bytes())?;
-    println!(
-        "xtask: guest: initramfs {} ({} KiB, {} KiB unpacked: busybox, /init, {WORKLOAD_BIN})",
-        out.display(),
-        gz.len() >> 10,
-        cpio.len() >> 10
-    );
+    println!("xtask: guest: initramfs {} ({} KiB, {} KiB unpacked: busybox, /init, {WORKLOAD_BIN})", out.display(), gz.len() >> 10, cpio.len() >> 10);
     Ok(out)
 }
 

@@ -1,8 +1,8 @@
 //! `cargo xtask`: build, run, test and measure VMsync.
 mod apt;
 mod bench;
-mod demo;
 mod cpio;
+mod demo;
 mod guest;
 mod image;
 mod multi;
@@ -152,7 +152,11 @@ impl GuestArgs {
 
 fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     let hv = image::build_hypervisor()?;
-    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem, policy: None, verify: false }, out)?;
+    image::pack(
+        &hv,
+        &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem, policy: None, verify: false },
+        out,
+    )?;
     eprintln!("xtask: boot image {} ({} bytes)", out.display(), std::fs::metadata(out)?.len());
     Ok(())
 }

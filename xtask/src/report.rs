@@ -102,16 +102,39 @@ pub fn summary(r: &Value) -> String {
     let mb = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1e6;
     let ratio = |a: &Value, b: &Value| {
         let (a, b) = (a.as_u64().unwrap_or(0) as f64, b.as_u64().unwrap_or(0) as f64);
-        if b > 0.0 { format!("{:.1}x", a / b) } else { "-".into() }
+        if b > 0.0 {
+            format!("{:.1}x", a / b)
+        } else {
+            "-".into()
+        }
     };
     let mut o = String::new();
-    o += &format!("workload {} | policy {} | {} s | kernel {}\n", r["workload"].as_str().unwrap_or(""), r["policy"].as_str().unwrap_or(""), r["seconds"], r["kernel"].as_str().unwrap_or(""));
+    o += &format!(
+        "workload {} | policy {} | {} s | kernel {}\n",
+        r["workload"].as_str().unwrap_or(""),
+        r["policy"].as_str().unwrap_or(""),
+        r["seconds"],
+        r["kernel"].as_str().unwrap_or("")
+    );
     o += &format!("{:<22}{:>14}{:>14}\n", "", "all epochs", "after epoch 1");
-    for (name, key) in [("dirty-page bytes", "dirty_page_bytes"), ("changed bytes", "changed_bytes"), ("delta bytes", "delta_bytes"), ("delta+zstd bytes", "compressed_bytes"), ("wire bytes (sealed)", "wire_bytes")] {
+    for (name, key) in [
+        ("dirty-page bytes", "dirty_page_bytes"),
+        ("changed bytes", "changed_bytes"),
+        ("delta bytes", "delta_bytes"),
+        ("delta+zstd bytes", "compressed_bytes"),
+        ("wire bytes (sealed)", "wire_bytes"),
+    ] {
         o += &format!("{:<22}{:>12.2} MB{:>12.2} MB\n", name, mb(&t[key]), mb(&s[key]));
     }
     o += &format!("dirty-page / wire     {:>14}{:>14}\n", ratio(&t["dirty_page_bytes"], &t["wire_bytes"]), ratio(&s["dirty_page_bytes"], &s["wire_bytes"]));
-    o += &format!("epochs {} | pause median {} us, max {} us | verify checks {} mismatches {}\n", r["epochs"].as_array().map(|a| a.len()).unwrap_or(0), r["pause_us"]["median"], r["pause_us"]["max"], r["verify"]["checks"], r["verify"]["mismatches"]);
+    o += &format!(
+        "epochs {} | pause median {} us, max {} us | verify checks {} mismatches {}\n",
+        r["epochs"].as_array().map(|a| a.len()).unwrap_or(0),
+        r["pause_us"]["median"],
+        r["pause_us"]["max"],
+        r["verify"]["checks"],
+        r["verify"]["mismatches"]
+    );
     o
 }
 

@@ -140,7 +140,8 @@ pub fn quick(out: &Path) -> Result<()> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
-    let a = StudyArgs { workloads: None, policies: None, seconds: None, out: Some(out.to_path_buf()), quick: true, mem: 256, report_only: false, resume: false };
+    let a =
+        StudyArgs { workloads: None, policies: None, seconds: None, out: Some(out.to_path_buf()), quick: true, mem: 256, report_only: false, resume: false };
     run_as(&a, &format!("cargo xtask study --quick --out {}", out.display()))
 }
 

@@ -11,7 +11,10 @@ pub struct Range {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PhysError {
     /// No free range of this size and alignment is left.
-    OutOfMemory { size: u64, align: u64 },
+    OutOfMemory {
+        size: u64,
+        align: u64,
+    },
     BadAlignment,
 }
 

@@ -135,7 +135,11 @@ unsafe impl Hal for DmaHal {
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
         let ok = POOL.lock().as_mut().is_some_and(|p| p.free(paddr, pages));
-        if ok { 0 } else { -1 }
+        if ok {
+            0
+        } else {
+            -1
+        }
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {

@@ -13,9 +13,9 @@
 pub mod hal;
 pub mod nic;
 pub mod stack;
-pub mod test_mode;
 #[cfg(test)]
 pub(crate) mod test_link;
+pub mod test_mode;
 
 use core::ops::Range;
 use log::{error, info};
@@ -84,7 +84,14 @@ pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, de
         Ok(net) => {
             info!(
                 "net: virtio-net at {base:#x}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {ip}/{}, TCP buffers {} KiB",
-                mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], cfg.prefix, TCP_BUFFER >> 10
+                mac[0],
+                mac[1],
+                mac[2],
+                mac[3],
+                mac[4],
+                mac[5],
+                cfg.prefix,
+                TCP_BUFFER >> 10
             );
             *NET.lock() = Some(net);
             true

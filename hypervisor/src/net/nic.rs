@@ -50,11 +50,7 @@ pub enum NicError {
 /// the physical range EL2 maps as Device memory (slots outside it are never
 /// touched), and `read32` reads one register. QEMU `virt` has 32 slots;
 /// those without a backend report device ID 0.
-pub fn find_net_slot(
-    slots: impl IntoIterator<Item = (u64, u64)>,
-    mapped: core::ops::Range<u64>,
-    mut read32: impl FnMut(u64) -> u32,
-) -> Option<(u64, u64)> {
+pub fn find_net_slot(slots: impl IntoIterator<Item = (u64, u64)>, mapped: core::ops::Range<u64>, mut read32: impl FnMut(u64) -> u32) -> Option<(u64, u64)> {
     slots.into_iter().find(|&(base, size)| {
         let inside = size >= MIN_SLOT_SIZE && base % 4 == 0 && base >= mapped.start && base.checked_add(size).is_some_and(|end| end <= mapped.end);
         inside && read32(base + REG_MAGIC) == MMIO_MAGIC && read32(base + REG_DEVICE_ID) == DEVICE_ID_NET

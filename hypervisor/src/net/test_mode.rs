@@ -129,7 +129,7 @@ pub struct NetTest {
 
 impl NetTest {
     pub fn new(role: NetTestRole, total: u64, now_ms: u64) -> Self {
-        NetTest { role, total, phase: None, since: now_ms, progress_at: now_ms, moved: 0, first_bad: None, buf: vec![0; CHUNK], buf_at: u64::MAX, }
+        NetTest { role, total, phase: None, since: now_ms, progress_at: now_ms, moved: 0, first_bad: None, buf: vec![0; CHUNK], buf_at: u64::MAX }
     }
 
     /// Advances the test after a poll of `net`; Some when it has ended.

@@ -39,7 +39,10 @@ pub enum Verdict {
     Match,
     /// The standby's committed image differs from guest RAM; `first_page`
     /// is the lowest differing page, `pages` how many differ.
-    Mismatch { first_page: u64, pages: u64 },
+    Mismatch {
+        first_page: u64,
+        pages: u64,
+    },
     /// The standby did not commit the epoch.
     NotCommitted,
 }
@@ -55,7 +58,7 @@ pub struct Engine {
     pub mismatches: u64,
     faults_open: u64,
     peers: Option<super::peers::Peers>,
-    /// Watches the guest console for the workload's start (cut there once).
+    /// Watches the guest console for the workload's start and steady state.
     pub workload_start: super::workload_start::WorkloadStart,
 }
 
@@ -127,7 +130,13 @@ impl Engine {
     }
 
     /// Connects the standbys named in the config.
-    pub fn add_peers(&mut self, addrs: &[super::peers::PeerAddr], secret: sync_core::crypto::PairingSecret, hello: sync_core::wire::Handshake, nonce_seed: u64) {
+    pub fn add_peers(
+        &mut self,
+        addrs: &[super::peers::PeerAddr],
+        secret: sync_core::crypto::PairingSecret,
+        hello: sync_core::wire::Handshake,
+        nonce_seed: u64,
+    ) {
         self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, nonce_seed));
     }
 

@@ -3,8 +3,8 @@
 //! go to an in-process standby (with `--verify`) or are counted and dropped.
 pub mod engine;
 pub mod loopback;
-pub mod raw_pages;
 pub mod peers;
+pub mod raw_pages;
 pub mod session;
 pub mod standby_node;
 pub mod workload_start;

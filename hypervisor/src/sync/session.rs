@@ -77,10 +77,11 @@ impl ActivePeer {
 
     /// Bytes waiting for the transport.
     pub fn pending(&self) -> usize {
-        self.outbox.len() + match &self.state {
-            ActiveState::Established { link } => link.out.len(),
-            _ => 0,
-        }
+        self.outbox.len()
+            + match &self.state {
+                ActiveState::Established { link } => link.out.len(),
+                _ => 0,
+            }
     }
 
     /// The next bytes for the transport (the handshake first, then sealed
@@ -236,7 +237,14 @@ mod tests {
     }
 
     /// Moves everything each side has for the other until both are quiet.
-    fn pump(a: &mut ActivePeer, s: &mut StandbyPeer, sa: &PairingSecret, ss: &PairingSecret, active: &mut ActiveSync, applier: &mut Applier<VecMemory>) -> Result<(), SessionError> {
+    fn pump(
+        a: &mut ActivePeer,
+        s: &mut StandbyPeer,
+        sa: &PairingSecret,
+        ss: &PairingSecret,
+        active: &mut ActiveSync,
+        applier: &mut Applier<VecMemory>,
+    ) -> Result<(), SessionError> {
         loop {
             let mut to_s = Vec::new();
             a.take_output(&mut to_s);

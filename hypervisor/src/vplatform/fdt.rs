@@ -161,10 +161,18 @@ pub fn build(b: &GuestBoard) -> Result<Vec<u8>, FdtError> {
     w.property_array_u32(
         "interrupts",
         &[
-            PPI, TIMER_SECURE_PHYS_PPI, LEVEL_HIGH, //
-            PPI, TIMER_PHYS_PPI, LEVEL_HIGH, //
-            PPI, TIMER_VIRT_PPI, LEVEL_HIGH, //
-            PPI, TIMER_HYP_PPI, LEVEL_HIGH,
+            PPI,
+            TIMER_SECURE_PHYS_PPI,
+            LEVEL_HIGH, //
+            PPI,
+            TIMER_PHYS_PPI,
+            LEVEL_HIGH, //
+            PPI,
+            TIMER_VIRT_PPI,
+            LEVEL_HIGH, //
+            PPI,
+            TIMER_HYP_PPI,
+            LEVEL_HIGH,
         ],
     )?;
     w.end_node(timer)?;

@@ -47,7 +47,10 @@ pub enum PsciOutcome {
     SystemReset,
     /// The guest asked to start another CPU; the board cannot. Put `code`
     /// in x0 (and log `target` if it is worth telling).
-    CpuOnRefused { target: u64, code: u64 },
+    CpuOnRefused {
+        target: u64,
+        code: u64,
+    },
 }
 
 /// Affinity fields of an MPIDR value (Aff3 39:32, Aff2..Aff0 23:0).
@@ -164,7 +167,17 @@ mod tests {
     #[test]
     fn version_and_features() {
         assert_eq!(call(func::VERSION, 0), Return(0x10000));
-        for f in [func::VERSION, func::FEATURES, func::CPU_ON, 0xc400_0003, func::AFFINITY_INFO, 0xc400_0004, func::MIGRATE_INFO_TYPE, func::SYSTEM_OFF, func::SYSTEM_RESET] {
+        for f in [
+            func::VERSION,
+            func::FEATURES,
+            func::CPU_ON,
+            0xc400_0003,
+            func::AFFINITY_INFO,
+            0xc400_0004,
+            func::MIGRATE_INFO_TYPE,
+            func::SYSTEM_OFF,
+            func::SYSTEM_RESET,
+        ] {
             assert_eq!(call(func::FEATURES, f as u64), Return(0), "{f:#x}");
         }
         for f in [func::SMCCC_VERSION, func::CPU_SUSPEND, 0xc400_0001, func::CPU_OFF, func::MIGRATE, 0x8400_000e, 0xc400_0012, 0x8000_8000, 0xdead_beef] {

@@ -1,7 +1,7 @@
 //! The emulator's one scheduling thread: takes frames from the receive
 //! threads and commands from handles, switches, shapes, injects faults, and
 //! sends each frame on when its time comes.
-use super::command::{Command, FlipAt, Filter};
+use super::command::{Command, Filter, FlipAt};
 use super::frame;
 use super::profile::Profile;
 use super::rng::Rng;
@@ -16,10 +16,21 @@ use std::time::Instant;
 
 pub(crate) enum Msg {
     /// A datagram from device `dev`'s QEMU, received at `at`.
-    Frame { dev: usize, at: Instant, data: Vec<u8>, src: SocketAddr },
+    Frame {
+        dev: usize,
+        at: Instant,
+        data: Vec<u8>,
+        src: SocketAddr,
+    },
     /// Apply now; `done` is told when it is in force.
-    Command { cmd: Command, done: Option<Sender<()>> },
-    Schedule { at: Instant, cmd: Command },
+    Command {
+        cmd: Command,
+        done: Option<Sender<()>>,
+    },
+    Schedule {
+        at: Instant,
+        cmd: Command,
+    },
     Stop,
 }
 
@@ -80,7 +91,19 @@ impl Engine {
     pub fn new(start: Instant, profile: &Profile, seed: u64, socks: Vec<UdpSocket>, peers: Vec<SocketAddr>, shared: Arc<Mutex<Shared>>) -> Engine {
         let n = socks.len();
         let dirs = (0..n * n).map(|_| Dir { profile: profile.clone(), shaper: Shaper::new(start), cut: false, queue: VecDeque::new() }).collect();
-        Engine { start, n, dirs, macs: MacTable::default(), drops: Vec::new(), flips: Vec::new(), schedule: Vec::new(), rng: Rng::new(seed), socks, peers, shared }
+        Engine {
+            start,
+            n,
+            dirs,
+            macs: MacTable::default(),
+            drops: Vec::new(),
+            flips: Vec::new(),
+            schedule: Vec::new(),
+            rng: Rng::new(seed),
+            socks,
+            peers,
+            shared,
+        }
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {

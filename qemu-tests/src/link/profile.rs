@@ -52,7 +52,15 @@ impl Profile {
 
     /// No shaping at all: frames are forwarded as they come.
     pub fn loopback() -> Profile {
-        Profile { name: "loopback".into(), rate_bps: None, delay: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, queue_bytes: QUEUE_BYTES, queue_time: QUEUE_TIME }
+        Profile {
+            name: "loopback".into(),
+            rate_bps: None,
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            queue_bytes: QUEUE_BYTES,
+            queue_time: QUEUE_TIME,
+        }
     }
 
     /// A direct Wi-Fi link between two phones: 50 Mbit/s, 5 ms, 1 ms jitter.
@@ -160,8 +168,7 @@ impl FromStr for Profile {
     fn from_str(s: &str) -> Result<Profile, ParseProfileError> {
         let mut parts = s.split(',');
         let name = parts.next().unwrap_or_default().trim();
-        let mut p = Profile::named(name)
-            .ok_or_else(|| ParseProfileError(format!("unknown link profile {name:?} (one of {})", Profile::NAMES.join(", "))))?;
+        let mut p = Profile::named(name).ok_or_else(|| ParseProfileError(format!("unknown link profile {name:?} (one of {})", Profile::NAMES.join(", "))))?;
         for part in parts {
             let (k, v) = part.split_once('=').ok_or_else(|| ParseProfileError(format!("expected key=value, got {part:?}")))?;
             let num = |v: &str| v.trim().parse::<f64>().map_err(|_| ParseProfileError(format!("bad number {v:?} for {k}")));

@@ -71,15 +71,10 @@ pub fn framebuffer() -> Pattern {
     draw(&mut before, 400, 200);
     draw(&mut after, 406, 202);
     let pairs = (0..W * H * 4 / PAGE_SIZE)
-        .filter(|&i| {
-            before[i * PAGE_SIZE..(i + 1) * PAGE_SIZE] != after[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
-        })
+        .filter(|&i| before[i * PAGE_SIZE..(i + 1) * PAGE_SIZE] != after[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
         .map(|i| (Some(page_at(&before, i)), page_at(&after, i)))
         .collect();
-    Pattern {
-        name: "framebuffer",
-        pairs,
-    }
+    Pattern { name: "framebuffer", pairs }
 }
 
 /// Heap pages of 64-byte objects { next, prev: pointers, refcount: u32,
@@ -124,10 +119,7 @@ pub fn heap() -> Pattern {
         }
         pairs.push((Some(old), new));
     }
-    Pattern {
-        name: "heap",
-        pairs,
-    }
+    Pattern { name: "heap", pairs }
 }
 
 /// Random-content pages with 1 to 16 bytes changed at random offsets.
@@ -144,20 +136,14 @@ pub fn sparse() -> Pattern {
             (Some(old), new)
         })
         .collect();
-    Pattern {
-        name: "sparse",
-        pairs,
-    }
+    Pattern { name: "sparse", pairs }
 }
 
 /// Pages rewritten whole with new random content.
 pub fn rewritten() -> Pattern {
     let mut rng = Rng(0x5245_5752);
     let pairs = (0..16).map(|_| (Some(rng.page()), rng.page())).collect();
-    Pattern {
-        name: "rewritten",
-        pairs,
-    }
+    Pattern { name: "rewritten", pairs }
 }
 
 /// Pages written with the content they already had.
@@ -169,31 +155,16 @@ pub fn same() -> Pattern {
             (Some(p.clone()), p)
         })
         .collect();
-    Pattern {
-        name: "same",
-        pairs,
-    }
+    Pattern { name: "same", pairs }
 }
 
 /// Pages of data that were zeroed (freed memory).
 pub fn zeroed() -> Pattern {
     let mut rng = Rng(0x5A45_524F);
-    let pairs = (0..16)
-        .map(|_| (Some(rng.page()), Box::new([0u8; PAGE_SIZE])))
-        .collect();
-    Pattern {
-        name: "zeroed",
-        pairs,
-    }
+    let pairs = (0..16).map(|_| (Some(rng.page()), Box::new([0u8; PAGE_SIZE]))).collect();
+    Pattern { name: "zeroed", pairs }
 }
 
 pub fn all() -> Vec<Pattern> {
-    vec![
-        framebuffer(),
-        heap(),
-        sparse(),
-        rewritten(),
-        same(),
-        zeroed(),
-    ]
+    vec![framebuffer(), heap(), sparse(), rewritten(), same(), zeroed()]
 }

@@ -10,10 +10,7 @@ use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
 use sync_core::resume::StandbyId;
 use sync_core::shadow::Budget;
 use sync_core::standby::{Event, StandbyReceiver};
-use sync_core::wire::{
-    decode_clear, encode_clear, Digest, Epoch, FrameDecoder, Handshake, Message, RamLayout,
-    Session, PROTOCOL_VERSION, WIRE_PAGE_SIZE,
-};
+use sync_core::wire::{decode_clear, encode_clear, Digest, Epoch, FrameDecoder, Handshake, Message, RamLayout, Session, PROTOCOL_VERSION, WIRE_PAGE_SIZE};
 
 pub const SECRET: PairingSecret = PairingSecret::new([0x42; 32]);
 
@@ -22,10 +19,7 @@ pub fn handshake_for(pages: u64, last_committed: Epoch, nonce: [u8; 32]) -> Hand
         version: PROTOCOL_VERSION,
         vm_id: [7; 16],
         platform_id: [9; 32],
-        ram: RamLayout {
-            base: 0x4000_0000,
-            size: pages * WIRE_PAGE_SIZE as u64,
-        },
+        ram: RamLayout { base: 0x4000_0000, size: pages * WIRE_PAGE_SIZE as u64 },
         page_size: WIRE_PAGE_SIZE,
         last_committed,
         nonce,
@@ -34,12 +28,7 @@ pub fn handshake_for(pages: u64, last_committed: Epoch, nonce: [u8; 32]) -> Hand
 
 /// Runs Hello / HelloAck over bytes, as two devices would. Returns the
 /// active side's and the standby's sessions.
-pub fn handshake(
-    pages: u64,
-    active_last: Epoch,
-    standby_committed: Epoch,
-    nonce_seed: u64,
-) -> (Session, Session) {
+pub fn handshake(pages: u64, active_last: Epoch, standby_committed: Epoch, nonce_seed: u64) -> (Session, Session) {
     let mut n1 = [0u8; 32];
     let mut n2 = [1u8; 32];
     n1[..8].copy_from_slice(&nonce_seed.to_le_bytes());
@@ -51,9 +40,7 @@ pub fn handshake(
     let mut dec = FrameDecoder::new();
     let mut input = &wire[..];
     let f = dec.decode(&mut input).unwrap().unwrap();
-    let Message::Hello(got_hello) = decode_clear(&f).unwrap() else {
-        panic!("not a Hello")
-    };
+    let Message::Hello(got_hello) = decode_clear(&f).unwrap() else { panic!("not a Hello") };
     let ack = handshake_for(pages, standby_committed, n2);
     ack.check_peer(&got_hello).unwrap();
     let mut back = Vec::new();
@@ -63,9 +50,7 @@ pub fn handshake(
     let mut dec = FrameDecoder::new();
     let mut input = &back[..];
     let f = dec.decode(&mut input).unwrap().unwrap();
-    let Message::HelloAck(got_ack) = decode_clear(&f).unwrap() else {
-        panic!("not a HelloAck")
-    };
+    let Message::HelloAck(got_ack) = decode_clear(&f).unwrap() else { panic!("not a HelloAck") };
     hello.check_peer(&got_ack).unwrap();
     let active = Session::establish(&SECRET, Role::Initiator, &hello, &got_ack);
     (active, standby)
@@ -105,21 +90,9 @@ impl World {
         let zero = VecMemory::zeroed(n as usize);
         let history = vec![content_digest(&zero)];
         let standbys = (0..standbys)
-            .map(|_| Standby {
-                id: active.add_standby(),
-                applier: Applier::with_hashes(zero.clone(), 0, PageHashes::zeroed(n)),
-                conn: None,
-            })
+            .map(|_| Standby { id: active.add_standby(), applier: Applier::with_hashes(zero.clone(), 0, PageHashes::zeroed(n)), conn: None })
             .collect();
-        World {
-            guest,
-            active,
-            standbys,
-            history,
-            dirty: Vec::new(),
-            check: true,
-            nonce: 0,
-        }
+        World { guest, active, standbys, history, dirty: Vec::new(), check: true, nonce: 0 }
     }
 
     pub fn connect(&mut self, i: usize) {
@@ -159,11 +132,7 @@ impl World {
     /// connected link, in standby order.
     pub fn cut(&mut self, breaks: &[Option<u32>]) -> (Epoch, Vec<sync_core::stats::EpochStats>) {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut links: Vec<&mut Link> = self
-            .standbys
-            .iter_mut()
-            .filter_map(|s| s.conn.as_mut().map(|c| &mut c.link))
-            .collect();
+        let mut links: Vec<&mut Link> = self.standbys.iter_mut().filter_map(|s| s.conn.as_mut().map(|c| &mut c.link)).collect();
         let (m, stats) = self.active.cut(dirty, &self.guest, &mut links).unwrap();
         assert_eq!(self.history.len() as u64, m);
         self.history.push(content_digest(&self.guest));
@@ -222,11 +191,7 @@ impl World {
 pub fn assert_image_is_a_committed_epoch(a: &Applier<VecMemory>, history: &[Digest]) {
     let e = a.committed_epoch() as usize;
     assert!(e < history.len(), "standby claims epoch {e} never cut");
-    assert_eq!(
-        content_digest(a.image()),
-        history[e],
-        "standby image differs from the guest at epoch {e}"
-    );
+    assert_eq!(content_digest(a.image()), history[e], "standby image differs from the guest at epoch {e}");
     // The incremental digest agrees with the image.
     assert_eq!(a.digest(), PageHashes::of_memory(a.image()).digest());
 }

@@ -23,11 +23,8 @@ const BITRATE: &str = "500k";
 /// Bookworm's ffmpeg has all three; the first one present is used. libaom
 /// single-threaded in real-time mode: fast, and the same bitstream on every
 /// host; real-time mode has no hidden frames, so decoding cost is even.
-const ENCODERS: &[(&str, &[&str])] = &[
-    ("libaom-av1", &["-usage", "realtime", "-cpu-used", "8", "-threads", "1"]),
-    ("libsvtav1", &["-preset", "10"]),
-    ("librav1e", &["-speed", "10"]),
-];
+const ENCODERS: &[(&str, &[&str])] =
+    &[("libaom-av1", &["-usage", "realtime", "-cpu-used", "8", "-threads", "1"]), ("libsvtav1", &["-preset", "10"]), ("librav1e", &["-speed", "10"])];
 
 /// The clip (encoding it when the cache does not hold one with the same
 /// settings).
@@ -68,10 +65,7 @@ pub fn clip(dir: &Path, force: bool) -> Result<PathBuf> {
 /// The cache key: every setting that shapes the clip.
 fn settings() -> String {
     let encoders: Vec<String> = ENCODERS.iter().map(|(e, o)| format!("{e} {}", o.join(" "))).collect();
-    format!(
-        "clip=testsrc2 {WIDTH}x{HEIGHT} {FPS}fps {SECONDS}s gop={GOP} bitrate={BITRATE} encoders={}",
-        encoders.join(",")
-    )
+    format!("clip=testsrc2 {WIDTH}x{HEIGHT} {FPS}fps {SECONDS}s gop={GOP} bitrate={BITRATE} encoders={}", encoders.join(","))
 }
 
 /// The first of `ENCODERS` that `ffmpeg -encoders` lists.
@@ -82,9 +76,7 @@ fn pick_encoder(listing: &str) -> Option<(&'static str, &'static [&'static str])
 
 fn ffmpeg_args(encoder: &str, options: &[&str], out: &Path) -> Vec<String> {
     let source = format!("testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={SECONDS}");
-    let mut a: Vec<String> = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"]
-        .map(String::from)
-        .to_vec();
+    let mut a: Vec<String> = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"].map(String::from).to_vec();
     a.push(source);
     a.extend(["-pix_fmt", "yuv420p", "-c:v", encoder].map(String::from));
     a.extend(options.iter().map(|s| s.to_string()));

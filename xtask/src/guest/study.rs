@@ -14,8 +14,8 @@
 //! (`target/guest/study-root/`, cached with a stamp of the pins).
 
 use super::{
-    base_entries, build_workloads, cache_dir, candidate, debian_parts, download, dpkg_extract,
-    ensure_arm64_architecture, output, write_atomically, Fnv, GuestAssets, ARCH, BASE_DIRS,
+    base_entries, build_workloads, cache_dir, candidate, debian_parts, download, dpkg_extract, ensure_arm64_architecture, output, write_atomically, Fnv,
+    GuestAssets, ARCH, BASE_DIRS,
 };
 use super::{clip, elf};
 use crate::apt;
@@ -82,12 +82,7 @@ pub fn prepare_study(force: bool) -> Result<GuestAssets> {
 /// What the cached staging root was made from.
 fn root_key() -> String {
     let pins: Vec<String> = PACKAGES.iter().map(|(p, v)| format!("{p}={v}")).collect();
-    format!(
-        "layout={STUDY_LAYOUT}\npins={}\nprograms={}\nextra-libs={}\n",
-        pins.join(" "),
-        PROGRAMS.join(" "),
-        EXTRA_LIBS.join(" ")
-    )
+    format!("layout={STUDY_LAYOUT}\npins={}\nprograms={}\nextra-libs={}\n", pins.join(" "), PROGRAMS.join(" "), EXTRA_LIBS.join(" "))
 }
 
 /// Downloads and unpacks the packages and keeps only what the guest needs,

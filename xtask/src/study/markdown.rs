@@ -75,11 +75,15 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
     let _ = writeln!(
         o,
         "**What is counted.** The workload's steady state: every epoch cut after the one the hypervisor \
-         cuts when the workload starts. Epoch 1 (the initial full copy of the guest) and the epochs of \
-         the guest's boot are left out: an initial copy is paid once per pairing of devices, and the \
-         paper measured steady-state sync. `seconds` is the time those epochs cover (from the end of the \
-         start cut to the last cut, at power-off); rates divide by it. For `switch-only` the steady \
-         state is one epoch, the one a switch at the end of the run would send.\n"
+         cuts at the workload's first progress line, one second into its run. Left out: epoch 1 (the \
+         initial full copy of the guest), the epochs of the guest's boot, and the workload's first \
+         second (loading the program, filling its first buffers): an initial copy is paid once per \
+         pairing of devices, and the paper measured steady-state sync. `seconds` is the time those \
+         epochs cover (from the end of that cut to the last cut, at power-off); rates divide by it. \
+         For `switch-only` (and a threshold the workload never reaches) the steady state is one \
+         epoch, the one a switch at the end of the run would send. Pauses are the guest's at each \
+         cut (encoding runs with the guest stopped); progress/s is the workload's own measure \
+         (frames, transactions, objects, ticks) per second, so a slowed guest shows there.\n"
     );
     let _ = writeln!(
         o,
@@ -214,13 +218,20 @@ mod tests {
         // 20 s: 40.96 MB of dirty pages, 12 MB changed, 2 MB on the wire (100 KB/s).
         let rows = [row("video", "interval:200ms", 20.0, 40_960_000, 12_000_000, 2_000_000)];
         let failed = [("storage".to_string(), "interval:5s".to_string(), "killed at its deadline".to_string())];
-        let cx = Context { command: "cargo xtask study", kernel: "6.1.0-test", mem_mib: 256, seconds: 20, failed: &failed, plots: &[("bytes_per_second", "Bytes per second")] };
+        let cx = Context {
+            command: "cargo xtask study",
+            kernel: "6.1.0-test",
+            mem_mib: 256,
+            seconds: 20,
+            failed: &failed,
+            plots: &[("bytes_per_second", "Bytes per second")],
+        };
         let md = report(&rows, &cx);
         assert!(md.contains("| video | interval:200ms | 20.0 | 10 | 40.96 | 12.00 | 12.00 | 2.00 | 2.00 | 3.4x | 20.5x | 150 / 900 | 10 | 30.0 |"), "{md}");
         // 100 KB/s: 360 MB/hour, 0.8 Mbit/s = 1.6 % of wifi, 8.0 % of lte, 40 % of bt.
         assert!(md.contains("| video | interval:200ms | 100.0 | 360 | 7373 | 1.6 % | 8.0 % | 40 % |"), "{md}");
         assert!(md.contains("![Bytes per second](bytes_per_second.png)"));
         assert!(md.contains("- storage × interval:5s: killed at its deadline"));
-        assert!(md.contains("Epoch 1 (the initial full copy"));
+        assert!(md.contains("epoch 1 (the initial full copy of the guest)"), "{md}");
     }
 }

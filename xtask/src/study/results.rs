@@ -1,13 +1,15 @@
 //! One study row from one run's console: the workload's steady state, that
-//! is every epoch the hypervisor cut after the one at the workload's start
-//! (`sync_core::stats::WORKLOAD_START_LOG`), and `results.csv`.
+//! is every epoch the hypervisor cut after the one at the workload's first
+//! progress line, one second into its run (`sync_core::stats::STEADY_STATE_LOG`),
+//! and `results.csv`.
 //!
-//! Left out: epoch 1 (the initial full copy of the guest) and every epoch
-//! cut while the guest booted. The paper measured steady-state sync; an
-//! initial copy is paid once per pairing of devices, not per hour.
+//! Left out: epoch 1 (the initial full copy of the guest), every epoch cut
+//! while the guest booted, and the workload's first second (loading the
+//! program, filling its first buffers). The paper measured steady-state
+//! sync; an initial copy is paid once per pairing of devices, not per hour.
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
-use sync_core::stats::{EpochStats, WORKLOAD_START_LOG};
+use sync_core::stats::{EpochStats, STEADY_STATE_LOG};
 
 use crate::report;
 
@@ -20,7 +22,7 @@ pub struct Row {
     pub workload: String,
     pub policy: String,
     /// Time the steady epochs cover: from the end of the cut at the
-    /// workload's start to the last cut (at power-off).
+    /// workload's first progress line to the last cut (at power-off).
     pub seconds: f64,
     pub epochs: u64,
     pub dirty_pages: u64,
@@ -51,12 +53,12 @@ impl Row {
 /// The steady-state row of a run of `workload` (the study's name) under
 /// `policy`, whose guest program reports progress in `progress_field`.
 pub fn row(workload: &str, policy: &str, progress_field: Option<&str>, output: &str) -> Result<Row> {
-    let marker = format!("vmsync: {WORKLOAD_START_LOG}");
+    let marker = format!("vmsync: {STEADY_STATE_LOG}");
     let Some(at) = output.find(&marker) else {
-        bail!("the hypervisor never logged the workload's start (`{marker}`): no steady state to measure");
+        bail!("the hypervisor never logged the workload's steady state (`{marker}`): did it print no progress line?");
     };
     let (before, after) = output.split_at(at);
-    let start = report::epochs(before).pop().context("no epoch was cut at the workload's start")?;
+    let start = report::epochs(before).pop().context("no epoch was cut at the workload's first progress line")?;
     let steady = report::epochs(after);
     let seconds = match steady.last() {
         Some(last) => {
@@ -91,11 +93,8 @@ pub fn row(workload: &str, policy: &str, progress_field: Option<&str>, output: &
 /// The workload's progress per second of guest time, between its first and
 /// its last per-second line (start-up before the first line is left out).
 pub fn progress_rate(output: &str, field: &str) -> Option<f64> {
-    let points: Vec<(u64, f64)> = output
-        .lines()
-        .filter_map(vmsync_workloads::parse_line)
-        .filter_map(|l| Some((l.uptime_ms?, l.field(field)?.parse::<f64>().ok()?)))
-        .collect();
+    let points: Vec<(u64, f64)> =
+        output.lines().filter_map(vmsync_workloads::parse_line).filter_map(|l| Some((l.uptime_ms?, l.field(field)?.parse::<f64>().ok()?))).collect();
     let (first, last) = (points.first()?, points.last()?);
     let ms = last.0.checked_sub(first.0).filter(|&ms| ms > 0)?;
     Some((last.1 - first.1) / (ms as f64 / 1000.0))
@@ -192,11 +191,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
                 write_faults: n(10)?,
                 pause_us_median: n(11)?,
                 pause_us_max: n(12)?,
-                progress_rate: if f[13].is_empty() {
-                    None
-                } else {
-                    Some(f[13].parse().with_context(|| format!("line {}: progress_rate {:?}", i + 2, f[13]))?)
-                },
+                progress_rate: if f[13].is_empty() { None } else { Some(f[13].parse().with_context(|| format!("line {}: progress_rate {:?}", i + 2, f[13]))?) },
             })
         })
         .collect()
@@ -223,16 +218,17 @@ mod tests {
         format!("vmsync: epoch {e}\n")
     }
 
-    /// Boot epochs 1 and 2, the cut at the workload's start (3), then two
-    /// steady epochs; the workload's lines two guest seconds apart.
+    /// Boot epochs 1 and 2, the cut at the workload's first progress line
+    /// (3), then two steady epochs; the workload's lines two guest seconds
+    /// apart.
     fn console() -> String {
         let mut s = String::new();
         s += &epoch(1, 5000, 5000 * 4096, 1000, 900_000);
         s += &epoch(2, 300, 90_000, 2000, 5000);
         s += "vmsync-guest: workload dav1d start\n";
-        s += &epoch(3, 200, 60_000, 2400, 100_000);
-        s += &format!("vmsync: {WORKLOAD_START_LOG}\n");
         s += "vmsync-workload: counter=1 checksum=00000000000000ab uptime=5.00 frames=30\n";
+        s += &epoch(3, 200, 60_000, 2400, 100_000);
+        s += &format!("vmsync: {STEADY_STATE_LOG}\n");
         s += &epoch(4, 100, 1000, 3500, 300);
         s += "vmsync-workload: counter=2 checksum=00000000000000cd uptime=7.00 frames=90\n";
         s += &epoch(5, 50, 500, 4500, 100);
@@ -240,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn steady_state_is_after_the_start_cut() {
+    fn steady_state_is_after_the_first_progress_cut() {
         let r = row("video", "interval:1s", Some("frames"), &console()).unwrap();
         assert_eq!(r.epochs, 2);
         assert_eq!(r.dirty_pages, 150);
@@ -259,10 +255,10 @@ mod tests {
     }
 
     #[test]
-    fn a_run_without_the_start_cut_is_an_error() {
-        let out = console().replace(&format!("vmsync: {WORKLOAD_START_LOG}\n"), "");
+    fn a_run_without_the_steady_state_cut_is_an_error() {
+        let out = console().replace(&format!("vmsync: {STEADY_STATE_LOG}\n"), "");
         let e = row("video", "interval:1s", Some("frames"), &out).unwrap_err().to_string();
-        assert!(e.contains("workload's start"), "{e}");
+        assert!(e.contains("steady state"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,13 @@ use alloc::vec::Vec;
 use log::{error, info};
 use vmsync_boot::{container, image};
 
-use super::{board, gic::Gic, mmu, power, stage2_mem::{GuestStage2, PoolTables}, sysreg, timer, tracking, vectors};
+use super::{
+    board,
+    gic::Gic,
+    mmu, power,
+    stage2_mem::{GuestStage2, PoolTables},
+    sysreg, timer, tracking, vectors,
+};
 use crate::config::GuestConfig;
 use crate::memory::{guest::GuestMemory, layout, phys, stage2};
 use crate::vm::Vm;
@@ -126,9 +132,7 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     let kernel_header = image::parse(kernel).unwrap_or_else(|e| fatal!("guest kernel is not an arm64 Image: {e:?}"));
     let initrd = pack.get("initrd").unwrap_or(&[]);
 
-    let backing = alloc
-        .alloc(config.mem_bytes, 2 << 20)
-        .unwrap_or_else(|e| fatal!("no room for {} MiB of guest RAM: {e:?}", config.mem_bytes >> 20));
+    let backing = alloc.alloc(config.mem_bytes, 2 << 20).unwrap_or_else(|e| fatal!("no room for {} MiB of guest RAM: {e:?}", config.mem_bytes >> 20));
     // SAFETY: `backing` was just carved out for the guest alone, inside RAM.
     let mut mem = unsafe { GuestMemory::new(vboard::RAM_BASE, config.mem_bytes, backing as *mut u8) };
     let place = layout::place(vboard::RAM_BASE, config.mem_bytes, &kernel_header, kernel.len() as u64, initrd.len() as u64)
@@ -141,7 +145,11 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     }
     let dtb_blob: Vec<u8> = vfdt::build(&gb).unwrap_or_else(|e| fatal!("writing the guest device tree: {e:?}"));
     // Fresh guest RAM holds nothing of whoever used this memory before.
-    let loaded = mem.fill(vboard::RAM_BASE, config.mem_bytes, 0).and_then(|_| mem.write(place.kernel, kernel)).and_then(|_| mem.write(place.initrd, initrd)).and_then(|_| mem.write(place.dtb, &dtb_blob));
+    let loaded = mem
+        .fill(vboard::RAM_BASE, config.mem_bytes, 0)
+        .and_then(|_| mem.write(place.kernel, kernel))
+        .and_then(|_| mem.write(place.initrd, initrd))
+        .and_then(|_| mem.write(place.dtb, &dtb_blob));
     if let Err(e) = loaded {
         fatal!("loading the guest: {e:?}");
     }
@@ -191,11 +199,26 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     SCTLR_EL1.set(0x30D0_0800);
     // Stage 2 on; IRQ/FIQ/SError to EL2 so the hypervisor keeps its own
     // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64.
-    HCR_EL2.write(HCR_EL2::VM::Enable + HCR_EL2::SWIO::SET + HCR_EL2::FMO::EnableVirtualFIQ + HCR_EL2::IMO::EnableVirtualIRQ + HCR_EL2::AMO::SET + HCR_EL2::TSC::EnableTrapEl1SmcToEl2 + HCR_EL2::RW::EL1IsAarch64);
+    HCR_EL2.write(
+        HCR_EL2::VM::Enable
+            + HCR_EL2::SWIO::SET
+            + HCR_EL2::FMO::EnableVirtualFIQ
+            + HCR_EL2::IMO::EnableVirtualIRQ
+            + HCR_EL2::AMO::SET
+            + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
+            + HCR_EL2::RW::EL1IsAarch64,
+    );
 
     info!(
         "guest: kernel {} bytes at {:#x}, initrd {} bytes at {:#x}, device tree at {:#x}; {} MiB RAM at IPA {:#x} backed by PA {:#x}",
-        kernel.len(), place.kernel, initrd.len(), place.initrd, place.dtb, config.mem_bytes >> 20, vboard::RAM_BASE, backing
+        kernel.len(),
+        place.kernel,
+        initrd.len(),
+        place.initrd,
+        place.dtb,
+        config.mem_bytes >> 20,
+        vboard::RAM_BASE,
+        backing
     );
     info!("guest command line: {}", config.cmdline);
     let mut vm = Vm::new(mem);

@@ -27,15 +27,24 @@ pub enum Exit {
     DataAbort(DataAbort),
     InstrAbort(InstrAbort),
     /// HVC from AArch64. ELR_EL2 already points past the instruction.
-    Hvc { imm: u16 },
+    Hvc {
+        imm: u16,
+    },
     /// SMC trapped by HCR_EL2.TSC (AArch64, or AArch32 with imm 0). ELR_EL2
     /// points at the SMC itself: the handler must step over it.
-    Smc { imm: u16 },
+    Smc {
+        imm: u16,
+    },
     SysReg(SysRegAccess),
-    Wfx { is_wfe: bool },
+    Wfx {
+        is_wfe: bool,
+    },
     /// FP/SIMD access trapped by CPTR_EL2.
     FpTrap,
-    Unknown { ec: u8, iss: u32 },
+    Unknown {
+        ec: u8,
+        iss: u32,
+    },
 }
 
 /// Fault status code (DFSC/IFSC, ISS bits 5:0), the kinds that matter here.
@@ -225,15 +234,7 @@ mod tests {
 
     /// Builds a data abort syndrome from the Arm ARM's field layout.
     fn dabt(isv: bool, sas: u64, sse: bool, srt: u64, sf: bool, wnr: bool, dfsc: u64) -> u64 {
-        (ec::DABT_LOWER as u64) << 26
-            | IL
-            | (isv as u64) << 24
-            | sas << 22
-            | (sse as u64) << 21
-            | srt << 16
-            | (sf as u64) << 15
-            | (wnr as u64) << 6
-            | dfsc
+        (ec::DABT_LOWER as u64) << 26 | IL | (isv as u64) << 24 | sas << 22 | (sse as u64) << 21 | srt << 16 | (sf as u64) << 15 | (wnr as u64) << 6 | dfsc
     }
 
     #[test]

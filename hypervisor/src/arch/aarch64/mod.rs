@@ -14,14 +14,14 @@ pub mod power;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod stage2_mem;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod standby;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod sysreg;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod trap;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod vectors;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod timer;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod tracking;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod standby;
+pub mod trap;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod vectors;

@@ -116,12 +116,14 @@ pub fn tick(vm: &mut Vm) {
 }
 
 /// A byte the guest wrote to its console: when it ends the workload's
-/// start line, cut an epoch there (see `sync::workload_start`).
+/// start line or its first progress line, cut an epoch there (see
+/// `sync::workload_start`).
 pub fn console_byte(vm: &mut Vm, b: u8) {
     let Some(engine) = vm.sync.as_mut() else { return };
-    if engine.workload_start.feed(b) {
-        cut_epoch(vm);
-        info!("{}", sync_core::stats::WORKLOAD_START_LOG);
+    let Some(mark) = engine.workload_start.feed(b) else { return };
+    cut_epoch(vm);
+    if mark == crate::sync::workload_start::Mark::Steady {
+        info!("{}", sync_core::stats::STEADY_STATE_LOG);
     }
 }
 
@@ -155,11 +157,9 @@ pub fn cut_epoch(vm: &mut Vm) {
     match engine.verify(&vm.mem, st.epoch) {
         Ok(None) => {}
         Ok(Some(Verdict::Match)) => info!("verify epoch={} result=match", st.epoch),
-        Ok(Some(Verdict::Mismatch { first_page, pages })) => warn!(
-            "verify epoch={} result=mismatch pages={pages} first_ipa={:#x}",
-            st.epoch,
-            vboard::RAM_BASE + first_page * 4096
-        ),
+        Ok(Some(Verdict::Mismatch { first_page, pages })) => {
+            warn!("verify epoch={} result=mismatch pages={pages} first_ipa={:#x}", st.epoch, vboard::RAM_BASE + first_page * 4096)
+        }
         Ok(Some(Verdict::NotCommitted)) => warn!("verify epoch={} result=not-committed", st.epoch),
         Err(e) => warn!("verify epoch={} failed: {e:?}", st.epoch),
     }

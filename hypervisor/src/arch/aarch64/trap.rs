@@ -36,13 +36,7 @@ extern "C" fn vmsync_trap(kind: u64, frame: &mut TrapFrame) {
 }
 
 fn hypervisor_fault(kind: VectorKind) -> ! {
-    error!(
-        "hypervisor exception {:?}: ESR_EL2 {:#x} ELR_EL2 {:#x} FAR_EL2 {:#x}",
-        kind,
-        ESR_EL2.get(),
-        ELR_EL2.get(),
-        FAR_EL2.get()
-    );
+    error!("hypervisor exception {:?}: ESR_EL2 {:#x} ELR_EL2 {:#x} FAR_EL2 {:#x}", kind, ESR_EL2.get(), ELR_EL2.get(), FAR_EL2.get());
     power::system_off()
 }
 
@@ -153,10 +147,7 @@ fn report_unmapped(vm: &mut Vm, ipa: u64, what: &str) {
     vm.unmapped_accesses += 1;
     if vm.unmapped_accesses <= UNMAPPED_REPORTS {
         let el = if SPSR_EL2.get() & 0xf == 0 { 0 } else { 1 };
-        warn!(
-            "guest {what} at unmapped IPA {ipa:#x} (pc {:#x}, EL{el}): reflected as a synchronous external abort",
-            ELR_EL2.get()
-        );
+        warn!("guest {what} at unmapped IPA {ipa:#x} (pc {:#x}, EL{el}): reflected as a synchronous external abort", ELR_EL2.get());
     }
 }
 
@@ -164,9 +155,9 @@ fn report_unmapped(vm: &mut Vm, ipa: u64, what: &str) {
 /// the guest's current mode.
 fn guest_vector_offset(spsr: u64) -> u64 {
     match spsr & 0xf {
-        0 => 0x400,         // from EL0 (AArch64)
-        4 => 0x000,         // EL1t
-        _ => 0x200,         // EL1h
+        0 => 0x400, // from EL0 (AArch64)
+        4 => 0x000, // EL1t
+        _ => 0x200, // EL1h
     }
 }
 
@@ -241,7 +232,11 @@ fn sysreg_access(vm: &mut Vm, frame: &mut TrapFrame, acc: &esr::SysRegAccess) {
         info!(
             "guest {} of system register S{}_{}_C{}_C{}_{} trapped: treated as RAZ/WI",
             if acc.is_read { "read" } else { "write" },
-            acc.op0, acc.op1, acc.crn, acc.crm, acc.op2
+            acc.op0,
+            acc.op1,
+            acc.crn,
+            acc.crm,
+            acc.op2
         );
     }
 }
@@ -323,9 +318,5 @@ fn report(vm: &Vm) {
         let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {name}={n}({rate}/s)"));
     }
     info!("traps: total={} elapsed_ms={}{}", vm.stats.total(), us / 1000, line);
-    info!(
-        "unmapped guest accesses: {}; vgic unknown register accesses: {}",
-        vm.unmapped_accesses,
-        vm.platform.vgic.unknown_accesses()
-    );
+    info!("unmapped guest accesses: {}; vgic unknown register accesses: {}", vm.unmapped_accesses, vm.platform.vgic.unknown_accesses());
 }

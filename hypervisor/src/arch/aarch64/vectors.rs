@@ -26,7 +26,11 @@ impl TrapFrame {
 
     /// Register `n` as an instruction operand sees it: 31 is the zero register.
     pub fn reg(&self, n: u8) -> u64 {
-        if n >= 31 { 0 } else { self.x[n as usize] }
+        if n >= 31 {
+            0
+        } else {
+            self.x[n as usize]
+        }
     }
 
     pub fn set_reg(&mut self, n: u8, v: u64) {
