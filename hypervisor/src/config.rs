@@ -30,9 +30,13 @@ pub struct GuestConfig {
 ///
 /// ```text
 /// role=active                  # runs the guest (default)
-/// peer=169.254.0.2:7000        # a standby to keep in sync (repeat for more)
-/// role=standby                 # runs no guest; keeps a committed copy
-/// listen=7000                  # the port a standby listens on (default 7000)
+/// peer=169.254.0.2:7000        # another device, kept in sync while this one
+///                              # runs the guest (repeat for more)
+/// role=standby                 # runs no guest; keeps a committed copy, and
+///                              # takes the guest over on a switch (then it
+///                              # syncs its `peer`s with its `policy`)
+/// listen=7000                  # the port this device serves as a standby
+///                              # (default 7000; also after a switch away)
 /// secret=<64 hex digits>       # the pairing secret both devices share
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,9 +210,11 @@ pub enum ConfigError {
     },
     /// Peers or a standby role need `net_ip` and `secret`.
     SyncWithoutNet,
-    /// A standby runs no guest, so it takes no policy; an active device
-    /// with peers needs one.
+    /// Peers need a policy (the epochs that keep them in sync).
     SyncPolicy,
+    /// `verify=on` on a standby: verify checks the first active device's
+    /// epochs against a local copy and is not carried across a switch.
+    VerifyOnStandby,
 }
 
 impl GuestConfig {
@@ -262,8 +268,11 @@ impl GuestConfig {
         if networked && (cfg.net.ip.is_none() || cfg.sync.secret.is_none()) {
             return Err(ConfigError::SyncWithoutNet);
         }
-        if (cfg.sync.standby && (cfg.policy.is_some() || !cfg.sync.peers.is_empty())) || (!cfg.sync.peers.is_empty() && cfg.policy.is_none()) {
+        if !cfg.sync.peers.is_empty() && cfg.policy.is_none() {
             return Err(ConfigError::SyncPolicy);
+        }
+        if cfg.sync.standby && cfg.verify {
+            return Err(ConfigError::VerifyOnStandby);
         }
         if cfg.verify && cfg.policy.is_none() {
             return Err(ConfigError::VerifyWithoutSync);
@@ -313,9 +322,17 @@ mod tests {
         assert!(s.sync.standby);
         assert_eq!(s.sync.listen, 7001);
         assert_eq!(GuestConfig::parse(b"role=standby"), Err(ConfigError::SyncWithoutNet));
+        // A standby that can take the guest over names its peers and policy.
+        let t =
+            GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npolicy=interval:200ms\npeer=169.254.0.1:7000").as_bytes()).unwrap();
+        assert!(t.sync.standby && t.policy.is_some() && t.sync.peers.len() == 1);
         assert_eq!(
-            GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npolicy=switch-only").as_bytes()),
+            GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npeer=169.254.0.1:7000").as_bytes()),
             Err(ConfigError::SyncPolicy)
+        );
+        assert_eq!(
+            GuestConfig::parse(format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\npolicy=interval:1s\nverify=on").as_bytes()),
+            Err(ConfigError::VerifyOnStandby)
         );
         assert_eq!(GuestConfig::parse(format!("net_ip=169.254.0.1\npeer=169.254.0.2:7000\nsecret={secret}").as_bytes()), Err(ConfigError::SyncPolicy));
         assert_eq!(GuestConfig::parse(b"peer=nowhere"), Err(ConfigError::BadSync { line: 1 }));

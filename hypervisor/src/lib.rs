@@ -5,6 +5,7 @@ extern crate alloc;
 
 pub mod arch;
 pub mod config;
+pub mod console_cmd;
 pub mod memory;
 pub mod net;
 pub mod stats;

@@ -1,7 +1,9 @@
 //! The one virtual machine: its memory, its board and its counters.
+use crate::console_cmd::ConsoleCommands;
 use crate::memory::guest::GuestMemory;
 use crate::stats::TrapStats;
 use crate::sync::engine::Engine;
+use crate::sync::standby_node::GuestState;
 use crate::vplatform::Platform;
 
 pub struct Vm {
@@ -17,6 +19,18 @@ pub struct Vm {
     pub sync: Option<Engine>,
     /// Counter value when sync started (epoch times count from it).
     pub sync_start_ticks: u64,
+    /// An epoch cut was asked for during this trap; it happens on the way
+    /// back to the guest.
+    pub cut_due: bool,
+    /// That cut marks the workload's steady state (for the reports).
+    pub steady_mark: bool,
+    /// A standby asked for the guest (index into the engine's peers).
+    pub switch_to: Option<usize>,
+    /// The guest's state at the last cut (kept when this device hands the
+    /// guest over: it is then the state of its standby image).
+    pub last_state: Option<GuestState>,
+    /// Hypervisor commands typed on the console among the guest's input.
+    pub console: ConsoleCommands,
 }
 
 impl Vm {
@@ -29,6 +43,11 @@ impl Vm {
             sysregs_reported: heapless::Vec::new(),
             sync: None,
             sync_start_ticks: 0,
+            cut_due: false,
+            steady_mark: false,
+            switch_to: None,
+            last_state: None,
+            console: ConsoleCommands::default(),
         }
     }
 }

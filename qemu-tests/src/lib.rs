@@ -1,8 +1,11 @@
 //! Boots QEMU machines for tests and benchmarks and reads their serial
 //! console. Every run has a deadline and is killed when it passes; output is
 //! kept whole so a failing test can show it.
+pub mod devices;
+pub mod guest_check;
 pub mod link;
 pub mod multi;
+pub mod switching;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -91,6 +91,9 @@ pub struct ActiveSync {
     shadows: ShadowStore,
     /// Page hashes of the guest at the last cut (what EpochCommit digests).
     hashes: PageHashes,
+    /// After a lazy switch: per page, whether its shadow is still implicit
+    /// (the guest's own content, unchanged since the last cut). Bit words.
+    unseeded: Vec<u64>,
 }
 
 /// Per-link state while one epoch is encoded.
@@ -114,6 +117,7 @@ impl ActiveSync {
             tracker: ResumeTracker::new(page_count),
             shadows: ShadowStore::new(page_count, budget).map_err(EpochError::Shadow)?,
             hashes: PageHashes::zeroed(page_count),
+            unseeded: Vec::new(),
         })
     }
 
@@ -131,7 +135,54 @@ impl ActiveSync {
             shadows.update_with_hash(p, page, h);
             tracker.record_shadow(p, committed)?;
         }
-        Ok(Self { tracker, shadows, hashes })
+        Ok(Self { tracker, shadows, hashes, unseeded: Vec::new() })
+    }
+
+    /// As `after_switch`, without copying the image: guest memory itself
+    /// holds the committed content until the guest writes a page, so each
+    /// shadow is made at the page's first write (`seed_before_write`, called
+    /// by the write-fault path while the page is still write-protected).
+    /// Becoming active then costs no copy of guest RAM.
+    pub fn after_switch_lazy(hashes: PageHashes, committed: Epoch, budget: Budget) -> Result<Self, EpochError> {
+        let n = hashes.page_count();
+        let tracker = ResumeTracker::after_switch(n, committed);
+        let shadows = ShadowStore::new(n, budget).map_err(EpochError::Shadow)?;
+        let mut unseeded = alloc::vec![u64::MAX; n.div_ceil(64) as usize];
+        if n % 64 != 0 {
+            if let Some(last) = unseeded.last_mut() {
+                *last = (1u64 << (n % 64)) - 1;
+            }
+        }
+        Ok(Self { tracker, shadows, hashes, unseeded })
+    }
+
+    /// The guest is about to write `page` for the first time since the last
+    /// cut, and `content` is its content now (= at the last cut: the page
+    /// was write-protected since). After a lazy switch, this is when the
+    /// page's shadow is made. Cheap when there is nothing to do.
+    pub fn seed_before_write(&mut self, page: u64, content: &crate::page::Page) -> Result<(), EpochError> {
+        let (w, bit) = ((page / 64) as usize, 1u64 << (page % 64));
+        let Some(word) = self.unseeded.get_mut(w) else { return Ok(()) };
+        if *word & bit == 0 {
+            return Ok(());
+        }
+        *word &= !bit;
+        let h = self.hashes.get(page).ok_or(EpochError::PageOutOfRange)?;
+        self.shadows.update_with_hash(page, content, h);
+        self.tracker.record_shadow(page, self.tracker.last_cut())?;
+        Ok(())
+    }
+
+    fn mark_seeded(&mut self, page: u64) {
+        if let Some(word) = self.unseeded.get_mut((page / 64) as usize) {
+            *word &= !(1u64 << (page % 64));
+        }
+    }
+
+    /// Page hashes of the guest at the last cut (a device that stops being
+    /// active keeps them as its standby image's hashes).
+    pub fn hashes(&self) -> &PageHashes {
+        &self.hashes
     }
 
     pub fn tracker(&self) -> &ResumeTracker {
@@ -188,6 +239,20 @@ impl ActiveSync {
         dirty: impl IntoIterator<Item = u64>,
         guest: &G,
         links: &mut [&mut Link],
+    ) -> Result<(Epoch, Vec<EpochStats>), EpochError> {
+        self.cut_with_state(dirty, guest, links, &[])
+    }
+
+    /// As `cut`, with `state` (the guest's CpuState and DeviceState at the
+    /// cut) sealed on every link before the EpochCommit, so a standby
+    /// commits memory and vCPU state of the epoch together (what a switch
+    /// and a failover resume from).
+    pub fn cut_with_state<G: PageMemory>(
+        &mut self,
+        dirty: impl IntoIterator<Item = u64>,
+        guest: &G,
+        links: &mut [&mut Link],
+        state: &[Message],
     ) -> Result<(Epoch, Vec<EpochStats>), EpochError> {
         for p in dirty {
             self.tracker.mark_dirty(p)?;
@@ -246,6 +311,7 @@ impl ActiveSync {
                 Some(h) => {
                     self.shadows.update_with_hash(p, content, h);
                     self.tracker.record_shadow(p, m)?;
+                    self.mark_seeded(p);
                     h
                 }
                 None => hash_page(content),
@@ -258,6 +324,9 @@ impl ActiveSync {
         for (link, mut o) in links.iter_mut().zip(outs) {
             if !o.raw.is_empty() {
                 flush(link, &mut o, m)?;
+            }
+            for msg in state {
+                o.stats.sealed_bytes += link.send(msg)? as u64;
             }
             let commit = Message::EpochCommit { epoch: m, digest, page_count: o.records };
             o.stats.sealed_bytes += link.send(&commit)? as u64;

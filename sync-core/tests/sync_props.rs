@@ -204,6 +204,40 @@ fn switch_back_needs_no_full_copy() {
     assert_eq!(w2.standbys[0].applier.image().page_count(), PAGES as u64);
 }
 
+/// As above with the lazy switch the hypervisor uses: no copy of the image
+/// at the switch; a page's shadow is made at its first write. Pages never
+/// written stay without a shadow and still need not be sent.
+#[test]
+fn lazy_switch_back_sends_deltas_of_written_pages_only() {
+    let mut w = World::new(initial_guest(9), 1, Budget::Full);
+    w.connect(0);
+    w.cut(&[None]);
+    w.write(1, 0, &[9; 100]);
+    let (m, _) = w.cut(&[None]);
+    let applier = std::mem::replace(&mut w.standbys[0].applier, sync_core::applier::Applier::new(VecMemory::zeroed(1), 0));
+    let (image, hashes, committed) = applier.into_parts();
+    let mut new_active = sync_core::epoch::ActiveSync::after_switch_lazy(hashes, committed, Budget::Full).unwrap();
+    assert_eq!(new_active.shadows().len(), 0, "a lazy switch copies nothing");
+    let old = sync_core::applier::Applier::new(w.guest.clone(), m);
+    let mut w2 = World::new(image.clone(), 0, Budget::Full);
+    let id = new_active.add_standby();
+    w2.active = new_active;
+    w2.history = vec![[0; 32]; m as usize];
+    w2.history.push(sync_core::digest::content_digest(&image));
+    w2.standbys.push(common::Standby { id, applier: old, conn: None });
+    w2.connect(0);
+    for round in 0..3u8 {
+        // The write-fault path: seed, then the write lands.
+        let before = w2.guest.pages()[3];
+        w2.active.seed_before_write(3, &before).unwrap();
+        w2.write(3, 5 + round as usize, &[1, 2, 3, round]);
+        let (_, stats) = w2.cut(&[None]);
+        assert_eq!((stats[0].sent_pages, stats[0].delta_pages), (1, 1), "round {round}");
+        assert_eq!(w2.standbys[0].applier.image().pages(), w2.guest.pages());
+    }
+    assert_eq!(w2.active.shadows().len(), 1);
+}
+
 /// Bit rot in the standby's committed image is found by the page hash of
 /// the next delta to that page; the standby drops the epoch and asks for
 /// a Resync; the active side resumes from the standby's epoch with the page

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::{apt, guest, image};
 
+mod switch;
+
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// Guest boot time to its init, under the hypervisor and under plain
@@ -29,6 +31,12 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Moving the running guest to another device through the link
+    /// emulator: QEMU's own live migration (xbzrle on; two plain QEMUs) and
+    /// a VMsync switch, same guest and link; time from request to the guest
+    /// running on the target, bytes during and in the minute before, the
+    /// guest's pause, and the ratio (goal: VMsync <= 1/20 of QEMU).
+    Switch(switch::SwitchArgs),
 }
 
 const INIT_MARK: &str = "vmsync-guest: init";
@@ -44,6 +52,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
     match what {
         BenchCmd::Boot { runs } => boot(runs.max(1)),
         BenchCmd::Tracking { workload, policy, seconds } => tracking(&workload, &policy, seconds),
+        BenchCmd::Switch(a) => switch::run(&a),
     }
 }
 

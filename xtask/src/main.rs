@@ -5,9 +5,11 @@ mod cpio;
 mod demo;
 mod guest;
 mod image;
+mod migration;
 mod multi;
 mod report;
 mod study;
+mod switching;
 mod test;
 
 use anyhow::Result;
@@ -53,11 +55,13 @@ enum Cmd {
         timeout: u64,
     },
     /// The VMsync demo: one device running the guest and its workload under
-    /// the hypervisor with dirty tracking on; the guest's console passes
-    /// through, and a summary and a JSON report of every epoch follow.
+    /// the hypervisor with dirty tracking on (or several, kept in sync, the
+    /// guest switching among them); the guest's console passes through, and
+    /// a summary and a JSON report of every epoch follow.
     Demo {
-        /// Number of devices: device A runs the guest, the others are
-        /// standbys kept in sync over the emulated link.
+        /// Number of devices: device 0 runs the guest, the others are
+        /// standbys kept in sync over the emulated link (with --switch-at or
+        /// --failover-at the guest moves among them).
         #[arg(long, default_value_t = 1)]
         devices: u32,
         /// Link profile between the devices: loopback, wifi (50 Mbit/s,
@@ -88,6 +92,25 @@ enum Cmd {
         /// Guest RAM in MiB.
         #[arg(long, default_value_t = 256)]
         mem: u64,
+        /// Move the running guest to another device at these times (seconds
+        /// since the devices started, comma-separated). Each sends the
+        /// hypervisor's switch command (Ctrl-] "switch") to the target's
+        /// console, by default the next device round robin after the one
+        /// running the guest. With this or --failover-at every device boots
+        /// the same guest and policy, device 0 starting with it; the report
+        /// gains "switches" and the guest's verdict, and the command fails if
+        /// a switch's digests differ, the guest rebooted or a requested
+        /// switch did not happen. Needs --devices 2 or more.
+        #[arg(long, value_delimiter = ',', value_name = "S[,S...]")]
+        switch_at: Vec<f64>,
+        /// The target device (0-based) of each --switch-at, in time order.
+        #[arg(long, value_delimiter = ',', value_name = "I[,I...]", requires = "switch_at")]
+        switch_to: Vec<usize>,
+        /// At this time (seconds since the start) kill the QEMU of the device
+        /// running the guest and tell the next device (round robin) to take
+        /// over from its last committed epoch (Ctrl-] "failover").
+        #[arg(long, value_name = "S")]
+        failover_at: Option<f64>,
     },
     /// Run every host test and the QEMU tests (installs QEMU and clang from
     /// Debian packages when missing).
@@ -199,11 +222,16 @@ fn main() -> Result<()> {
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
         Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
-        Cmd::Demo { devices, link, workload, workload_exec, seconds, policy, verify, report, mem } => {
+        Cmd::Demo { devices, link, workload, workload_exec, seconds, policy, verify, report, mem, switch_at, switch_to, failover_at } => {
             if !(1..=4).contains(&devices) {
                 anyhow::bail!("--devices {devices}: 1 to 4 devices");
             }
-            demo::run(&demo::DemoArgs { devices: devices as usize, link, workload, workload_exec, seconds, policy, verify, report, mem })
+            let devices = devices as usize;
+            if !switch_at.is_empty() || failover_at.is_some() {
+                // Before building anything: the plan must make sense.
+                switching::plan(devices, &switch_at, &switch_to, failover_at)?;
+            }
+            demo::run(&demo::DemoArgs { devices, link, workload, workload_exec, seconds, policy, verify, report, mem, switch_at, switch_to, failover_at })
         }
         Cmd::Test { host_only, filter } => test::run(host_only, filter.as_deref()),
         Cmd::Bench { what } => bench::run(what),

@@ -105,17 +105,63 @@ impl Engine {
         self.policy.should_cut(now_ns, DirtyEstimate { pages: dirty_pages, bytes: dirty_pages * 4096 })
     }
 
+    /// Sync on a device that has just taken the guest over at `committed`,
+    /// its image (guest RAM now) described by `hashes`. Nothing is copied:
+    /// shadows are made at each page's first write (`seed_before_write`).
+    pub fn after_switch(spec: PolicySpec, ram: RamLayout, hashes: PageHashes, committed: u64, now_ns: u64) -> Result<Self, SyncError> {
+        let mut active = ActiveSync::after_switch_lazy(hashes, committed, Budget::Full)?;
+        let (a, _) = session_pair(ram, [1; 32], [2; 32])?;
+        let standby = active.add_standby();
+        active.connect(standby, committed)?;
+        let link = Link::new(standby, a, sync_core::compress::ZstdConfig::default())?;
+        Ok(Engine {
+            active,
+            link,
+            verify: None,
+            policy: spec.build(now_ns),
+            spec,
+            totals: TotalStats::default(),
+            checks: 0,
+            mismatches: 0,
+            faults_open: 0,
+            peers: None,
+            workload_start: Default::default(),
+        })
+    }
+
+    /// The guest is about to write `page` (its first write since the last
+    /// cut); `content` is the page now.
+    pub fn seed_before_write(&mut self, page: u64, content: &sync_core::page::Page) {
+        // Out of range cannot happen for a page of guest RAM; the shadow
+        // is then simply not made and the page goes whole.
+        let _ = self.active.seed_before_write(page, content);
+    }
+
+    /// Page hashes of guest RAM at the last cut.
+    pub fn hashes(&self) -> &PageHashes {
+        self.active.hashes()
+    }
+
+    pub fn last_cut(&self) -> u64 {
+        self.active.tracker().last_cut()
+    }
+
+    pub fn peers_mut(&mut self) -> Option<&mut super::peers::Peers> {
+        self.peers.as_mut()
+    }
+
     /// Cuts the open epoch over `dirty` (page numbers written in it), with
-    /// the guest paused: encodes, compresses and seals it as it will be sent.
-    /// The caller re-protects the pages, then calls `verify` (if on) and
-    /// `finish`.
-    pub fn cut<G: PageMemory>(&mut self, guest: &G, dirty: &[u64]) -> Result<EpochStats, SyncError> {
+    /// the guest paused: encodes, compresses and seals it as it will be sent,
+    /// with `state` (the guest's CpuState and DeviceState at the cut) before
+    /// its commit. The caller re-protects the pages, then calls `verify` (if
+    /// on) and `finish`.
+    pub fn cut<G: PageMemory>(&mut self, guest: &G, dirty: &[u64], state: &[sync_core::wire::Message]) -> Result<EpochStats, SyncError> {
         let mut links: Vec<&mut Link> = Vec::new();
         links.push(&mut self.link);
         if let Some(p) = self.peers.as_mut() {
             links.extend(p.links());
         }
-        let (epoch, stats) = self.active.cut(dirty.iter().copied(), guest, &mut links)?;
+        let (epoch, stats) = self.active.cut_with_state(dirty.iter().copied(), guest, &mut links, state)?;
         // The local link's figures describe the epoch (every standby in step
         // gets the same bytes; a lagging one more, reported by the tools).
         let mut st = stats.into_iter().next().unwrap_or_else(|| EpochStats::new(epoch));

@@ -45,6 +45,8 @@ pub struct Peer {
     pub full_resyncs: u32,
     pub acked: Epoch,
     pub bytes_sent: u64,
+    /// The standby ended the last connection with a FIN (not a reset).
+    pub finished_by_peer: bool,
 }
 
 pub struct Peers {
@@ -53,6 +55,8 @@ pub struct Peers {
     hello: Handshake,
     nonce_seed: u64,
     scratch: Vec<u8>,
+    /// A standby asked for the guest (the first to ask wins).
+    switch_request: Option<usize>,
 }
 
 impl Peers {
@@ -73,9 +77,44 @@ impl Peers {
                 full_resyncs: 0,
                 acked: 0,
                 bytes_sent: 0,
+                finished_by_peer: false,
             })
             .collect();
-        Peers { list, secret, hello, nonce_seed, scratch: Vec::new() }
+        Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None }
+    }
+
+    /// The standby (index into `list`) that asked for the guest, once.
+    pub fn take_switch_request(&mut self) -> Option<usize> {
+        self.switch_request.take()
+    }
+
+    /// Seals `msg` for standby `i`; None when it has no session.
+    pub fn send_to(&mut self, i: usize, msg: &sync_core::wire::Message) -> Option<usize> {
+        self.list.get_mut(i)?.session.as_mut()?.link_mut()?.send(msg).ok()
+    }
+
+    pub fn is_established(&self, i: usize) -> bool {
+        self.list.get(i).is_some_and(|p| p.tcp.is_some() && p.session.as_ref().is_some_and(|s| s.is_established()))
+    }
+
+    /// Everything queued for standby `i` reached it (TCP acknowledged).
+    pub fn delivered<D: NetDevice>(&self, i: usize, net: &Stack<D>) -> bool {
+        let Some(p) = self.list.get(i) else { return false };
+        match (p.tcp, p.session.as_ref()) {
+            (Some(h), Some(s)) => s.pending() == 0 && net.send_queue(h) == 0,
+            _ => false,
+        }
+    }
+
+    /// Ends every connection (this device stops being active).
+    pub fn shutdown<D: NetDevice>(&mut self, net: &mut Stack<D>) {
+        for p in self.list.iter_mut() {
+            if let Some(h) = p.tcp.take() {
+                net.abort(h);
+                net.release(h);
+            }
+            p.session = None;
+        }
     }
 
     /// The links of established sessions, for a cut.
@@ -120,6 +159,7 @@ impl Peers {
                         let p = &mut self.list[i];
                         p.tcp = Some(h);
                         p.since_ms = now_ms;
+                        p.finished_by_peer = false;
                     }
                     Err(e) => {
                         self.list[i].next_try_ms = now_ms + RETRY_MS;
@@ -130,8 +170,13 @@ impl Peers {
             }
             let Some(h) = self.list[i].tcp else { continue };
             match net.state(h) {
-                TcpState::Closed | TcpState::CloseWait | TcpState::TimeWait | TcpState::Closing | TcpState::LastAck => {
-                    self.drop_conn(i, net, active, now_ms, "closed by the peer or the network");
+                TcpState::Closed => {
+                    self.drop_conn(i, net, active, now_ms, "reset by the peer or the network");
+                    continue;
+                }
+                TcpState::CloseWait | TcpState::TimeWait | TcpState::Closing | TcpState::LastAck => {
+                    self.list[i].finished_by_peer = true;
+                    self.drop_conn(i, net, active, now_ms, "closed by the peer");
                     continue;
                 }
                 _ => {}
@@ -187,7 +232,10 @@ impl Peers {
                                     info!("sync: standby {} at {}:{} connected holding epoch {e}", p.id, p.addr.ip, p.addr.port);
                                 }
                                 ActiveEvent::Resync(e) => info!("sync: standby {} asks to resync from epoch {e}", p.id),
-                                ActiveEvent::SwitchRequested => info!("sync: standby {} asks for the guest (switching lands later)", p.id),
+                                ActiveEvent::SwitchRequested => {
+                                    info!("switch: request from {} at_ms={now_ms}", p.addr.ip);
+                                    self.switch_request.get_or_insert(i);
+                                }
                             }
                         }
                     }

@@ -8,13 +8,31 @@ use sync_core::applier::Applier;
 use sync_core::crypto::PairingSecret;
 use sync_core::digest::PageHashes;
 use sync_core::standby::Event;
-use sync_core::wire::Handshake;
+use sync_core::wire::{Epoch, Handshake};
 
 use super::raw_pages::RawPages;
 use super::session::StandbyPeer;
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
 
 const READ_CHUNK: usize = 512 << 10;
+
+/// The guest's vCPU and device state at a committed epoch (the CpuState and
+/// DeviceState sent with it): with the image, what a switch or a failover
+/// resumes from. Opaque here; `arch` decodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestState {
+    pub epoch: Epoch,
+    pub cpu: Vec<u8>,
+    pub devices: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchError {
+    /// No session with an active device to ask.
+    NotConnected,
+    /// The request could not be sealed (the session is dead).
+    Session,
+}
 
 pub struct StandbyNode {
     port: u16,
@@ -27,6 +45,12 @@ pub struct StandbyNode {
     pub connections: u32,
     pub bytes_received: u64,
     scratch: Vec<u8>,
+    /// State frames of the epoch being received, until its commit.
+    staged: (Option<Vec<u8>>, Option<Vec<u8>>),
+    /// State of the committed epoch, when it came with one.
+    pub committed_state: Option<GuestState>,
+    /// The active device handed the guest over at this epoch.
+    switch_done: Option<Epoch>,
 }
 
 /// Hex of a digest, for the log line the tools compare.
@@ -43,17 +67,108 @@ impl StandbyNode {
     /// epoch 0.
     pub fn new(port: u16, image: RawPages, secret: PairingSecret, ours: Handshake, nonce_seed: u64) -> Self {
         let pages = sync_core::digest::PageMemory::page_count(&image);
+        Self::with_applier(port, Applier::with_hashes(image, 0, PageHashes::zeroed(pages)), None, secret, ours, nonce_seed)
+    }
+
+    /// A standby holding `applier`'s committed image already (a device that
+    /// just handed its guest over keeps it as the image of the final epoch).
+    pub fn with_applier(
+        port: u16,
+        applier: Applier<RawPages>,
+        committed_state: Option<GuestState>,
+        secret: PairingSecret,
+        ours: Handshake,
+        nonce_seed: u64,
+    ) -> Self {
         StandbyNode {
             port,
             listener: None,
             conn: None,
-            applier: Applier::with_hashes(image, 0, PageHashes::zeroed(pages)),
+            applier,
             secret,
             ours,
             nonce_seed,
             connections: 0,
             bytes_received: 0,
             scratch: Vec::new(),
+            staged: (None, None),
+            committed_state,
+            switch_done: None,
+        }
+    }
+
+    /// Asks the active device on the current connection for the guest.
+    pub fn request_switch<D: NetDevice>(&mut self, net: &mut Stack<D>) -> Result<(), SwitchError> {
+        let Some((_, peer)) = self.conn.as_mut() else { return Err(SwitchError::NotConnected) };
+        if !peer.is_established() {
+            return Err(SwitchError::NotConnected);
+        }
+        peer.request_switch().map_err(|_| SwitchError::Session)?;
+        self.flush(net);
+        Ok(())
+    }
+
+    /// The epoch at which the active device handed the guest over, once.
+    pub fn take_switch_done(&mut self) -> Option<Epoch> {
+        self.switch_done.take()
+    }
+
+    /// The active device's address on the current connection.
+    pub fn active_addr<D: NetDevice>(&self, net: &Stack<D>) -> Option<core::net::Ipv4Addr> {
+        self.conn.as_ref().and_then(|(h, _)| net.remote(*h)).map(|(ip, _)| ip)
+    }
+
+    /// Drops the current connection (a switch request that went
+    /// unanswered: nothing stale may arrive on it later).
+    pub fn drop_connection<D: NetDevice>(&mut self, net: &mut Stack<D>, why: &str) {
+        self.close(net, why);
+    }
+
+    /// Stops serving: the connection and the listener go (this device
+    /// becomes the active one). The connection ends with a FIN, sent before
+    /// the socket is released: it tells the old active device that its
+    /// handover arrived (a refusal would be a reset).
+    pub fn shutdown<D: NetDevice>(&mut self, net: &mut Stack<D>, now_ms: u64) {
+        if let Some((h, _)) = self.conn.take() {
+            net.close(h);
+            net.poll(now_ms);
+            net.release(h);
+        }
+        if let Some(l) = self.listener.take() {
+            net.abort(l);
+            net.release(l);
+        }
+    }
+
+    fn flush<D: NetDevice>(&mut self, net: &mut Stack<D>) {
+        let Some((h, peer)) = self.conn.as_mut() else { return };
+        while !peer.outbox.is_empty() {
+            let sent = net.send(*h, &peer.outbox);
+            if sent == 0 {
+                break;
+            }
+            peer.outbox.drain(..sent);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::CpuState(b) => self.staged.0 = Some(b),
+            Event::DeviceState(b) => self.staged.1 = Some(b),
+            Event::Committed(epoch) => {
+                self.committed_state = match core::mem::take(&mut self.staged) {
+                    (Some(cpu), Some(devices)) => Some(GuestState { epoch, cpu, devices }),
+                    // An epoch without state (the last one before a power-off):
+                    // nothing to resume from at this epoch.
+                    _ => None,
+                };
+            }
+            Event::Resyncing(f) => {
+                self.staged = (None, None);
+                warn!("standby: epoch dropped ({f:?}); asked to resync from {}", self.applier.committed_epoch());
+            }
+            Event::SwitchDone(e) => self.switch_done = Some(e),
+            Event::None => {}
         }
     }
 
@@ -63,6 +178,7 @@ impl StandbyNode {
             net.release(h);
             // Whatever was staged is dropped; the committed image stays.
             self.applier.abort();
+            self.staged = (None, None);
             warn!("standby: connection closed: {why}; committed epoch stays {}", self.applier.committed_epoch());
         }
     }
@@ -113,9 +229,7 @@ impl StandbyNode {
                         info!("standby committed epoch={e} digest={}", hex(&d));
                     }
                     for ev in events {
-                        if let Event::Resyncing(f) = ev {
-                            warn!("standby: epoch dropped ({f:?}); asked to resync from {}", self.applier.committed_epoch());
-                        }
+                        self.on_event(ev);
                     }
                 }
                 Err(e) => {
@@ -125,13 +239,6 @@ impl StandbyNode {
                 }
             }
         }
-        let Some((_, peer)) = self.conn.as_mut() else { return };
-        while !peer.outbox.is_empty() {
-            let sent = net.send(h, &peer.outbox);
-            if sent == 0 {
-                break;
-            }
-            peer.outbox.drain(..sent);
-        }
+        self.flush(net);
     }
 }

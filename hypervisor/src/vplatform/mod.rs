@@ -6,6 +6,7 @@ pub mod board;
 pub mod fdt;
 pub mod pl011;
 pub mod psci;
+pub mod snapshot;
 pub mod vgic;
 
 use board::*;

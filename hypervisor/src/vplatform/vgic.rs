@@ -32,6 +32,8 @@
 //! (the UART); `set_pending(intid)` for edges, SGIs from ICC_SGI1R_EL1
 //! traps, and HW-backed interrupts (the physical GIC holds their level).
 
+use super::snapshot::{only_bits, Reader, SnapshotError, Writer};
+
 pub const NR_INTIDS: usize = 96;
 const WORDS: usize = NR_INTIDS / 32;
 /// Architectural maximum of ICH_LR<n>_EL2 registers.
@@ -595,6 +597,95 @@ impl Vgic {
         }
         let edges = (self.edge[w] >> half) & 0xffff;
         (0..16).filter(|i| edges & (1 << i) != 0).fold(0, |acc, i| acc | 2 << (2 * i))
+    }
+}
+
+// ---- snapshot ---------------------------------------------------------
+
+impl Vgic {
+    /// The vGIC section of a device snapshot (`snapshot.rs`), in this
+    /// order: NR_INTIDS (u16); GICD_CTLR enables (u32); group, enable,
+    /// pending latch, active, line level, edge config (each WORDS x u32);
+    /// priorities (NR_INTIDS x u8); SPI IROUTERs (NR_INTIDS-32 x u64);
+    /// GICR_WAKER.ProcessorSleep (u8); unknown_accesses (u64); in_lr
+    /// (WORDS x u32); then the occupied list registers: a count (u8) and
+    /// per LR its number (u8, increasing) and INTID (u32).
+    pub(crate) fn save_into(&self, w: &mut Writer) {
+        w.u16(NR_INTIDS as u16);
+        w.u32(self.ctlr);
+        for words in [&self.group, &self.enable, &self.pending, &self.active, &self.level, &self.edge] {
+            words.iter().for_each(|&v| w.u32(v));
+        }
+        w.bytes(&self.priority);
+        self.irouter.iter().for_each(|&v| w.u64(v));
+        w.bool(self.processor_sleep);
+        w.u64(self.unknown_accesses);
+        self.in_lr.iter().for_each(|&v| w.u32(v));
+        // At most MAX_LRS (16) entries: the count fits a u8.
+        w.u8(self.lrs.iter().filter(|&&i| i != NO_INTID).count() as u8);
+        for (lr, &intid) in self.lrs.iter().enumerate().filter(|(_, &i)| i != NO_INTID) {
+            w.u8(lr as u8);
+            w.u32(intid);
+        }
+    }
+
+    /// The vGIC `save_into` wrote. Rejects values the model cannot hold:
+    /// register bits it does not implement, SGIs configured level, an LR
+    /// number past MAX_LRS, an INTID past the last SPI or in two LRs, and
+    /// `in_lr` disagreeing with the LRs' occupants.
+    pub(crate) fn restore_from(r: &mut Reader) -> Result<Vgic, SnapshotError> {
+        let nr = r.u16()?;
+        if nr as usize != NR_INTIDS {
+            return Err(SnapshotError::BadValue { field: "vgic.nr_intids", value: nr as u64 });
+        }
+        let mut g = Vgic::new();
+        g.ctlr = only_bits("vgic.ctlr", r.u32()?, CTLR_ENABLE_GRP0 | CTLR_ENABLE_GRP1)?;
+        for words in [&mut g.group, &mut g.enable, &mut g.pending, &mut g.active, &mut g.level, &mut g.edge] {
+            for v in words.iter_mut() {
+                *v = r.u32()?;
+            }
+        }
+        // ICFGR0 is read-only: SGIs are edge-triggered, always.
+        if g.edge[0] & 0xffff != 0xffff {
+            return Err(SnapshotError::BadValue { field: "vgic.edge", value: g.edge[0] as u64 });
+        }
+        for p in g.priority.iter_mut() {
+            *p = only_bits("vgic.priority", r.u8()?, PRIO_MASK)?;
+        }
+        for v in g.irouter.iter_mut() {
+            *v = only_bits("vgic.irouter", r.u64()?, IROUTER_MASK)?;
+        }
+        g.processor_sleep = r.bool("vgic.processor_sleep")?;
+        g.unknown_accesses = r.u64()?;
+        let mut in_lr = [0; WORDS];
+        for v in in_lr.iter_mut() {
+            *v = r.u32()?;
+        }
+        let count = r.u8()?;
+        if count as usize > MAX_LRS {
+            return Err(SnapshotError::BadValue { field: "vgic.lr_count", value: count as u64 });
+        }
+        let mut next_lr = 0;
+        for _ in 0..count {
+            let lr = r.u8()? as usize;
+            // Increasing LR numbers: no LR twice, and one encoding per state.
+            if !(next_lr..MAX_LRS).contains(&lr) {
+                return Err(SnapshotError::BadValue { field: "vgic.lr", value: lr as u64 });
+            }
+            next_lr = lr + 1;
+            let intid = r.u32()?;
+            // One INTID in two LRs is UNPREDICTABLE for the GIC, and
+            // `lr_emptied` on one of them would lose track of the other.
+            let Some((w, b)) = word_bit(intid).filter(|&(w, b)| g.in_lr[w] & b == 0) else {
+                return Err(SnapshotError::BadValue { field: "vgic.lr_intid", value: intid as u64 });
+            };
+            g.lrs[lr] = intid;
+            g.in_lr[w] |= b;
+        }
+        if let Some(w) = (0..WORDS).find(|&w| in_lr[w] != g.in_lr[w]) {
+            return Err(SnapshotError::BadValue { field: "vgic.in_lr", value: in_lr[w] as u64 });
+        }
+        Ok(g)
     }
 }
 

@@ -77,6 +77,7 @@ pub struct TcpProxy {
 /// `target` through `profile` (loss ignored: TCP would retransmit).
 pub fn tcp_proxy(target: SocketAddr, profile: Profile) -> io::Result<TcpProxy> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    limit_buffers(&listener)?;
     let addr = listener.local_addr()?;
     let start = Instant::now();
     let shared = Arc::new(Mutex::new(Shared {
@@ -91,6 +92,36 @@ pub fn tcp_proxy(target: SocketAddr, profile: Profile) -> io::Result<TcpProxy> {
     let (sh, st) = (shared.clone(), stop.clone());
     let accept = std::thread::Builder::new().name("proxy-accept".into()).spawn(move || accept_loop(listener, target, start, sh, st))?;
     Ok(TcpProxy { addr, start, shared, stop, accept: Some(accept) })
+}
+
+/// The receive buffer each accepted connection asks for (Linux doubles it).
+const RECEIVE_BUFFER: libc::c_int = 64 * 1024;
+
+/// Loopback TCP between the sender and the proxy would otherwise hide
+/// megabytes the link model never sees: with 64 KiB loopback segments the
+/// sender's autotuned send buffer reaches its 4 MiB limit, and the proxy's
+/// receive buffer grows toward `tcp_rmem`'s maximum (32 MiB here). A
+/// migration's last bytes then wait behind seconds of earlier ones that
+/// QEMU counts as sent. Full-size Ethernet segments and a fixed receive
+/// buffer (both inherited by accepted sockets) bring what the sender gets
+/// ahead of the link down to about 1.7 MB on this host (its own send
+/// buffer, sized by the kernel from its congestion window: about a quarter
+/// second at 50 Mbit/s, the order of a real sender's over Wi-Fi).
+fn limit_buffers(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: a valid socket and a c_int option value of the size given.
+        let r = unsafe {
+            libc::setsockopt(listener.as_raw_fd(), level, name, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::IPPROTO_TCP, libc::TCP_MAXSEG, TCP_MSS as libc::c_int)?;
+    set(libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER)
 }
 
 impl TcpProxy {
@@ -277,4 +308,48 @@ fn write_side(mut dst: TcpStream, src: TcpStream, rx: Receiver<Chunk>, dir: usiz
     // direction end too.
     let _ = dst.shutdown(Shutdown::Both);
     let _ = src.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender facing a slow link gets only so far ahead of it: the
+    /// modelled queue plus socket buffers of a sender on a real link, not
+    /// the 4 MB and growing that plain loopback TCP lets it (measured
+    /// here: about 1.7 MB with [`limit_buffers`], 4.2 MB without).
+    #[test]
+    fn little_hides_in_socket_buffers() {
+        // 2 Mbit/s: 250 kB/s, a 25 kB queue.
+        let p = Profile::wifi().with_rate(Some(2_000_000)).with_jitter(Duration::ZERO);
+        let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let proxy = tcp_proxy(server.local_addr().unwrap(), p).unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let r = received.clone();
+        let sink = std::thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                r.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let chunk = vec![0x5au8; 65536];
+        let mut written = 0usize;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(1000) {
+            match c.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let ahead = written - received.load(Ordering::Relaxed);
+        eprintln!("written {written}, received {}, ahead {ahead}", received.load(Ordering::Relaxed));
+        assert!(ahead < 2_500_000, "{ahead} bytes accepted by the sender but not yet across the link");
+        drop(c);
+        drop(proxy);
+        sink.join().unwrap();
+    }
 }

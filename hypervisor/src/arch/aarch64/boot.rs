@@ -34,9 +34,22 @@ pub static STAGE2: spin::Mutex<Option<GuestStage2>> = spin::Mutex::new(None);
 /// Counter value when the guest started, for elapsed times in reports.
 pub static START_COUNT: spin::Once<u64> = spin::Once::new();
 
+/// What every role of this device shares: its config and the memory that
+/// holds guest RAM when it runs the guest and the standby image when it
+/// does not (a switch changes the role, never the memory).
+pub struct Machine {
+    pub config: GuestConfig,
+    pub backing: u64,
+}
+
+pub static MACHINE: spin::Once<Machine> = spin::Once::new();
+
 /// Heap for the hypervisor's own needs; sync adds the shadow pages (up to
 /// guest RAM) on top.
 const HEAP_BASE_SIZE: u64 = 48 << 20;
+/// Sync heap beyond one guest RAM (shadows when active, a whole epoch's
+/// staging when standby) for the bookkeeping.
+const SYNC_HEAP_EXTRA: u64 = 32 << 20;
 const STAGE2_POOL: u64 = 4 << 20;
 const VMID: u16 = 1;
 
@@ -125,14 +138,48 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
         crate::net::run_test(role, config.net.test_mib, clock_ms);
         power::system_off();
     }
+    let size = config.mem_bytes;
+    let backing = alloc.alloc(size, 2 << 20).unwrap_or_else(|e| fatal!("no room for {} MiB of guest RAM: {e:?}", size >> 20));
+    // Shadows (active) or staging (standby) take up to guest RAM each; with
+    // verify the local standby stages a whole epoch too.
+    if config.policy.is_some() || config.sync.standby {
+        let heap_size = size * if config.verify { 2 } else { 1 } + SYNC_HEAP_EXTRA;
+        let heap = alloc.alloc(heap_size, 4096).unwrap_or_else(|e| fatal!("no room for the sync heap ({} MiB): {e:?}", heap_size >> 20));
+        crate::heap::add_region(heap as usize, heap_size as usize);
+    }
+    let verify_image = config.verify.then(|| {
+        let at = alloc.alloc(size, 4096).unwrap_or_else(|e| fatal!("no room for the verify image ({} MiB): {e:?}", size >> 20));
+        // SAFETY: just allocated for the image alone; zeroed (a standby
+        // starts from the all-zero image of epoch 0).
+        unsafe {
+            core::ptr::write_bytes(at as *mut u8, 0, size as usize);
+            crate::sync::raw_pages::RawPages::new(at as *mut u8, size / 4096)
+        }
+    });
+
+    // Stage 2: guest RAM at its fixed IPA, backed elsewhere; nothing else
+    // mapped. Built in either role: a standby that takes the guest over
+    // runs it in the same memory.
+    let pool = alloc.alloc(STAGE2_POOL, 0x2000).unwrap_or_else(|e| fatal!("no room for stage-2 tables: {e:?}"));
+    // SAFETY: the pool was just allocated for the tables alone.
+    let mut tables = unsafe { PoolTables::new(pool, STAGE2_POOL) };
+    let mut s2 = stage2::Stage2::new(&mut tables).unwrap_or_else(|e| fatal!("stage-2 root: {e:?}"));
+    if let Err(e) = s2.map(&mut tables, vboard::RAM_BASE, backing, size, stage2::S2Attrs { writable: true, memory: stage2::MemType::Normal }) {
+        fatal!("mapping guest RAM: {e:?}");
+    }
+    VTCR_EL2.set(stage2::VTCR);
+    VTTBR_EL2.set(s2.vttbr(VMID));
+    invalidate_guest_tlbs();
+    *STAGE2.lock() = Some(GuestStage2 { s2, tables });
+    MACHINE.call_once(|| Machine { config: config.clone(), backing });
+
     if config.sync.standby {
-        super::standby::run(&config, &mut alloc);
+        super::standby::run_fresh();
     }
     let Some(kernel) = pack.get("kernel") else { fatal!("boot image has no 'kernel' entry") };
     let kernel_header = image::parse(kernel).unwrap_or_else(|e| fatal!("guest kernel is not an arm64 Image: {e:?}"));
     let initrd = pack.get("initrd").unwrap_or(&[]);
 
-    let backing = alloc.alloc(config.mem_bytes, 2 << 20).unwrap_or_else(|e| fatal!("no room for {} MiB of guest RAM: {e:?}", config.mem_bytes >> 20));
     // SAFETY: `backing` was just carved out for the guest alone, inside RAM.
     let mut mem = unsafe { GuestMemory::new(vboard::RAM_BASE, config.mem_bytes, backing as *mut u8) };
     let place = layout::place(vboard::RAM_BASE, config.mem_bytes, &kernel_header, kernel.len() as u64, initrd.len() as u64)
@@ -156,58 +203,23 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // The guest starts with its MMU off (non-cacheable): push it all to memory.
     mmu::clean_dcache_range(backing, config.mem_bytes);
 
-    // Stage 2: guest RAM at its fixed IPA, backed elsewhere; nothing else mapped.
-    let pool = alloc.alloc(STAGE2_POOL, 0x2000).unwrap_or_else(|e| fatal!("no room for stage-2 tables: {e:?}"));
-    // SAFETY: the pool was just allocated for the tables alone.
-    let mut tables = unsafe { PoolTables::new(pool, STAGE2_POOL) };
-    let mut s2 = stage2::Stage2::new(&mut tables).unwrap_or_else(|e| fatal!("stage-2 root: {e:?}"));
-    if let Err(e) = s2.map(&mut tables, vboard::RAM_BASE, backing, config.mem_bytes, stage2::S2Attrs { writable: true, memory: stage2::MemType::Normal }) {
-        fatal!("mapping guest RAM: {e:?}");
+    let mut engine = {
+        let mut s2 = STAGE2.lock();
+        let Some(guest_s2) = s2.as_mut() else { fatal!("stage 2 missing") };
+        config.policy.map(|spec| tracking::start(spec, verify_image, &mut mem, guest_s2))
+    };
+    if let Some(e) = engine.as_mut() {
+        add_peers(e, &config);
     }
-    VTCR_EL2.set(stage2::VTCR);
-    VTTBR_EL2.set(s2.vttbr(VMID));
-    // SAFETY: invalidates stage-1+2 TLB entries of the current VMID before
-    // its first use.
-    unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
-    let mut guest_s2 = GuestStage2 { s2, tables };
-    let mut engine = config.policy.map(|spec| tracking::start(spec, config.verify, &mut alloc, &mut mem, &mut guest_s2));
-    if let (Some(e), Some(secret)) = (engine.as_mut(), config.sync.secret) {
-        let peers: alloc::vec::Vec<_> = config.sync.peers.iter().map(|&(ip, port)| crate::sync::peers::PeerAddr { ip, port }).collect();
-        let hello = crate::sync::loopback::handshake(sync_core::wire::RamLayout { base: vboard::RAM_BASE, size: config.mem_bytes }, [0; 32]);
-        e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, timer::now_ticks());
-        info!("sync: {} standby peer(s) configured", peers.len());
-    }
-    *STAGE2.lock() = Some(guest_s2);
 
     GIC.init();
-    GIC.enable(vboard::VTIMER_INTID);
-    GIC.enable(vboard::MAINTENANCE_INTID);
-    GIC.init_virtual();
-    LOGGER.enable_rx_irq();
-    GIC.enable(board::UART_INTID);
-
-    // The guest uses the virtual timer; its physical timer traps (EL1PCEN=0)
-    // while the physical counter stays readable. The virtual counter starts
-    // at zero when the guest does.
-    CNTHCTL_EL2.set(1);
+    enable_guest_interfaces();
+    // The virtual counter starts at zero when the guest does.
     let now = CNTPCT_EL0.get();
     CNTVOFF_EL2.set(now);
     START_COUNT.call_once(|| now);
-    sysreg::set_vpidr_el2(vboard::GUEST_MIDR);
-    VMPIDR_EL2.set(vboard::GUEST_MPIDR);
     // EL1 starts with MMU and caches off, little-endian: RES1 bits only.
     SCTLR_EL1.set(0x30D0_0800);
-    // Stage 2 on; IRQ/FIQ/SError to EL2 so the hypervisor keeps its own
-    // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64.
-    HCR_EL2.write(
-        HCR_EL2::VM::Enable
-            + HCR_EL2::SWIO::SET
-            + HCR_EL2::FMO::EnableVirtualFIQ
-            + HCR_EL2::IMO::EnableVirtualIRQ
-            + HCR_EL2::AMO::SET
-            + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
-            + HCR_EL2::RW::EL1IsAarch64,
-    );
 
     info!(
         "guest: kernel {} bytes at {:#x}, initrd {} bytes at {:#x}, device tree at {:#x}; {} MiB RAM at IPA {:#x} backed by PA {:#x}",
@@ -238,4 +250,49 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // SAFETY: ELR/SPSR/HCR/stage 2 describe a complete EL1 guest; the frame
     // holds the boot protocol's x0..x3.
     unsafe { vectors::vmsync_enter_guest(&frame) }
+}
+
+/// Invalidates stage-1+2 TLB entries of the guest's VMID (before its first
+/// use, and when a guest arrives whose translations this CPU may still hold
+/// from an earlier turn).
+pub fn invalidate_guest_tlbs() {
+    // SAFETY: TLB maintenance for the guest's VMID only (VTTBR_EL2 holds it);
+    // the hypervisor's own EL2 translations are untouched.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+}
+
+/// The standbys named in the config, connected by the engine.
+pub fn add_peers(e: &mut crate::sync::engine::Engine, config: &GuestConfig) {
+    let Some(secret) = config.sync.secret else { return };
+    let peers: alloc::vec::Vec<_> = config.sync.peers.iter().map(|&(ip, port)| crate::sync::peers::PeerAddr { ip, port }).collect();
+    let hello = crate::sync::loopback::handshake(sync_core::wire::RamLayout { base: vboard::RAM_BASE, size: config.mem_bytes }, [0; 32]);
+    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, timer::now_ticks());
+    info!("sync: {} standby peer(s) configured", peers.len());
+}
+
+/// EL2 set up to run the guest (first boot, or after taking it over): its
+/// interrupts, the timers' traps, the IDs it sees, and HCR_EL2.
+pub fn enable_guest_interfaces() {
+    GIC.enable(vboard::VTIMER_INTID);
+    GIC.enable(vboard::MAINTENANCE_INTID);
+    GIC.enable(timer::INTID);
+    GIC.init_virtual();
+    LOGGER.enable_rx_irq();
+    GIC.enable(board::UART_INTID);
+    // The guest uses the virtual timer; its physical timer traps (EL1PCEN=0)
+    // while the physical counter stays readable.
+    CNTHCTL_EL2.set(1);
+    sysreg::set_vpidr_el2(vboard::GUEST_MIDR);
+    VMPIDR_EL2.set(vboard::GUEST_MPIDR);
+    // Stage 2 on; IRQ/FIQ/SError to EL2 so the hypervisor keeps its own
+    // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64.
+    HCR_EL2.write(
+        HCR_EL2::VM::Enable
+            + HCR_EL2::SWIO::SET
+            + HCR_EL2::FMO::EnableVirtualFIQ
+            + HCR_EL2::IMO::EnableVirtualIRQ
+            + HCR_EL2::AMO::SET
+            + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
+            + HCR_EL2::RW::EL1IsAarch64,
+    );
 }

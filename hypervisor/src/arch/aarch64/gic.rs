@@ -19,6 +19,8 @@ const GICR_WAKER: usize = 0x0014;
 const SGI_FRAME: usize = 0x1_0000;
 const GICR_IGROUPR0: usize = SGI_FRAME + 0x0080;
 const GICR_ISENABLER0: usize = SGI_FRAME + 0x0100;
+const GICR_ISACTIVER0: usize = SGI_FRAME + 0x0300;
+const GICR_ICACTIVER0: usize = SGI_FRAME + 0x0380;
 const GICR_IPRIORITYR: usize = SGI_FRAME + 0x0400;
 
 pub const SPURIOUS: u32 = 1023;
@@ -84,6 +86,15 @@ impl Gic {
             // SAFETY: as in `wr32`; IROUTER is a 64-bit register.
             unsafe { write_volatile((self.gicd + GICD_IROUTER + intid as usize * 8) as *mut u64, 0) };
             wr32(self.gicd + GICD_ISENABLER + word * 4, 1 << bit);
+        }
+    }
+
+    /// Sets or clears the active state of a private interrupt (SGI/PPI):
+    /// a restored guest may be inside its handler of an interrupt that a HW
+    /// list register links to the physical one.
+    pub fn set_private_active(&self, intid: u32, active: bool) {
+        if intid < 32 {
+            wr32(self.gicr + if active { GICR_ISACTIVER0 } else { GICR_ICACTIVER0 }, 1 << intid);
         }
     }
 

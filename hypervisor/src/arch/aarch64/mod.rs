@@ -1,5 +1,6 @@
 //! aarch64 at EL2: entry, vectors, MMU, GIC, traps.
 pub mod esr;
+pub mod vcpu_state;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod board;
@@ -16,6 +17,8 @@ pub mod stage2_mem;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod standby;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod switch;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod sysreg;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod timer;
@@ -23,5 +26,7 @@ pub mod timer;
 pub mod tracking;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod trap;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod vcpu;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod vectors;

@@ -6,46 +6,52 @@ use log::{info, warn};
 use sync_core::policy::PolicySpec;
 use sync_core::wire::RamLayout;
 
-use super::boot::{fatal, STAGE2};
+use sync_core::digest::{PageHashes, PageMemory};
+use sync_core::wire::Message;
+
+use super::boot::{fatal, GIC, STAGE2};
 use super::esr::DataAbort;
 use super::stage2_mem::GuestStage2;
 use super::timer;
-use crate::memory::{guest::GuestMemory, phys::PhysAllocator};
-use crate::sync::engine::{Engine, Verdict};
+use super::vectors::TrapFrame;
+use crate::memory::guest::GuestMemory;
+use crate::sync::engine::{Engine, SyncError, Verdict};
 use crate::sync::raw_pages::RawPages;
+use crate::sync::standby_node::GuestState;
 use crate::vm::Vm;
 use crate::vplatform::board as vboard;
 
 /// How often the policy is asked whether to cut (the hypervisor's tick).
 pub const TICK_NS: u64 = 5_000_000;
-/// Heap on top of guest RAM's size for the shadow store's bookkeeping.
-const SYNC_HEAP_EXTRA: u64 = 32 << 20;
 
 /// Turns tracking on before the guest's first instruction: every page
-/// read-only, every later write seen. Epoch 1 sends the whole guest.
-pub fn start(spec: PolicySpec, verify: bool, alloc: &mut PhysAllocator, mem: &mut GuestMemory, s2: &mut GuestStage2) -> Engine {
-    let size = mem.size();
-    // Shadows take up to guest RAM; with verify, the local standby stages a
-    // whole epoch before it commits (up to guest RAM again, at epoch 1).
-    let heap_size = size * if verify { 2 } else { 1 } + SYNC_HEAP_EXTRA;
-    let heap = alloc.alloc(heap_size, 4096).unwrap_or_else(|e| fatal(format_args!("no room for the sync heap ({} MiB): {e:?}", heap_size >> 20)));
-    crate::heap::add_region(heap as usize, heap_size as usize);
-    let image = verify.then(|| {
-        let at = alloc.alloc(size, 4096).unwrap_or_else(|e| fatal(format_args!("no room for the verify image ({} MiB): {e:?}", size >> 20)));
-        // SAFETY: just allocated for the image alone; zeroed below (a
-        // standby starts from the all-zero image of epoch 0).
-        unsafe { core::ptr::write_bytes(at as *mut u8, 0, size as usize) };
-        // SAFETY: as above; page aligned, `size / 4096` pages.
-        unsafe { RawPages::new(at as *mut u8, size / 4096) }
-    });
-    let ram = RamLayout { base: mem.ipa_base(), size };
-    let engine = Engine::new(spec, ram, image, timer::ticks_to_ns(timer::now_ticks())).unwrap_or_else(|e| fatal(format_args!("starting sync: {e:?}")));
+/// read-only, every later write seen. Epoch 1 sends the whole guest. With
+/// `verify_image` (zeroed, as large as guest RAM) every epoch is also
+/// applied to a local standby and checked.
+pub fn start(spec: PolicySpec, verify_image: Option<RawPages>, mem: &mut GuestMemory, s2: &mut GuestStage2) -> Engine {
+    let verify = verify_image.is_some();
+    let ram = RamLayout { base: mem.ipa_base(), size: mem.size() };
+    let engine = Engine::new(spec, ram, verify_image, timer::ticks_to_ns(timer::now_ticks())).unwrap_or_else(|e| fatal(format_args!("starting sync: {e:?}")));
+    protect_all(mem, s2);
+    info!("sync: policy {spec}, verify {}, {} pages write-protected", if verify { "on" } else { "off" }, mem.size() / 4096);
+    engine
+}
+
+/// Tracking on a device that has just taken the guest over at epoch
+/// `committed`: guest RAM is the committed image (with `hashes`); epochs
+/// continue from there, deltas only.
+pub fn start_after_switch(spec: PolicySpec, hashes: PageHashes, committed: u64, mem: &mut GuestMemory, s2: &mut GuestStage2) -> Result<Engine, SyncError> {
+    let ram = RamLayout { base: mem.ipa_base(), size: mem.size() };
+    let engine = Engine::after_switch(spec, ram, hashes, committed, timer::ticks_to_ns(timer::now_ticks()))?;
+    protect_all(mem, s2);
+    Ok(engine)
+}
+
+fn protect_all(mem: &mut GuestMemory, s2: &mut GuestStage2) {
     if let Err(e) = mem.start_tracking() {
         fatal(format_args!("starting dirty tracking: {e:?}"));
     }
-    let n = s2.write_protect_range(mem.ipa_base(), size);
-    info!("sync: policy {spec}, verify {}, {} pages write-protected", if verify { "on" } else { "off" }, n);
-    engine
+    s2.write_protect_range(mem.ipa_base(), mem.size());
 }
 
 /// The IPA of a stage-2 permission fault. HPFAR_EL2 is architecturally
@@ -84,7 +90,14 @@ pub fn write_fault(vm: &mut Vm, da: &DataAbort) -> bool {
     }
     vm.stats.write_fault += 1;
     engine.note_write_fault();
-    vm.mem.mark_dirty(ipa);
+    if vm.mem.mark_dirty(ipa) {
+        // First write of the page since the cut: after a switch, its shadow
+        // is made now, from the content the standbys hold.
+        let page = (ipa - vboard::RAM_BASE) / 4096;
+        if let Some(content) = vm.mem.page(page) {
+            engine.seed_before_write(page, content);
+        }
+    }
     if let Some(s2) = STAGE2.lock().as_mut() {
         s2.make_writable(ipa);
     }
@@ -103,14 +116,20 @@ fn pump(vm: &mut Vm, now_ms: u64) {
     });
 }
 
-/// The hypervisor's tick: ask the policy, cut when it says so, re-arm.
+/// The hypervisor's tick: ask the policy whether to cut (the cut itself
+/// happens as the trap returns, see `at_trap_exit`), note a standby's
+/// switch request, re-arm.
 pub fn tick(vm: &mut Vm) {
     let now = timer::ticks_to_ns(timer::now_ticks());
     pump(vm, now / 1_000_000);
     let dirty = vm.mem.dirty_now();
-    let cut = vm.sync.as_mut().map(|e| e.should_cut(now, dirty)).unwrap_or(false);
-    if cut {
-        cut_epoch(vm);
+    if let Some(e) = vm.sync.as_mut() {
+        if e.should_cut(now, dirty) {
+            vm.cut_due = true;
+        }
+        if let Some(i) = e.peers_mut().and_then(|p| p.take_switch_request()) {
+            vm.switch_to = Some(i);
+        }
     }
     timer::arm_in(TICK_NS);
 }
@@ -121,30 +140,51 @@ pub fn tick(vm: &mut Vm) {
 pub fn console_byte(vm: &mut Vm, b: u8) {
     let Some(engine) = vm.sync.as_mut() else { return };
     let Some(mark) = engine.workload_start.feed(b) else { return };
-    cut_epoch(vm);
-    if mark == crate::sync::workload_start::Mark::Steady {
-        info!("{}", sync_core::stats::STEADY_STATE_LOG);
+    vm.cut_due = true;
+    vm.steady_mark |= mark == crate::sync::workload_start::Mark::Steady;
+}
+
+/// Cuts that were asked for during this trap happen here, as the guest is
+/// about to resume: its registers in `frame` and the list registers are
+/// then exactly what a standby resumes from (a console write already
+/// stepped over, an interrupt already in a list register).
+pub fn at_trap_exit(vm: &mut Vm, frame: &TrapFrame) {
+    if core::mem::take(&mut vm.cut_due) {
+        cut_epoch(vm, Some(frame));
+        if core::mem::take(&mut vm.steady_mark) {
+            info!("{}", sync_core::stats::STEADY_STATE_LOG);
+        }
     }
 }
 
 /// Cuts the open epoch with the guest paused (we are in its trap): encode,
-/// compress, seal; re-protect the pages written in it; then, with verify,
+/// compress, seal, with the guest's vCPU and device state at the cut when
+/// `frame` is given; re-protect the pages written in it; then, with verify,
 /// check the local standby against guest RAM (not counted in the pause: a
-/// real standby checks on its own device).
-pub fn cut_epoch(vm: &mut Vm) {
+/// real standby checks on its own device). Returns the epoch cut.
+pub fn cut_epoch(vm: &mut Vm, frame: Option<&TrapFrame>) -> Option<u64> {
     let start = timer::now_ticks();
-    let Some(set) = vm.mem.cut() else { return };
+    let Some(set) = vm.mem.cut() else { return None };
     let dirty: Vec<u64> = set.iter().collect();
     let sync_start = vm.sync_start_ticks;
-    let Some(engine) = vm.sync.as_mut() else { return };
-    let mut st = match engine.cut(&vm.mem, &dirty) {
+    let state = frame.map(|f| {
+        let mut cpu = Vec::new();
+        super::vcpu::capture(f, &GIC).encode(&mut cpu);
+        let mut devices = Vec::new();
+        vm.platform.save(&mut devices);
+        (cpu, devices)
+    });
+    let Some(engine) = vm.sync.as_mut() else { return None };
+    let msgs: Vec<Message> = state.iter().flat_map(|(c, d)| [Message::CpuState(c.clone()), Message::DeviceState(d.clone())]).collect();
+    let mut st = match engine.cut(&vm.mem, &dirty, &msgs) {
         Ok(st) => st,
         Err(e) => {
             warn!("sync: epoch cut failed: {e:?}; tracking continues");
             engine.finish(&sync_core::stats::EpochStats::default(), timer::ticks_to_ns(timer::now_ticks()));
-            return;
+            return None;
         }
     };
+    vm.last_state = state.map(|(cpu, devices)| GuestState { epoch: st.epoch, cpu, devices });
     if let Some(s2) = STAGE2.lock().as_mut() {
         s2.write_protect(vboard::RAM_BASE, reprotect_set(&dirty));
     }
@@ -166,6 +206,7 @@ pub fn cut_epoch(vm: &mut Vm) {
     engine.finish(&st, timer::ticks_to_ns(timer::now_ticks()));
     // Start sending at once rather than at the next tick.
     pump(vm, timer::ticks_to_ns(timer::now_ticks()) / 1_000_000);
+    Some(st.epoch)
 }
 
 /// The pages to write-protect again after a cut: all that were written.
@@ -188,7 +229,7 @@ pub fn finish(vm: &mut Vm) {
         return;
     }
     timer::stop();
-    cut_epoch(vm);
+    cut_epoch(vm, None);
     flush(vm);
     if let Some(e) = vm.sync.as_ref() {
         info!("sync totals {}", e.totals);
@@ -214,16 +255,28 @@ fn flush(vm: &mut Vm) {
     if e.peers().is_none() {
         return;
     }
-    let start = timer::ticks_to_ns(timer::now_ticks()) / 1_000_000;
+    let start = now_ms();
+    let done = pump_until(vm, FLUSH_MS, |vm| vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true));
+    info!("sync: flush at power-off {} after {} ms", if done { "complete" } else { "gave up" }, now_ms() - start);
+}
+
+fn now_ms() -> u64 {
+    timer::ticks_to_ns(timer::now_ticks()) / 1_000_000
+}
+
+/// With the guest paused: moves network traffic (about every millisecond)
+/// until `done` holds or `limit_ms` pass; true if it held.
+pub fn pump_until(vm: &mut Vm, limit_ms: u64, mut done: impl FnMut(&mut Vm) -> bool) -> bool {
+    let start = now_ms();
     loop {
-        let now = timer::ticks_to_ns(timer::now_ticks()) / 1_000_000;
+        let now = now_ms();
         pump(vm, now);
-        let done = vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true);
-        if done || now - start > FLUSH_MS {
-            info!("sync: flush at power-off {} after {} ms", if done { "complete" } else { "gave up" }, now - start);
-            return;
+        if done(vm) {
+            return true;
         }
-        // About a millisecond between polls.
+        if now - start > limit_ms {
+            return false;
+        }
         let until = timer::now_ticks() + timer::ns_to_ticks(1_000_000);
         while timer::now_ticks() < until {
             core::hint::spin_loop();

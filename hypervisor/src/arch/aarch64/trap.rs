@@ -9,6 +9,7 @@ use super::boot::{fatal, GIC, LOGGER, START_COUNT, VM};
 use super::esr::{self, DataAbort, Exit, FaultKind};
 use super::vectors::{TrapFrame, VectorKind};
 use super::{power, sysreg, timer, tracking};
+use crate::console_cmd::{Command, Input};
 use crate::vm::{Vm, UNMAPPED_REPORTS};
 use crate::vplatform::{board as vboard, psci, vgic, MmioAccess, MmioOutcome};
 
@@ -33,6 +34,11 @@ extern "C" fn vmsync_trap(kind: u64, frame: &mut TrapFrame) {
         }
     }
     refill_list_registers(vm);
+    tracking::at_trap_exit(vm, frame);
+    if let Some(target) = vm.switch_to.take() {
+        // Returns only if the switch failed and the guest stays here.
+        super::switch::hand_over(guard, frame, target);
+    }
 }
 
 fn hypervisor_fault(kind: VectorKind) -> ! {
@@ -261,7 +267,13 @@ fn irq(vm: &mut Vm) {
             vboard::MAINTENANCE_INTID => GIC.deactivate(intid),
             id if id == super::board::UART_INTID => {
                 while let Some(b) = LOGGER.read_byte() {
-                    vm.platform.uart_input(b);
+                    match vm.console.feed(b) {
+                        Input::Guest(b) => {
+                            vm.platform.uart_input(b);
+                        }
+                        Input::Held => {}
+                        Input::Command(c) => console_command(&c),
+                    }
                 }
                 GIC.deactivate(intid);
             }
@@ -270,6 +282,14 @@ fn irq(vm: &mut Vm) {
                 GIC.deactivate(intid);
             }
         }
+    }
+}
+
+/// A hypervisor command typed on the console of the device running the guest.
+fn console_command(c: &Command) {
+    match c {
+        Command::Switch | Command::Failover => info!("console: {c:?} is for a standby; this device runs the guest"),
+        Command::Unknown(w) => info!("console: unknown command '{w}' (commands: switch, failover)"),
     }
 }
 
