@@ -87,7 +87,7 @@ fn assert_guest_continued(r: &DevicesRun, holders: &[usize]) {
 #[test]
 fn a_to_b_and_back_over_wifi() {
     let ram = MEM_MIB << 20;
-    let r = run("sw2", 2, 45, |c| {
+    let r = run("sw2", 2, 20, |c| {
         wait_steady(c, 0, 1);
         switch(c, 1);
         let at_first = c.link().snapshot();
@@ -106,7 +106,7 @@ fn a_to_b_and_back_over_wifi() {
 
 #[test]
 fn round_the_three_devices() {
-    let r = run("sw3", 3, 60, |c| {
+    let r = run("sw3", 3, 25, |c| {
         wait_steady(c, 0, 1);
         wait_steady(c, 0, 2);
         switch(c, 1);
@@ -120,7 +120,7 @@ fn round_the_three_devices() {
 
 #[test]
 fn a_switch_during_a_cut_fails_cleanly_and_a_later_one_succeeds() {
-    let r = run("swcut", 2, 45, |c| {
+    let r = run("swcut", 2, 25, |c| {
         wait_steady(c, 0, 1);
         c.link().cut(0, 1).expect("cutting the link");
         match c.switch_and_wait(1, SWITCH_WAIT) {
@@ -138,7 +138,7 @@ fn a_switch_during_a_cut_fails_cleanly_and_a_later_one_succeeds() {
 
 #[test]
 fn failover_after_the_active_device_dies() {
-    let r = run("swfail", 2, 40, |c| {
+    let r = run("swfail", 2, 20, |c| {
         wait_steady(c, 0, 1);
         c.kill(0).expect("killing device 0");
         let r = c.failover_and_wait(1, SWITCH_WAIT);

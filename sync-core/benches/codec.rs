@@ -89,8 +89,8 @@ fn codec(c: &mut Criterion) {
             })
         });
 
-        // Apply: parse each record and rebuild the page, checking its hash
-        // (Same pages are not in the batch: nothing to apply).
+        // Apply: parse each record and rebuild the page, checking a Delta's
+        // hash (Same pages are not in the batch: nothing to apply).
         let mut batch = Vec::new();
         let mut w = BatchEncoder::new();
         for (i, (s, p, h)) in pairs.iter().enumerate() {

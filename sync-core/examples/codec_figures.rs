@@ -9,8 +9,8 @@
 //! a page whose encoding overflows goes whole (4096 bytes); a zero page is
 //! one byte (QEMU checks for zero pages first); an unchanged page costs
 //! nothing. Ours is the page records as batched: head (page-number gap and
-//! kind, one byte for neighbouring pages), 64-bit hash, payload; Same pages
-//! are not sent. "runs" compares the two encoders alone, on the pages both
+//! kind, one byte for neighbouring pages), then nothing (Zero), the page
+//! (Full) or 64-bit hash, length and runs (Delta); Same pages are not sent. "runs" compares the two encoders alone, on the pages both
 //! encode as deltas. zstd is level 3 for both, one batch per pattern from a
 //! fresh context.
 //!
@@ -121,7 +121,7 @@ fn main() {
                 if let XbzrleOutcome::Encoded(n) = xbzrle::encode(sh, page, PAGE_SIZE, &mut x) {
                     // The record alone (its head's gap read as a page number).
                     let (rec, _) = delta::decode_page_record(&ours[start..]).expect("valid");
-                    if let RecordRef::Delta(runs) = rec.record {
+                    if let RecordRef::Delta { runs, .. } = rec.record {
                         s.runs_ours += runs.len();
                         s.runs_qemu += n;
                     }

@@ -3,8 +3,9 @@
 //!
 //! Records of an epoch are applied into staging copies, never into the
 //! committed image: each page's record applies to the page's *committed*
-//! content (the base the active side diffed against, see `resume`), its
-//! result is checked against the record's hash, and the staged pages
+//! content (the base the active side diffed against, see `resume`), a
+//! Delta's result is checked against the record's hash (a Zero or Full
+//! page's hash is computed here: see `delta`), and the staged pages
 //! replace the committed ones only at `commit`, after the page count and
 //! the image digest matched. Any error, or an epoch that never commits (a
 //! cut link), discards staging: the committed image is the image of the
@@ -168,12 +169,15 @@ impl<M: PageMemoryMut> Applier<M> {
         }
         let mut buf = self.pool.pop().unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
         buf.copy_from_slice(committed);
-        if let Err(e) = delta::apply_in_place(&mut buf, rec) {
-            self.pool.push(buf);
-            return Err(ApplyError::Record(e));
-        }
+        let hash = match delta::apply_in_place(&mut buf, rec) {
+            Ok(h) => h,
+            Err(e) => {
+                self.pool.push(buf);
+                return Err(ApplyError::Record(e));
+            }
+        };
         staging.seen[w] |= bit;
-        staging.pages.push((p, buf, rec.hash));
+        staging.pages.push((p, buf, hash));
         Ok(())
     }
 

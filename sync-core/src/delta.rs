@@ -3,21 +3,33 @@
 //!
 //! ```text
 //! batch  = record*
-//! record = head (varint)  hash (u64 LE, page_hash of the resulting page)  payload
+//! record = head (varint)  body
 //! head   = gap << 2 | kind
 //!   gap: page number − next, where next is 0 at the start of the batch and
 //!        the previous record's page number + 1 after it: page numbers
 //!        ascend strictly within a batch, and a dirty page's neighbour costs
 //!        one head byte (gap < 32), not a whole page-number varint.
 //!        Page numbers are at most MAX_PAGE_NUM.
-//!   kind 0 Zero   no payload              the page is all zero
+//!   kind 0 Zero   (no body)                       the page is all zero
 //!   kind 1        (reserved: never sent)
-//!   kind 2 Full   4096 bytes              no shadow, or a delta would not be smaller
-//!   kind 3 Delta  length (varint)  runs   the bytes that changed
+//!   kind 2 Full   4096 bytes                      no shadow, or a delta would not be smaller
+//!   kind 3 Delta  hash (u64 LE)  length (varint)  runs: the bytes that changed
+//! hash   = page_hash of the page the Delta yields
 //! runs   = (skip varint, length varint, bytes)*  skip counts from the end
 //!          of the previous run (from 0 for the first); length >= 1
 //! varint = LEB128, little-endian groups of 7 bits
 //! ```
+//!
+//! Only a Delta carries the page hash. It is what finds a Delta applied to
+//! the wrong base (a shadow the standby does not hold): nothing else could.
+//! A Zero page's hash is a constant (`ZERO_PAGE_HASH`), and a Full page's is
+//! a function of the bytes the record holds, so the standby computes it
+//! (`apply` returns it, for the image digest): sending it would detect only
+//! an encoder that hashed something other than what it sent, which the
+//! epoch's image digest (checked at EpochCommit, built from those page
+//! hashes) still finds, and the wire's AEAD covers the bytes in transit.
+//! Dropping it is what keeps a Full or Zero record no larger than QEMU's
+//! (8-byte page header, then the page or one byte).
 //!
 //! A page written with the content its shadow holds (`Same`) is not sent at
 //! all: the standby's committed page is that shadow already, and its page
@@ -28,32 +40,33 @@
 //! two runs are merged, taking the unchanged bytes between them along, when
 //! that costs no more than a second run header (exact varint sizes are
 //! compared). The run bytes are therefore never more than XBZRLE's for the
-//! same pair (each merge only lowers the running cost; see `Runs::submit`).
+//! same pair (each merge only lowers the running cost; see `merge_pays`).
 //!
-//! Encoding reads the two pages once: a SIMD pass (`simd::page_masks`)
-//! finds the 256-byte blocks that differ and, for those only, one bit per
-//! changed byte; the runs are cut from those bit masks, and the page hash is
-//! updated word by word from the shadow's hash (`page::hash_update`) instead
-//! of rehashing the page. Runs are written into a slice sized from the
-//! change count (no per-byte `Vec` bookkeeping); on x86_64 the whole
-//! encoder is compiled a second time for AVX2 with POPCNT/LZCNT/BMI1, which
-//! the bit-mask walk lives on.
+//! Encoding reads the two pages once (then the changed 64-byte lines again,
+//! from L1): `simd::page_diff` finds the lines that differ, one bit per
+//! changed byte in them, the changed bytes, and the change of the page hash
+//! (the hash is a sum of per-word terms, so the shadow's hash plus the
+//! changed lines' terms is the page's: no rehash). One tight loop then
+//! cuts the runs from the bit masks (`trailing_zeros` per run) and writes
+//! them straight into the output. On x86_64 the whole encoder is compiled a
+//! second time for AVX2 with POPCNT/LZCNT/BMI1, which the bit-mask walk
+//! lives on.
 
-use crate::page::{hash_page, hash_update, read_word, Page, PAGE_SIZE, ZERO_PAGE_HASH};
+use crate::page::{hash_page, Page, PAGE_SIZE, ZERO_PAGE_HASH};
 use crate::simd;
 use alloc::vec::Vec;
 
-/// Bytes of a record's hash.
+/// Bytes of a Delta's hash.
 pub const HASH_LEN: usize = 8;
 /// Largest page number a batch can name (a 64-bit address space of 4 KiB
 /// pages); keeps `gap << 2` and `next + 1` far from overflow.
 pub const MAX_PAGE_NUM: u64 = (1 << 52) - 1;
 /// Most bytes one record takes: head (at most 8 bytes for a gap below
-/// 2^54), hash, whole page.
-pub const MAX_PAGE_RECORD: usize = 8 + HASH_LEN + PAGE_SIZE;
-/// Most run bytes a Delta may hold: with its 2-byte length it must stay
-/// smaller than a Full payload, else the page goes Full.
-const MAX_RUN_BYTES: usize = PAGE_SIZE - 3;
+/// 2^54), then a whole page (a Delta body is smaller than one).
+pub const MAX_PAGE_RECORD: usize = 8 + PAGE_SIZE;
+/// Most run bytes a Delta may hold: with its hash and 2-byte length it must
+/// stay smaller than a Full payload, else the page goes Full.
+const MAX_RUN_BYTES: usize = PAGE_SIZE - HASH_LEN - 3;
 
 /// The kinds of record. `Same` is reported by the encoder but never sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +103,12 @@ pub struct EncodeOutcome {
 pub enum RecordRef<'a> {
     Zero,
     Full(&'a Page),
-    /// The encoded runs.
-    Delta(&'a [u8]),
+    /// The encoded runs, and the page_hash the page must have once they are
+    /// applied to its shadow.
+    Delta {
+        hash: u64,
+        runs: &'a [u8],
+    },
 }
 
 impl RecordRef<'_> {
@@ -99,7 +116,7 @@ impl RecordRef<'_> {
         match self {
             RecordRef::Zero => RecordKind::Zero,
             RecordRef::Full(_) => RecordKind::Full,
-            RecordRef::Delta(_) => RecordKind::Delta,
+            RecordRef::Delta { .. } => RecordKind::Delta,
         }
     }
 }
@@ -108,8 +125,6 @@ impl RecordRef<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRecordRef<'a> {
     pub page_num: u64,
-    /// page_hash the page must have once the record is applied.
-    pub hash: u64,
     pub record: RecordRef<'a>,
 }
 
@@ -133,14 +148,15 @@ pub enum DeltaError {
     EmptyRun,
     /// A run reaching past the end of the page.
     RunPastPage,
-    /// The applied page does not have the record's hash.
+    /// The page a Delta yields does not have the record's hash (the
+    /// shadow it was applied to is not the encoder's).
     HashMismatch,
 }
 
 /// Encodes `page` against `shadow` (hashing the shadow: `encode_with` takes
-/// a known hash and is faster) and appends the record body (hash, payload;
-/// nothing for `Same`) to `out`. Kind and page number go in the head that
-/// `BatchEncoder` writes.
+/// a known hash and is faster) and appends the record body to `out`
+/// (nothing for `Zero` and `Same`). Kind and page number go in the head
+/// that `BatchEncoder` writes.
 pub fn encode(page: &Page, shadow: Option<&Page>, out: &mut Vec<u8>) -> EncodeOutcome {
     let shadow = shadow.map(|p| Shadow { page: p, hash: hash_page(p) });
     encode_with(page, shadow, out)
@@ -172,18 +188,17 @@ impl BatchEncoder {
             return Err(DeltaError::BadPageNumber);
         }
         let gap = page_num - self.next;
-        // The head's length depends on the gap only (kind is the low two
-        // bits), so it is reserved now and filled in once the kind is known.
-        let head_len = varint_len(gap << 2 | 3);
+        // The kind is the low two bits of the head's first byte: the head is
+        // written now with kind 0, and the kind ORed in once known.
         let start = out.len();
-        out.resize(start + head_len, 0);
+        let head_len = push_varint(out, gap << 2);
         let mut o = encode_with(page, shadow, out);
         if o.kind == RecordKind::Same {
             out.truncate(start);
             o.len = 0;
             return Ok(o);
         }
-        put_varint_exact(&mut out[start..start + head_len], gap << 2 | o.kind as u64);
+        out[start] |= o.kind as u8;
         o.len += head_len;
         self.next = page_num + 1;
         Ok(o)
@@ -195,22 +210,12 @@ pub fn encode_page_record(page_num: u64, page: &Page, shadow: Option<&Page>, out
     BatchEncoder::new().encode(page_num, page, shadow, out)
 }
 
-/// Writes `v` as LEB128 filling exactly `dst` (whose length is
-/// `varint_len(v)`).
-fn put_varint_exact(dst: &mut [u8], mut v: u64) {
-    let n = dst.len();
-    for (i, b) in dst.iter_mut().enumerate() {
-        *b = (v as u8 & 0x7F) | if i + 1 < n { 0x80 } else { 0 };
-        v >>= 7;
-    }
-}
-
 /// Encodes `page` against a shadow whose hash is known and appends the
-/// record body (hash, payload; nothing for `Same`) to `out`.
+/// record body to `out` (nothing for `Zero` and `Same`).
 pub fn encode_with(page: &Page, shadow: Option<Shadow<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
     let Some(shadow) = shadow else {
         if simd::is_zero(page) {
-            return push_bare(out, RecordKind::Zero, ZERO_PAGE_HASH, 0);
+            return zero_record(0);
         }
         return push_full(out, page, hash_page(page), PAGE_SIZE);
     };
@@ -238,270 +243,230 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, out: &mut Vec<u8
 
 #[inline(always)]
 fn encode_shadowed(page: &Page, shadow: Shadow<'_>, out: &mut Vec<u8>) -> EncodeOutcome {
-    // Entries of equal blocks are not written and not read.
+    // Entries of equal lines are not written and not read.
     let mut masks = [0u64; PAGE_SIZE / 64];
-    let blocks = simd::page_masks(page, shadow.page, &mut masks);
-    if blocks == 0 {
+    let d = simd::page_diff(page, shadow.page, &mut masks);
+    if d.lines == 0 {
         return EncodeOutcome { kind: RecordKind::Same, changed_bytes: 0, hash: shadow.hash, len: 0 };
     }
-    encode_changed(page, shadow, blocks, &masks, out)
+    encode_changed(page, shadow.hash.wrapping_add(d.hash_delta), d.changed, d.lines, &masks, out)
 }
 
-fn push_bare(out: &mut Vec<u8>, kind: RecordKind, hash: u64, changed: usize) -> EncodeOutcome {
-    out.extend_from_slice(&hash.to_le_bytes());
-    EncodeOutcome { kind, changed_bytes: changed, hash, len: HASH_LEN }
+fn zero_record(changed: usize) -> EncodeOutcome {
+    EncodeOutcome { kind: RecordKind::Zero, changed_bytes: changed, hash: ZERO_PAGE_HASH, len: 0 }
 }
 
 fn push_full(out: &mut Vec<u8>, page: &Page, hash: u64, changed: usize) -> EncodeOutcome {
-    out.reserve(HASH_LEN + PAGE_SIZE);
-    out.extend_from_slice(&hash.to_le_bytes());
     out.extend_from_slice(page);
-    EncodeOutcome { kind: RecordKind::Full, changed_bytes: changed, hash, len: HASH_LEN + PAGE_SIZE }
+    EncodeOutcome { kind: RecordKind::Full, changed_bytes: changed, hash, len: PAGE_SIZE }
 }
 
-/// Changed words above which one pass of `hash_page` is cheaper than
-/// updating the hash word by word (measured: ~170 ns for the page vs ~1.5 ns
-/// per update).
-const MAX_HASH_UPDATES: usize = 96;
-
-/// Slack after the run bytes: a run write stores its two varints as two
-/// bytes each and short runs as one 8-byte copy before trimming.
+/// Room past `MAX_RUN_BYTES` that a run write may touch: it stores its two
+/// varints as one 4-byte word and short runs as one 8-byte copy; the excess
+/// is overwritten or not counted.
 const RUN_SLACK: usize = 12;
 
+/// Room a Delta body takes while it is built: hash, 2-byte length, runs.
+const DELTA_ROOM: usize = HASH_LEN + 2 + MAX_RUN_BYTES + RUN_SLACK;
+
+/// Encodes a page that differs from its shadow: `hash` is its page hash,
+/// `changed` its changed bytes, `lines` and `masks` from `simd::page_diff`.
 #[inline(always)]
-fn encode_changed(page: &Page, shadow: Shadow<'_>, blocks: u16, masks: &[u64; PAGE_SIZE / 64], out: &mut Vec<u8>) -> EncodeOutcome {
-    // One walk over the changed blocks counts changed bytes, changed words
-    // and maximal runs (a run starts at a set bit whose lower neighbour,
-    // carried across masks, is clear).
-    let (mut changed, mut words, mut starts) = (0usize, 0usize, 0usize);
-    let mut bits = blocks;
-    let mut prev_top = 0u64; // bit 63 of the previous mask, if adjacent
-    let mut prev_idx = usize::MAX;
-    while bits != 0 {
-        let j = bits.trailing_zeros() as usize;
-        bits &= bits - 1;
-        for k in 0..4 {
-            let idx = 4 * j + k;
-            let m = masks[idx];
-            let carry = if prev_idx.wrapping_add(1) == idx { prev_top } else { 0 };
-            changed += m.count_ones() as usize;
-            words += simd::byte_mask(m).count_ones() as usize;
-            starts += (m & !(m << 1 | carry)).count_ones() as usize;
-            prev_top = m >> 63;
-            prev_idx = idx;
-        }
+fn encode_changed(page: &Page, hash: u64, changed: usize, lines: u64, masks: &[u64; PAGE_SIZE / 64], out: &mut Vec<u8>) -> EncodeOutcome {
+    if hash == ZERO_PAGE_HASH && simd::is_zero(page) {
+        return zero_record(changed);
     }
     if changed > MAX_RUN_BYTES {
         // The runs alone would not beat a whole page.
-        if simd::is_zero(page) {
-            return push_bare(out, RecordKind::Zero, ZERO_PAGE_HASH, changed);
-        }
-        return push_full(out, page, hash_page(page), changed);
-    }
-
-    // Run bytes are at most XBZRLE's for the page, which is at most the
-    // changed bytes plus 4 header bytes per maximal run (skip and length
-    // are below 2^14); past MAX_RUN_BYTES the page goes Full anyway.
-    let cap = (changed + 4 * starts).min(MAX_RUN_BYTES + 1);
-    let rec_start = out.len();
-    let runs_start = rec_start + HASH_LEN + 2;
-    out.resize(runs_start + cap + RUN_SLACK, 0);
-
-    let incremental = words <= MAX_HASH_UPDATES;
-    let mut hash = shadow.hash;
-    let (run_bytes, overflow) = {
-        let mut runs = Runs::new(&mut out[runs_start..], page, cap);
-        let mut bits = blocks;
-        'blocks: while bits != 0 {
-            let j = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            for (k, &m) in masks[4 * j..4 * j + 4].iter().enumerate() {
-                if m == 0 {
-                    continue;
-                }
-                let base = j * simd::BLOCK + k * 64;
-                if incremental {
-                    // One update per changed word of these 64 bytes.
-                    let mut wm = simd::byte_mask(m) as u32;
-                    while wm != 0 {
-                        let idx = base / 8 + wm.trailing_zeros() as usize;
-                        wm &= wm - 1;
-                        hash = hash_update(hash, idx, read_word(shadow.page, idx), read_word(page, idx));
-                    }
-                }
-                runs.add_mask(base, m);
-                if runs.overflow {
-                    break 'blocks;
-                }
-            }
-        }
-        runs.finish();
-        (runs.pos, runs.overflow)
-    };
-    if !incremental || overflow {
-        hash = hash_page(page);
-    }
-
-    if hash == ZERO_PAGE_HASH && simd::is_zero(page) {
-        out.truncate(rec_start);
-        return push_bare(out, RecordKind::Zero, hash, changed);
-    }
-    if overflow || run_bytes > MAX_RUN_BYTES {
-        out.truncate(rec_start);
         return push_full(out, page, hash, changed);
     }
-    out[rec_start..rec_start + HASH_LEN].copy_from_slice(&hash.to_le_bytes());
-    out.truncate(runs_start + run_bytes);
-    if run_bytes < 0x80 {
-        // One-byte length: close the gap left for two.
-        out[runs_start - 2] = run_bytes as u8;
-        out.copy_within(runs_start.., runs_start - 1);
-        out.pop();
-    } else {
-        // run_bytes <= MAX_RUN_BYTES < 2^14: exactly two bytes.
-        out[runs_start - 2] = (run_bytes as u8 & 0x7F) | 0x80;
-        out[runs_start - 1] = (run_bytes >> 7) as u8;
+
+    // The runs go straight into reserved room after the hash and a 1-byte
+    // length (moved by one byte in the rare case the length takes two).
+    let rec_start = out.len();
+    out.reserve(DELTA_ROOM);
+    // SAFETY: rec_start + DELTA_ROOM <= capacity (reserved above); the
+    // pointer is used before `out` is touched again.
+    let runs_at = unsafe { out.as_mut_ptr().add(rec_start + HASH_LEN + 1) };
+    // SAFETY: the limit is inside the same reserved room.
+    let limit = unsafe { runs_at.add(MAX_RUN_BYTES) };
+    let Some(run_bytes) = write_runs(RunWriter { at: runs_at, limit, written_end: 0, page }, masks, lines) else {
+        return push_full(out, page, hash, changed);
+    };
+    let len_len = 1 + (run_bytes >= 0x80) as usize;
+    // SAFETY: the body fits the DELTA_ROOM bytes reserved at rec_start:
+    // HASH_LEN + len_len + run_bytes <= HASH_LEN + 2 + MAX_RUN_BYTES
+    // (write_runs keeps run_bytes <= MAX_RUN_BYTES). The runs were written
+    // (initialised) at rec_start + HASH_LEN + 1; the move handles the
+    // overlap; then every byte up to the new length is initialised.
+    unsafe {
+        let body = out.as_mut_ptr().add(rec_start);
+        core::ptr::copy_nonoverlapping(hash.to_le_bytes().as_ptr(), body, HASH_LEN);
+        if len_len == 1 {
+            *body.add(HASH_LEN) = run_bytes as u8;
+        } else {
+            // run_bytes <= MAX_RUN_BYTES < 2^14: exactly two bytes.
+            core::ptr::copy(body.add(HASH_LEN + 1), body.add(HASH_LEN + 2), run_bytes);
+            *body.add(HASH_LEN) = (run_bytes as u8 & 0x7F) | 0x80;
+            *body.add(HASH_LEN + 1) = (run_bytes >> 7) as u8;
+        }
+        out.set_len(rec_start + HASH_LEN + len_len + run_bytes);
     }
-    EncodeOutcome { kind: RecordKind::Delta, changed_bytes: changed, hash, len: out.len() - rec_start }
+    EncodeOutcome { kind: RecordKind::Delta, changed_bytes: changed, hash, len: HASH_LEN + len_len + run_bytes }
 }
 
-/// Builds the runs of one Delta into a slice of the output.
-struct Runs<'a> {
-    buf: &'a mut [u8],
-    /// Run bytes written.
-    pos: usize,
-    /// Run bytes allowed (`buf` has RUN_SLACK more).
-    cap: usize,
-    page: &'a Page,
-    /// End of the last run written: the next skip counts from here.
-    written_end: usize,
-    /// Merged run waiting to be written (`has_pending`).
-    pending: (usize, usize),
-    has_pending: bool,
-    /// Maximal run of changed bytes being extended (`has_current`).
-    current: (usize, usize),
-    has_current: bool,
-    /// The runs no longer fit: the page goes Full.
-    overflow: bool,
-}
-
-impl<'a> Runs<'a> {
-    fn new(buf: &'a mut [u8], page: &'a Page, cap: usize) -> Self {
-        Runs { buf, pos: 0, cap, page, written_end: 0, pending: (0, 0), has_pending: false, current: (0, 0), has_current: false, overflow: false }
-    }
-
-    /// Adds the changed bytes of the 64 bytes at offset `base` (mask bit i
-    /// = byte base+i changed), one maximal piece at a time.
-    #[inline(always)]
-    fn add_mask(&mut self, base: usize, mask: u64) {
-        // Bridge single unchanged bytes first: a 1-byte gap always costs
-        // less merged than apart (vlen(a+1+b) <= vlen(a) + vlen(b)), so
-        // `submit` would merge it anyway; doing it on the mask saves a
-        // piece per gap (a framebuffer's unchanged alpha bytes).
-        let mut m = mask | ((mask << 1) & (mask >> 1));
+/// Walks the changed 64-byte lines in order, cuts the maximal runs of
+/// changed bytes from their masks (`trailing_zeros` per run) and writes
+/// them, each merged into the one before when `merge_pays`. Returns the run
+/// bytes, or `None` when they would pass `MAX_RUN_BYTES` (the page goes
+/// Full).
+///
+/// A single unchanged byte between changed ones of the same line is taken
+/// into the run on the mask: that merge always pays (`v(a+1+b) <= v(a) +
+/// v(b)`) and saves a run per gap (a framebuffer's unchanged alpha bytes).
+#[inline(always)]
+fn write_runs(mut w: RunWriter<'_>, masks: &[u64; PAGE_SIZE / 64], lines: u64) -> Option<usize> {
+    let start = w.at;
+    // The pending run (ps..pe) may still take the next one in. It starts
+    // empty at the first changed byte, so the first run merges into it
+    // (gap 0) and an empty run is never written.
+    let first = lines.trailing_zeros() as usize * 64 + masks[(lines.trailing_zeros() % 64) as usize].trailing_zeros() as usize;
+    let (mut ps, mut pe) = (first, first);
+    let mut bits = lines;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let raw = masks[i];
+        let mut m = raw | ((raw << 1) & (raw >> 1));
+        let mut base = 64 * i;
         while m != 0 {
             let tz = m.trailing_zeros();
             let ones = (!(m >> tz)).trailing_zeros(); // 1..=64 - tz
-            self.add(base + tz as usize, ones as usize);
+            let s = base + tz as usize;
+            let mut e = s + ones as usize;
             if tz + ones >= 64 {
-                break;
+                // The run reaches the end of its line: it may go on.
+                let x = extend_run(masks, bits, e);
+                (e, m, base, bits) = (x.end, x.rest, x.base, x.lines);
+            } else {
+                m &= !0u64 << (tz + ones);
             }
-            m &= !0u64 << (tz + ones);
+            if s - pe <= 5 && merge_pays(pe - ps, s - pe, e - s) {
+                pe = e;
+                continue;
+            }
+            if !w.write(ps, pe) {
+                return None;
+            }
+            (ps, pe) = (s, e);
         }
     }
-
-    #[inline(always)]
-    fn add(&mut self, pos: usize, len: usize) {
-        if self.has_current && self.current.1 == pos {
-            self.current.1 += len;
-            return;
-        }
-        if self.has_current {
-            self.submit(self.current.0, self.current.1);
-        }
-        self.current = (pos, pos + len);
-        self.has_current = true;
+    if !w.write(ps, pe) {
+        return None;
     }
+    // Both point into the same reserved room, `at` at or after `start`.
+    Some(w.at as usize - start as usize)
+}
 
-    /// Takes the next maximal run. Merging it into the pending run is chosen
-    /// when the merged encoding is no longer than pending + gap header + run
-    /// header: each step then adds no more than XBZRLE's zrun/nzrun pair for
-    /// the same run, so the total never exceeds XBZRLE's.
-    #[inline(always)]
-    fn submit(&mut self, s: usize, e: usize) {
-        if !self.has_pending {
-            self.pending = (s, e);
-            self.has_pending = true;
-            return;
+/// A run extended past the end of its line.
+struct Extended {
+    /// Where the run ends.
+    end: usize,
+    /// The line it ends in (its offset), with the bits after the run, and
+    /// the changed lines still to walk.
+    base: usize,
+    rest: u64,
+    lines: u64,
+}
+
+/// Extends a run that reached `end`, the end of a line, through the leading
+/// changed bytes of the following lines. `lines` holds the changed lines
+/// not walked yet, all above the run's. Out of line: runs crossing lines
+/// are rare where speed matters (sparse writes), and the walk keeps its
+/// state in registers.
+#[cold]
+#[inline(never)]
+fn extend_run(masks: &[u64; PAGE_SIZE / 64], mut lines: u64, mut end: usize) -> Extended {
+    loop {
+        let i = end / 64;
+        if i >= 64 || lines & (1 << i) == 0 || masks[i] & 1 == 0 {
+            return Extended { end, base: 0, rest: 0, lines };
         }
-        let (ps, pe) = self.pending;
-        let (gap, l1, l2) = (s - pe, pe - ps, e - s);
-        // All lengths are below 2^14 (a page), so a varint is 1 or 2 bytes;
-        // merged costs at least gap + 1 and separate at most 6, so only
-        // gaps up to 5 can merge.
-        let v = |x: usize| 1 + (x >= 0x80) as usize;
-        if gap <= 5 && v(l1 + gap + l2) + gap <= v(l1) + v(gap) + v(l2) {
-            self.pending = (ps, e);
-        } else {
-            self.write(ps, pe);
-            self.pending = (s, e);
+        lines &= !(1 << i);
+        let m = masks[i];
+        let n = m.trailing_ones();
+        end += n as usize;
+        if n < 64 {
+            let rest = m & (!0u64 << n);
+            return Extended { end, base: 64 * i, rest: rest | ((rest << 1) & (rest >> 1)), lines };
         }
     }
+}
 
+/// Whether a run of `l1` bytes, `gap` unchanged bytes and a run of `l2`
+/// bytes cost no more as one run than as two (the second run's skip and
+/// length headers): each merge then adds no more than XBZRLE's zrun/nzrun
+/// pair for the same run, so the total never exceeds XBZRLE's. Lengths are
+/// below 2^14 (a page), so a varint is 1 or 2 bytes; merged costs at least
+/// gap + 1 and apart at most 6, so only gaps up to 5 can merge.
+#[inline(always)]
+fn merge_pays(l1: usize, gap: usize, l2: usize) -> bool {
+    let v = |x: usize| 1 + (x >= 0x80) as usize;
+    v(l1 + gap + l2) + gap <= v(l1) + v(gap) + v(l2)
+}
+
+/// Writes runs into the reserved room of a Delta.
+struct RunWriter<'a> {
+    /// Where the next run goes.
+    at: *mut u8,
+    /// End of the room for run bytes; `RUN_SLACK` more bytes are reserved
+    /// past it.
+    limit: *const u8,
+    /// End of the last run written: the next skip counts from here.
+    written_end: usize,
+    page: &'a Page,
+}
+
+impl RunWriter<'_> {
+    /// Writes run `s..e` (`written_end <= s < e`). False, writing nothing,
+    /// when it does not fit the room.
     #[inline(always)]
-    fn write(&mut self, s: usize, e: usize) {
+    fn write(&mut self, s: usize, e: usize) -> bool {
+        debug_assert!(self.written_end <= s && s < e);
         let (skip, len) = (s - self.written_end, e - s);
-        // The room a write may touch: two 2-byte varints and at least an
-        // 8-byte copy. While the runs fit `cap` it lies within `cap +
-        // RUN_SLACK`; when it does not, the runs do not fit. (`pos <=
-        // buf.len()` always: each write advances it by less than `need`.)
-        let need = 4 + len.max(8);
-        if self.buf.len() - self.pos < need || e > PAGE_SIZE {
-            self.overflow = true;
-            return;
+        // Both below 2^14 (offsets in a page): varints of 1 or 2 bytes,
+        // written as one 4-byte store without a branch on their size.
+        // LEB128 of x < 2^14 in two bytes: x + (x & !0x7F) moves bits 7..
+        // up one place (to the second byte), and the first byte's top bit
+        // says whether the second counts.
+        let (big1, big2) = ((skip >= 0x80) as usize, (len >= 0x80) as usize);
+        let v1 = skip + (skip & !0x7F) + (big1 << 7);
+        let v2 = len + (len & !0x7F) + (big2 << 7);
+        let head = (v1 | v2 << (8 + 8 * big1)) as u32;
+        let h = 2 + big1 + big2;
+        if (self.limit as usize).wrapping_sub(self.at as usize) < h + len || e > PAGE_SIZE {
+            return false;
         }
-        // Varints of values below 2^14, written as two bytes and counted
-        // as one or two: no branch on their size.
-        let n1 = 1 + (skip >= 0x80) as usize;
-        let n2 = 1 + (len >= 0x80) as usize;
-        let h = n1 + n2;
-        // SAFETY: pos + need <= buf.len() (checked above), and every store
-        // is below pos + need: the varints at pos..pos + 4, the bytes at pos
-        // + h .. pos + h + max(len, 8) with h <= 4. Page reads are s..s + 8
-        // (checked <= PAGE_SIZE) or s..e (e <= PAGE_SIZE checked above, s <
-        // e). Page and buffer are distinct objects (shared vs exclusive
-        // borrows), so the copies do not overlap.
+        // SAFETY: h + len bytes fit before `limit` (checked above), and
+        // RUN_SLACK more are reserved after it: the stores are the header
+        // word at at..at + 4 and the bytes at at + h .. at + h + max(len,
+        // 8), h <= 4. Page reads are s..s + 8 (checked <= PAGE_SIZE) or
+        // s..e (e <= PAGE_SIZE checked above). The page is borrowed shared
+        // and `at` points into the output: no overlap.
         unsafe {
-            let d = self.buf.as_mut_ptr().add(self.pos);
+            let d = self.at;
+            core::ptr::copy_nonoverlapping(head.to_le_bytes().as_ptr(), d, 4);
             let src = self.page.as_ptr().add(s);
-            *d = (skip as u8 & 0x7F) | (((n1 - 1) as u8) << 7);
-            *d.add(1) = (skip >> 7) as u8;
-            *d.add(n1) = (len as u8 & 0x7F) | (((n2 - 1) as u8) << 7);
-            *d.add(n1 + 1) = (len >> 7) as u8;
             if len <= 8 && s + 8 <= PAGE_SIZE {
-                // Short run: one fixed 8-byte copy (the excess is
-                // overwritten or trimmed), not a variable-length memcpy.
+                // Short run: one fixed 8-byte copy, not a variable memcpy.
                 core::ptr::copy_nonoverlapping(src, d.add(h), 8);
             } else {
                 core::ptr::copy_nonoverlapping(src, d.add(h), len);
             }
+            self.at = d.add(h + len);
         }
-        self.pos += h + len;
         self.written_end = e;
-        if self.pos > self.cap {
-            self.overflow = true;
-        }
-    }
-
-    fn finish(&mut self) {
-        if self.has_current {
-            self.has_current = false;
-            self.submit(self.current.0, self.current.1);
-        }
-        if self.has_pending && !self.overflow {
-            self.has_pending = false;
-            self.write(self.pending.0, self.pending.1);
-        }
+        true
     }
 }
 
@@ -550,67 +515,83 @@ fn decode_at(input: &[u8], next: u64) -> Result<(PageRecordRef<'_>, usize), Delt
     if page_num > MAX_PAGE_NUM {
         return Err(DeltaError::BadPageNumber);
     }
-    let (hash, record, m) = decode_body((head & 3) as u8, &input[n..])?;
-    Ok((PageRecordRef { page_num, hash, record }, n + m))
+    let (record, m) = decode_body((head & 3) as u8, &input[n..])?;
+    Ok((PageRecordRef { page_num, record }, n + m))
 }
 
-/// Parses a record body of `kind` at the start of `input`: its hash, the
-/// record and the bytes it took.
-pub fn decode_body(kind: u8, input: &[u8]) -> Result<(u64, RecordRef<'_>, usize), DeltaError> {
-    let h = input.get(..HASH_LEN).ok_or(DeltaError::Truncated)?;
-    let mut b = [0u8; HASH_LEN];
-    b.copy_from_slice(h);
-    let hash = u64::from_le_bytes(b);
-    let rest = &input[HASH_LEN..];
+/// Parses a record body of `kind` at the start of `input`: the record and
+/// the bytes it took.
+pub fn decode_body(kind: u8, input: &[u8]) -> Result<(RecordRef<'_>, usize), DeltaError> {
     match kind {
-        0 => Ok((hash, RecordRef::Zero, HASH_LEN)),
+        0 => Ok((RecordRef::Zero, 0)),
         2 => {
-            let bytes = rest.get(..PAGE_SIZE).ok_or(DeltaError::Truncated)?;
+            let bytes = input.get(..PAGE_SIZE).ok_or(DeltaError::Truncated)?;
             let page = <&Page>::try_from(bytes).map_err(|_| DeltaError::Truncated)?;
-            Ok((hash, RecordRef::Full(page), HASH_LEN + PAGE_SIZE))
+            Ok((RecordRef::Full(page), PAGE_SIZE))
         }
         3 => {
+            let h = input.get(..HASH_LEN).ok_or(DeltaError::Truncated)?;
+            let mut b = [0u8; HASH_LEN];
+            b.copy_from_slice(h);
+            let hash = u64::from_le_bytes(b);
+            let rest = &input[HASH_LEN..];
             let (len, n) = read_varint(rest)?;
             if len == 0 || len > PAGE_SIZE as u64 {
                 return Err(DeltaError::BadLength);
             }
             let len = len as usize;
             let runs = rest.get(n..n + len).ok_or(DeltaError::Truncated)?;
-            Ok((hash, RecordRef::Delta(runs), HASH_LEN + n + len))
+            Ok((RecordRef::Delta { hash, runs }, HASH_LEN + n + len))
         }
         k => Err(DeltaError::BadKind(k)),
     }
 }
 
-/// Rebuilds the page a record describes into `out` and checks its hash.
-/// `shadow` is this side's copy of the page as last applied. On error `out`
-/// holds unspecified content and must not be used.
-pub fn apply(shadow: Option<&Page>, rec: &PageRecordRef<'_>, out: &mut Page) -> Result<(), DeltaError> {
+/// Rebuilds the page a record describes into `out` and returns its
+/// page_hash, checked against the record's for a Delta (see the module
+/// comment for why only a Delta carries one). `shadow` is this side's copy
+/// of the page as last applied. On error `out` holds unspecified content
+/// and must not be used.
+pub fn apply(shadow: Option<&Page>, rec: &PageRecordRef<'_>, out: &mut Page) -> Result<u64, DeltaError> {
     match rec.record {
-        RecordRef::Zero => out.fill(0),
-        RecordRef::Full(p) => out.copy_from_slice(p),
-        RecordRef::Delta(runs) => {
+        RecordRef::Zero => {
+            out.fill(0);
+            Ok(ZERO_PAGE_HASH)
+        }
+        RecordRef::Full(p) => {
+            out.copy_from_slice(p);
+            Ok(hash_page(out))
+        }
+        RecordRef::Delta { hash, runs } => {
             out.copy_from_slice(shadow.ok_or(DeltaError::MissingShadow)?);
             apply_runs(runs, out)?;
+            check_hash(out, hash)
         }
     }
-    check_hash(out, rec.hash)
 }
 
 /// As `apply`, for a page that holds its shadow on entry (the standby's
 /// staging copy). On error the page holds unspecified content.
-pub fn apply_in_place(page: &mut Page, rec: &PageRecordRef<'_>) -> Result<(), DeltaError> {
+pub fn apply_in_place(page: &mut Page, rec: &PageRecordRef<'_>) -> Result<u64, DeltaError> {
     match rec.record {
-        RecordRef::Zero => page.fill(0),
-        RecordRef::Full(p) => page.copy_from_slice(p),
-        RecordRef::Delta(runs) => apply_runs(runs, page)?,
+        RecordRef::Zero => {
+            page.fill(0);
+            Ok(ZERO_PAGE_HASH)
+        }
+        RecordRef::Full(p) => {
+            page.copy_from_slice(p);
+            Ok(hash_page(page))
+        }
+        RecordRef::Delta { hash, runs } => {
+            apply_runs(runs, page)?;
+            check_hash(page, hash)
+        }
     }
-    check_hash(page, rec.hash)
 }
 
-fn check_hash(page: &Page, want: u64) -> Result<(), DeltaError> {
+fn check_hash(page: &Page, want: u64) -> Result<u64, DeltaError> {
     if hash_page(page) == want {
-        Ok(())
+        Ok(want)
     } else {
         Err(DeltaError::HashMismatch)
     }
@@ -719,14 +700,16 @@ mod tests {
         let (rec, used) = decode_page_record(&out[1..]).unwrap();
         assert_eq!(used, out.len() - 1);
         assert_eq!(rec.page_num, 42);
-        assert_eq!(rec.hash, hash_page(page));
+        if let RecordRef::Delta { hash, .. } = rec.record {
+            assert_eq!(hash, hash_page(page));
+        }
         assert_eq!(rec.record.kind(), o.kind);
         let mut back = [0x55u8; PAGE_SIZE];
-        apply(shadow, &rec, &mut back).unwrap();
+        assert_eq!(apply(shadow, &rec, &mut back), Ok(hash_page(page)));
         assert_eq!(&back, page);
         if let Some(s) = shadow {
             let mut inplace = *s;
-            apply_in_place(&mut inplace, &rec).unwrap();
+            assert_eq!(apply_in_place(&mut inplace, &rec), Ok(hash_page(page)));
             assert_eq!(&inplace, page);
         }
         (o, out[1..].to_vec())
@@ -783,8 +766,8 @@ mod tests {
         let mut theirs = Vec::new();
         let x = xbzrle::encode(&shadow, &page, PAGE_SIZE, &mut theirs);
         assert_eq!(o.kind, RecordKind::Delta);
-        let runs = match decode_body(o.kind as u8, &ours).unwrap().1 {
-            RecordRef::Delta(r) => r.len(),
+        let runs = match decode_body(o.kind as u8, &ours).unwrap().0 {
+            RecordRef::Delta { runs, .. } => runs.len(),
             other => panic!("{other:?}"),
         };
         // Kept apart: skip 10, len 127, bytes, skip 2, len 1, byte.
@@ -900,17 +883,17 @@ mod tests {
         let mut w = BatchEncoder::new();
         let mut out = Vec::new();
         // Page 3 (gap 3), page 4 Same (not sent), page 6 (gap 2 from 4),
-        // page 1000 (gap 993: a two-byte head).
-        assert_eq!(w.encode(3, &zero, None, &mut out).unwrap().len, 1 + 8);
-        assert_eq!(out[0], 3 << 2);
+        // page 1000 (gap 993: a two-byte head). A Zero record is its head.
+        assert_eq!(w.encode(3, &zero, None, &mut out).unwrap().len, 1);
+        assert_eq!(out, [3 << 2]);
         let o = w.encode(4, &a, Some(&a), &mut out).unwrap();
-        assert_eq!((o.kind, o.len, out.len()), (RecordKind::Same, 0, 9));
+        assert_eq!((o.kind, o.len, out.len()), (RecordKind::Same, 0, 1));
         let o = w.encode(6, &b, Some(&a), &mut out).unwrap();
         assert_eq!(o.kind, RecordKind::Delta);
-        assert_eq!(out[9], 2 << 2 | 3);
+        assert_eq!(out[1], 2 << 2 | 3);
         let at = out.len();
         let o = w.encode(1000, &a, None, &mut out).unwrap();
-        assert_eq!(o.len, 2 + 8 + PAGE_SIZE);
+        assert_eq!(o.len, 2 + PAGE_SIZE);
         assert_eq!(out[at..at + 2], [(993u64 << 2 | 2) as u8 | 0x80, (993u64 << 2 >> 7) as u8]);
         // Out of order, repeated or too large page numbers are refused.
         let mut scratch = Vec::new();
@@ -924,11 +907,10 @@ mod tests {
         // A head naming a page past MAX_PAGE_NUM is an error, not a wrap.
         let mut big = Vec::new();
         push_varint(&mut big, (MAX_PAGE_NUM + 1) << 2);
-        big.extend_from_slice(&ZERO_PAGE_HASH.to_le_bytes());
         assert_eq!(decode_page_record(&big), Err(DeltaError::BadPageNumber));
         let mut last = Vec::new();
         BatchEncoder::new().encode(MAX_PAGE_NUM, &zero, None, &mut last).unwrap();
-        last.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0]); // gap 0 after the last page
+        last.push(0); // a Zero record, gap 0 after the last page
         let mut d = BatchDecoder::new(&last);
         assert_eq!(d.next_record().unwrap().map(|r| r.page_num), Some(MAX_PAGE_NUM));
         assert_eq!(d.next_record(), Err(DeltaError::BadPageNumber));

@@ -28,7 +28,9 @@ use crate::crypto::{derive_session_keys, CryptoError, Opener, PairingSecret, Rol
 /// kind` (page numbers ascending within a batch, as gaps) instead of an
 /// absolute page-number varint and a kind byte, and pages written with
 /// unchanged content are not sent (EpochCommit's `page_count` counts the
-/// records sent).
+/// records sent); Zero and Full records carry no page hash (the standby
+/// computes it; Delta records keep theirs); an epoch's CpuState and
+/// DeviceState (the guest's state at the cut) come before its EpochCommit.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// First bytes of Hello/HelloAck: recognises a stream that is not VMsync.
 pub const MAGIC: [u8; 4] = *b"VMSY";

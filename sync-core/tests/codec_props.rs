@@ -85,7 +85,7 @@ fn changed(shadow: &Page, c: &Change) -> Box<Page> {
 
 fn run_bytes(record: &[u8]) -> Option<usize> {
     match decode_page_record(record).ok()?.0.record {
-        RecordRef::Delta(runs) => Some(runs.len()),
+        RecordRef::Delta { runs, .. } => Some(runs.len()),
         _ => None,
     }
 }
@@ -189,10 +189,19 @@ proptest! {
         if let Ok((rec, used)) = decode_page_record(&bad) {
             prop_assert!(used <= bad.len());
             let mut out = Box::new([0u8; PAGE_SIZE]);
-            if apply(Some(&shadow), &rec, &mut out).is_ok() {
-                // Either the damage was to the page number only (the AEAD
-                // covers it on the wire), or the page is exactly right.
-                prop_assert!(rec.page_num != 77 || out[..] == page[..]);
+            if let Ok(h) = apply(Some(&shadow), &rec, &mut out) {
+                // apply returns the hash of the page it built, which goes into
+                // the image digest checked at EpochCommit: a wrong page is
+                // refused there (hostile.rs) if not here.
+                prop_assert_eq!(h, hash_page(&out));
+                prop_assert!(out[..] == page[..] || h != hash_page(&page));
+                // A Delta is checked against its hash here already: either
+                // the damage was to the page number only (the AEAD covers it
+                // on the wire), or the page is exactly right. Zero and Full
+                // carry no hash (the standby can compute it).
+                if let RecordRef::Delta { .. } = rec.record {
+                    prop_assert!(rec.page_num != 77 || out[..] == page[..]);
+                }
             }
         }
     }
@@ -208,8 +217,11 @@ proptest! {
             prop_assert!(rec.page_num <= MAX_PAGE_NUM);
             last = Some(rec.page_num);
             let mut out = Box::new([0u8; PAGE_SIZE]);
-            if apply(Some(&shadow), &rec, &mut out).is_ok() {
-                prop_assert_eq!(hash_page(&out), rec.hash);
+            if let Ok(h) = apply(Some(&shadow), &rec, &mut out) {
+                prop_assert_eq!(hash_page(&out), h);
+                if let RecordRef::Delta { hash, .. } = rec.record {
+                    prop_assert_eq!(h, hash);
+                }
             }
             let _ = apply(None, &rec, &mut out);
         }
@@ -328,6 +340,6 @@ fn varint_and_kind_boundaries() {
     let (rec, used) = decode_page_record(&out).unwrap();
     assert_eq!((rec.page_num, used), (MAX_PAGE_NUM, out.len()));
     // Head: varint of MAX_PAGE_NUM << 2 | kind, 54 bits = 8 bytes.
-    assert_eq!(out.len(), 8 + delta::HASH_LEN + PAGE_SIZE);
+    assert_eq!(out.len(), 8 + PAGE_SIZE);
     assert_eq!(out.len(), delta::MAX_PAGE_RECORD);
 }
