@@ -172,21 +172,26 @@ fn lagging_standby_gets_whole_pages_only_where_needed() {
     }
 }
 
-/// The device that was a standby becomes active after a switch; the old
-/// active becomes its standby and receives deltas only, no full copy.
-#[test]
-fn switch_back_needs_no_full_copy() {
+/// Two epochs on the old active device, then a switch: standby 0's image
+/// becomes the new active guest (its sync made eagerly, copying the image
+/// into shadows, or lazily), and the old active's guest its standby at
+/// the same epoch. Returns the new world and that epoch.
+fn switched_world(lazy: bool) -> (World, u64) {
     let mut w = World::new(initial_guest(9), 1, Budget::Full);
     w.connect(0);
     w.cut(&[None]);
     w.write(1, 0, &[9; 100]);
     let (m, _) = w.cut(&[None]);
-    // Switch: standby 0's applier becomes the active image.
     let applier = std::mem::replace(&mut w.standbys[0].applier, sync_core::applier::Applier::new(VecMemory::zeroed(1), 0));
     let (image, hashes, committed) = applier.into_parts();
     assert_eq!(committed, m);
-    let mut new_active = sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, Budget::Full).unwrap();
-    // The old active's guest is the new standby's image at epoch m.
+    let mut new_active = if lazy {
+        let a = sync_core::epoch::ActiveSync::after_switch_lazy(hashes, committed, Budget::Full).unwrap();
+        assert_eq!(a.shadows().len(), 0, "a lazy switch copies nothing");
+        a
+    } else {
+        sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, Budget::Full).unwrap()
+    };
     let old = sync_core::applier::Applier::new(w.guest.clone(), m);
     let mut w2 = World::new(image.clone(), 0, Budget::Full);
     let id = new_active.add_standby();
@@ -195,6 +200,14 @@ fn switch_back_needs_no_full_copy() {
     w2.history.push(sync_core::digest::content_digest(&image));
     w2.standbys.push(common::Standby { id, applier: old, conn: None });
     w2.connect(0);
+    (w2, m)
+}
+
+/// The device that was a standby becomes active after a switch; the old
+/// active becomes its standby and receives deltas only, no full copy.
+#[test]
+fn switch_back_needs_no_full_copy() {
+    let (mut w2, m) = switched_world(false);
     w2.write(3, 5, &[1, 2, 3, 4]);
     let (m2, stats) = w2.cut(&[None]);
     assert_eq!(m2, m + 1);
@@ -209,23 +222,7 @@ fn switch_back_needs_no_full_copy() {
 /// written stay without a shadow and still need not be sent.
 #[test]
 fn lazy_switch_back_sends_deltas_of_written_pages_only() {
-    let mut w = World::new(initial_guest(9), 1, Budget::Full);
-    w.connect(0);
-    w.cut(&[None]);
-    w.write(1, 0, &[9; 100]);
-    let (m, _) = w.cut(&[None]);
-    let applier = std::mem::replace(&mut w.standbys[0].applier, sync_core::applier::Applier::new(VecMemory::zeroed(1), 0));
-    let (image, hashes, committed) = applier.into_parts();
-    let mut new_active = sync_core::epoch::ActiveSync::after_switch_lazy(hashes, committed, Budget::Full).unwrap();
-    assert_eq!(new_active.shadows().len(), 0, "a lazy switch copies nothing");
-    let old = sync_core::applier::Applier::new(w.guest.clone(), m);
-    let mut w2 = World::new(image.clone(), 0, Budget::Full);
-    let id = new_active.add_standby();
-    w2.active = new_active;
-    w2.history = vec![[0; 32]; m as usize];
-    w2.history.push(sync_core::digest::content_digest(&image));
-    w2.standbys.push(common::Standby { id, applier: old, conn: None });
-    w2.connect(0);
+    let (mut w2, _) = switched_world(true);
     for round in 0..3u8 {
         // The write-fault path: seed, then the write lands.
         let before = w2.guest.pages()[3];

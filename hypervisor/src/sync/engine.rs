@@ -66,13 +66,17 @@ impl Engine {
     /// Sync of a guest of `ram` starting now. With `verify_image` (zeroed,
     /// as large as guest RAM) every epoch is also applied to a local standby.
     pub fn new(spec: PolicySpec, ram: RamLayout, verify_image: Option<RawPages>, now_ns: u64) -> Result<Self, SyncError> {
-        let pages = ram.size / 4096;
-        let mut active = ActiveSync::new(pages, Budget::Full)?;
+        Self::around(ActiveSync::new(ram.size / 4096, Budget::Full)?, 0, spec, ram, verify_image, now_ns)
+    }
+
+    /// An engine over `active`, whose last cut is `base`, with the local
+    /// link (connected at `base`) that describes each epoch and feeds verify.
+    fn around(mut active: ActiveSync, base: u64, spec: PolicySpec, ram: RamLayout, verify_image: Option<RawPages>, now_ns: u64) -> Result<Self, SyncError> {
         // Fixed nonces: this pair never leaves the machine. Networked
         // sessions take fresh ones per connection.
         let (a, b) = session_pair(ram, [1; 32], [2; 32])?;
         let standby = active.add_standby();
-        active.connect(standby, 0)?;
+        active.connect(standby, base)?;
         let link = Link::new(standby, a, sync_core::compress::ZstdConfig::default())?;
         let verify = match verify_image {
             Some(img) => Some(LocalStandby::new(b, img)?),
@@ -109,24 +113,7 @@ impl Engine {
     /// its image (guest RAM now) described by `hashes`. Nothing is copied:
     /// shadows are made at each page's first write (`seed_before_write`).
     pub fn after_switch(spec: PolicySpec, ram: RamLayout, hashes: PageHashes, committed: u64, now_ns: u64) -> Result<Self, SyncError> {
-        let mut active = ActiveSync::after_switch_lazy(hashes, committed, Budget::Full)?;
-        let (a, _) = session_pair(ram, [1; 32], [2; 32])?;
-        let standby = active.add_standby();
-        active.connect(standby, committed)?;
-        let link = Link::new(standby, a, sync_core::compress::ZstdConfig::default())?;
-        Ok(Engine {
-            active,
-            link,
-            verify: None,
-            policy: spec.build(now_ns),
-            spec,
-            totals: TotalStats::default(),
-            checks: 0,
-            mismatches: 0,
-            faults_open: 0,
-            peers: None,
-            workload_start: Default::default(),
-        })
+        Self::around(ActiveSync::after_switch_lazy(hashes, committed, Budget::Full)?, committed, spec, ram, None, now_ns)
     }
 
     /// The guest is about to write `page` (its first write since the last
