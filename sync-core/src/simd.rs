@@ -131,27 +131,112 @@ pub fn page_diff(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 64]) -> PageD
 /// `page_diff` from `diff_blocks` and `block_masks` (SSE2, NEON, scalar),
 /// with the hash updated per changed u64 word.
 pub fn page_diff_generic(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 64]) -> PageDiff {
+    let (lines, changed) = line_diff_generic(a, b, masks);
+    PageDiff { lines, changed, hash_delta: hash_delta_generic(a, b, lines, masks) }
+}
+
+/// The line part of `page_diff` (masks of the changed lines, their bitmap
+/// and the changed bytes) without the hash: the encoder hashes a page
+/// with many changed lines whole, which is cheaper than line by line.
+pub fn line_diff_generic(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 64]) -> (u64, usize) {
     let mut bits = diff_blocks(a, b);
-    let mut d = PageDiff { lines: 0, changed: 0, hash_delta: 0 };
+    let (mut lines, mut changed) = (0u64, 0usize);
     while bits != 0 {
         let j = bits.trailing_zeros() as usize;
         bits &= bits - 1;
         for (k, m) in block_masks(a, b, j).into_iter().enumerate() {
             let line = 4 * j + k;
             masks[line] = m;
-            d.lines |= ((m != 0) as u64) << line;
-            d.changed += m.count_ones() as usize;
-            let mut wm = byte_mask(m);
-            while wm != 0 {
-                // < PAGE_WORDS: the mask tells the compiler so.
-                let i = (8 * line + wm.trailing_zeros() as usize) % crate::page::PAGE_WORDS;
-                wm &= wm - 1;
-                let (new, old) = (crate::page::read_word(a, i), crate::page::read_word(b, i));
-                d.hash_delta = d.hash_delta.wrapping_add(crate::page::word_term(i, new)).wrapping_sub(crate::page::word_term(i, old));
-            }
+            lines |= ((m != 0) as u64) << line;
+            changed += m.count_ones() as usize;
         }
     }
-    d
+    (lines, changed)
+}
+
+/// `hash_page(a) - hash_page(b)` from the changed words of the changed
+/// `lines` (`masks` as `line_diff_generic` left them).
+pub fn hash_delta_generic(a: &Page, b: &Page, lines: u64, masks: &[u64; PAGE_SIZE / 64]) -> u64 {
+    let mut delta = 0u64;
+    let mut bits = lines;
+    while bits != 0 {
+        let line = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let mut wm = byte_mask(masks[line]);
+        while wm != 0 {
+            // < PAGE_WORDS: the mask tells the compiler so.
+            let i = (8 * line + wm.trailing_zeros() as usize) % crate::page::PAGE_WORDS;
+            wm &= wm - 1;
+            let (new, old) = (crate::page::read_word(a, i), crate::page::read_word(b, i));
+            delta = delta.wrapping_add(crate::page::word_term(i, new)).wrapping_sub(crate::page::word_term(i, old));
+        }
+    }
+    delta
+}
+
+/// `line_diff_generic` for a CPU with AVX2 and POPCNT: one branch-free
+/// compare of 256-byte blocks, then the byte masks of the changed blocks'
+/// lines (read again, from L1).
+///
+/// # Safety
+/// The CPU must have AVX2 and POPCNT and the OS must save YMM state
+/// (`has_avx2_bits`).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+#[target_feature(enable = "avx2,popcnt")]
+pub unsafe fn line_diff_avx2(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 64]) -> (u64, usize) {
+    // SAFETY: the caller guarantees AVX2 and POPCNT.
+    unsafe { x86::line_diff_avx2(a, b, masks) }
+}
+
+/// The changed lines' bitmap (AVX2).
+///
+/// # Safety
+/// As `line_diff_avx2`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+#[target_feature(enable = "avx2,popcnt")]
+pub unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe { x86::changed_lines_avx2(a, b) }
+}
+
+/// For the changed `lines`: their masks, the changed bytes and
+/// `hash_page(a) - hash_page(b)`, each line read once (AVX2).
+///
+/// # Safety
+/// As `line_diff_avx2`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+#[target_feature(enable = "avx2,popcnt")]
+pub unsafe fn masks_and_hash_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; PAGE_SIZE / 64]) -> (usize, u64) {
+    // SAFETY: the caller guarantees AVX2 and POPCNT.
+    unsafe { x86::masks_and_hash_avx2(a, b, lines, masks) }
+}
+
+/// Masks and changed bytes of the changed `lines` (AVX2).
+///
+/// # Safety
+/// As `line_diff_avx2`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+#[target_feature(enable = "avx2,popcnt")]
+pub unsafe fn line_masks_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; PAGE_SIZE / 64]) -> usize {
+    // SAFETY: the caller guarantees AVX2 and POPCNT.
+    unsafe { x86::line_masks_avx2(a, b, lines, masks) }
+}
+
+/// `hash_delta_generic` with AVX2: the eight word terms of each changed
+/// line at once (equal words cancel).
+///
+/// # Safety
+/// As `line_diff_avx2`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+#[target_feature(enable = "avx2,popcnt")]
+pub unsafe fn hash_delta_avx2(a: &Page, b: &Page, lines: u64) -> u64 {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe { x86::hash_delta_avx2(a, b, lines) }
 }
 
 /// True when every byte of the page is zero.
@@ -348,39 +433,116 @@ mod x86 {
     /// The CPU must support AVX2 and the OS must save YMM state.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn page_diff_avx2(a: &Page, b: &Page, masks: &mut [u64; 64]) -> PageDiff {
+        // SAFETY: the caller guarantees AVX2.
+        let (lines, changed) = unsafe { line_diff_avx2(a, b, masks) };
+        // SAFETY: as above.
+        PageDiff { lines, changed, hash_delta: unsafe { hash_delta_avx2(a, b, lines) } }
+    }
+
+    /// Line bitmap, masks and changed bytes (`super::line_diff_generic`).
+    /// `changed` uses `count_ones`: a single instruction only where the
+    /// caller enables POPCNT (the encoder's AVX2 build does).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn line_diff_avx2(a: &Page, b: &Page, masks: &mut [u64; 64]) -> (u64, usize) {
+        // SAFETY: the caller guarantees AVX2.
+        let lines = unsafe { changed_lines_avx2(a, b) };
+        // SAFETY: as above.
+        (lines, unsafe { line_masks_avx2(a, b, lines, masks) })
+    }
+
+    /// Masks and changed bytes of the changed `lines`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn line_masks_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; 64]) -> usize {
+        let mut bits = lines;
+        let mut changed = 0usize;
+        while bits != 0 {
+            let w = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // SAFETY: the caller guarantees AVX2.
+            let m = unsafe { line_mask(a, b, w) };
+            masks[w % 64] = m;
+            changed += m.count_ones() as usize;
+        }
+        changed
+    }
+
+    /// Bit `i` set when 64-byte line `i` of the pages differs.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
         // Which 256-byte blocks differ: XOR, OR, one test per block, no
         // branch (as cheap per byte as `memcmp`; folding to 64-byte lines
         // here cost the unchanged pages a sixth of their speed).
         // SAFETY: the caller guarantees AVX2.
         let mut blocks = unsafe { diff_blocks_avx2(a, b) };
-        // Then the byte masks of the changed blocks' lines (again, from L1).
-        let mut words = 0u64;
+        let mut lines = 0u64;
+        // Then which lines of the changed blocks (again, from L1), so that
+        // masks are made for changed lines only.
         while blocks != 0 {
             let j = blocks.trailing_zeros() as usize;
             blocks &= blocks - 1;
+            let mut nib = 0u64;
             for k in 0..4 {
-                let w = 4 * j + k;
+                let w = (4 * j + k) % 64;
                 // SAFETY: reads 64 bytes at 64*w (w < 64) from each page;
                 // loadu has no alignment need.
-                let m = unsafe {
+                let nz = unsafe {
                     let pa = a.as_ptr().add(64 * w) as *const __m256i;
                     let pb = b.as_ptr().add(64 * w) as *const __m256i;
-                    let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb)));
-                    let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1))));
-                    !((lo as u32 as u64) | (hi as u32 as u64) << 32)
+                    let x0 = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
+                    let x1 = _mm256_xor_si256(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1)));
+                    let x = _mm256_or_si256(x0, x1);
+                    _mm256_testz_si256(x, x) == 0
                 };
-                masks[w] = m;
-                words |= ((m != 0) as u64) << w;
+                nib |= (nz as u64) << k;
             }
+            lines |= nib << (4 * j);
         }
-        // The changed bytes and the hash terms of the changed lines.
-        let mut bits = words;
+        lines
+    }
+
+    /// The byte mask of line `w`: bit `i` set when byte `64*w + i` differs.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[inline(always)]
+    unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
+        // SAFETY: reads 64 bytes at 64*(w % 64) from each page; loadu has
+        // no alignment need; the caller guarantees AVX2.
+        unsafe {
+            let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
+            let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
+            let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb)));
+            let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1))));
+            !((lo as u32 as u64) | (hi as u32 as u64) << 32)
+        }
+    }
+
+    /// `line_diff_avx2` and `hash_delta_avx2` in one walk of the changed
+    /// lines: each line's words are loaded once for its mask and its terms.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn masks_and_hash_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; 64]) -> (usize, u64) {
+        let mut bits = lines;
         let mut changed = 0usize;
         let mut delta = _mm256_setzero_si256();
         while bits != 0 {
-            let w = bits.trailing_zeros() as usize;
+            let w = bits.trailing_zeros() as usize % 64;
             bits &= bits - 1;
-            changed += masks[w].count_ones() as usize;
             let keys = crate::page::line_keys(w);
             // SAFETY: reads 64 bytes at 64*w (w < 64) from each page and the
             // line's 8 keys; loadu has no alignment need.
@@ -389,18 +551,58 @@ mod x86 {
                 let pb = b.as_ptr().add(64 * w) as *const __m256i;
                 let pk = keys.as_ptr() as *const __m256i;
                 let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
+                let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(a0, b0));
+                let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(a1, b1));
+                let m = !((lo as u32 as u64) | (hi as u32 as u64) << 32);
+                masks[w] = m;
+                changed += m.count_ones() as usize;
                 let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
                 // Equal words give equal terms: their difference is 0.
                 let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
                 delta = _mm256_add_epi64(delta, t);
             }
         }
-        let mut lanes = [0u64; 4];
-        // SAFETY: stores 32 bytes into a 32-byte array; storeu has no
-        // alignment need.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, delta) };
-        let hash_delta = lanes.iter().fold(0u64, |s, &l| s.wrapping_add(l));
-        PageDiff { lines: words, changed, hash_delta }
+        (changed, hsum(delta))
+    }
+
+    /// Wrapping sum of the four u64 lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256i) -> u64 {
+        // SAFETY: the callers run with AVX2 enabled.
+        unsafe {
+            let s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            (_mm_cvtsi128_si64(s) as u64).wrapping_add(_mm_extract_epi64::<1>(s) as u64)
+        }
+    }
+
+    /// The page hash's change over the changed `lines`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and the OS must save YMM state.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn hash_delta_avx2(a: &Page, b: &Page, lines: u64) -> u64 {
+        let mut bits = lines;
+        let mut delta = _mm256_setzero_si256();
+        while bits != 0 {
+            let w = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let keys = crate::page::line_keys(w);
+            // SAFETY: reads 64 bytes at 64*w (w < 64) from each page and the
+            // line's 8 keys; loadu has no alignment need.
+            unsafe {
+                let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
+                let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
+                let pk = keys.as_ptr() as *const __m256i;
+                let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
+                let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
+                // Equal words give equal terms: their difference is 0.
+                let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
+                delta = _mm256_add_epi64(delta, t);
+            }
+        }
+        // SAFETY: AVX2 is enabled here.
+        unsafe { hsum(delta) }
     }
 
     /// `page::word_term` of four words with their keys: `rotl32(w) +

@@ -58,6 +58,8 @@ pub struct Engine {
     pub mismatches: u64,
     faults_open: u64,
     peers: Option<super::peers::Peers>,
+    /// The local link takes part in cuts (see `cut`).
+    local_on: bool,
     /// Watches the guest console for the workload's start and steady state.
     pub workload_start: super::workload_start::WorkloadStart,
 }
@@ -93,6 +95,7 @@ impl Engine {
             mismatches: 0,
             faults_open: 0,
             peers: None,
+            local_on: true,
             workload_start: Default::default(),
         })
     }
@@ -143,15 +146,35 @@ impl Engine {
     /// its commit. The caller re-protects the pages, then calls `verify` (if
     /// on) and `finish`.
     pub fn cut<G: PageMemory>(&mut self, guest: &G, dirty: &[u64], state: &[sync_core::wire::Message]) -> Result<EpochStats, SyncError> {
-        let mut links: Vec<&mut Link> = Vec::new();
-        links.push(&mut self.link);
-        if let Some(p) = self.peers.as_mut() {
-            links.extend(p.links());
+        let last = self.active.tracker().last_cut();
+        let tracker = self.active.tracker();
+        let in_step = |l: &Link| tracker.standby(l.id()).is_some_and(|s| s.connected && s.base == last);
+        let mut peer_links: Vec<&mut Link> = self.peers.as_mut().map(|p| p.links().collect()).unwrap_or_default();
+        // The local link is encoded only when something needs it: verify
+        // applies it; without a standby in step its figures describe the
+        // epoch. Otherwise a standby in step gets the same bytes and its
+        // figures serve, and the pause does not pay for a second encoding.
+        let pick = peer_links.iter().position(|l| in_step(l));
+        let local = self.verify.is_some() || pick.is_none();
+        if local != self.local_on {
+            if local {
+                // Nobody applies the local link without verify: it may
+                // claim to hold the last cut and continue from there.
+                self.active.connect(self.link.id(), last)?;
+                self.link.out.clear();
+            } else {
+                self.active.disconnect(self.link.id())?;
+            }
+            self.local_on = local;
         }
+        let mut links: Vec<&mut Link> = Vec::new();
+        if local {
+            links.push(&mut self.link);
+        }
+        let pick = if local { 0 } else { pick.unwrap_or(0) };
+        links.append(&mut peer_links);
         let (epoch, stats) = self.active.cut_with_state(dirty.iter().copied(), guest, &mut links, state)?;
-        // The local link's figures describe the epoch (every standby in step
-        // gets the same bytes; a lagging one more, reported by the tools).
-        let mut st = stats.into_iter().next().unwrap_or_else(|| EpochStats::new(epoch));
+        let mut st = stats.into_iter().nth(pick).unwrap_or_else(|| EpochStats::new(epoch));
         st.write_faults = core::mem::take(&mut self.faults_open);
         Ok(st)
     }
