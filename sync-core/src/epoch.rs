@@ -148,7 +148,7 @@ impl ActiveSync {
         let tracker = ResumeTracker::after_switch(n, committed);
         let shadows = ShadowStore::new(n, budget).map_err(EpochError::Shadow)?;
         let mut unseeded = alloc::vec![u64::MAX; n.div_ceil(64) as usize];
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             if let Some(last) = unseeded.last_mut() {
                 *last = (1u64 << (n % 64)) - 1;
             }

@@ -164,7 +164,7 @@ pub fn at_trap_exit(vm: &mut Vm, frame: &TrapFrame) {
 /// real standby checks on its own device). Returns the epoch cut.
 pub fn cut_epoch(vm: &mut Vm, frame: Option<&TrapFrame>) -> Option<u64> {
     let start = timer::now_ticks();
-    let Some(set) = vm.mem.cut() else { return None };
+    let set = vm.mem.cut()?;
     let dirty: Vec<u64> = set.iter().collect();
     let sync_start = vm.sync_start_ticks;
     let state = frame.map(|f| {
@@ -174,7 +174,7 @@ pub fn cut_epoch(vm: &mut Vm, frame: Option<&TrapFrame>) -> Option<u64> {
         vm.platform.save(&mut devices);
         (cpu, devices)
     });
-    let Some(engine) = vm.sync.as_mut() else { return None };
+    let engine = vm.sync.as_mut()?;
     let msgs: Vec<Message> = state.iter().flat_map(|(c, d)| [Message::CpuState(c.clone()), Message::DeviceState(d.clone())]).collect();
     let mut st = match engine.cut(&vm.mem, &dirty, &msgs) {
         Ok(st) => st,
