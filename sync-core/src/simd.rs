@@ -175,8 +175,8 @@ pub fn hash_delta_generic(a: &Page, b: &Page, lines: u64, masks: &[u64; PAGE_SIZ
 }
 
 /// `line_diff_generic` for a CPU with AVX2 and POPCNT: one branch-free
-/// compare of 256-byte blocks, then the byte masks of the changed blocks'
-/// lines (read again, from L1).
+/// compare that finds the changed 64-byte lines, then their byte masks
+/// (read again, from L1).
 ///
 /// # Safety
 /// The CPU must have AVX2 and POPCNT and the OS must save YMM state
@@ -280,9 +280,10 @@ pub fn has_avx2() -> bool {
     }
 }
 
-/// `has_avx2()`, and the CPU has POPCNT, LZCNT and BMI1 (every AVX2 CPU
+/// `has_avx2()`, and the CPU has POPCNT, LZCNT, BMI1 and BMI2 (every AVX2 CPU
 /// shipped has them, but each has its own CPUID bit). Checked once.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
 pub fn has_avx2_bits() -> bool {
     use core::sync::atomic::{AtomicU8, Ordering};
     // 0 = not checked yet, 1 = no, 2 = yes. A race only repeats the check.
@@ -299,7 +300,7 @@ pub fn has_avx2_bits() -> bool {
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-mod x86 {
+pub(crate) mod x86 {
     use super::{PageDiff, BLOCK, BLOCKS};
     use crate::page::Page;
     use core::arch::x86_64::*;
@@ -323,7 +324,7 @@ mod x86 {
         l7.ebx & (1 << 5) != 0
     }
 
-    /// POPCNT (leaf 1 ECX 23), BMI1 (leaf 7 EBX 3), LZCNT (leaf 0x8000_0001
+    /// POPCNT (leaf 1 ECX 23), BMI1 and BMI2 (leaf 7 EBX 3 and 8), LZCNT (leaf 0x8000_0001
     /// ECX 5). Call only after `detect_avx2` said yes (leaf 7 exists).
     #[allow(unused_unsafe)]
     pub(super) fn detect_bits() -> bool {
@@ -332,9 +333,10 @@ mod x86 {
         // maximum first.
         unsafe {
             let popcnt = __cpuid(1).ecx & (1 << 23) != 0;
-            let bmi1 = __cpuid_count(7, 0).ebx & (1 << 3) != 0;
+            let l7 = __cpuid_count(7, 0).ebx;
+            let bmi = l7 & (1 << 3) != 0 && l7 & (1 << 8) != 0;
             let lzcnt = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 5) != 0;
-            popcnt && bmi1 && lzcnt
+            popcnt && bmi && lzcnt
         }
     }
 
@@ -476,40 +478,94 @@ mod x86 {
 
     /// Bit `i` set when 64-byte line `i` of the pages differs.
     ///
+    /// One branch-free pass, as many instructions per byte as `memcmp`:
+    /// each line's two XORs are ORed, and saturating packs (which keep a
+    /// non-zero lane non-zero) fold 16 lines into one vector whose byte `i`
+    /// is non-zero when line `i` differs, so a single movemask gives 16 or
+    /// 32 line bits. No per-line or per-block test, and no second look at
+    /// the changed blocks to find their lines.
+    ///
     /// # Safety
     /// The CPU must support AVX2 and the OS must save YMM state.
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
-        // Which 256-byte blocks differ: XOR, OR, one test per block, no
-        // branch (as cheap per byte as `memcmp`; folding to 64-byte lines
-        // here cost the unchanged pages a sixth of their speed).
         // SAFETY: the caller guarantees AVX2.
-        let mut blocks = unsafe { diff_blocks_avx2(a, b) };
-        let mut lines = 0u64;
-        // Then which lines of the changed blocks (again, from L1), so that
-        // masks are made for changed lines only.
-        while blocks != 0 {
-            let j = blocks.trailing_zeros() as usize;
-            blocks &= blocks - 1;
-            let mut nib = 0u64;
-            for k in 0..4 {
-                let w = (4 * j + k) % 64;
-                // SAFETY: reads 64 bytes at 64*w (w < 64) from each page;
-                // loadu has no alignment need.
-                let nz = unsafe {
-                    let pa = a.as_ptr().add(64 * w) as *const __m256i;
-                    let pb = b.as_ptr().add(64 * w) as *const __m256i;
-                    let x0 = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
-                    let x1 = _mm256_xor_si256(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1)));
-                    let x = _mm256_or_si256(x0, x1);
-                    _mm256_testz_si256(x, x) == 0
-                };
-                nib |= (nz as u64) << k;
-            }
-            lines |= nib << (4 * j);
+        unsafe { lines32(a, b, 0) as u64 | (lines32(a, b, 1) as u64) << 32 }
+    }
+
+    /// Bit `i` set when line `32 * half + i` differs (`changed_lines_avx2`
+    /// for half a page).
+    ///
+    /// # Safety
+    /// `half < 2`; AVX2 must be enabled in the caller.
+    #[inline(always)]
+    unsafe fn lines32(a: &Page, b: &Page, half: usize) -> u32 {
+        // SAFETY: lines 32*half .. 32*half + 32 are inside the page
+        // (half < 2); the caller enables AVX2.
+        unsafe {
+            let (w0, w1) = (lines16(a, b, 32 * (half % 2)), lines16(a, b, 32 * (half % 2) + 16));
+            // Lane 0: both halves of w0's lines; lane 1: w1's.
+            let f = _mm256_or_si256(_mm256_permute2x128_si256::<0x20>(w0, w1), _mm256_permute2x128_si256::<0x31>(w0, w1));
+            !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(f, _mm256_setzero_si256())) as u32)
         }
-        lines
+    }
+
+    /// Bit `i` set when line `16 * quarter + i` differs (`lines32` for a
+    /// quarter of the page, so that the encoder can walk one quarter's lines
+    /// while the next quarter's loads are on their way).
+    ///
+    /// # Safety
+    /// `quarter < 4`; AVX2 must be enabled in the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn lines16_bits(a: &Page, b: &Page, quarter: usize) -> u32 {
+        // SAFETY: lines 16*quarter .. 16*quarter + 16 are inside the page
+        // (quarter < 4); the caller enables AVX2.
+        unsafe {
+            let w = lines16(a, b, 16 * (quarter % 4));
+            let f = _mm_or_si128(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+            !(_mm_movemask_epi8(_mm_cmpeq_epi8(f, _mm_setzero_si128())) as u32) & 0xFFFF
+        }
+    }
+
+    /// Lines `first .. first + 16`: byte `i` of each 128-bit lane is
+    /// non-zero when line `first + i` differs (in that lane's 32 of its
+    /// bytes).
+    ///
+    /// # Safety
+    /// `first + 16 <= 64`; AVX2 must be enabled in the caller.
+    #[inline(always)]
+    unsafe fn lines16(a: &Page, b: &Page, first: usize) -> __m256i {
+        // SAFETY: as this function's contract.
+        unsafe {
+            // packs_epi32 then packs_epi16 of four vectors: lane L holds
+            // their lane-L dwords in order (signed saturation maps non-zero
+            // to non-zero).
+            let q = _mm256_packs_epi32(lines4(a, b, first), lines4(a, b, first + 4));
+            let r = _mm256_packs_epi32(lines4(a, b, first + 8), lines4(a, b, first + 12));
+            _mm256_packs_epi16(q, r)
+        }
+    }
+
+    /// Lines `first .. first + 4`: dword `k` of each lane is non-zero when
+    /// line `first + k` differs in that lane's bytes.
+    ///
+    /// # Safety
+    /// `first + 4 <= 64`; AVX2 must be enabled in the caller.
+    #[inline(always)]
+    unsafe fn lines4(a: &Page, b: &Page, first: usize) -> __m256i {
+        // SAFETY: reads 64 bytes at 64*line for line < first + 4 <= 64,
+        // inside the pages; loadu has no alignment need.
+        unsafe {
+            let line = |k: usize| {
+                let pa = a.as_ptr().add(64 * (first + k)) as *const __m256i;
+                let pb = b.as_ptr().add(64 * (first + k)) as *const __m256i;
+                let x0 = _mm256_xor_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
+                let x1 = _mm256_xor_si256(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1)));
+                _mm256_or_si256(x0, x1)
+            };
+            _mm256_packs_epi16(_mm256_packs_epi32(line(0), line(1)), _mm256_packs_epi32(line(2), line(3)))
+        }
     }
 
     /// The byte mask of line `w`: bit `i` set when byte `64*w + i` differs.
@@ -517,7 +573,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2 and the OS must save YMM state.
     #[inline(always)]
-    unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
+    pub(crate) unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
         // SAFETY: reads 64 bytes at 64*(w % 64) from each page; loadu has
         // no alignment need; the caller guarantees AVX2.
         unsafe {
@@ -539,30 +595,86 @@ mod x86 {
     pub(super) unsafe fn masks_and_hash_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; 64]) -> (usize, u64) {
         let mut bits = lines;
         let mut changed = 0usize;
-        let mut delta = _mm256_setzero_si256();
+        // SAFETY: the caller guarantees AVX2.
+        let mut acc = unsafe { HashAcc::new() };
         while bits != 0 {
             let w = bits.trailing_zeros() as usize % 64;
             bits &= bits - 1;
-            let keys = crate::page::line_keys(w);
-            // SAFETY: reads 64 bytes at 64*w (w < 64) from each page and the
-            // line's 8 keys; loadu has no alignment need.
-            unsafe {
-                let pa = a.as_ptr().add(64 * w) as *const __m256i;
-                let pb = b.as_ptr().add(64 * w) as *const __m256i;
-                let pk = keys.as_ptr() as *const __m256i;
-                let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
-                let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(a0, b0));
-                let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(a1, b1));
-                let m = !((lo as u32 as u64) | (hi as u32 as u64) << 32);
-                masks[w] = m;
-                changed += m.count_ones() as usize;
-                let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
-                // Equal words give equal terms: their difference is 0.
-                let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
-                delta = _mm256_add_epi64(delta, t);
-            }
+            // SAFETY: w < 64; the caller guarantees AVX2.
+            let m = unsafe { line_mask_hash(a, b, w, &mut acc) };
+            masks[w] = m;
+            changed += m.count_ones() as usize;
         }
-        (changed, hsum(delta))
+        // SAFETY: AVX2 is enabled here.
+        (changed, unsafe { acc.sum() })
+    }
+
+    /// The byte mask of line `w` (bit `i` set when byte `64*w + i`
+    /// differs), and its words' terms (`a`'s minus `b`'s) added to `acc`:
+    /// each word is loaded once for both.
+    ///
+    /// # Safety
+    /// `w < 64`; AVX2 must be enabled in the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn line_mask_hash(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) -> u64 {
+        let keys = crate::page::line_keys(w);
+        // SAFETY: reads 64 bytes at 64*w (w < 64) from each page and the
+        // line's 8 keys; loadu has no alignment need.
+        unsafe {
+            let pa = a.as_ptr().add(64 * w) as *const __m256i;
+            let pb = b.as_ptr().add(64 * w) as *const __m256i;
+            let pk = keys.as_ptr() as *const __m256i;
+            let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
+            let (e0, e1) = (_mm256_cmpeq_epi8(a0, b0), _mm256_cmpeq_epi8(a1, b1));
+            let (lo, hi) = (_mm256_movemask_epi8(e0), _mm256_movemask_epi8(e1));
+            let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
+            // Equal words give equal terms: their difference is 0.
+            let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
+            acc.terms = _mm256_add_epi64(acc.terms, t);
+            // 2 - (equal bytes) per byte lane: the changed bytes.
+            acc.changed = _mm256_add_epi8(acc.changed, _mm256_add_epi8(_mm256_add_epi8(e0, e1), _mm256_set1_epi8(2)));
+            !((lo as u32 as u64) | (hi as u32 as u64) << 32)
+        }
+    }
+
+    /// A sum of line terms (`line_mask_hash`), four u64 lanes kept apart
+    /// until the end, and a count of the lines' changed bytes per byte lane
+    /// (at most 2 a line: up to 127 lines; counted in a vector so the walk
+    /// keeps one general register fewer).
+    #[derive(Clone, Copy)]
+    pub(crate) struct HashAcc {
+        terms: __m256i,
+        changed: __m256i,
+    }
+
+    impl HashAcc {
+        /// # Safety
+        /// AVX2 must be enabled in the caller.
+        #[inline(always)]
+        pub(crate) unsafe fn new() -> Self {
+            // SAFETY: as this function's contract.
+            unsafe { HashAcc { terms: _mm256_setzero_si256(), changed: _mm256_setzero_si256() } }
+        }
+
+        /// The wrapping sum of the terms added.
+        ///
+        /// # Safety
+        /// AVX2 must be enabled in the caller.
+        #[inline(always)]
+        pub(crate) unsafe fn sum(self) -> u64 {
+            // SAFETY: as this function's contract.
+            unsafe { hsum(self.terms) }
+        }
+
+        /// The changed bytes of the lines added.
+        ///
+        /// # Safety
+        /// AVX2 must be enabled in the caller.
+        #[inline(always)]
+        pub(crate) unsafe fn changed(self) -> usize {
+            // SAFETY: as this function's contract.
+            unsafe { hsum(_mm256_sad_epu8(self.changed, _mm256_setzero_si256())) as usize }
+        }
     }
 
     /// Wrapping sum of the four u64 lanes.
