@@ -148,8 +148,8 @@ fn main() {
 
     println!("\nSpeed next to memcmp of the same pairs (best of 11 in this process; criterion: benches/codec.rs)\n");
     println!(
-        "{:<12} {:>9} {:>9} {:>9} {:>7} {:>7} {:>11} {:>7} {:>9} {:>7} {:>8}",
-        "pattern", "memcmp", "mc full", "encode", "/mc", "/full", "enc+hash", "/full", "xbzrle", "/full", "apply"
+        "{:<12} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>11} {:>7} {:>9} {:>7} {:>8}",
+        "pattern", "memcmp", "mc full", "encode", "/mc", "/full", "no pf", "/full", "enc+hash", "/full", "xbzrle", "/full", "apply"
     );
     for pat in &pats {
         let pairs: Vec<(&Page, &Page, u64)> = pat
@@ -169,7 +169,22 @@ fn main() {
             pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum()
         }) / n;
         let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
+        // As `ActiveSync::cut`: the next dirty page and its shadow are
+        // prefetched before the current page is encoded.
         let enc = time(iters, || {
+            out.clear();
+            let mut w = BatchEncoder::new();
+            for (i, (s, p, h)) in pairs.iter().enumerate() {
+                if let Some((ns, np, _)) = pairs.get(i + 1) {
+                    w.prefetch(np, Some(ns));
+                }
+                let sh = Some(Shadow { page: s, hash: *h });
+                let r = w.encode_with(i as u64, black_box(p), sh, &mut out);
+                black_box(r.expect("page numbers ascend"));
+            }
+            out.len()
+        }) / n;
+        let enc_npf = time(iters, || {
             out.clear();
             let mut w = BatchEncoder::new();
             for (i, (s, p, h)) in pairs.iter().enumerate() {
@@ -212,13 +227,15 @@ fn main() {
             page[0] as usize
         }) / n;
         println!(
-            "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>6.2}x {:>11.1} {:>6.2}x {:>9.1} {:>6.2}x {:>8.1}",
+            "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>6.2}x {:>9.1} {:>6.2}x {:>11.1} {:>6.2}x {:>9.1} {:>6.2}x {:>8.1}",
             pat.name,
             mc,
             mcf,
             enc,
             mc / enc,
             mcf / enc,
+            enc_npf,
+            mcf / enc_npf,
             enc_h,
             mcf / enc_h,
             xb,
@@ -229,7 +246,9 @@ fn main() {
     println!("\nns per page. /mc = memcmp (`==`, stops at the first difference) time / encode time;");
     println!("/full = whole-page memcmp (16 blocks of 256 bytes) time / that line's time. Goal: >= 0.8x");
     println!("on same and sparse pages. encode uses the shadow's cached hash (ShadowStore keeps it);");
-    println!("enc+hash hashes the shadow first (the plain `encode` API).");
+    println!("enc+hash hashes the shadow first (the plain `encode` API). encode prefetches the next");
+    println!("pair's first lines as ActiveSync::cut does; no pf is the same encoder without that hint.");
+    large_sparse_all();
 }
 
 fn print_row(name: &str, s: &Sizes, kinds: Option<[usize; 4]>) {
@@ -257,5 +276,94 @@ fn print_row(name: &str, s: &Sizes, kinds: Option<[usize; 4]>) {
         s.runs_qemu,
         r(s.runs_ours, s.runs_qemu),
         kinds
+    );
+}
+
+/// Sparse pages as a real cut meets them: many distinct pairs (more than
+/// the L2 holds), visited in a fixed pseudo-random order, so each pair
+/// comes from L3 or RAM and no hardware prefetcher runs from one pair into
+/// the next. The pattern table above measures 64 pairs (512 KiB), which
+/// stay in L2 across iterations. Same pairs and order for every column.
+/// `VMSYNC_LARGE_PAIRS=n` measures n pairs only.
+fn large_sparse_all() {
+    println!("\nSparse (1 to 16 bytes changed) and same pages, many distinct pairs in a fixed pseudo-random order\n");
+    println!("{:<7} {:>7} {:>8} {:>9} {:>9} {:>7} {:>9} {:>7}", "pattern", "pairs", "MiB", "mc full", "encode", "/full", "no pf", "/full");
+    let sizes = match std::env::var("VMSYNC_LARGE_PAIRS").ok().and_then(|v| v.parse().ok()) {
+        Some(n) => vec![n],
+        // 8 MiB (past the L2s, in the L3) and 512 MiB (past the L3: RAM).
+        None => vec![1024, 65536],
+    };
+    for n in sizes {
+        large_pairs(n, true);
+        large_pairs(n, false);
+    }
+    println!("\nencode prefetches the next pair's first lines (BatchEncoder::prefetch, as ActiveSync::cut);");
+    println!("no pf: the same encoder without the hint. mc full: as above, no prefetch.");
+}
+
+fn large_pairs(pairs_n: usize, sparse: bool) {
+    let mut x = 0x4c41_5247_4553_5053u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut shadows = vec![[0u8; PAGE_SIZE]; pairs_n];
+    for w in shadows.iter_mut().flat_map(|p| p.chunks_exact_mut(8)) {
+        w.copy_from_slice(&next().to_le_bytes());
+    }
+    let mut pages = shadows.clone();
+    for p in pages.iter_mut().filter(|_| sparse) {
+        for _ in 0..(1 + next() % 16) {
+            let at = (next() % PAGE_SIZE as u64) as usize;
+            p[at] = p[at].wrapping_add(1 + (next() % 255) as u8);
+        }
+    }
+    // A fixed permutation (Fisher-Yates).
+    let mut order: Vec<usize> = (0..pairs_n).collect();
+    for i in (1..pairs_n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    let hashes: Vec<u64> = shadows.iter().map(hash_page).collect();
+    let pairs: Vec<(&Page, &Page, u64)> = order.iter().map(|&i| (&shadows[i], &pages[i], hashes[i])).collect();
+    let n = pairs.len() as f64;
+    let iters = (20 * 1024 / pairs_n).max(1) as u32;
+    let mcf =
+        time(iters, || pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum())
+            / n;
+    let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
+    let enc = time(iters, || {
+        out.clear();
+        let mut w = BatchEncoder::new();
+        for (i, (s, p, h)) in pairs.iter().enumerate() {
+            if let Some((ns, np, _)) = pairs.get(i + 1) {
+                w.prefetch(np, Some(ns));
+            }
+            let sh = Some(Shadow { page: s, hash: *h });
+            black_box(w.encode_with(i as u64, black_box(p), sh, &mut out).expect("page numbers ascend"));
+        }
+        out.len()
+    }) / n;
+    let enc_npf = time(iters, || {
+        out.clear();
+        let mut w = BatchEncoder::new();
+        for (i, (s, p, h)) in pairs.iter().enumerate() {
+            let sh = Some(Shadow { page: s, hash: *h });
+            black_box(w.encode_with(i as u64, black_box(p), sh, &mut out).expect("page numbers ascend"));
+        }
+        out.len()
+    }) / n;
+    let name = if sparse { "sparse" } else { "same" };
+    println!(
+        "{:<7} {:>7} {:>8} {:>9.1} {:>9.1} {:>6.2}x {:>9.1} {:>6.2}x",
+        name,
+        pairs_n,
+        (2 * pairs_n * PAGE_SIZE) >> 20,
+        mcf,
+        enc,
+        mcf / enc,
+        enc_npf,
+        mcf / enc_npf
     );
 }

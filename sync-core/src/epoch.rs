@@ -12,7 +12,7 @@
 use alloc::vec::Vec;
 
 use crate::compress::{Compressor, ZstdConfig, ZstdError};
-use crate::delta::{BatchEncoder, RecordKind, MAX_PAGE_RECORD};
+use crate::delta::{self, BatchEncoder, RecordKind, MAX_PAGE_RECORD};
 use crate::digest::{PageHashes, PageMemory};
 use crate::page::hash_page;
 use crate::resume::{ResumeError, ResumeTracker, StandbyId};
@@ -277,7 +277,12 @@ impl ActiveSync {
         all.sort_unstable();
         all.dedup();
 
-        for &p in &all {
+        for (k, &p) in all.iter().enumerate() {
+            // Start loading the next page and its shadow while this one is
+            // encoded (a hint only).
+            if let Some(next) = all.get(k + 1).and_then(|&n| guest.page(n)) {
+                delta::prefetch(next, self.shadows.peek(all[k + 1]));
+            }
             let content = guest.page(p).ok_or(EpochError::PageOutOfRange)?;
             let mut sent_hash = None;
             for (link, o) in links.iter_mut().zip(outs.iter_mut()) {
