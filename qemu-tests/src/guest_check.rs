@@ -96,10 +96,14 @@ pub fn guest_lines(outputs: &[String], t: &Timeline) -> GuestLines {
                 }
                 flush(&mut g, p);
             }
+            let interrupted = lines.get(j + 1).is_none_or(|n| is_hypervisor_line(n));
             if !l.contains(LINE_PREFIX) {
+                // The prefix itself cut by hypervisor lines ("vmsync-work").
+                if interrupted && !l.is_empty() && LINE_PREFIX.starts_with(l) {
+                    pending = Some((l.to_string(), k));
+                }
                 continue;
             }
-            let interrupted = lines.get(j + 1).is_none_or(|n| is_hypervisor_line(n));
             match well_formed(l) {
                 Some(_) if !interrupted => flush(&mut g, (l.to_string(), k)),
                 _ if interrupted => pending = Some((l.to_string(), k)),

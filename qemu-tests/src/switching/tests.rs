@@ -240,6 +240,21 @@ fn workload_lines_cut_by_a_log_line_or_a_switch_are_joined() {
     assert!(v.counter_continuous && v.time_monotonic && v.problems.is_empty(), "{v:?}");
 }
 
+/// The workload's own prefix cut by two hypervisor lines (seen in a run:
+/// "vmsync-work", the digest and epoch lines of a cut, then "load: ...").
+#[test]
+fn a_workload_prefix_cut_by_hypervisor_lines_is_joined() {
+    let l2 = wl(2);
+    let (l2a, l2b) = l2.split_at(11);
+    assert_eq!(l2a, "vmsync-work");
+    let a = format!("{BOOT}{}{l2a}\nvmsync: digest epoch=3 d=00\nvmsync: epoch epoch=3 dirty_pages=1\n{l2b}{}", wl(1), wl(3));
+    let outs = vec![a];
+    let t = timeline(&outs, 0);
+    let g = guest_check::guest_lines(&outs, &t);
+    assert!(g.unreadable.is_empty(), "{:?}", g.unreadable);
+    assert_eq!(g.lines.iter().map(|l| l.line.counter).collect::<Vec<_>>(), vec![1, 2, 3]);
+}
+
 #[test]
 fn an_out_without_its_in_is_a_problem() {
     let a = format!("{BOOT}{}{}", active(1..=3, 1..=3), out_line(3, 1));
