@@ -81,6 +81,28 @@ fn qemu_wire(page_num: u64, shadow: &Page, page: &Page, out: &mut Vec<u8>) {
     }
 }
 
+/// memcmp of every 256-byte block: the whole page read, as any encoder
+/// that finds all changes must (`==` stops at the first).
+fn memcmp_full(pairs: &[(&Page, &Page, u64)]) -> usize {
+    pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum()
+}
+
+/// Encodes every pair against its shadow into `out`. With `prefetch`, as
+/// `ActiveSync::cut` does: the next page and its shadow are prefetched
+/// before the current page is encoded.
+fn encode_all(pairs: &[(&Page, &Page, u64)], prefetch: bool, out: &mut Vec<u8>) -> usize {
+    out.clear();
+    let mut w = BatchEncoder::new();
+    for (i, (s, p, h)) in pairs.iter().enumerate() {
+        if let Some((ns, np, _)) = pairs.get(i + 1).filter(|_| prefetch) {
+            w.prefetch(np, Some(ns));
+        }
+        let sh = Some(Shadow { page: s, hash: *h });
+        black_box(w.encode_with(i as u64, black_box(p), sh, out).expect("page numbers ascend"));
+    }
+    out.len()
+}
+
 /// Best-of-11 nanoseconds per call of `f` over `iters` calls (the best run
 /// is the one least disturbed by other work on the machine).
 fn time(iters: u32, mut f: impl FnMut() -> usize) -> f64 {
@@ -163,37 +185,10 @@ fn main() {
         let n = pairs.len() as f64;
         let iters = (100_000 / pairs.len()) as u32;
         let mc = time(iters, || pairs.iter().filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..])).count()) / n;
-        // memcmp of every 256-byte block: the whole page read, as any
-        // encoder that finds all changes must (`==` stops at the first).
-        let mcf = time(iters, || {
-            pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum()
-        }) / n;
+        let mcf = time(iters, || memcmp_full(&pairs)) / n;
         let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
-        // As `ActiveSync::cut`: the next dirty page and its shadow are
-        // prefetched before the current page is encoded.
-        let enc = time(iters, || {
-            out.clear();
-            let mut w = BatchEncoder::new();
-            for (i, (s, p, h)) in pairs.iter().enumerate() {
-                if let Some((ns, np, _)) = pairs.get(i + 1) {
-                    w.prefetch(np, Some(ns));
-                }
-                let sh = Some(Shadow { page: s, hash: *h });
-                let r = w.encode_with(i as u64, black_box(p), sh, &mut out);
-                black_box(r.expect("page numbers ascend"));
-            }
-            out.len()
-        }) / n;
-        let enc_npf = time(iters, || {
-            out.clear();
-            let mut w = BatchEncoder::new();
-            for (i, (s, p, h)) in pairs.iter().enumerate() {
-                let sh = Some(Shadow { page: s, hash: *h });
-                let r = w.encode_with(i as u64, black_box(p), sh, &mut out);
-                black_box(r.expect("page numbers ascend"));
-            }
-            out.len()
-        }) / n;
+        let enc = time(iters, || encode_all(&pairs, true, &mut out)) / n;
+        let enc_npf = time(iters, || encode_all(&pairs, false, &mut out)) / n;
         let enc_h = time(iters, || {
             out.clear();
             let mut w = BatchEncoder::new();
@@ -329,31 +324,10 @@ fn large_pairs(pairs_n: usize, sparse: bool) {
     let pairs: Vec<(&Page, &Page, u64)> = order.iter().map(|&i| (&shadows[i], &pages[i], hashes[i])).collect();
     let n = pairs.len() as f64;
     let iters = (20 * 1024 / pairs_n).max(1) as u32;
-    let mcf =
-        time(iters, || pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum())
-            / n;
+    let mcf = time(iters, || memcmp_full(&pairs)) / n;
     let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
-    let enc = time(iters, || {
-        out.clear();
-        let mut w = BatchEncoder::new();
-        for (i, (s, p, h)) in pairs.iter().enumerate() {
-            if let Some((ns, np, _)) = pairs.get(i + 1) {
-                w.prefetch(np, Some(ns));
-            }
-            let sh = Some(Shadow { page: s, hash: *h });
-            black_box(w.encode_with(i as u64, black_box(p), sh, &mut out).expect("page numbers ascend"));
-        }
-        out.len()
-    }) / n;
-    let enc_npf = time(iters, || {
-        out.clear();
-        let mut w = BatchEncoder::new();
-        for (i, (s, p, h)) in pairs.iter().enumerate() {
-            let sh = Some(Shadow { page: s, hash: *h });
-            black_box(w.encode_with(i as u64, black_box(p), sh, &mut out).expect("page numbers ascend"));
-        }
-        out.len()
-    }) / n;
+    let enc = time(iters, || encode_all(&pairs, true, &mut out)) / n;
+    let enc_npf = time(iters, || encode_all(&pairs, false, &mut out)) / n;
     let name = if sparse { "sparse" } else { "same" };
     println!(
         "{:<7} {:>7} {:>8} {:>9.1} {:>9.1} {:>6.2}x {:>9.1} {:>6.2}x",
