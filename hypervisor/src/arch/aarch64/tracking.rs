@@ -167,15 +167,16 @@ pub fn cut_epoch(vm: &mut Vm, frame: Option<&TrapFrame>) -> Option<u64> {
     let set = vm.mem.cut()?;
     let dirty: Vec<u64> = set.iter().collect();
     let sync_start = vm.sync_start_ticks;
-    let state = frame.map(|f| {
-        let mut cpu = Vec::new();
-        super::vcpu::capture(f, &GIC).encode(&mut cpu);
-        let mut devices = Vec::new();
-        vm.platform.save(&mut devices);
-        (cpu, devices)
-    });
+    let msgs: Vec<Message> = frame
+        .map(|f| {
+            let mut cpu = Vec::new();
+            super::vcpu::capture(f, &GIC).encode(&mut cpu);
+            let mut devices = Vec::new();
+            vm.platform.save(&mut devices);
+            alloc::vec![Message::CpuState(cpu), Message::DeviceState(devices)]
+        })
+        .unwrap_or_default();
     let engine = vm.sync.as_mut()?;
-    let msgs: Vec<Message> = state.iter().flat_map(|(c, d)| [Message::CpuState(c.clone()), Message::DeviceState(d.clone())]).collect();
     let mut st = match engine.cut(&vm.mem, &dirty, &msgs) {
         Ok(st) => st,
         Err(e) => {
@@ -184,7 +185,12 @@ pub fn cut_epoch(vm: &mut Vm, frame: Option<&TrapFrame>) -> Option<u64> {
             return None;
         }
     };
-    vm.last_state = state.map(|(cpu, devices)| GuestState { epoch: st.epoch, cpu, devices });
+    // The state sent with the epoch is kept (moved, not copied) for a
+    // hand-over, where it becomes this device's standby state.
+    vm.last_state = match <[Message; 2]>::try_from(msgs) {
+        Ok([Message::CpuState(cpu), Message::DeviceState(devices)]) => Some(GuestState { epoch: st.epoch, cpu, devices }),
+        _ => None,
+    };
     if let Some(s2) = STAGE2.lock().as_mut() {
         s2.write_protect(vboard::RAM_BASE, reprotect_set(&dirty));
     }
