@@ -16,6 +16,7 @@ use super::vectors::{self, TrapFrame};
 use super::{standby, timer, tracking, vcpu};
 use crate::memory::guest::GuestMemory;
 use crate::sync::engine::SyncError;
+use crate::sync::peers::Peers;
 use crate::sync::raw_pages::RawPages;
 use crate::sync::standby_node::{hex, StandbyNode};
 use crate::vm::Vm;
@@ -40,7 +41,7 @@ fn now_ms() -> u64 {
 pub fn hand_over(mut guard: spin::MutexGuard<'_, Option<Vm>>, frame: &mut TrapFrame, target: usize) {
     let Some(vm) = guard.as_mut() else { return };
     let start = timer::now_ticks();
-    let Some(peers) = vm.sync.as_ref().and_then(|e| e.peers()) else { return };
+    let Some(peers) = peers_of(vm) else { return };
     let Some(p) = peers.list.get(target) else { return };
     let (to, sent_before) = (p.addr.ip, p.bytes_sent);
     timer::stop();
@@ -51,12 +52,9 @@ pub fn hand_over(mut guard: spin::MutexGuard<'_, Option<Vm>>, frame: &mut TrapFr
     let Some(epoch) = tracking::cut_epoch(vm, Some(frame)) else {
         return resume_here(format_args!("the final epoch could not be cut"));
     };
-    let committed = tracking::pump_until(vm, COMMIT_WAIT_MS, |vm| {
-        let peers = vm.sync.as_ref().and_then(|e| e.peers());
-        peers.is_some_and(|p| p.list[target].acked >= epoch || !p.is_established(target))
-    });
-    let acked = vm.sync.as_ref().and_then(|e| e.peers()).is_some_and(|p| p.list[target].acked >= epoch);
-    if !committed || !acked {
+    let acked = |vm: &mut Vm| peers_of(vm).is_some_and(|p| p.list[target].acked >= epoch);
+    tracking::pump_until(vm, COMMIT_WAIT_MS, |vm| acked(vm) || !peers_of(vm).is_some_and(|p| p.is_established(target)));
+    if !acked(vm) {
         return resume_here(format_args!("{to} did not commit the final epoch {epoch} within {COMMIT_WAIT_MS} ms"));
     }
     // From here the guest belongs to the target: SwitchDone goes out and
@@ -65,12 +63,12 @@ pub fn hand_over(mut guard: spin::MutexGuard<'_, Option<Vm>>, frame: &mut TrapFr
     // Confirmed when TCP acknowledged SwitchDone, or the target closed the
     // connection with a FIN (it does so only once it took the guest over).
     let confirmed = |vm: &mut Vm| {
-        let Some(p) = vm.sync.as_ref().and_then(|e| e.peers()) else { return false };
+        let Some(p) = peers_of(vm) else { return false };
         p.list[target].finished_by_peer || crate::net::with(|n| p.delivered(target, n)).unwrap_or(false)
     };
     let confirmed = sent.is_some()
         && tracking::pump_until(vm, HANDOVER_WAIT_MS, |vm| {
-            let gone = !vm.sync.as_ref().and_then(|e| e.peers()).is_some_and(|p| p.is_established(target));
+            let gone = !peers_of(vm).is_some_and(|p| p.is_established(target));
             confirmed(vm) || gone
         })
         && confirmed(vm);
@@ -78,7 +76,7 @@ pub fn hand_over(mut guard: spin::MutexGuard<'_, Option<Vm>>, frame: &mut TrapFr
         warn!("switch: handover to {to} unconfirmed; this device becomes a standby (fail over to {to} if the guest does not resume there)");
     }
     tracking::pump_until(vm, OTHERS_WAIT_MS, |vm| {
-        let Some(p) = vm.sync.as_ref().and_then(|e| e.peers()) else { return true };
+        let Some(p) = peers_of(vm) else { return true };
         p.list.iter().enumerate().all(|(i, s)| i == target || s.acked >= epoch || !p.is_established(i))
     });
     let Some(mut vm) = guard.take() else { return };
@@ -110,6 +108,10 @@ pub fn hand_over(mut guard: spin::MutexGuard<'_, Option<Vm>>, frame: &mut TrapFr
     );
     info!("standby: holding epoch {epoch}, listening on port {}", m.config.sync.listen);
     standby::serve(node)
+}
+
+fn peers_of(vm: &Vm) -> Option<&Peers> {
+    vm.sync.as_ref().and_then(|e| e.peers())
 }
 
 /// Why a standby could not take the guest over (it stays a standby).
