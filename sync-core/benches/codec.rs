@@ -9,15 +9,15 @@
 //! pair of the pattern once, in order; a pattern holds at most 202 pairs
 //! (the framebuffer: 1.6 MiB with shadows; sparse: 64 pairs, 512 KiB), so
 //! on a CPU with a 2 MiB L2 all of them come from L2 after the first
-//! iteration. `encode` prefetches the
-//! next pair as `ActiveSync::cut` does (which helps only when pairs come
-//! from L3 or RAM). Figures for many distinct pairs, past the L2 and the
+//! iteration. `encode` names the next pair as `ActiveSync::cut` does
+//! (`encode_next`: the encoder loads it while it walks the current page's
+//! changed lines). Figures for many distinct pairs, past the L2 and the
 //! L3, in a pseudo-random order, are the last table of `codec_figures`.
 //! Sizes (ours vs XBZRLE, raw and
 //! after zstd) are printed by `cargo run --release --example codec_figures`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use sync_core::delta::{self, BatchDecoder, BatchEncoder, Shadow};
+use sync_core::delta::{self, BatchDecoder, BatchEncoder, Next, Shadow};
 use sync_core::page::{hash_page, Page, PAGE_SIZE};
 use sync_core::xbzrle;
 
@@ -29,8 +29,8 @@ fn codec(c: &mut Criterion) {
             .pairs
             .iter()
             .map(|(s, p)| {
-                let s = s.as_deref().expect("every benchmark pair has a shadow");
-                (s, &**p, hash_page(s))
+                let s: &Page = s.as_deref().expect("every benchmark pair has a shadow");
+                (s, &p.0, hash_page(s))
             })
             .collect();
         let mut g = c.benchmark_group(pat.name);
@@ -66,12 +66,11 @@ fn codec(c: &mut Criterion) {
                 out.clear();
                 let mut w = BatchEncoder::new();
                 for (i, (s, p, h)) in pairs.iter().enumerate() {
-                    // As `ActiveSync::cut`: the next page and its shadow.
-                    if let Some((ns, np, _)) = pairs.get(i + 1) {
-                        w.prefetch(np, Some(ns));
-                    }
-                    let sh = Shadow { page: black_box(*s), hash: *h };
-                    let r = w.encode_with(i as u64, black_box(*p), Some(sh), &mut out);
+                    // As `ActiveSync::cut`: with the next page and its
+                    // shadow named.
+                    let next = pairs.get(i + 1).map(|(ns, np, _)| Next { page: np, shadow: Some(ns) });
+                    let sh = Shadow { page: s, hash: *h };
+                    let r = w.encode_next(i as u64, p, Some(sh), next, &mut out);
                     black_box(r.expect("page numbers ascend"));
                 }
                 out.len()

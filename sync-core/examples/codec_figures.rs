@@ -22,8 +22,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 use sync_core::compress::{Compressor, ZstdConfig};
-use sync_core::delta::{self, BatchDecoder, BatchEncoder, RecordKind, RecordRef, Shadow};
-use sync_core::page::{hash_page, Page, PAGE_SIZE};
+use sync_core::delta::{self, BatchDecoder, BatchEncoder, Next, RecordKind, RecordRef, Shadow};
+use sync_core::page::{hash_page, AlignedPage, Page, PAGE_SIZE};
 use sync_core::simd;
 use sync_core::xbzrle::{self, XbzrleOutcome};
 
@@ -87,32 +87,35 @@ fn memcmp_full(pairs: &[(&Page, &Page, u64)]) -> usize {
     pairs.iter().map(|(s, p, _)| s.chunks_exact(256).zip(p.chunks_exact(256)).filter(|(a, b)| black_box(a) != black_box(b)).count()).sum()
 }
 
-/// Encodes every pair against its shadow into `out`. With `prefetch`, as
-/// `ActiveSync::cut` does: the next page and its shadow are prefetched
-/// before the current page is encoded.
-fn encode_all(pairs: &[(&Page, &Page, u64)], prefetch: bool, out: &mut Vec<u8>) -> usize {
+/// Encodes every pair against its shadow into `out`. With `next`, as
+/// `ActiveSync::cut` does: each page is encoded with the next one named
+/// (`BatchEncoder::encode_next`), which the encoder loads meanwhile.
+fn encode_all(pairs: &[(&Page, &Page, u64)], next: bool, out: &mut Vec<u8>) -> usize {
     out.clear();
     let mut w = BatchEncoder::new();
     for (i, (s, p, h)) in pairs.iter().enumerate() {
-        if let Some((ns, np, _)) = pairs.get(i + 1).filter(|_| prefetch) {
-            w.prefetch(np, Some(ns));
-        }
+        let n = pairs.get(i + 1).filter(|_| next).map(|(ns, np, _)| Next { page: np, shadow: Some(ns) });
         let sh = Some(Shadow { page: s, hash: *h });
-        black_box(w.encode_with(i as u64, black_box(p), sh, out).expect("page numbers ascend"));
+        black_box(w.encode_next(i as u64, black_box(p), sh, n, out).expect("page numbers ascend"));
     }
     out.len()
 }
 
-/// Best-of-11 nanoseconds per call of `f` over `iters` calls (the best run
-/// is the one least disturbed by other work on the machine).
-fn time(iters: u32, mut f: impl FnMut() -> usize) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..11 {
-        let t = Instant::now();
-        for _ in 0..iters {
-            black_box(f());
+/// Best nanoseconds per call of each of `fs` over `iters` calls, the
+/// functions taking turns for `ROUNDS` rounds: every ratio compares runs
+/// made moments apart, and the best run of each is the one least disturbed
+/// by other work on the machine (another tenant's load comes in bursts).
+fn time_together<const N: usize>(iters: u32, mut fs: [&mut dyn FnMut() -> usize; N]) -> [f64; N] {
+    const ROUNDS: usize = 41;
+    let mut best = [f64::MAX; N];
+    for _ in 0..ROUNDS {
+        for (f, b) in fs.iter_mut().zip(best.iter_mut()) {
+            let t = Instant::now();
+            for _ in 0..iters {
+                black_box(f());
+            }
+            *b = b.min(t.elapsed().as_nanos() as f64 / iters as f64);
         }
-        best = best.min(t.elapsed().as_nanos() as f64 / iters as f64);
     }
     best
 }
@@ -132,7 +135,7 @@ fn main() {
         let mut kinds = [0usize; 4];
         let mut w = BatchEncoder::new();
         for (i, (sh, page)) in pat.pairs.iter().enumerate() {
-            let sh = sh.as_deref().expect("shadowed pairs");
+            let sh: &Page = sh.as_deref().expect("shadowed pairs");
             let start = ours.len();
             let o = w.encode(FIRST_PAGE + i as u64, page, Some(sh), &mut ours).expect("page numbers ascend");
             s.changed += o.changed_bytes;
@@ -168,44 +171,24 @@ fn main() {
     println!("\no/q = ours / qemu raw; oz/q = ours+zstd / qemu as sent (QEMU does not compress XBZRLE);");
     println!("oz/qz = ours+zstd / qemu+zstd. apply on same: no records (Same pages are not sent).");
 
-    println!("\nSpeed next to memcmp of the same pairs (best of 11 in this process; criterion: benches/codec.rs)\n");
+    println!("\nSpeed next to memcmp of the same pairs (best of 41 rounds, the columns taking turns; criterion: benches/codec.rs)\n");
     println!(
         "{:<12} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>11} {:>7} {:>9} {:>7} {:>8}",
-        "pattern", "memcmp", "mc full", "encode", "/mc", "/full", "no pf", "/full", "enc+hash", "/full", "xbzrle", "/full", "apply"
+        "pattern", "memcmp", "mc full", "encode", "/mc", "/full", "1 by 1", "/full", "enc+hash", "/full", "xbzrle", "/full", "apply"
     );
     for pat in &pats {
         let pairs: Vec<(&Page, &Page, u64)> = pat
             .pairs
             .iter()
             .map(|(s, p)| {
-                let s = s.as_deref().expect("shadowed pairs");
-                (s, &**p, hash_page(s))
+                let s: &Page = s.as_deref().expect("shadowed pairs");
+                (s, &p.0, hash_page(s))
             })
             .collect();
         let n = pairs.len() as f64;
-        let iters = (100_000 / pairs.len()) as u32;
-        let mc = time(iters, || pairs.iter().filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..])).count()) / n;
-        let mcf = time(iters, || memcmp_full(&pairs)) / n;
-        let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
-        let enc = time(iters, || encode_all(&pairs, true, &mut out)) / n;
-        let enc_npf = time(iters, || encode_all(&pairs, false, &mut out)) / n;
-        let enc_h = time(iters, || {
-            out.clear();
-            let mut w = BatchEncoder::new();
-            for (i, (s, p, _)) in pairs.iter().enumerate() {
-                let r = w.encode(i as u64, black_box(p), Some(s), &mut out);
-                black_box(r.expect("page numbers ascend"));
-            }
-            out.len()
-        }) / n;
+        let iters = (10_000 / pairs.len()).max(1) as u32;
+        let (mut out1, mut out2, mut out3) = (Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32)), Vec::new(), Vec::new());
         let mut xo = Vec::with_capacity(pairs.len() * PAGE_SIZE);
-        let xb = time(iters, || {
-            xo.clear();
-            for (s, p, _) in &pairs {
-                black_box(xbzrle::encode(s, black_box(p), PAGE_SIZE, &mut xo));
-            }
-            xo.len()
-        }) / n;
         let mut batch = Vec::new();
         let mut w = BatchEncoder::new();
         for (i, (s, p, h)) in pairs.iter().enumerate() {
@@ -213,14 +196,41 @@ fn main() {
             w.encode_with(i as u64, p, sh, &mut batch).expect("page numbers ascend");
         }
         let mut page = Box::new([0u8; PAGE_SIZE]);
-        let ap = time(iters, || {
-            let mut records = BatchDecoder::new(&batch);
-            while let Some(rec) = records.next_record().expect("valid") {
-                let (s, _, _) = pairs[rec.page_num as usize];
-                delta::apply(Some(s), &rec, &mut page).expect("applies");
-            }
-            page[0] as usize
-        }) / n;
+        let t = time_together(
+            iters,
+            [
+                &mut || pairs.iter().filter(|(s, p, _)| black_box(&s[..]) == black_box(&p[..])).count(),
+                &mut || memcmp_full(&pairs),
+                &mut || encode_all(&pairs, true, &mut out1),
+                &mut || encode_all(&pairs, false, &mut out2),
+                &mut || {
+                    out3.clear();
+                    let mut w = BatchEncoder::new();
+                    for (i, (s, p, _)) in pairs.iter().enumerate() {
+                        let r = w.encode(i as u64, black_box(p), Some(s), &mut out3);
+                        black_box(r.expect("page numbers ascend"));
+                    }
+                    out3.len()
+                },
+                &mut || {
+                    xo.clear();
+                    for (s, p, _) in &pairs {
+                        black_box(xbzrle::encode(s, black_box(p), PAGE_SIZE, &mut xo));
+                    }
+                    xo.len()
+                },
+                &mut || {
+                    let mut records = BatchDecoder::new(&batch);
+                    while let Some(rec) = records.next_record().expect("valid") {
+                        let (s, _, _) = pairs[rec.page_num as usize];
+                        delta::apply(Some(s), &rec, &mut page).expect("applies");
+                    }
+                    page[0] as usize
+                },
+            ],
+        )
+        .map(|x| x / n);
+        let [mc, mcf, enc, enc_npf, enc_h, xb, ap] = t;
         println!(
             "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>6.2}x {:>9.1} {:>6.2}x {:>11.1} {:>6.2}x {:>9.1} {:>6.2}x {:>8.1}",
             pat.name,
@@ -241,8 +251,10 @@ fn main() {
     println!("\nns per page. /mc = memcmp (`==`, stops at the first difference) time / encode time;");
     println!("/full = whole-page memcmp (16 blocks of 256 bytes) time / that line's time. Goal: >= 0.8x");
     println!("on same and sparse pages. encode uses the shadow's cached hash (ShadowStore keeps it);");
-    println!("enc+hash hashes the shadow first (the plain `encode` API). encode prefetches the next");
-    println!("pair's first lines as ActiveSync::cut does; no pf is the same encoder without that hint.");
+    println!("enc+hash hashes the shadow first (the plain `encode` API). encode names the next pair");
+    println!("(encode_next, as ActiveSync::cut), which the encoder loads while it walks this page's changes;");
+    println!("1 by 1 is the same encoder without it (`encode_with`). Pages are 4 KiB aligned, as guest");
+    println!("pages and ShadowStore's shadows are.");
     large_sparse_all();
 }
 
@@ -282,7 +294,7 @@ fn print_row(name: &str, s: &Sizes, kinds: Option<[usize; 4]>) {
 /// `VMSYNC_LARGE_PAIRS=n` measures n pairs only.
 fn large_sparse_all() {
     println!("\nSparse (1 to 16 bytes changed) and same pages, many distinct pairs in a fixed pseudo-random order\n");
-    println!("{:<7} {:>7} {:>8} {:>9} {:>9} {:>7} {:>9} {:>7}", "pattern", "pairs", "MiB", "mc full", "encode", "/full", "no pf", "/full");
+    println!("{:<7} {:>7} {:>8} {:>9} {:>9} {:>7} {:>9} {:>7}", "pattern", "pairs", "MiB", "mc full", "encode", "/full", "1 by 1", "/full");
     let sizes = match std::env::var("VMSYNC_LARGE_PAIRS").ok().and_then(|v| v.parse().ok()) {
         Some(n) => vec![n],
         // 8 MiB (past the L2s, in the L3) and 512 MiB (past the L3: RAM).
@@ -292,8 +304,8 @@ fn large_sparse_all() {
         large_pairs(n, true);
         large_pairs(n, false);
     }
-    println!("\nencode prefetches the next pair's first lines (BatchEncoder::prefetch, as ActiveSync::cut);");
-    println!("no pf: the same encoder without the hint. mc full: as above, no prefetch.");
+    println!("\nencode: with the next pair named (encode_next, as ActiveSync::cut); 1 by 1: without.");
+    println!("mc full: as above.");
 }
 
 fn large_pairs(pairs_n: usize, sparse: bool) {
@@ -304,8 +316,8 @@ fn large_pairs(pairs_n: usize, sparse: bool) {
         x ^= x << 17;
         x
     };
-    let mut shadows = vec![[0u8; PAGE_SIZE]; pairs_n];
-    for w in shadows.iter_mut().flat_map(|p| p.chunks_exact_mut(8)) {
+    let mut shadows = vec![AlignedPage::ZERO; pairs_n];
+    for w in shadows.iter_mut().flat_map(|p| p.0.chunks_exact_mut(8)) {
         w.copy_from_slice(&next().to_le_bytes());
     }
     let mut pages = shadows.clone();
@@ -320,14 +332,14 @@ fn large_pairs(pairs_n: usize, sparse: bool) {
     for i in (1..pairs_n).rev() {
         order.swap(i, (next() % (i as u64 + 1)) as usize);
     }
-    let hashes: Vec<u64> = shadows.iter().map(hash_page).collect();
-    let pairs: Vec<(&Page, &Page, u64)> = order.iter().map(|&i| (&shadows[i], &pages[i], hashes[i])).collect();
+    let hashes: Vec<u64> = shadows.iter().map(|s| hash_page(s)).collect();
+    let pairs: Vec<(&Page, &Page, u64)> = order.iter().map(|&i| (&shadows[i].0, &pages[i].0, hashes[i])).collect();
     let n = pairs.len() as f64;
-    let iters = (20 * 1024 / pairs_n).max(1) as u32;
-    let mcf = time(iters, || memcmp_full(&pairs)) / n;
-    let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
-    let enc = time(iters, || encode_all(&pairs, true, &mut out)) / n;
-    let enc_npf = time(iters, || encode_all(&pairs, false, &mut out)) / n;
+    let iters = (2 * 1024 / pairs_n).max(1) as u32;
+    let (mut out1, mut out2) = (Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32)), Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32)));
+    let [mcf, enc, enc_npf] =
+        time_together(iters, [&mut || memcmp_full(&pairs), &mut || encode_all(&pairs, true, &mut out1), &mut || encode_all(&pairs, false, &mut out2)])
+            .map(|x| x / n);
     let name = if sparse { "sparse" } else { "same" };
     println!(
         "{:<7} {:>7} {:>8} {:>9.1} {:>9.1} {:>6.2}x {:>9.1} {:>6.2}x",

@@ -5,13 +5,14 @@
 //!   target/release/examples/codec_profile sparse encode 100`
 //!
 //! then instructions per page = Ir / (pairs x iterations). Modes: `encode`
-//! (cached shadow hash, as `ActiveSync::cut` does), `encode_pf` (the same,
-//! with `BatchEncoder::prefetch` of the next pair first, as `ActiveSync::cut`
-//! does: 16 prefetch instructions and a branch per page), `memcmp_full` (16
-//! 256-byte `!=` per page, as the criterion baseline), `memcmp` (`==`).
+//! (cached shadow hash), `encode_next` (as `ActiveSync::cut`: each page
+//! encoded with the next one named, which it prefetches while it walks its
+//! changed lines),
+//! `memcmp_full` (16 256-byte `!=` per page, as the criterion baseline),
+//! `memcmp` (`==`).
 
 use std::hint::black_box;
-use sync_core::delta::{BatchEncoder, Shadow};
+use sync_core::delta::{BatchEncoder, Next, Shadow};
 use sync_core::page::{hash_page, Page, PAGE_SIZE};
 
 #[path = "../benches/patterns/mod.rs"]
@@ -29,17 +30,16 @@ fn encode_pass(pairs: &[(&Page, &Page, u64)], out: &mut Vec<u8>) -> usize {
     out.len()
 }
 
-/// As `encode_pass`, prefetching the next pair first (as `ActiveSync::cut`).
+/// As `encode_pass`, naming the next pair (`encode_next`, as
+/// `ActiveSync::cut`).
 #[inline(never)]
-fn encode_pf_pass(pairs: &[(&Page, &Page, u64)], out: &mut Vec<u8>) -> usize {
+fn encode_next_pass(pairs: &[(&Page, &Page, u64)], out: &mut Vec<u8>) -> usize {
     out.clear();
     let mut w = BatchEncoder::new();
     for (i, (s, p, h)) in pairs.iter().enumerate() {
-        if let Some((ns, np, _)) = pairs.get(i + 1) {
-            w.prefetch(np, Some(ns));
-        }
+        let next = pairs.get(i + 1).map(|(ns, np, _)| Next { page: np, shadow: Some(ns) });
         let sh = Shadow { page: s, hash: *h };
-        let _ = w.encode_with(i as u64, black_box(p), Some(sh), out);
+        let _ = w.encode_next(i as u64, black_box(p), Some(sh), next, out);
     }
     out.len()
 }
@@ -62,7 +62,7 @@ fn memcmp_pass(pairs: &[(&Page, &Page, u64)]) -> usize {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "codec_profile <pattern> <encode|encode_pf|memcmp_full|memcmp> <iterations>";
+    let usage = "codec_profile <pattern> <encode|encode_next|memcmp_full|memcmp> <iterations>";
     let (Some(name), Some(mode), Some(iters)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -73,13 +73,13 @@ fn main() {
         eprintln!("no pattern {name}");
         std::process::exit(2);
     };
-    let pairs: Vec<(&Page, &Page, u64)> = pat.pairs.iter().filter_map(|(s, p)| s.as_deref().map(|s| (s, &**p, hash_page(s)))).collect();
+    let pairs: Vec<(&Page, &Page, u64)> = pat.pairs.iter().filter_map(|(s, p)| s.as_deref().map(|s| (&s.0, &p.0, hash_page(s)))).collect();
     let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
     let mut sink = 0;
     for _ in 0..iters {
         sink += match mode.as_str() {
             "encode" => encode_pass(&pairs, &mut out),
-            "encode_pf" => encode_pf_pass(&pairs, &mut out),
+            "encode_next" => encode_next_pass(&pairs, &mut out),
             "memcmp_full" => memcmp_full_pass(&pairs),
             "memcmp" => memcmp_pass(&pairs),
             _ => {

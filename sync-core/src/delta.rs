@@ -52,9 +52,10 @@
 //! them straight into the output. On x86_64 the whole encoder is compiled a
 //! second time for AVX2 with POPCNT/LZCNT/BMI1/BMI2, which the bit-mask
 //! walk lives on (BMI2 for shifts by a register without RCX). That build
-//! compares a quarter page ahead of the walk and walks each changed line
-//! once (mask, hash terms and runs together), so a sparse page's few lines
-//! cost their work while the rest of the page is still loading
+//! walks each changed line once (mask, hash terms and runs together), with
+//! a straight path for the line of a sparse write, and while it walks it
+//! loads the batch's next page into L1 (`BatchEncoder::encode_next`), so
+//! that the next page's compare finds its data there
 //! (`encode_shadowed_avx2`).
 
 use crate::page::{hash_page, Page, PAGE_SIZE, ZERO_PAGE_HASH};
@@ -185,17 +186,40 @@ impl BatchEncoder {
         self.encode_with(page_num, page, shadow, out)
     }
 
-    /// `prefetch(next_page, next_shadow)`: call it with the next page of
-    /// the batch and its shadow before encoding the current page.
-    #[inline(always)]
-    pub fn prefetch(&self, next_page: &Page, next_shadow: Option<&Page>) {
-        prefetch(next_page, next_shadow);
-    }
-
     /// Appends the record of `page_num`, whose shadow's hash is known.
     /// Page numbers must ascend strictly within a batch; a `Same` page
     /// appends nothing and does not count as the previous page.
     pub fn encode_with(&mut self, page_num: u64, page: &Page, shadow: Option<Shadow<'_>>, out: &mut Vec<u8>) -> Result<EncodeOutcome, DeltaError> {
+        self.encode_compared(page_num, page, shadow, None, out)
+    }
+
+    /// `encode_with` for a batch's page loop, given the page it encodes
+    /// next (`None` for the last): while this page's changed lines are
+    /// walked, the next page and its shadow are loaded into L1, a few lines
+    /// per changed line, so that the walk's work overlaps the loads the next
+    /// page's compare would otherwise wait for. The CPU's own prefetchers
+    /// do not cross into another 4 KiB page. The same bytes as
+    /// `encode_with`.
+    pub fn encode_next(
+        &mut self,
+        page_num: u64,
+        page: &Page,
+        shadow: Option<Shadow<'_>>,
+        next: Option<Next<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodeOutcome, DeltaError> {
+        self.encode_compared(page_num, page, shadow, next, out)
+    }
+
+    #[inline(always)]
+    fn encode_compared(
+        &mut self,
+        page_num: u64,
+        page: &Page,
+        shadow: Option<Shadow<'_>>,
+        next: Option<Next<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodeOutcome, DeltaError> {
         if page_num < self.next || page_num > MAX_PAGE_NUM {
             return Err(DeltaError::BadPageNumber);
         }
@@ -204,7 +228,7 @@ impl BatchEncoder {
         // written now with kind 0, and the kind ORed in once known.
         let start = out.len();
         let head_len = push_varint(out, gap << 2);
-        let mut o = encode_with(page, shadow, out);
+        let mut o = encode_before(page, shadow, next, out);
         if o.kind == RecordKind::Same {
             out.truncate(start);
             o.len = 0;
@@ -217,25 +241,12 @@ impl BatchEncoder {
     }
 }
 
-/// A hint for a batch's page loop: called with the *next* page and its
-/// shadow before the current one is encoded, it starts loading their first
-/// `PREFETCH_LINES` lines, so that they arrive while the current page is
-/// encoded. The CPU's own prefetchers do not cross into another 4 KiB
-/// page, so without it every page starts with a wait for its first lines
-/// from L3 or RAM; the rest of the page streams in behind them. Results do
-/// not depend on it.
-#[inline(always)]
-pub fn prefetch(next_page: &Page, next_shadow: Option<&Page>) {
-    simd::prefetch_lines(next_page, PREFETCH_LINES);
-    if let Some(s) = next_shadow {
-        simd::prefetch_lines(s, PREFETCH_LINES);
-    }
-}
-
-/// Lines of the next page (and of its shadow) `prefetch` asks for. A few
-/// lines are enough to hide the start of the next page (measured from RAM:
-/// 4, 8 and 16 alike); a whole page pair (128 lines) is slower than none,
-/// its requests queue in front of the current page's loads.
+/// Lines of the next page (and of its shadow) prefetched before a page is
+/// compared, and per changed line the AVX2 walk takes. A few lines before
+/// the compare hide the start of the next page when it comes from RAM
+/// (measured: 4, 8 and 16 alike); a whole page pair (128 lines) at once is
+/// slower than none, its requests queue in front of the current page's
+/// loads. Spread over the walk they overlap its work instead.
 const PREFETCH_LINES: usize = 8;
 
 /// A batch of one record: `BatchEncoder::new().encode(..)`.
@@ -248,16 +259,49 @@ pub fn encode_page_record(page_num: u64, page: &Page, shadow: Option<&Page>, out
 /// dispatch only, so a batch's page loop calls the encoder directly.
 #[inline(always)]
 pub fn encode_with(page: &Page, shadow: Option<Shadow<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
+    encode_before(page, shadow, None, out)
+}
+
+/// `encode_with`, loading `next` (the batch's next page and its shadow)
+/// into the cache meanwhile: see `BatchEncoder::encode_next`.
+#[inline(always)]
+fn encode_before(page: &Page, shadow: Option<Shadow<'_>>, next: Option<Next<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
     let Some(shadow) = shadow else {
+        if let Some(n) = next {
+            n.prefetch(0..PREFETCH_LINES);
+        }
         return encode_unshadowed(page, out);
     };
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if simd::has_avx2_bits() {
         // SAFETY: has_avx2_bits() checked CPUID for AVX2, POPCNT, LZCNT,
         // BMI1 and BMI2, and that the OS saves YMM state.
-        return unsafe { encode_shadowed_avx2(page, shadow, out) };
+        return unsafe { encode_shadowed_avx2(page, shadow, next, out) };
+    }
+    if let Some(n) = next {
+        n.prefetch(0..PREFETCH_LINES);
     }
     encode_shadowed(page, shadow, out)
+}
+
+/// The page a batch encodes after the current one, and its shadow: the
+/// encoder loads them into L1 while it works on the current page
+/// (`BatchEncoder::encode_next`).
+#[derive(Clone, Copy, Debug)]
+pub struct Next<'a> {
+    pub page: &'a Page,
+    pub shadow: Option<&'a Page>,
+}
+
+impl Next<'_> {
+    /// Prefetches `lines` of the page and of its shadow (a hint).
+    #[inline(always)]
+    fn prefetch(&self, lines: core::ops::Range<usize>) {
+        simd::prefetch_lines(self.page, lines.clone());
+        if let Some(s) = self.shadow {
+            simd::prefetch_lines(s, lines);
+        }
+    }
 }
 
 /// A page without a shadow: Zero or Full.
@@ -271,136 +315,121 @@ fn encode_unshadowed(page: &Page, out: &mut Vec<u8>) -> EncodeOutcome {
 
 /// The encoder on a CPU with AVX2 and the bit instructions the mask walk
 /// uses (POPCNT, LZCNT, TZCNT): without them `count_ones` is a dozen
-/// instructions.
+/// instructions. `next` is the batch's next page (`BatchEncoder::encode_next`).
+///
+/// One branch-free compare of the whole page gives the changed lines; one
+/// loop then walks them, each line loaded once more (from L1) for its byte
+/// mask, its equal bytes, its hash terms and its runs. A sparse page costs
+/// one hard-to-predict branch (the loop's end), not one per part of the
+/// page. A sparse write's line (one short run) takes a straight path: the
+/// hash terms of the 16-byte chunk that holds the run (`add_chunk`, both
+/// pages' words in one vector) and its run written at once; any other line
+/// goes through `walk_line`. A run that merges into the one before rewrites
+/// that one (`merge_into_last`), so the walk keeps only the write position,
+/// the last run's record and its end in registers. Each line walked also
+/// prefetches `PREFETCH_LINES` lines of the next page and of its shadow,
+/// which their loads (L2 or further) overlap.
 ///
 /// # Safety
 /// The CPU must have AVX2, POPCNT, LZCNT, BMI1 and BMI2, and the OS must
 /// save YMM state.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[target_feature(enable = "avx2,popcnt,lzcnt,bmi1,bmi2")]
-unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, out: &mut Vec<u8>) -> EncodeOutcome {
-    use simd::x86::{line_mask, line_mask_hash, lines16_bits, HashAcc};
+unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Next<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
+    use simd::x86::{add_chunk, add_line, line_mask_counted, HashAcc};
     let (a, b) = (page, shadow.page);
-    // The compare goes a quarter page (16 lines) ahead of the walk of the
-    // changed lines: the walk of a quarter's few lines (mask, hash terms,
-    // runs) runs while the next quarter's loads are coming from L2. The
-    // compare is bound by those loads, not by instructions, and the walk
-    // after a whole-page compare would wait for all of them first.
-    // SAFETY (every call of lines16_bits, line_mask, line_mask_hash,
-    // HashAcc, page_lines_avx2, encode_dense_avx2 and extend_run_avx2
-    // below): the caller checked the features enabled here; quarters are
-    // < 4 and line numbers (from the bitmaps, or `% 64`) < 64.
-    let mut next = unsafe { lines16_bits(a, b, 0) } as u64;
-    // Quarters taken.
-    let mut q = 0usize;
-    // SAFETY: as above.
-    let mut acc = unsafe { HashAcc::new() };
-    // Where the record's runs start and go, set at the first changed line
-    // (null until then: the page is Same if it stays null).
-    let rec_start = out.len();
-    let (mut runs_at, mut at) = (core::ptr::null_mut::<u8>(), core::ptr::null_mut::<u8>());
-    // The pending run and its skip (see write_runs).
-    let (mut ps, mut pe, mut pskip) = (0usize, 0usize, 0usize);
-    // Per quarter, then per changed line in it: the quarter's state is
-    // touched once per quarter, not once per line.
-    while q < 4 {
-        let cur = next;
-        if q < 3 {
-            // SAFETY: as above (q + 1 < 4).
-            next = unsafe { lines16_bits(a, b, q + 1) } as u64;
-        }
-        // The quarter's changed lines still to walk.
-        let mut bits = cur << (16 * q);
-        q += 1;
-        if bits == 0 {
-            continue;
-        }
-        if cur.count_ones() > SPARSE_QUARTER_LINES {
-            // Not sparse: the whole page's lines (again, from L1 for
-            // the quarters compared), then walk them all from the start
-            // if few, else the dense path.
-            let lines = if at.is_null() {
-                // Nothing walked: the quarters before this one are equal,
-                // and the next one is compared already.
-                let next = if q < 4 { next << (16 * q) } else { 0 };
-                // SAFETY: as above.
-                bits | next | unsafe { page_lines_avx2(a, b, q + 1) }
-            } else {
-                // SAFETY: as above.
-                unsafe { page_lines_avx2(a, b, 0) }
-            };
-            if lines.count_ones() > HASH_LINES {
-                // SAFETY: as above.
-                return unsafe { encode_dense_avx2(page, shadow.page, lines, out) };
-            }
-            (q, bits, at) = (4, lines, core::ptr::null_mut());
-            // SAFETY: as above.
-            acc = unsafe { HashAcc::new() };
-        }
-        if at.is_null() {
-            // The page's first changed line. The runs go straight into
-            // reserved room after the hash and a 1-byte length.
-            out.reserve(DELTA_ROOM);
-            // SAFETY: rec_start + DELTA_ROOM <= capacity (reserved
-            // above); `out` is not touched again until finish_delta or
-            // a return that leaves its length. At most
-            // FEW_LINES_RUN_BYTES run bytes are written (see there) and
-            // each put_run touches at most RUN_SLACK bytes past its
-            // run, all inside the reserved room.
-            runs_at = unsafe { out.as_mut_ptr().add(rec_start + HASH_LEN + 1) };
-            at = runs_at;
-            let i = bits.trailing_zeros() as usize % 64;
-            // The pending run starts empty at the first changed byte:
-            // the first run merges into it (gap 0) and an empty run is
-            // never written.
-            // SAFETY: as above.
-            let first = 64 * i + unsafe { line_mask(a, b, i) }.trailing_zeros() as usize;
-            (ps, pe, pskip) = (first, first, first);
-        }
-        while bits != 0 {
-            let i = bits.trailing_zeros() as usize % 64;
-            bits &= bits - 1;
-            // SAFETY: as above.
-            let raw = unsafe { line_mask_hash(a, b, i, &mut acc) };
-            let base = 64 * i;
-            let mut rest = raw;
-            if pe > base {
-                // A run of the line before took this line's leading bytes.
-                let n = pe - base;
-                rest = if n < 64 { raw & (!0u64 << n) } else { 0 };
-            }
-            // Single unchanged bytes inside the line join the runs (as in
-            // write_runs).
-            let mut m = rest | ((rest << 1) & (rest >> 1));
-            while m != 0 {
-                // m + lowest bit clears the lowest run and sets the bit after
-                // it; 0 when the run reaches the line's end.
-                let t = m.wrapping_add(m & m.wrapping_neg());
-                let s = base + m.trailing_zeros() as usize;
-                let mut e = base + t.trailing_zeros() as usize;
-                m &= t;
-                if t == 0 {
-                    // SAFETY: as above.
-                    e = unsafe { extend_run_avx2(a, b, e) };
-                }
-                let gap = s - pe;
-                if gap <= 5 && merge_pays(pe - ps, gap, e - s) {
-                    pe = e;
-                    continue;
-                }
-                // SAFETY: ps < pe <= PAGE_SIZE, pskip < 2^14; room as above.
-                at = unsafe { put_run(at, pskip, ps, pe - ps, page) };
-                (ps, pe, pskip) = (s, e, gap);
-            }
-        }
+    // The next page's first lines now (they help a next page from RAM
+    // most); the rest during the walk, PREFETCH_LINES a line walked.
+    let (na, nb) = match next {
+        Some(n) => (n.page, n.shadow.unwrap_or(n.page)),
+        None => (page, page),
+    };
+    let mut prefetched = PAGE_SIZE / 64;
+    if next.is_some() {
+        simd::prefetch_lines(na, 0..PREFETCH_LINES);
+        simd::prefetch_lines(nb, 0..PREFETCH_LINES);
+        prefetched = PREFETCH_LINES;
     }
-    if at.is_null() {
+    // SAFETY (every call of simd::changed_lines_avx2, line_mask_counted,
+    // add_chunk, add_line, HashAcc, encode_dense_avx2 and extend_run_avx2
+    // below): the caller checked the features enabled here; line numbers
+    // (from the bitmap, `% 64`) are < 64 and a chunk's offset (a line's
+    // plus 0, 16, 32 or 48) is at most PAGE_SIZE - 16.
+    let lines = unsafe { simd::changed_lines_avx2(a, b) };
+    if lines == 0 {
         return same_record(shadow.hash);
     }
-    // SAFETY: as for the put_run above.
-    at = unsafe { put_run(at, pskip, ps, pe - ps, page) };
+    let n = lines.count_ones();
+    if n > HASH_LINES {
+        // SAFETY: as above.
+        return unsafe { encode_dense_avx2(page, shadow.page, lines, out) };
+    }
+    // The runs go straight into reserved room after the hash and a 1-byte
+    // length.
+    let rec_start = out.len();
+    out.reserve(DELTA_ROOM);
+    // SAFETY: rec_start + DELTA_ROOM <= capacity (reserved above); `out` is
+    // not touched again until finish_delta or a return that leaves its
+    // length. At most FEW_LINES_RUN_BYTES run bytes are written (see
+    // there) and each put_run touches at most RUN_SLACK bytes past its
+    // run, all inside the reserved room.
+    let runs_at = unsafe { out.as_mut_ptr().add(rec_start + HASH_LEN + 1) };
+    let mut w = Runs { at: runs_at, last_at: core::ptr::null_mut(), end: 0 };
+    let keys = crate::page::keys();
+    // SAFETY: as above.
+    let mut acc = unsafe { HashAcc::new() };
+    let mut bits = lines;
+    while bits != 0 {
+        if prefetched < PAGE_SIZE / 64 {
+            simd::prefetch_block::<PREFETCH_LINES>(na, prefetched);
+            simd::prefetch_block::<PREFETCH_LINES>(nb, prefetched);
+            prefetched += PREFETCH_LINES;
+        }
+        let i = bits.trailing_zeros() as usize % 64;
+        bits &= bits - 1;
+        // SAFETY: as above.
+        let raw = unsafe { line_mask_counted(a, b, i, &mut acc) };
+        let base = 64 * i;
+        // The line's first run, shifted down to bit 0: all ones up to its
+        // length when it is the line's only run (then x + 1 is the bit
+        // after it).
+        let so = raw.trailing_zeros() as usize;
+        let x = raw >> (so % 64);
+        let y = x.wrapping_add(1);
+        let (s, e) = (base + so, base + so + y.trailing_zeros() as usize);
+        let gap = s.wrapping_sub(w.end);
+        // A sparse write's line: one run (so write_runs' joining of single
+        // unchanged bytes has nothing to join), inside one 16-byte chunk
+        // and not touching the chunk's end (so not the line's end either:
+        // such a run could go on into the next line), too far from the last
+        // run to merge with it (a gap of at most 5 might), and not at the
+        // page's end (put_short_run copies 16 bytes). A run of the line
+        // before cannot reach into it: that run would have started at this
+        // line's first byte, so s < end and the gap wraps.
+        if x & y == 0 && (s ^ e) < 16 && gap.wrapping_sub(6) < PAGE_SIZE - 6 && s <= PAGE_SIZE - 16 {
+            // SAFETY: as above (the chunk's words are the line's only
+            // changed ones); end < s < e <= s + 16 <= PAGE_SIZE (raw is not
+            // 0: the line differs); room as above.
+            unsafe { add_chunk(a, b, keys, s & !15, &mut acc) };
+            (w.last_at, w.at, w.end) = (w.at, unsafe { put_short_run(w.at, gap, s, e - s, page) }, e);
+            continue;
+        }
+        // The first changed 16-byte chunk of the line: when every change
+        // lies in it, its words are the only ones hashed.
+        let c = (raw.trailing_zeros() & 0x30) as usize;
+        if (raw >> c) >> 16 == 0 {
+            // SAFETY: as above.
+            unsafe { add_chunk(a, b, keys, base + c, &mut acc) };
+        } else {
+            // SAFETY: as above.
+            unsafe { add_line(a, b, i, &mut acc) };
+        }
+        // SAFETY: as above; `w` is this walk's.
+        unsafe { walk_line(&mut w, a, b, i, raw) };
+    }
+    let at = w.at;
     // SAFETY (both): AVX2 is enabled here.
-    let (hash, changed) = unsafe { (shadow.hash.wrapping_add(acc.sum()), acc.changed()) };
+    let (hash, changed) = unsafe { (shadow.hash.wrapping_add(acc.sum()), acc.changed(n)) };
     if hash == ZERO_PAGE_HASH && simd::is_zero(page) {
         return zero_record(changed);
     }
@@ -412,33 +441,98 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, out: &mut Vec<u8
     unsafe { finish_delta(out, rec_start, hash, changed, run_bytes) }
 }
 
-/// The changed lines of quarters `from..4` (`simd::changed_lines_avx2` for
-/// part of the page), out of line: inlined, the compiler hoists this
-/// compare out of the branch that needs it, and every page would pay for
-/// it.
+/// Where the AVX2 walk writes runs and what it wrote last.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+struct Runs {
+    /// Where the next run goes.
+    at: *mut u8,
+    /// Where the last run's record starts (null before the first).
+    last_at: *mut u8,
+    /// Where the last run ends in the page: the next skip counts from here.
+    end: usize,
+}
+
+/// The runs of changed line `i` (byte mask `raw`) that `encode_shadowed_avx2`
+/// does not write itself: several in the line, one that goes on into the
+/// next lines, one that takes leading bytes of this line from the last
+/// line's run, or one close enough to the last run to merge with it.
+/// Inlined: as a call it would make the walk keep its vector sums in memory
+/// (a call may overwrite every vector register).
 ///
 /// # Safety
-/// AVX2 must be enabled in the caller.
+/// As for `encode_shadowed_avx2`'s walk: AVX2 and BMI1/2 enabled, `i < 64`,
+/// `w` that walk's state with room for the line's runs.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+unsafe fn walk_line(w: &mut Runs, a: &Page, b: &Page, i: usize, raw: u64) {
+    let base = 64 * i;
+    let mut rest = raw;
+    if w.end > base {
+        // A run of the line before took this line's leading bytes.
+        let n = w.end - base;
+        rest = if n < 64 { raw & (!0u64 << n) } else { 0 };
+    }
+    let mut m = rest | ((rest << 1) & (rest >> 1));
+    while m != 0 {
+        let t = m.wrapping_add(m & m.wrapping_neg());
+        let s = base + m.trailing_zeros() as usize;
+        let mut e = base + t.trailing_zeros() as usize;
+        m &= t;
+        if t == 0 {
+            // SAFETY: AVX2 is enabled here.
+            e = unsafe { extend_run_avx2(a, b, e) };
+        }
+        let gap = s - w.end;
+        if gap <= 5 && !w.last_at.is_null() {
+            // SAFETY: last_at is the record put_run wrote last, `end` its
+            // run's end; room as the caller's contract.
+            if let Some(next) = unsafe { merge_into_last(w.last_at, w.end, gap, e, a) } {
+                (w.at, w.end) = (next, e);
+                continue;
+            }
+        }
+        // SAFETY: end <= s < e <= PAGE_SIZE, so gap < 2^14; room as the
+        // caller's contract.
+        (w.last_at, w.at, w.end) = (w.at, unsafe { put_run(w.at, gap, s, e - s, a) }, e);
+    }
+}
+
+/// A run ending at `e` that starts `gap` (at most 5) bytes after the end
+/// (`end`) of the last run written, whose record starts at `last_at`: when
+/// one run from that run's start to `e` costs no more than two
+/// (`merge_pays`), rewrites the record as that run and returns where the
+/// next record goes. Out of line: sparse writes are rarely this close.
+///
+/// # Safety
+/// `last_at` is where `put_run` wrote the last record (with room for a
+/// run to `e` after it, as for `put_run`), `end` that run's end, and `end +
+/// gap < e <= PAGE_SIZE`.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[cold]
 #[inline(never)]
-#[target_feature(enable = "avx2")]
-unsafe fn page_lines_avx2(a: &Page, b: &Page, from: usize) -> u64 {
-    let mut lines = 0;
-    for q in from..4 {
-        // SAFETY: q < 4; the caller enables AVX2.
-        lines |= u64::from(unsafe { simd::x86::lines16_bits(a, b, q) }) << (16 * q);
+unsafe fn merge_into_last(last_at: *mut u8, end: usize, gap: usize, e: usize, page: &Page) -> Option<*mut u8> {
+    // The record's skip and length, as put_run wrote them (LEB128 of values
+    // below 2^14: one or two bytes each).
+    // SAFETY: put_run wrote (initialised) at least these bytes at last_at.
+    let read = |at: *const u8| unsafe {
+        let lo = *at as usize;
+        if lo < 0x80 {
+            (lo, 1)
+        } else {
+            ((lo & 0x7F) | (*at.add(1) as usize) << 7, 2)
+        }
+    };
+    let (skip, n1) = read(last_at);
+    // SAFETY: the length follows the skip inside the record.
+    let (len, _) = read(unsafe { last_at.add(n1) });
+    if !merge_pays(len, gap, e - end - gap) {
+        return None;
     }
-    lines
+    let start = end - len;
+    // SAFETY: start < e <= PAGE_SIZE, skip < 2^14 (it was written), and the
+    // room after last_at holds the run (the caller's contract).
+    Some(unsafe { put_run(last_at, skip, start, e - start, page) })
 }
-
-/// Changed lines in one quarter past which the AVX2 encoder stops walking
-/// quarter by quarter and compares the whole page first: such a page is
-/// likely to pass `HASH_LINES` (a rewritten page), and the lines walked
-/// would be walked for nothing. Both ways give the same bytes (a page of
-/// up to 32 lines in quarters of at most 8 is walked, not hashed whole).
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-const SPARSE_QUARTER_LINES: u32 = 8;
 
 /// A page with more than `HASH_LINES` changed `lines` (AVX2): masks, the
 /// page hashed whole, runs by `write_runs`.
@@ -455,8 +549,8 @@ unsafe fn encode_dense_avx2(page: &Page, shadow: &Page, lines: u64, out: &mut Ve
     encode_changed(page, hash_page(page), changed, lines, &masks, out)
 }
 
-/// Most run bytes the AVX2 walk writes. It walks at most 32 lines (at most
-/// `SPARSE_QUARTER_LINES` in each quarter, or `HASH_LINES` in all). Every
+/// Most run bytes the AVX2 walk writes. It walks at most `HASH_LINES` (up
+/// to 32) lines. Every
 /// run byte is in a changed line (a merged gap of at most 5 bytes cannot
 /// hold a whole unchanged line); a line starts at most 22 runs (runs inside
 /// a line are at least 2 bytes apart), and only its first run can have a
@@ -466,7 +560,7 @@ unsafe fn encode_dense_avx2(page: &Page, shadow: &Page, lines: u64, out: &mut Ve
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 const FEW_LINES_RUN_BYTES: usize = 32 * (64 + 4 + 4 + 20 * 2);
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-const _: () = assert!(FEW_LINES_RUN_BYTES <= MAX_RUN_BYTES && 4 * SPARSE_QUARTER_LINES as usize <= 32 && HASH_LINES as usize <= 32);
+const _: () = assert!(FEW_LINES_RUN_BYTES <= MAX_RUN_BYTES && HASH_LINES as usize <= 32);
 
 /// `extend_run` for `encode_shadowed_avx2`, which has no masks in memory
 /// and may not have compared the next lines yet: the masks of the lines the
@@ -511,8 +605,7 @@ fn encode_shadowed(page: &Page, shadow: Shadow<'_>, out: &mut Vec<u8>) -> Encode
 
 /// Most changed lines for which the encoder updates the shadow's hash with
 /// their terms (both pages' words); with more, hashing the new page whole
-/// costs less. (The AVX2 walk, which decides quarter by quarter, may take
-/// up to 32: see `SPARSE_QUARTER_LINES`.) 24 lines hold fewer bytes than `MAX_RUN_BYTES`, so a page
+/// costs less. 24 lines hold fewer bytes than `MAX_RUN_BYTES`, so a page
 /// that goes Full for its changed bytes is always hashed whole.
 const HASH_LINES: u32 = 24;
 
@@ -739,11 +832,8 @@ impl RunWriter<'_> {
 /// the page.
 #[inline(always)]
 unsafe fn put_run(at: *mut u8, skip: usize, s: usize, len: usize, page: &Page) -> *mut u8 {
-    // LEB128 of x < 2^14 in two bytes: x + (x & !0x7F) moves bits 7.. up
-    // one place (to the second byte), and the first byte's top bit says
-    // whether the second counts.
     let big1 = (skip >= 0x80) as usize;
-    let v1 = skip + (skip & !0x7F) + (big1 << 7);
+    let v1 = leb2(skip);
     if len <= 16 && s + 16 <= PAGE_SIZE {
         // A short run (sparse writes, a few pixels): a 1-byte length, and
         // its bytes as one fixed 16-byte copy, not a memcpy call. Three
@@ -762,6 +852,55 @@ unsafe fn put_run(at: *mut u8, skip: usize, s: usize, len: usize, page: &Page) -
     // SAFETY: as this function's contract.
     unsafe { put_long_run(at, v1, big1, s, len, page) }
 }
+
+/// `put_run` for a run of at most 16 bytes that starts at most 16 bytes
+/// before the page's end, whose caller checked both.
+///
+/// # Safety
+/// As `put_run`, and `1 <= len <= 16`, `s + 16 <= PAGE_SIZE`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+unsafe fn put_short_run(at: *mut u8, skip: usize, s: usize, len: usize, page: &Page) -> *mut u8 {
+    let big1 = (skip >= 0x80) as usize;
+    let v1 = leb2(skip);
+    // SAFETY: as this function's contract; the page read is s..s + 16.
+    unsafe {
+        core::ptr::copy_nonoverlapping((v1 as u16).to_le_bytes().as_ptr(), at, 2);
+        let at = at.add(big1);
+        *at.add(1) = len as u8;
+        core::ptr::copy_nonoverlapping(page.as_ptr().add(s), at.add(2), 16);
+        at.add(2 + len)
+    }
+}
+
+/// LEB128 of `x < 2^14` in two little-endian bytes (the second is 0 and
+/// not part of the varint when `x < 128`): one load from a table for
+/// offsets in a page, where a walk of sparse writes meets them once a run.
+#[inline(always)]
+fn leb2(x: usize) -> usize {
+    match LEB2.get(x) {
+        Some(&v) => v as usize,
+        None => leb2_of(x),
+    }
+}
+
+/// `leb2` computed: x + (x & !0x7F) moves bits 7.. up one place (to the
+/// second byte), and the first byte's top bit says whether the second
+/// counts.
+const fn leb2_of(x: usize) -> usize {
+    x + (x & !0x7F) + (((x >= 0x80) as usize) << 7)
+}
+
+/// `leb2_of` of every offset in a page (8 KiB).
+static LEB2: [u16; PAGE_SIZE] = {
+    let mut t = [0u16; PAGE_SIZE];
+    let mut x = 0;
+    while x < PAGE_SIZE {
+        t[x] = leb2_of(x) as u16;
+        x += 1;
+    }
+    t
+};
 
 /// `put_run` for a run of more than 16 bytes (or at the page's end), out of
 /// the line walk: its memcpy call would make the walk keep its state in
@@ -1431,43 +1570,53 @@ mod reference_tests {
     use super::*;
     use alloc::vec;
 
-    /// The AVX2 encoder walks quarter by quarter (at most 8 changed lines
-    /// each) or, past that, the whole page: pages at those edges, and runs
-    /// crossing quarters, still give the reference's bytes.
+    /// The edges of the AVX2 walk: its straight path for a sparse write's
+    /// line and everything it hands to `walk_line` or `merge_into_last`,
+    /// and the walk / dense boundary, all give the reference's bytes.
     #[test]
-    fn quarter_edges_match_reference() {
+    fn walk_edges_match_reference() {
         let shadow: Page = core::array::from_fn(|i| (i * 37 % 253) as u8);
         let mut cases: Vec<Page> = Vec::new();
-        // Lines per quarter (a byte in each line), 25..=32 lines in all.
-        for per in [7usize, 8] {
+        let with = |changes: &[(usize, usize)]| {
             let mut p = shadow;
-            for q in 0..4 {
-                for k in 0..per {
-                    p[64 * (16 * q + 2 * k) + 13 * k] ^= 0x11;
+            for &(from, to) in changes {
+                for b in &mut p[from..to] {
+                    *b ^= 0x80;
                 }
             }
-            cases.push(p);
+            p
+        };
+        // 24 and 25 changed lines: walked, then the dense path.
+        for lines in [24usize, 25] {
+            cases.push(with(&(0..lines).map(|l| (64 * l + 7, 64 * l + 8)).collect::<Vec<_>>()));
         }
-        // 9 lines in one quarter (the whole-page compare, then the walk),
-        // and 9 in each (the dense path).
-        for quarters in [1usize, 4] {
-            let mut p = shadow;
-            for q in 0..quarters {
-                for k in 0..9 {
-                    p[64 * (16 * q + k) + 5] ^= 0x22;
-                }
-            }
-            cases.push(p);
+        // Single bytes: near the page's start (a first run within 5 bytes
+        // of offset 0), at a 16-byte chunk's last byte, a line's last byte
+        // with and without the next line's first, the page's last 16 bytes.
+        for at in [0usize, 3, 5, 6, 15, 31, 47, 63, 4079, 4080, 4081, 4095] {
+            cases.push(with(&[(at, at + 1), (2000, 2001)]));
         }
-        // Runs from a quarter's last line into the next, through whole
-        // lines, and ending at a line's end or just before.
+        cases.push(with(&[(63, 65), (3000, 3001)]));
+        // Two runs in one line, and runs 1..=6 bytes apart (merged or not,
+        // in one line and across a line's end).
+        cases.push(with(&[(130, 131), (150, 151)]));
+        for gap in 1..=6 {
+            cases.push(with(&[(500, 501), (501 + gap, 502 + gap)]));
+            cases.push(with(&[(1022 - gap, 1023 - gap), (1023, 1024)]));
+            cases.push(with(&[(1024 - gap - 1, 1024 - gap), (1024, 1025)]));
+        }
+        // Skips around the varint boundary, runs of 9..=16 bytes in one
+        // chunk, and a merge that makes the run longer than 127 bytes.
+        for skip in [126usize, 127, 128, 129] {
+            cases.push(with(&[(10, 11), (11 + skip, 12 + skip)]));
+        }
+        for len in [9usize, 12, 15, 16] {
+            cases.push(with(&[(640, 640 + len), (3000, 3001)]));
+        }
+        cases.push(with(&[(700, 826), (828, 829)]));
+        // Runs through whole lines, ending at a line's end or just before.
         for (from, to) in [(1020usize, 1030usize), (1000, 1152), (2040, 2240), (960, 1088), (3000, 4096), (4095, 4096), (4088, 4096)] {
-            let mut p = shadow;
-            for b in &mut p[from..to] {
-                *b ^= 0x80;
-            }
-            p[100] ^= 1;
-            cases.push(p);
+            cases.push(with(&[(100, 101), (from, to)]));
         }
         for (n, p) in cases.iter().enumerate() {
             let mut want = vec![0xAB];
@@ -1475,6 +1624,24 @@ mod reference_tests {
             let mut got = vec![0xAB];
             let g = encode(p, Some(&shadow), &mut got);
             assert_eq!((g, &got), (w, &want), "case {n}");
+        }
+    }
+
+    /// Naming the next page (which the encoder prefetches) changes no byte.
+    #[test]
+    fn encode_next_gives_the_same_bytes() {
+        let pairs = reference::pairs(0x4E45_5854, 64);
+        for next_shadow in [false, true] {
+            let (mut a, mut b) = (vec![], vec![]);
+            let (mut wa, mut wb) = (BatchEncoder::new(), BatchEncoder::new());
+            for (i, (sh, p)) in pairs.iter().enumerate() {
+                let shadow = Some(Shadow { page: sh, hash: hash_page(sh) });
+                let next = pairs.get(i + 1).map(|(ns, np)| Next { page: np, shadow: next_shadow.then_some(ns) });
+                let oa = wa.encode_with(i as u64, p, shadow, &mut a).expect("ascending");
+                let ob = wb.encode_next(i as u64, p, shadow, next, &mut b).expect("ascending");
+                assert_eq!(oa, ob);
+            }
+            assert_eq!(a, b);
         }
     }
 
@@ -1498,7 +1665,8 @@ mod reference_tests {
                 if simd::has_avx2_bits() {
                     let mut got3 = vec![0xAB];
                     // SAFETY: checked just above.
-                    let g3 = unsafe { encode_shadowed_avx2(&p, Shadow { page: &sh, hash: hash_page(&sh) }, &mut got3) };
+                    let g3 =
+                        unsafe { encode_shadowed_avx2(&p, Shadow { page: &sh, hash: hash_page(&sh) }, Some(Next { page: &sh, shadow: Some(&p) }), &mut got3) };
                     assert_eq!((g3, &got3), (w, &want), "seed {seed} avx2");
                 }
             }

@@ -12,7 +12,7 @@
 use alloc::vec::Vec;
 
 use crate::compress::{Compressor, ZstdConfig, ZstdError};
-use crate::delta::{self, BatchEncoder, RecordKind, MAX_PAGE_RECORD};
+use crate::delta::{BatchEncoder, Next, RecordKind, MAX_PAGE_RECORD};
 use crate::digest::{PageHashes, PageMemory};
 use crate::page::hash_page;
 use crate::resume::{ResumeError, ResumeTracker, StandbyId};
@@ -278,11 +278,10 @@ impl ActiveSync {
         all.dedup();
 
         for (k, &p) in all.iter().enumerate() {
-            // Start loading the next page and its shadow while this one is
-            // encoded (a hint only).
-            if let Some(next) = all.get(k + 1).and_then(|&n| guest.page(n)) {
-                delta::prefetch(next, self.shadows.peek(all[k + 1]));
-            }
+            // The encoder loads the next page and its shadow while it works
+            // on this one (a hint only).
+            let next_n = all.get(k + 1).copied();
+            let next_page = next_n.and_then(|n| guest.page(n));
             let content = guest.page(p).ok_or(EpochError::PageOutOfRange)?;
             let mut sent_hash = None;
             for (link, o) in links.iter_mut().zip(outs.iter_mut()) {
@@ -293,10 +292,15 @@ impl ActiveSync {
                 if o.raw.len() + MAX_PAGE_RECORD > MAX_BATCH_RAW {
                     flush(link, o, m)?;
                 }
-                let shadow = if self.tracker.may_delta(link.id, p) { self.shadows.get_shadow(p) } else { None };
+                let (shadow, next_shadow) = if self.tracker.may_delta(link.id, p) {
+                    self.shadows.get_shadow_and_peek(p, next_n)
+                } else {
+                    (None, next_n.and_then(|n| self.shadows.peek(n)))
+                };
+                let next = next_page.map(|page| Next { page, shadow: next_shadow });
                 // Pages come in ascending order, each once, and p is a page
                 // of the guest (far below MAX_PAGE_NUM).
-                let r = o.batch.encode_with(p, content, shadow, &mut o.raw).map_err(|_| EpochError::PageOutOfRange)?;
+                let r = o.batch.encode_next(p, content, shadow, next, &mut o.raw).map_err(|_| EpochError::PageOutOfRange)?;
                 o.records += (r.kind != RecordKind::Same) as u64;
                 let s = &mut o.stats;
                 s.sent_pages += 1;

@@ -26,6 +26,37 @@ pub type Page = [u8; PAGE_SIZE];
 /// Words (u64) in a page.
 pub const PAGE_WORDS: usize = PAGE_SIZE / 8;
 
+/// A page on a page boundary, as guest pages are: a shadow kept this way
+/// is read with no load split across two cache lines (a 4 KiB buffer from
+/// a general allocator is often only 16-byte aligned, and then every other
+/// 32-byte load of a compare spans two lines).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(4096))]
+pub struct AlignedPage(pub Page);
+
+impl AlignedPage {
+    pub const ZERO: AlignedPage = AlignedPage([0; PAGE_SIZE]);
+}
+
+impl core::ops::Deref for AlignedPage {
+    type Target = Page;
+    fn deref(&self) -> &Page {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for AlignedPage {
+    fn deref_mut(&mut self) -> &mut Page {
+        &mut self.0
+    }
+}
+
+impl core::fmt::Debug for AlignedPage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "AlignedPage({:#x})", page_hash(&self.0))
+    }
+}
+
 /// The all-zero page, for comparisons and as a source to copy from.
 pub static ZERO_PAGE: Page = [0u8; PAGE_SIZE];
 
@@ -76,6 +107,14 @@ pub fn word_term(index: usize, word: u64) -> u64 {
 pub fn hash_update(hash: u64, index: usize, old: u64, new: u64) -> u64 {
     let k = key(index);
     hash.wrapping_sub(mix(k, old)).wrapping_add(mix(k, new))
+}
+
+/// The keys of a page's words: the key of the word at byte offset `o`
+/// starts at byte `o` of the table (vectorised `word_term`s).
+#[inline(always)]
+#[cfg_attr(not(all(target_arch = "x86_64", target_feature = "sse2")), allow(dead_code))]
+pub(crate) fn keys() -> &'static [u64; PAGE_WORDS] {
+    &KEYS
 }
 
 /// The keys of the eight words of 64-byte line `line % 64`, for vectorised

@@ -12,7 +12,7 @@
 //! to grow would need 2 GiB for a moment).
 
 use crate::delta::Shadow;
-use crate::page::{hash_page, Page, PAGE_SIZE};
+use crate::page::{hash_page, AlignedPage, Page, PAGE_SIZE};
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -57,7 +57,7 @@ pub struct ShadowStore {
     /// Guest page -> slot, or NONE.
     index: Vec<u32>,
     slots: Vec<Slot>,
-    chunks: Vec<Box<[Page]>>,
+    chunks: Vec<Box<[AlignedPage]>>,
     capacity: usize,
     hand: usize,
     stats: ShadowStats,
@@ -100,6 +100,15 @@ impl ShadowStore {
         s.referenced = true;
         let hash = s.hash;
         Some(Shadow { page: self.data(slot as usize), hash })
+    }
+
+    /// `get_shadow(page)`, and `peek(next)` borrowed beside it (the
+    /// encoder loads the next page's shadow while it encodes this one).
+    pub fn get_shadow_and_peek(&mut self, page: u64, next: Option<u64>) -> (Option<Shadow<'_>>, Option<&Page>) {
+        let counted = self.get_shadow(page).is_some();
+        let this = &*self;
+        let shadow = counted.then(|| this.slot_of(page)).map(|slot| Shadow { page: this.data(slot as usize), hash: this.slots[slot as usize].hash });
+        (shadow, next.and_then(|n| this.peek(n)))
     }
 
     /// The shadow of `page`, without counting or touching CLOCK state.
@@ -149,7 +158,7 @@ impl ShadowStore {
             self.slots[slot] = moved;
             let (src_c, src_o) = (last / CHUNK, last % CHUNK);
             let content = self.chunks[src_c][src_o];
-            self.data_mut(slot).copy_from_slice(&content);
+            self.data_mut(slot).copy_from_slice(&content.0);
             self.index[moved.page as usize] = slot as u32;
         }
         self.slots.pop();
@@ -228,7 +237,7 @@ impl ShadowStore {
             let slot = self.slots.len();
             if slot / CHUNK == self.chunks.len() {
                 let chunk = CHUNK.min(self.capacity - slot);
-                self.chunks.push(vec![[0u8; PAGE_SIZE]; chunk].into_boxed_slice());
+                self.chunks.push(vec![AlignedPage::ZERO; chunk].into_boxed_slice());
             }
             self.slots.push(Slot { page, hash: 0, referenced: true });
             self.index[page as usize] = slot as u32;
@@ -283,6 +292,26 @@ mod tests {
         assert_eq!(s.bytes_used(), 100 * PAGE_SIZE);
         s.update_with_hash(1000, &page(1), 0); // outside the range: ignored
         assert_eq!(s.len(), 100);
+    }
+
+    /// Shadows sit on page boundaries (no compare load spans two cache
+    /// lines), and `get_shadow_and_peek` counts as `get_shadow` does.
+    #[test]
+    fn shadows_are_page_aligned_and_peeked_beside() {
+        let mut s = ShadowStore::new(70, Budget::Full).unwrap();
+        for p in 0..70 {
+            s.update(p, &page(p as u8));
+        }
+        for p in 0..70 {
+            assert_eq!(s.peek(p).unwrap().as_ptr() as usize % PAGE_SIZE, 0, "page {p}");
+        }
+        let (sh, next) = s.get_shadow_and_peek(5, Some(6));
+        assert_eq!((sh.unwrap().page, sh.unwrap().hash, next), (&page(5), hash_page(&page(5)), Some(&page(6))));
+        assert_eq!(s.get_shadow_and_peek(69, Some(70)).1, None);
+        s.invalidate(7);
+        assert!(s.get_shadow_and_peek(7, None).0.is_none());
+        let st = s.stats();
+        assert_eq!((st.hits, st.misses), (2, 1));
     }
 
     #[test]

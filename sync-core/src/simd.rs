@@ -201,19 +201,6 @@ pub unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
     unsafe { x86::changed_lines_avx2(a, b) }
 }
 
-/// For the changed `lines`: their masks, the changed bytes and
-/// `hash_page(a) - hash_page(b)`, each line read once (AVX2).
-///
-/// # Safety
-/// As `line_diff_avx2`.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[inline]
-#[target_feature(enable = "avx2,popcnt")]
-pub unsafe fn masks_and_hash_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; PAGE_SIZE / 64]) -> (usize, u64) {
-    // SAFETY: the caller guarantees AVX2 and POPCNT.
-    unsafe { x86::masks_and_hash_avx2(a, b, lines, masks) }
-}
-
 /// Masks and changed bytes of the changed `lines` (AVX2).
 ///
 /// # Safety
@@ -245,22 +232,37 @@ pub fn is_zero(page: &Page) -> bool {
     diff_blocks(page, &crate::page::ZERO_PAGE) == 0
 }
 
-/// Asks the CPU to start loading the first `lines` 64-byte lines of `page`
-/// into L1 (a hint: no fault, no effect on results). Where there is no
-/// prefetch instruction to use (no SSE, or another architecture) it does
-/// nothing.
+/// `prefetch_lines(page, first..first + N)` unrolled, for `first + N <=
+/// 64`: one instruction a line, no bound check (a prefetch of an address
+/// outside the page would be harmless anyway: it never faults).
 #[inline(always)]
-pub fn prefetch_lines(page: &Page, lines: usize) {
-    let lines = lines.min(PAGE_SIZE / 64);
+pub fn prefetch_block<const N: usize>(page: &Page, first: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
-    for i in 0..lines {
+    for k in 0..N {
+        // SAFETY: SSE is enabled (cfg above); a prefetch reads nothing,
+        // writes nothing and never faults, whatever the address; the
+        // address is only computed (wrapping_add, no dereference).
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(page.as_ptr().wrapping_add(64 * (first + k)).cast()) };
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    prefetch_lines(page, first..first + N);
+}
+
+/// Asks the CPU to start loading 64-byte lines `lines` of `page` into L1
+/// (a hint: no fault, no effect on results). Where there is no prefetch
+/// instruction to use (no SSE, or another architecture) it does nothing.
+#[inline(always)]
+pub fn prefetch_lines(page: &Page, lines: core::ops::Range<usize>) {
+    let lines = lines.start.min(PAGE_SIZE / 64)..lines.end.min(PAGE_SIZE / 64);
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    for i in lines {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         // SAFETY: SSE is enabled (cfg above); a prefetch never faults and
         // the address is inside `page` (i < 64).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(page.as_ptr().add(64 * i).cast()) };
     }
     #[cfg(target_arch = "aarch64")]
-    for i in 0..lines {
+    for i in lines {
         // SAFETY: PRFM is a hint: it reads no register but its address,
         // writes nothing and never faults; the address is inside `page`
         // (i < 64).
@@ -506,8 +508,8 @@ pub(crate) mod x86 {
     /// One branch-free pass, as many instructions per byte as `memcmp`:
     /// each line's two XORs are ORed, and saturating packs (which keep a
     /// non-zero lane non-zero) fold 16 lines into one vector whose byte `i`
-    /// is non-zero when line `i` differs, so a single movemask gives 16 or
-    /// 32 line bits. No per-line or per-block test, and no second look at
+    /// is non-zero when line `i` differs, so a single movemask gives 16 line
+    /// bits. No per-line or per-block test, and no second look at
     /// the changed blocks to find their lines.
     ///
     /// # Safety
@@ -516,40 +518,25 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
         // SAFETY: the caller guarantees AVX2.
-        unsafe { lines32(a, b, 0) as u64 | (lines32(a, b, 1) as u64) << 32 }
+        unsafe { lines16_bits(a, b, 0) | lines16_bits(a, b, 1) << 16 | lines16_bits(a, b, 2) << 32 | lines16_bits(a, b, 3) << 48 }
     }
 
-    /// Bit `i` set when line `32 * half + i` differs (`changed_lines_avx2`
-    /// for half a page).
+    /// Bit `i` set when line `16 * quarter + i` differs (`changed_lines_avx2`
+    /// for a quarter of the page). Each quarter ends in its own movemask:
+    /// measured faster than folding two quarters with cross-lane permutes
+    /// (fewer instructions on the one shuffle port, and a shorter chain
+    /// after the last load).
     ///
     /// # Safety
-    /// `half < 2`; AVX2 must be enabled in the caller.
+    /// AVX2 must be enabled in the caller.
     #[inline(always)]
-    unsafe fn lines32(a: &Page, b: &Page, half: usize) -> u32 {
-        // SAFETY: lines 32*half .. 32*half + 32 are inside the page
-        // (half < 2); the caller enables AVX2.
-        unsafe {
-            let (w0, w1) = (lines16(a, b, 32 * (half % 2)), lines16(a, b, 32 * (half % 2) + 16));
-            // Lane 0: both halves of w0's lines; lane 1: w1's.
-            let f = _mm256_or_si256(_mm256_permute2x128_si256::<0x20>(w0, w1), _mm256_permute2x128_si256::<0x31>(w0, w1));
-            !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(f, _mm256_setzero_si256())) as u32)
-        }
-    }
-
-    /// Bit `i` set when line `16 * quarter + i` differs (`lines32` for a
-    /// quarter of the page, so that the encoder can walk one quarter's lines
-    /// while the next quarter's loads are on their way).
-    ///
-    /// # Safety
-    /// `quarter < 4`; AVX2 must be enabled in the caller.
-    #[inline(always)]
-    pub(crate) unsafe fn lines16_bits(a: &Page, b: &Page, quarter: usize) -> u32 {
-        // SAFETY: lines 16*quarter .. 16*quarter + 16 are inside the page
-        // (quarter < 4); the caller enables AVX2.
+    unsafe fn lines16_bits(a: &Page, b: &Page, quarter: usize) -> u64 {
+        // SAFETY: lines 16*q .. 16*q + 16 are inside the page (q < 4); the
+        // caller enables AVX2.
         unsafe {
             let w = lines16(a, b, 16 * (quarter % 4));
             let f = _mm_or_si128(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
-            !(_mm_movemask_epi8(_mm_cmpeq_epi8(f, _mm_setzero_si128())) as u32) & 0xFFFF
+            u64::from(!(_mm_movemask_epi8(_mm_cmpeq_epi8(f, _mm_setzero_si128())) as u32) & 0xFFFF)
         }
     }
 
@@ -610,66 +597,84 @@ pub(crate) mod x86 {
         }
     }
 
-    /// `line_diff_avx2` and `hash_delta_avx2` in one walk of the changed
-    /// lines: each line's words are loaded once for its mask and its terms.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and the OS must save YMM state.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn masks_and_hash_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; 64]) -> (usize, u64) {
-        let mut bits = lines;
-        let mut changed = 0usize;
-        // SAFETY: the caller guarantees AVX2.
-        let mut acc = unsafe { HashAcc::new() };
-        while bits != 0 {
-            let w = bits.trailing_zeros() as usize % 64;
-            bits &= bits - 1;
-            // SAFETY: w < 64; the caller guarantees AVX2.
-            let m = unsafe { line_mask_hash(a, b, w, &mut acc) };
-            masks[w] = m;
-            changed += m.count_ones() as usize;
-        }
-        // SAFETY: AVX2 is enabled here.
-        (changed, unsafe { acc.sum() })
-    }
-
     /// The byte mask of line `w` (bit `i` set when byte `64*w + i`
-    /// differs), and its words' terms (`a`'s minus `b`'s) added to `acc`:
-    /// each word is loaded once for both.
+    /// differs), with its equal bytes counted in `acc`.
     ///
     /// # Safety
     /// `w < 64`; AVX2 must be enabled in the caller.
     #[inline(always)]
-    pub(crate) unsafe fn line_mask_hash(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) -> u64 {
-        let keys = crate::page::line_keys(w);
-        // SAFETY: reads 64 bytes at 64*w (w < 64) from each page and the
-        // line's 8 keys; loadu has no alignment need.
+    pub(crate) unsafe fn line_mask_counted(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) -> u64 {
+        // SAFETY: reads 64 bytes at 64*(w % 64) from each page; loadu has
+        // no alignment need; the caller enables AVX2.
         unsafe {
-            let pa = a.as_ptr().add(64 * w) as *const __m256i;
-            let pb = b.as_ptr().add(64 * w) as *const __m256i;
-            let pk = keys.as_ptr() as *const __m256i;
-            let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
-            let (e0, e1) = (_mm256_cmpeq_epi8(a0, b0), _mm256_cmpeq_epi8(a1, b1));
+            let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
+            let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
+            let e0 = _mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
+            let e1 = _mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1)));
+            // An equal byte is -1: subtracting counts it.
+            acc.equal = _mm256_sub_epi8(_mm256_sub_epi8(acc.equal, e0), e1);
             let (lo, hi) = (_mm256_movemask_epi8(e0), _mm256_movemask_epi8(e1));
-            let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
-            // Equal words give equal terms: their difference is 0.
-            let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
-            acc.terms = _mm256_add_epi64(acc.terms, t);
-            // 2 - (equal bytes) per byte lane: the changed bytes.
-            acc.changed = _mm256_add_epi8(acc.changed, _mm256_add_epi8(_mm256_add_epi8(e0, e1), _mm256_set1_epi8(2)));
             !((lo as u32 as u64) | (hi as u32 as u64) << 32)
         }
     }
 
-    /// A sum of line terms (`line_mask_hash`), four u64 lanes kept apart
-    /// until the end, and a count of the lines' changed bytes per byte lane
-    /// (at most 2 a line: up to 127 lines; counted in a vector so the walk
-    /// keeps one general register fewer).
+    /// Adds the terms of the two words at byte `at` (a multiple of 8) of
+    /// both pages to `acc` (`keys`: `page::keys()`, passed in so a walk
+    /// loads its address once): one vector holds `a`'s 16 bytes and `b`'s, so
+    /// one `mix4` makes both pairs of terms (`sum` subtracts `b`'s). A
+    /// line whose changes lie in one 16-byte chunk (a sparse write) costs
+    /// this, not `add_line`.
+    ///
+    /// # Safety
+    /// `at + 16 <= PAGE_SIZE` and `at % 8 == 0`; AVX2 must be enabled in
+    /// the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn add_chunk(a: &Page, b: &Page, keys: &[u64; crate::page::PAGE_WORDS], at: usize, acc: &mut HashAcc) {
+        // SAFETY: reads 16 bytes at `at` (at most PAGE_SIZE - 16, the
+        // caller's contract) from each page and from the keys (a page-sized
+        // table: the keys of the words at byte offset `at` start at byte
+        // `at`); loadu has no alignment need.
+        unsafe {
+            let va = _mm_loadu_si128(a.as_ptr().add(at) as *const __m128i);
+            let vb = _mm_loadu_si128(b.as_ptr().add(at) as *const __m128i);
+            let k = _mm_loadu_si128(keys.as_ptr().cast::<u8>().add(at) as *const __m128i);
+            let v = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(va), vb);
+            acc.pairs = _mm256_add_epi64(acc.pairs, mix4(v, _mm256_broadcastsi128_si256(k)));
+        }
+    }
+
+    /// Adds the terms of line `w` of `a` minus those of `b` to `acc` (equal
+    /// words cancel).
+    ///
+    /// # Safety
+    /// `w < 64`; AVX2 must be enabled in the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn add_line(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) {
+        let keys = crate::page::line_keys(w);
+        // SAFETY: reads 64 bytes at 64*(w % 64) from each page and the
+        // line's 8 keys; loadu has no alignment need.
+        unsafe {
+            let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
+            let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
+            let pk = keys.as_ptr() as *const __m256i;
+            let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
+            let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
+            let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
+            acc.terms = _mm256_add_epi64(acc.terms, t);
+        }
+    }
+
+    /// What a walk of changed lines adds up: word terms (`add_line`: `a`'s
+    /// minus `b`'s; `add_chunk`: `a`'s in the low lane, `b`'s in the high
+    /// one), four u64 lanes kept apart until the end, and the equal bytes
+    /// of the lines (`line_mask_counted`; at most 2 per byte lane and line,
+    /// so up to 127 lines), all in vector registers so the walk keeps its
+    /// general registers for the runs.
     #[derive(Clone, Copy)]
     pub(crate) struct HashAcc {
         terms: __m256i,
-        changed: __m256i,
+        pairs: __m256i,
+        equal: __m256i,
     }
 
     impl HashAcc {
@@ -678,27 +683,33 @@ pub(crate) mod x86 {
         #[inline(always)]
         pub(crate) unsafe fn new() -> Self {
             // SAFETY: as this function's contract.
-            unsafe { HashAcc { terms: _mm256_setzero_si256(), changed: _mm256_setzero_si256() } }
+            unsafe { HashAcc { terms: _mm256_setzero_si256(), pairs: _mm256_setzero_si256(), equal: _mm256_setzero_si256() } }
         }
 
-        /// The wrapping sum of the terms added.
+        /// The wrapping sum of the terms added (`a`'s minus `b`'s).
         ///
         /// # Safety
         /// AVX2 must be enabled in the caller.
         #[inline(always)]
         pub(crate) unsafe fn sum(self) -> u64 {
             // SAFETY: as this function's contract.
-            unsafe { hsum(self.terms) }
+            unsafe {
+                let pa = _mm256_castsi256_si128(self.pairs);
+                let pb = _mm256_extracti128_si256::<1>(self.pairs);
+                let d = _mm_sub_epi64(pa, pb);
+                hsum(self.terms).wrapping_add(_mm_cvtsi128_si64(d) as u64).wrapping_add(_mm_extract_epi64::<1>(d) as u64)
+            }
         }
 
-        /// The changed bytes of the lines added.
+        /// The changed bytes of the `lines` lines counted (each once).
         ///
         /// # Safety
         /// AVX2 must be enabled in the caller.
         #[inline(always)]
-        pub(crate) unsafe fn changed(self) -> usize {
+        pub(crate) unsafe fn changed(self, lines: u32) -> usize {
             // SAFETY: as this function's contract.
-            unsafe { hsum(_mm256_sad_epu8(self.changed, _mm256_setzero_si256())) as usize }
+            let equal = unsafe { hsum(_mm256_sad_epu8(self.equal, _mm256_setzero_si256())) } as usize;
+            64 * lines as usize - equal
         }
     }
 

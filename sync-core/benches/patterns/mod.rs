@@ -4,12 +4,15 @@
 
 #![allow(dead_code)]
 
-use sync_core::page::{Page, PAGE_SIZE};
+use sync_core::page::{AlignedPage, PAGE_SIZE};
+
+/// A page of a pattern, on a page boundary as guest pages and shadows are.
+pub type PageBox = Box<AlignedPage>;
 
 pub struct Pattern {
     pub name: &'static str,
     /// (shadow, page) pairs; `None` shadow = the standby has no copy yet.
-    pub pairs: Vec<(Option<Box<Page>>, Box<Page>)>,
+    pub pairs: Vec<(Option<PageBox>, PageBox)>,
 }
 
 struct Rng(u64);
@@ -23,8 +26,8 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn page(&mut self) -> Box<Page> {
-        let mut p = Box::new([0u8; PAGE_SIZE]);
+    fn page(&mut self) -> PageBox {
+        let mut p = Box::new(AlignedPage::ZERO);
         for c in p.chunks_exact_mut(8) {
             c.copy_from_slice(&self.next().to_le_bytes());
         }
@@ -32,8 +35,8 @@ impl Rng {
     }
 }
 
-fn page_at(buf: &[u8], i: usize) -> Box<Page> {
-    let mut p = Box::new([0u8; PAGE_SIZE]);
+fn page_at(buf: &[u8], i: usize) -> PageBox {
+    let mut p = Box::new(AlignedPage::ZERO);
     p.copy_from_slice(&buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
     p
 }
@@ -85,7 +88,7 @@ pub fn heap() -> Pattern {
     let base = 0x0000_7F3A_1200_0000u64;
     let mut pairs = Vec::new();
     for pg in 0..64u64 {
-        let mut old = Box::new([0u8; PAGE_SIZE]);
+        let mut old = Box::new(AlignedPage::ZERO);
         for obj in 0..64usize {
             let o = obj * 64;
             let me = base + pg * 4096 + o as u64;
@@ -161,7 +164,7 @@ pub fn same() -> Pattern {
 /// Pages of data that were zeroed (freed memory).
 pub fn zeroed() -> Pattern {
     let mut rng = Rng(0x5A45_524F);
-    let pairs = (0..16).map(|_| (Some(rng.page()), Box::new([0u8; PAGE_SIZE]))).collect();
+    let pairs = (0..16).map(|_| (Some(rng.page()), Box::new(AlignedPage::ZERO))).collect();
     Pattern { name: "zeroed", pairs }
 }
 
