@@ -346,8 +346,8 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
     };
     let mut prefetched = PAGE_SIZE / 64;
     if next.is_some() {
-        simd::prefetch_lines(na, 0..PREFETCH_LINES);
-        simd::prefetch_lines(nb, 0..PREFETCH_LINES);
+        simd::prefetch_block::<PREFETCH_LINES>(na, 0);
+        simd::prefetch_block::<PREFETCH_LINES>(nb, 0);
         prefetched = PREFETCH_LINES;
     }
     // SAFETY (every call of simd::changed_lines_avx2, line_mask_counted,
@@ -399,14 +399,14 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
         let (s, e) = (base + so, base + so + y.trailing_zeros() as usize);
         let gap = s.wrapping_sub(w.end);
         // A sparse write's line: one run (so write_runs' joining of single
-        // unchanged bytes has nothing to join), inside one 16-byte chunk
-        // and not touching the chunk's end (so not the line's end either:
-        // such a run could go on into the next line), too far from the last
-        // run to merge with it (a gap of at most 5 might), and not at the
-        // page's end (put_short_run copies 16 bytes). A run of the line
-        // before cannot reach into it: that run would have started at this
-        // line's first byte, so s < end and the gap wraps.
-        if x & y == 0 && (s ^ e) < 16 && gap.wrapping_sub(6) < PAGE_SIZE - 6 && s <= PAGE_SIZE - 16 {
+        // unchanged bytes has nothing to join), inside one 16-byte chunk,
+        // not at the line's end (such a run could go on into the next
+        // line), too far from the last run to merge with it (a gap of at
+        // most 5 might), and not at the page's end (put_short_run copies 16
+        // bytes). A run of the line before cannot reach into it: that run
+        // would have started at this line's first byte, so s < end and the
+        // gap wraps.
+        if x & y == 0 && (s ^ (e - 1)) < 16 && e & 63 != 0 && gap.wrapping_sub(6) < PAGE_SIZE - 6 && s <= PAGE_SIZE - 16 {
             // SAFETY: as above (the chunk's words are the line's only
             // changed ones); end < s < e <= s + 16 <= PAGE_SIZE (raw is not
             // 0: the line differs); room as above.
