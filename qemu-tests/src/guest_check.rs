@@ -87,8 +87,12 @@ pub fn guest_lines(outputs: &[String], t: &Timeline) -> GuestLines {
                 g.boots += 1;
             }
             if let Some(p) = pending.take() {
+                // A start of the prefix ("v", "vmsync-work") after a line
+                // that reads whole begins the next line: joined, it would
+                // often still read ("dropped=8v").
+                let next_line = !l.is_empty() && LINE_PREFIX.starts_with(l) && well_formed(&p.0).is_some();
                 let joined = format!("{}{l}", p.0);
-                if !l.contains(LINE_PREFIX) {
+                if !l.contains(LINE_PREFIX) && !next_line {
                     if let Some(line) = well_formed(&joined) {
                         g.lines.push(GuestLine { line, segment: p.1 });
                         continue;

@@ -190,7 +190,7 @@ impl BatchEncoder {
     /// Page numbers must ascend strictly within a batch; a `Same` page
     /// appends nothing and does not count as the previous page.
     pub fn encode_with(&mut self, page_num: u64, page: &Page, shadow: Option<Shadow<'_>>, out: &mut Vec<u8>) -> Result<EncodeOutcome, DeltaError> {
-        self.encode_compared(page_num, page, shadow, None, out)
+        self.encode_next(page_num, page, shadow, None, out)
     }
 
     /// `encode_with` for a batch's page loop, given the page it encodes
@@ -200,19 +200,8 @@ impl BatchEncoder {
     /// page's compare would otherwise wait for. The CPU's own prefetchers
     /// do not cross into another 4 KiB page. The same bytes as
     /// `encode_with`.
+    #[inline]
     pub fn encode_next(
-        &mut self,
-        page_num: u64,
-        page: &Page,
-        shadow: Option<Shadow<'_>>,
-        next: Option<Next<'_>>,
-        out: &mut Vec<u8>,
-    ) -> Result<EncodeOutcome, DeltaError> {
-        self.encode_compared(page_num, page, shadow, next, out)
-    }
-
-    #[inline(always)]
-    fn encode_compared(
         &mut self,
         page_num: u64,
         page: &Page,

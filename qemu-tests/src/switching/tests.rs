@@ -255,6 +255,24 @@ fn a_workload_prefix_cut_by_hypervisor_lines_is_joined() {
     assert_eq!(g.lines.iter().map(|l| l.line.counter).collect::<Vec<_>>(), vec![1, 2, 3]);
 }
 
+/// A whole line followed by a log line, then the next line's prefix cut
+/// after its first byte (seen in a run: "...dropped=8", a log line, "v", a
+/// log line, "msync-workload: counter=17 ..."). The "v" starts the next
+/// line: it is not the end of the one before ("dropped=8v" would read).
+#[test]
+fn a_workload_prefix_cut_after_one_byte_is_joined() {
+    let line = |n: u64| format!("vmsync-workload: counter={n} checksum={:016x} uptime={n}.00 frames={} dropped=8\n", n * 7, n * 30);
+    let l2 = line(2);
+    let (l2a, l2b) = l2.split_at(1);
+    let a = format!("{BOOT}{}vmsync: epoch epoch=3 dirty_pages=1\n{l2a}\nvmsync: ack standby=1 epoch=3 at_ms=5\n{l2b}{}", line(1), line(3));
+    let outs = vec![a];
+    let t = timeline(&outs, 0);
+    let g = guest_check::guest_lines(&outs, &t);
+    assert!(g.unreadable.is_empty(), "{:?}", g.unreadable);
+    let read: Vec<_> = g.lines.iter().map(|l| (l.line.counter, l.line.field("dropped").map(str::to_string))).collect();
+    assert_eq!(read, (1..=3).map(|n| (n, Some("8".to_string()))).collect::<Vec<_>>());
+}
+
 #[test]
 fn an_out_without_its_in_is_a_problem() {
     let a = format!("{BOOT}{}{}", active(1..=3, 1..=3), out_line(3, 1));
