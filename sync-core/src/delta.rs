@@ -257,7 +257,7 @@ pub fn encode_with(page: &Page, shadow: Option<Shadow<'_>>, out: &mut Vec<u8>) -
 fn encode_before(page: &Page, shadow: Option<Shadow<'_>>, next: Option<Next<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
     let Some(shadow) = shadow else {
         if let Some(n) = next {
-            n.prefetch(0..PREFETCH_LINES);
+            n.prefetch_first();
         }
         return encode_unshadowed(page, out);
     };
@@ -268,7 +268,7 @@ fn encode_before(page: &Page, shadow: Option<Shadow<'_>>, next: Option<Next<'_>>
         return unsafe { encode_shadowed_avx2(page, shadow, next, out) };
     }
     if let Some(n) = next {
-        n.prefetch(0..PREFETCH_LINES);
+        n.prefetch_first();
     }
     encode_shadowed(page, shadow, out)
 }
@@ -283,12 +283,13 @@ pub struct Next<'a> {
 }
 
 impl Next<'_> {
-    /// Prefetches `lines` of the page and of its shadow (a hint).
+    /// Prefetches the first `PREFETCH_LINES` lines of the page and of its
+    /// shadow (a hint).
     #[inline(always)]
-    fn prefetch(&self, lines: core::ops::Range<usize>) {
-        simd::prefetch_lines(self.page, lines.clone());
+    fn prefetch_first(&self) {
+        simd::prefetch_block::<PREFETCH_LINES>(self.page, 0);
         if let Some(s) = self.shadow {
-            simd::prefetch_lines(s, lines);
+            simd::prefetch_block::<PREFETCH_LINES>(s, 0);
         }
     }
 }
@@ -334,9 +335,8 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
         None => (page, page),
     };
     let mut prefetched = PAGE_SIZE / 64;
-    if next.is_some() {
-        simd::prefetch_block::<PREFETCH_LINES>(na, 0);
-        simd::prefetch_block::<PREFETCH_LINES>(nb, 0);
+    if let Some(n) = next {
+        n.prefetch_first();
         prefetched = PREFETCH_LINES;
     }
     // SAFETY (every call of simd::changed_lines_avx2, line_mask_counted,
@@ -1020,21 +1020,10 @@ pub fn decode_body(kind: u8, input: &[u8]) -> Result<(RecordRef<'_>, usize), Del
 /// of the page as last applied. On error `out` holds unspecified content
 /// and must not be used.
 pub fn apply(shadow: Option<&Page>, rec: &PageRecordRef<'_>, out: &mut Page) -> Result<u64, DeltaError> {
-    match rec.record {
-        RecordRef::Zero => {
-            out.fill(0);
-            Ok(ZERO_PAGE_HASH)
-        }
-        RecordRef::Full(p) => {
-            out.copy_from_slice(p);
-            Ok(hash_page(out))
-        }
-        RecordRef::Delta { hash, runs } => {
-            out.copy_from_slice(shadow.ok_or(DeltaError::MissingShadow)?);
-            apply_runs(runs, out)?;
-            check_hash(out, hash)
-        }
+    if let RecordRef::Delta { .. } = rec.record {
+        out.copy_from_slice(shadow.ok_or(DeltaError::MissingShadow)?);
     }
+    apply_in_place(out, rec)
 }
 
 /// As `apply`, for a page that holds its shadow on entry (the standby's

@@ -647,9 +647,20 @@ pub(crate) mod x86 {
     /// words cancel).
     ///
     /// # Safety
-    /// `w < 64`; AVX2 must be enabled in the caller.
+    /// AVX2 must be enabled in the caller.
     #[inline(always)]
     pub(crate) unsafe fn add_line(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) {
+        // SAFETY: as this function's contract.
+        unsafe { acc.terms = _mm256_add_epi64(acc.terms, line_terms(a, b, w)) };
+    }
+
+    /// The terms of line `w % 64` of `a` minus those of `b`, four u64 lanes
+    /// (equal words give equal terms: their difference is 0).
+    ///
+    /// # Safety
+    /// AVX2 must be enabled in the caller.
+    #[inline(always)]
+    unsafe fn line_terms(a: &Page, b: &Page, w: usize) -> __m256i {
         let keys = crate::page::line_keys(w);
         // SAFETY: reads 64 bytes at 64*(w % 64) from each page and the
         // line's 8 keys; loadu has no alignment need.
@@ -659,8 +670,7 @@ pub(crate) mod x86 {
             let pk = keys.as_ptr() as *const __m256i;
             let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
             let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
-            let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
-            acc.terms = _mm256_add_epi64(acc.terms, t);
+            _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)))
         }
     }
 
@@ -735,19 +745,8 @@ pub(crate) mod x86 {
         while bits != 0 {
             let w = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let keys = crate::page::line_keys(w);
-            // SAFETY: reads 64 bytes at 64*w (w < 64) from each page and the
-            // line's 8 keys; loadu has no alignment need.
-            unsafe {
-                let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
-                let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
-                let pk = keys.as_ptr() as *const __m256i;
-                let (a0, a1, b0, b1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
-                let (k0, k1) = (_mm256_loadu_si256(pk), _mm256_loadu_si256(pk.add(1)));
-                // Equal words give equal terms: their difference is 0.
-                let t = _mm256_sub_epi64(_mm256_add_epi64(mix4(a0, k0), mix4(a1, k1)), _mm256_add_epi64(mix4(b0, k0), mix4(b1, k1)));
-                delta = _mm256_add_epi64(delta, t);
-            }
+            // SAFETY: AVX2 is enabled here.
+            delta = unsafe { _mm256_add_epi64(delta, line_terms(a, b, w)) };
         }
         // SAFETY: AVX2 is enabled here.
         unsafe { hsum(delta) }
