@@ -330,15 +330,20 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
     let (a, b) = (page, shadow.page);
     // The next page's first lines now (they help a next page from RAM
     // most); the rest during the walk, PREFETCH_LINES a line walked.
-    let (na, nb) = match next {
-        Some(n) => (n.page, n.shadow.unwrap_or(n.page)),
-        None => (page, page),
+    // pf: the next line of the next page to prefetch (its shadow's is
+    // `d` bytes further), pf_end where that ends; both null with no next.
+    let (mut pf, pf_end, d) = match next {
+        Some(n) => {
+            n.prefetch_first();
+            let nb = n.shadow.unwrap_or(n.page);
+            (
+                n.page.as_ptr().wrapping_add(64 * PREFETCH_LINES),
+                n.page.as_ptr().wrapping_add(PAGE_SIZE),
+                (nb.as_ptr() as isize).wrapping_sub(n.page.as_ptr() as isize),
+            )
+        }
+        None => (core::ptr::null(), core::ptr::null(), 0),
     };
-    let mut prefetched = PAGE_SIZE / 64;
-    if let Some(n) = next {
-        n.prefetch_first();
-        prefetched = PREFETCH_LINES;
-    }
     // SAFETY (every call of simd::changed_lines_avx2, line_mask_counted,
     // add_chunk, add_line, HashAcc, encode_dense_avx2 and extend_run_avx2
     // below): the caller checked the features enabled here; line numbers
@@ -369,44 +374,46 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
     let mut acc = unsafe { HashAcc::new() };
     let mut bits = lines;
     while bits != 0 {
-        if prefetched < PAGE_SIZE / 64 {
-            simd::prefetch_block::<PREFETCH_LINES>(na, prefetched);
-            simd::prefetch_block::<PREFETCH_LINES>(nb, prefetched);
-            prefetched += PREFETCH_LINES;
+        if pf < pf_end {
+            simd::prefetch_at::<PREFETCH_LINES>(pf);
+            simd::prefetch_at::<PREFETCH_LINES>(pf.wrapping_offset(d));
+            pf = pf.wrapping_add(64 * PREFETCH_LINES);
         }
         let i = bits.trailing_zeros() as usize % 64;
         bits &= bits - 1;
         // SAFETY: as above.
         let raw = unsafe { line_mask_counted(a, b, i, &mut acc) };
         let base = 64 * i;
-        // The line's first run, shifted down to bit 0: all ones up to its
-        // length when it is the line's only run (then x + 1 is the bit
-        // after it).
-        let so = raw.trailing_zeros() as usize;
-        let x = raw >> (so % 64);
-        let y = x.wrapping_add(1);
-        let (s, e) = (base + so, base + so + y.trailing_zeros() as usize);
+        // The line's first changed byte (raw is not 0: the line differs),
+        // its 16-byte chunk, and whether every change of the line lies in
+        // that chunk (then only the chunk's words are hashed).
+        let so = raw.trailing_zeros() as usize % 64;
+        let c = so & 0x30;
+        let in_chunk = (raw >> c) >> 16 == 0;
+        // The first run shifted down to bit 0: all ones up to its length
+        // when it is the line's only run.
+        let x = raw >> so;
+        let s = base + so;
         let gap = s.wrapping_sub(w.end);
         // A sparse write's line: one run (so write_runs' joining of single
         // unchanged bytes has nothing to join), inside one 16-byte chunk,
-        // not at the line's end (such a run could go on into the next
-        // line), too far from the last run to merge with it (a gap of at
-        // most 5 might), and not at the page's end (put_short_run copies 16
-        // bytes). A run of the line before cannot reach into it: that run
-        // would have started at this line's first byte, so s < end and the
-        // gap wraps.
-        if x & y == 0 && (s ^ (e - 1)) < 16 && e & 63 != 0 && gap.wrapping_sub(6) < PAGE_SIZE - 6 && s <= PAGE_SIZE - 16 {
+        // not at the line's end (bit 63: such a run could go on into the
+        // next line), too far from the last run to merge with it (a gap of
+        // at most 5 might), and not at the page's end (put_short_run copies
+        // 16 bytes). A run of the line before cannot reach into it: that
+        // run would have started at this line's first byte, so s < end and
+        // the gap wraps.
+        if in_chunk && x & x.wrapping_add(1) == 0 && (raw as i64) >= 0 && gap.wrapping_sub(6) < PAGE_SIZE - 6 && s <= PAGE_SIZE - 16 {
+            // One run: its length is the line's changed bytes.
+            let e = s + raw.count_ones() as usize;
             // SAFETY: as above (the chunk's words are the line's only
-            // changed ones); end < s < e <= s + 16 <= PAGE_SIZE (raw is not
-            // 0: the line differs); room as above.
-            unsafe { add_chunk(a, b, keys, s & !15, &mut acc) };
+            // changed ones); end < s < e <= s + 16 <= PAGE_SIZE; room as
+            // above.
+            unsafe { add_chunk(a, b, keys, base + c, &mut acc) };
             (w.last_at, w.at, w.end) = (w.at, unsafe { put_short_run(w.at, gap, s, e - s, page) }, e);
             continue;
         }
-        // The first changed 16-byte chunk of the line: when every change
-        // lies in it, its words are the only ones hashed.
-        let c = (raw.trailing_zeros() & 0x30) as usize;
-        if (raw >> c) >> 16 == 0 {
+        if in_chunk {
             // SAFETY: as above.
             unsafe { add_chunk(a, b, keys, base + c, &mut acc) };
         } else {

@@ -238,14 +238,26 @@ pub fn is_zero(page: &Page) -> bool {
 #[inline(always)]
 pub fn prefetch_block<const N: usize>(page: &Page, first: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    prefetch_at::<N>(page.as_ptr().wrapping_add(64 * first));
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    prefetch_lines(page, first..first + N);
+}
+
+/// Asks the CPU to start loading the `N` 64-byte lines from `at` into L1
+/// (a hint: never faults, whatever the address). Nothing where there is
+/// no SSE: the only caller that gives an address rather than a page is
+/// the AVX2 encoder.
+#[inline(always)]
+pub fn prefetch_at<const N: usize>(at: *const u8) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
     for k in 0..N {
         // SAFETY: SSE is enabled (cfg above); a prefetch reads nothing,
         // writes nothing and never faults, whatever the address; the
         // address is only computed (wrapping_add, no dereference).
-        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(page.as_ptr().wrapping_add(64 * (first + k)).cast()) };
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at.wrapping_add(64 * k).cast()) };
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
-    prefetch_lines(page, first..first + N);
+    let _ = at;
 }
 
 /// Asks the CPU to start loading 64-byte lines `lines` of `page` into L1
