@@ -387,12 +387,13 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
         // The line's first changed byte (raw is not 0: the line differs),
         // its 16-byte chunk, and whether every change of the line lies in
         // that chunk (then only the chunk's words are hashed).
-        let so = raw.trailing_zeros() as usize % 64;
+        let so = raw.trailing_zeros() as usize;
         let c = so & 0x30;
         let in_chunk = (raw >> c) >> 16 == 0;
         // The first run shifted down to bit 0: all ones up to its length
-        // when it is the line's only run.
-        let x = raw >> so;
+        // when it is the line's only run (so < 64: wrapping_shr needs no
+        // mask for that, as `% 64` would).
+        let x = raw.wrapping_shr(so as u32);
         let s = base + so;
         let gap = s.wrapping_sub(w.end);
         // A sparse write's line: one run (so write_runs' joining of single
