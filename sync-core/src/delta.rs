@@ -662,6 +662,12 @@ fn encode_changed(page: &Page, hash: u64, changed: usize, lines: u64, masks: &[u
         // The runs alone would not beat a whole page.
         return push_full(out, page, hash, changed);
     }
+    if changed > PAGE_SIZE / 2 && run_bytes_at_least(masks, lines) > MAX_RUN_BYTES {
+        // A page rewritten nearly whole: its runs cannot fit either, which
+        // write_runs would find out only after copying most of the page
+        // into them.
+        return push_full(out, page, hash, changed);
+    }
 
     // The runs go straight into reserved room after the hash and a 1-byte
     // length (moved by one byte in the rare case the length takes two).
@@ -678,6 +684,22 @@ fn encode_changed(page: &Page, hash: u64, changed: usize, lines: u64, masks: &[u
     // SAFETY: write_runs keeps run_bytes <= MAX_RUN_BYTES and wrote them
     // at rec_start + HASH_LEN + 1, inside the room reserved above.
     unsafe { finish_delta(out, rec_start, hash, changed, run_bytes) }
+}
+
+/// A lower bound of the run bytes `write_runs` writes for `masks`: every
+/// changed byte is in a run, and so is every unchanged byte between two
+/// changed ones of a line (joined on the mask; one between two lines is
+/// merged as well, but not counted here), and a run takes at least one
+/// byte of skip and one of length.
+fn run_bytes_at_least(masks: &[u64; PAGE_SIZE / 64], lines: u64) -> usize {
+    let mut n = 2;
+    let mut bits = lines;
+    while bits != 0 {
+        let m = masks[bits.trailing_zeros() as usize % 64];
+        bits &= bits - 1;
+        n += (m | ((m << 1) & (m >> 1))).count_ones() as usize;
+    }
+    n
 }
 
 /// Writes a Delta's hash and length before its runs and sets `out`'s
@@ -1640,6 +1662,53 @@ mod reference_tests {
             let g = encode(p, Some(&shadow), &mut got);
             assert_eq!((g, &got), (w, &want), "case {n}");
         }
+    }
+
+    /// Pages at the edge between Delta and Full (one long run of 4060 to
+    /// 4096 bytes, or a rewrite with single unchanged bytes left in it,
+    /// inside lines or at their ends) give the reference encoder's bytes:
+    /// the bound that sends a nearly rewritten page Full before its runs are
+    /// written decides as the runs would.
+    #[test]
+    fn nearly_rewritten_pages_match_reference() {
+        let shadow = reference::pairs(0x4655_4C4C, 1)[0].0;
+        let mut cases = Vec::new();
+        for len in 4060..=PAGE_SIZE {
+            for at in [0, PAGE_SIZE - len, (PAGE_SIZE - len) / 2] {
+                let mut p = shadow;
+                for b in &mut p[at..at + len] {
+                    *b = !*b;
+                }
+                cases.push(p);
+            }
+        }
+        for kept in [1, 2, 5, 6, 7, 8, 12, 16, 40] {
+            for step in [1, 2, 3, 7, 63, 64, 65] {
+                let mut p = shadow;
+                for b in p.iter_mut() {
+                    *b = !*b;
+                }
+                for k in 0..kept {
+                    let at = (k * step * 37 + 11) % PAGE_SIZE;
+                    p[at] = shadow[at];
+                }
+                cases.push(p);
+            }
+        }
+        let mut kinds = [0usize; 4];
+        for (n, p) in cases.iter().enumerate() {
+            let mut want = Vec::new();
+            let w = reference::encode(p, &shadow, &mut want);
+            kinds[w.kind as usize] += 1;
+            let mut got = Vec::new();
+            let g = encode(p, Some(&shadow), &mut got);
+            assert_eq!((g, &got), (w, &want), "case {n}");
+            let mut got2 = Vec::new();
+            let g2 = encode_shadowed(p, Shadow { page: &shadow, hash: hash_page(&shadow) }, &mut got2);
+            assert_eq!((g2, &got2), (w, &want), "case {n} generic");
+        }
+        // Both sides of the edge are reached.
+        assert!(kinds[RecordKind::Full as usize] > 10 && kinds[RecordKind::Delta as usize] > 10, "{kinds:?}");
     }
 
     /// Naming the next page (which the encoder prefetches) changes no byte.
