@@ -344,12 +344,12 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
         }
         None => (core::ptr::null(), core::ptr::null(), 0),
     };
-    // SAFETY (every call of simd::changed_lines_avx2, line_mask_counted,
+    // SAFETY (every call of simd::x86::changed_lines, line_mask_counted,
     // add_chunk, add_line, HashAcc, encode_dense_avx2 and extend_run_avx2
     // below): the caller checked the features enabled here; line numbers
     // (from the bitmap, `% 64`) are < 64 and a chunk's offset (a line's
     // plus 0, 16, 32 or 48) is at most PAGE_SIZE - 16.
-    let lines = unsafe { simd::changed_lines_avx2(a, b) };
+    let lines = unsafe { simd::x86::changed_lines(a, b) };
     if lines == 0 {
         return same_record(shadow.hash);
     }
