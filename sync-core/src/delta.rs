@@ -1694,6 +1694,20 @@ mod reference_tests {
                 }
                 cases.push(p);
             }
+            // Kept bytes at lines' last or first bytes (a gap across two
+            // lines, which the bound does not count), and kept pairs (a gap
+            // of two, which write_runs may merge but does not join).
+            for (first, width) in [(63, 1), (0, 1), (62, 2), (30, 2)] {
+                let mut p = shadow;
+                for b in p.iter_mut() {
+                    *b = !*b;
+                }
+                for k in 0..kept {
+                    let at = (64 * (7 * k % 64) + first) % PAGE_SIZE;
+                    p[at..at + width].copy_from_slice(&shadow[at..at + width]);
+                }
+                cases.push(p);
+            }
         }
         let mut kinds = [0usize; 4];
         for (n, p) in cases.iter().enumerate() {
