@@ -89,10 +89,10 @@ fn word(p: &Page, i: usize) -> u64 {
 
 /// First index at or after `i` where the pages differ (or the page end).
 fn skip_equal(old: &Page, new: &Page, mut i: usize) -> usize {
-    while i % 8 != 0 && i < PAGE_SIZE && old[i] == new[i] {
+    while !i.is_multiple_of(8) && i < PAGE_SIZE && old[i] == new[i] {
         i += 1;
     }
-    if i % 8 == 0 {
+    if i.is_multiple_of(8) {
         while i < PAGE_SIZE && word(old, i) == word(new, i) {
             i += 8;
         }
@@ -107,10 +107,10 @@ fn skip_equal(old: &Page, new: &Page, mut i: usize) -> usize {
 fn skip_different(old: &Page, new: &Page, mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    while i % 8 != 0 && i < PAGE_SIZE && old[i] != new[i] {
+    while !i.is_multiple_of(8) && i < PAGE_SIZE && old[i] != new[i] {
         i += 1;
     }
-    if i % 8 == 0 {
+    if i.is_multiple_of(8) {
         while i < PAGE_SIZE {
             let x = word(old, i) ^ word(new, i);
             // Some byte of x is zero: the run ends inside this word.
