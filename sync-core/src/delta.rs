@@ -875,33 +875,23 @@ impl RunWriter<'_> {
 /// the page.
 #[inline(always)]
 unsafe fn put_run(at: *mut u8, skip: usize, s: usize, len: usize, page: &Page) -> *mut u8 {
-    let big1 = (skip >= 0x80) as usize;
-    let v1 = leb2(skip);
     if len <= 16 && s + 16 <= PAGE_SIZE {
-        // A short run (sparse writes, a few pixels): a 1-byte length, and
-        // its bytes as one fixed 16-byte copy, not a memcpy call. Three
-        // stores at offsets from `big1` cost fewer instructions than one
-        // header word shifted into place.
-        // SAFETY: as this function's contract; the page read is s..s + 16
-        // (checked <= PAGE_SIZE).
-        unsafe {
-            core::ptr::copy_nonoverlapping((v1 as u16).to_le_bytes().as_ptr(), at, 2);
-            let at = at.add(big1);
-            *at.add(1) = len as u8;
-            core::ptr::copy_nonoverlapping(page.as_ptr().add(s), at.add(2), 16);
-            return at.add(2 + len);
-        }
+        // SAFETY: as this function's contract, and the run's length and
+        // start are checked just above.
+        return unsafe { put_short_run(at, skip, s, len, page) };
     }
     // SAFETY: as this function's contract.
-    unsafe { put_long_run(at, v1, big1, s, len, page) }
+    unsafe { put_long_run(at, leb2(skip), (skip >= 0x80) as usize, s, len, page) }
 }
 
-/// `put_run` for a run of at most 16 bytes that starts at most 16 bytes
-/// before the page's end, whose caller checked both.
+/// `put_run` for a run of at most 16 bytes that starts at least 16 bytes
+/// before the page's end, whose caller checked both (sparse writes, a few
+/// pixels): a 1-byte length, and its bytes as one fixed 16-byte
+/// copy, not a memcpy call. Three stores at offsets from `big1` cost fewer
+/// instructions than one header word shifted into place.
 ///
 /// # Safety
 /// As `put_run`, and `1 <= len <= 16`, `s + 16 <= PAGE_SIZE`.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
 unsafe fn put_short_run(at: *mut u8, skip: usize, s: usize, len: usize, page: &Page) -> *mut u8 {
     let big1 = (skip >= 0x80) as usize;
@@ -956,7 +946,7 @@ static LEB2: [u16; PAGE_SIZE] = {
 #[inline(never)]
 unsafe fn put_long_run(at: *mut u8, v1: usize, big1: usize, s: usize, len: usize, page: &Page) -> *mut u8 {
     let big2 = (len >= 0x80) as usize;
-    let v2 = len + (len & !0x7F) + (big2 << 7);
+    let v2 = leb2_of(len);
     let head = (v1 | v2 << (8 + 8 * big1)) as u32;
     let h = 2 + big1 + big2;
     // SAFETY: as `put_run`'s contract; the page read is s..s + len.

@@ -610,15 +610,39 @@ pub(crate) mod x86 {
     /// The CPU must support AVX2 and the OS must save YMM state.
     #[inline(always)]
     pub(crate) unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe {
+            let (e0, e1) = line_equal(a, b, w);
+            differing(e0, e1)
+        }
+    }
+
+    /// Line `w % 64` compared byte by byte: -1 where the bytes are equal,
+    /// the line's two halves.
+    ///
+    /// # Safety
+    /// AVX2 must be enabled in the caller.
+    #[inline(always)]
+    unsafe fn line_equal(a: &Page, b: &Page, w: usize) -> (__m256i, __m256i) {
         // SAFETY: reads 64 bytes at 64*(w % 64) from each page; loadu has
-        // no alignment need; the caller guarantees AVX2.
+        // no alignment need; the caller enables AVX2.
         unsafe {
             let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
             let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
-            let lo = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb)));
-            let hi = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1))));
-            !((lo as u32 as u64) | (hi as u32 as u64) << 32)
+            (_mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb)), _mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1))))
         }
+    }
+
+    /// The byte mask of a line from `line_equal`: bit `i` set when byte `i`
+    /// differs.
+    ///
+    /// # Safety
+    /// AVX2 must be enabled in the caller.
+    #[inline(always)]
+    unsafe fn differing(e0: __m256i, e1: __m256i) -> u64 {
+        // SAFETY: as this function's contract.
+        let (lo, hi) = unsafe { (_mm256_movemask_epi8(e0), _mm256_movemask_epi8(e1)) };
+        !((lo as u32 as u64) | (hi as u32 as u64) << 32)
     }
 
     /// The byte mask of line `w` (bit `i` set when byte `64*w + i`
@@ -628,17 +652,12 @@ pub(crate) mod x86 {
     /// `w < 64`; AVX2 must be enabled in the caller.
     #[inline(always)]
     pub(crate) unsafe fn line_mask_counted(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) -> u64 {
-        // SAFETY: reads 64 bytes at 64*(w % 64) from each page; loadu has
-        // no alignment need; the caller enables AVX2.
+        // SAFETY: the caller enables AVX2.
         unsafe {
-            let pa = a.as_ptr().add(64 * (w % 64)) as *const __m256i;
-            let pb = b.as_ptr().add(64 * (w % 64)) as *const __m256i;
-            let e0 = _mm256_cmpeq_epi8(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
-            let e1 = _mm256_cmpeq_epi8(_mm256_loadu_si256(pa.add(1)), _mm256_loadu_si256(pb.add(1)));
+            let (e0, e1) = line_equal(a, b, w);
             // An equal byte is -1: subtracting counts it.
             acc.equal = _mm256_sub_epi8(_mm256_sub_epi8(acc.equal, e0), e1);
-            let (lo, hi) = (_mm256_movemask_epi8(e0), _mm256_movemask_epi8(e1));
-            !((lo as u32 as u64) | (hi as u32 as u64) << 32)
+            differing(e0, e1)
         }
     }
 
