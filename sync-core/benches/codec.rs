@@ -18,21 +18,14 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sync_core::delta::{self, BatchDecoder, BatchEncoder, Next, Shadow};
-use sync_core::page::{hash_page, Page, PAGE_SIZE};
+use sync_core::page::PAGE_SIZE;
 use sync_core::xbzrle;
 
 mod patterns;
 
 fn codec(c: &mut Criterion) {
     for pat in patterns::all() {
-        let pairs: Vec<(&Page, &Page, u64)> = pat
-            .pairs
-            .iter()
-            .map(|(s, p)| {
-                let s: &Page = s.as_deref().expect("every benchmark pair has a shadow");
-                (s, &p.0, hash_page(s))
-            })
-            .collect();
+        let pairs = pat.shadowed();
         let mut g = c.benchmark_group(pat.name);
         g.throughput(Throughput::Bytes((pairs.len() * PAGE_SIZE) as u64));
 

@@ -177,14 +177,7 @@ fn main() {
         "pattern", "memcmp", "mc full", "encode", "/mc", "/full", "1 by 1", "/full", "enc+hash", "/full", "xbzrle", "/full", "apply"
     );
     for pat in &pats {
-        let pairs: Vec<(&Page, &Page, u64)> = pat
-            .pairs
-            .iter()
-            .map(|(s, p)| {
-                let s: &Page = s.as_deref().expect("shadowed pairs");
-                (s, &p.0, hash_page(s))
-            })
-            .collect();
+        let pairs = pat.shadowed();
         let n = pairs.len() as f64;
         let iters = (10_000 / pairs.len()).max(1) as u32;
         let (mut out1, mut out2, mut out3) = (Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32)), Vec::new(), Vec::new());

@@ -13,7 +13,7 @@
 
 use std::hint::black_box;
 use sync_core::delta::{BatchEncoder, Next, Shadow};
-use sync_core::page::{hash_page, Page, PAGE_SIZE};
+use sync_core::page::{Page, PAGE_SIZE};
 
 #[path = "../benches/patterns/mod.rs"]
 mod patterns;
@@ -73,7 +73,7 @@ fn main() {
         eprintln!("no pattern {name}");
         std::process::exit(2);
     };
-    let pairs: Vec<(&Page, &Page, u64)> = pat.pairs.iter().filter_map(|(s, p)| s.as_deref().map(|s| (&s.0, &p.0, hash_page(s)))).collect();
+    let pairs = pat.shadowed();
     let mut out = Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32));
     let mut sink = 0;
     for _ in 0..iters {

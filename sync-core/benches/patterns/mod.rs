@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use sync_core::page::{AlignedPage, PAGE_SIZE};
+use sync_core::page::{hash_page, AlignedPage, Page, PAGE_SIZE};
 
 /// A page of a pattern, on a page boundary as guest pages and shadows are.
 pub type PageBox = Box<AlignedPage>;
@@ -13,6 +13,20 @@ pub struct Pattern {
     pub name: &'static str,
     /// (shadow, page) pairs; `None` shadow = the standby has no copy yet.
     pub pairs: Vec<(Option<PageBox>, PageBox)>,
+}
+
+impl Pattern {
+    /// The pairs as (shadow, page, the shadow's hash), as an encoder gets
+    /// them from `ShadowStore` (every benchmark pair has a shadow).
+    pub fn shadowed(&self) -> Vec<(&Page, &Page, u64)> {
+        self.pairs
+            .iter()
+            .map(|(s, p)| {
+                let s: &Page = s.as_deref().expect("every benchmark pair has a shadow");
+                (s, &p.0, hash_page(s))
+            })
+            .collect()
+    }
 }
 
 struct Rng(u64);
