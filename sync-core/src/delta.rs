@@ -56,10 +56,15 @@
 //! a straight path for the line of a sparse write, and while it walks it
 //! loads the batch's next page into L1 (`BatchEncoder::encode_next`), so
 //! that the next page's compare finds its data there
-//! (`encode_shadowed_avx2`).
+//! (`encode_shadowed_avx2`). On a CPU with AVX-512F/BW the same walk is
+//! built a third time with 64-byte line compares into mask registers
+//! (`encode_shadowed_avx512`, `simd::x86::Avx512`): half the compare's
+//! instructions, and a line's byte mask in three.
 
 use crate::page::{hash_page, Page, PAGE_SIZE, ZERO_PAGE_HASH};
 use crate::simd;
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+use crate::simd::x86::LineCompare;
 use alloc::vec::Vec;
 
 /// Bytes of a Delta's hash.
@@ -262,10 +267,15 @@ fn encode_before(page: &Page, shadow: Option<Shadow<'_>>, next: Option<Next<'_>>
         return encode_unshadowed(page, out);
     };
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    if simd::has_avx2_bits() {
-        // SAFETY: has_avx2_bits() checked CPUID for AVX2, POPCNT, LZCNT,
-        // BMI1 and BMI2, and that the OS saves YMM state.
-        return unsafe { encode_shadowed_avx2(page, shadow, next, out) };
+    match simd::x86_walk() {
+        // SAFETY: x86_walk() checked CPUID for AVX2, POPCNT, LZCNT, BMI1,
+        // BMI2, AVX-512F and AVX-512BW, and that the OS saves YMM, mask and
+        // ZMM state.
+        simd::X86Walk::Avx512 => return unsafe { encode_shadowed_avx512(page, shadow, next, out) },
+        // SAFETY: x86_walk() checked CPUID for AVX2, POPCNT, LZCNT, BMI1
+        // and BMI2, and that the OS saves YMM state.
+        simd::X86Walk::Avx2 => return unsafe { encode_shadowed_avx2(page, shadow, next, out) },
+        simd::X86Walk::Portable => {}
     }
     if let Some(n) = next {
         n.prefetch_first();
@@ -326,7 +336,33 @@ fn encode_unshadowed(page: &Page, out: &mut Vec<u8>) -> EncodeOutcome {
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[target_feature(enable = "avx2,popcnt,lzcnt,bmi1,bmi2")]
 unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Next<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
-    use simd::x86::{add_chunk, add_line, line_mask_counted, HashAcc};
+    // SAFETY: the features encode_walked needs for Avx2 are enabled here.
+    unsafe { encode_walked::<simd::x86::Avx2>(page, shadow, next, out) }
+}
+
+/// `encode_shadowed_avx2` with the AVX-512 line compares
+/// (`simd::x86::Avx512`): the same walk and the same bytes.
+///
+/// # Safety
+/// As `encode_shadowed_avx2`, and the CPU must have AVX-512F and AVX-512BW
+/// and the OS save their state (`simd::x86_walk`).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx2,popcnt,lzcnt,bmi1,bmi2,avx512f,avx512bw")]
+unsafe fn encode_shadowed_avx512(page: &Page, shadow: Shadow<'_>, next: Option<Next<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
+    // SAFETY: the features encode_walked needs for Avx512 are enabled here.
+    unsafe { encode_walked::<simd::x86::Avx512>(page, shadow, next, out) }
+}
+
+/// The body of `encode_shadowed_avx2` and `encode_shadowed_avx512`, which
+/// differ in how lines are compared (`L`).
+///
+/// # Safety
+/// Inlined into a function that enables AVX2, POPCNT, LZCNT, BMI1, BMI2
+/// and `L`'s features, which the CPU and OS have.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+unsafe fn encode_walked<L: LineCompare>(page: &Page, shadow: Shadow<'_>, next: Option<Next<'_>>, out: &mut Vec<u8>) -> EncodeOutcome {
+    use simd::x86::{add_chunk, add_line, HashAcc};
     let (a, b) = (page, shadow.page);
     // The next page's first lines now (they help a next page from RAM
     // most; here rather than in encode_before, which measured 49
@@ -346,12 +382,12 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
         }
         None => (core::ptr::null(), core::ptr::null(), 0),
     };
-    // SAFETY (every call of simd::x86::changed_lines, line_mask_counted,
-    // add_chunk, add_line, HashAcc, encode_dense_avx2 and extend_run_avx2
-    // below): the caller checked the features enabled here; line numbers
+    // SAFETY (every call of L's methods, add_chunk, add_line, HashAcc,
+    // encode_dense_avx2 and extend_run_lines below): the caller enables
+    // the features they need, which the CPU has; line numbers
     // (from the bitmap, `% 64`) are < 64 and a chunk's offset (a line's
     // plus 0, 16, 32 or 48) is at most PAGE_SIZE - 16.
-    let lines = unsafe { simd::x86::changed_lines(a, b) };
+    let lines = unsafe { L::changed_lines(a, b) };
     if lines == 0 {
         return same_record(shadow.hash);
     }
@@ -373,7 +409,7 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
     let mut w = Runs { at: runs_at, last_at: core::ptr::null_mut(), end: 0 };
     let keys = crate::page::keys();
     // SAFETY: as above.
-    let mut acc = unsafe { HashAcc::new() };
+    let (mut acc, mut count) = unsafe { (HashAcc::new(), L::no_changes()) };
     let mut bits = lines;
     while bits != 0 {
         if pf < pf_end {
@@ -384,7 +420,7 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
         let i = bits.trailing_zeros() as usize % 64;
         bits &= bits - 1;
         // SAFETY: as above.
-        let raw = unsafe { line_mask_counted(a, b, i, &mut acc) };
+        let raw = unsafe { L::line_mask_counted(a, b, i, &mut count) };
         let base = 64 * i;
         // The line's first changed byte (raw is not 0: the line differs),
         // its 16-byte chunk, and whether every change of the line lies in
@@ -424,11 +460,11 @@ unsafe fn encode_shadowed_avx2(page: &Page, shadow: Shadow<'_>, next: Option<Nex
             unsafe { add_line(a, b, i, &mut acc) };
         }
         // SAFETY: as above; `w` is this walk's.
-        unsafe { walk_line(&mut w, a, b, i, raw) };
+        unsafe { walk_line::<L>(&mut w, a, b, i, raw) };
     }
     let at = w.at;
-    // SAFETY (both): AVX2 is enabled here.
-    let (hash, changed) = unsafe { (shadow.hash.wrapping_add(acc.sum()), acc.changed(n)) };
+    // SAFETY (both): AVX2 and L's features are enabled here.
+    let (hash, changed) = unsafe { (shadow.hash.wrapping_add(acc.sum()), L::changed(count, n)) };
     if hash == ZERO_PAGE_HASH && simd::is_zero(page) {
         return zero_record(changed);
     }
@@ -451,7 +487,7 @@ struct Runs {
     end: usize,
 }
 
-/// The runs of changed line `i` (byte mask `raw`) that `encode_shadowed_avx2`
+/// The runs of changed line `i` (byte mask `raw`) that `encode_walked`
 /// does not write itself: several in the line, one that goes on into the
 /// next lines, one that takes leading bytes of this line from the last
 /// line's run, or one close enough to the last run to merge with it.
@@ -459,11 +495,11 @@ struct Runs {
 /// (a call may overwrite every vector register).
 ///
 /// # Safety
-/// As for `encode_shadowed_avx2`'s walk: AVX2 and BMI1/2 enabled, `i < 64`,
-/// `w` that walk's state with room for the line's runs.
+/// As for `encode_walked`'s walk: AVX2, BMI1/2 and L's features enabled,
+/// `i < 64`, `w` that walk's state with room for the line's runs.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
-unsafe fn walk_line(w: &mut Runs, a: &Page, b: &Page, i: usize, raw: u64) {
+unsafe fn walk_line<L: LineCompare>(w: &mut Runs, a: &Page, b: &Page, i: usize, raw: u64) {
     let base = 64 * i;
     let mut rest = raw;
     if w.end > base {
@@ -478,8 +514,8 @@ unsafe fn walk_line(w: &mut Runs, a: &Page, b: &Page, i: usize, raw: u64) {
         let mut e = base + t.trailing_zeros() as usize;
         m &= t;
         if t == 0 {
-            // SAFETY: AVX2 is enabled here.
-            e = unsafe { extend_run_avx2(a, b, e) };
+            // SAFETY: L's features are enabled here.
+            e = unsafe { extend_run_lines::<L>(a, b, e) };
         }
         let gap = s - w.end;
         if gap <= 5 && !w.last_at.is_null() {
@@ -564,7 +600,7 @@ const FEW_LINES_RUN_BYTES: usize = 32 * (64 + 4 + 4 + 20 * 2);
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 const _: () = assert!(FEW_LINES_RUN_BYTES <= MAX_RUN_BYTES && HASH_LINES as usize <= 32);
 
-/// `extend_run` for `encode_shadowed_avx2`, which has no masks in memory
+/// `extend_run` for `encode_walked`, which has no masks in memory
 /// and may not have compared the next lines yet: the masks of the lines the
 /// run goes through are made (from L1, or L2); an equal line's is 0 and
 /// stops it. Their hash terms and changed bytes are counted when the walk
@@ -573,17 +609,17 @@ const _: () = assert!(FEW_LINES_RUN_BYTES <= MAX_RUN_BYTES && HASH_LINES as usiz
 /// Inlined: a call would make the walk keep its hash sum in memory.
 ///
 /// # Safety
-/// AVX2 must be enabled in the caller.
+/// L's features must be enabled in the caller.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
-unsafe fn extend_run_avx2(a: &Page, b: &Page, mut end: usize) -> usize {
+unsafe fn extend_run_lines<L: LineCompare>(a: &Page, b: &Page, mut end: usize) -> usize {
     loop {
         let i = end / 64;
         if i >= 64 {
             return end;
         }
-        // SAFETY: i < 64; AVX2 is enabled in the caller.
-        let n = unsafe { simd::x86::line_mask(a, b, i) }.trailing_ones();
+        // SAFETY: i < 64; L's features are enabled in the caller.
+        let n = unsafe { L::line_mask(a, b, i) }.trailing_ones();
         end += n as usize;
         if n < 64 {
             return end;
@@ -1605,7 +1641,48 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod reference_tests {
     use super::*;
-    use alloc::vec;
+    use alloc::{format, vec};
+
+    /// `p` encoded against `sh` by every build of the encoder this CPU
+    /// runs, each appending to a batch that holds one byte already: the
+    /// default (`encode`), the portable one, and on x86_64 the AVX2 walk and
+    /// the AVX-512 one where the CPU has them (with a next page named, which
+    /// changes no byte).
+    fn every_build(p: &Page, sh: &Page) -> Vec<(&'static str, EncodeOutcome, Vec<u8>)> {
+        let shadow = Shadow { page: sh, hash: hash_page(sh) };
+        let mut builds = Vec::new();
+        let mut out = vec![0xAB];
+        builds.push(("default", encode(p, Some(sh), &mut out), out));
+        let mut out = vec![0xAB];
+        builds.push(("portable", encode_shadowed(p, shadow, &mut out), out));
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        {
+            let next = Some(Next { page: sh, shadow: Some(p) });
+            let walk = simd::x86_walk();
+            if walk != simd::X86Walk::Portable {
+                let mut out = vec![0xAB];
+                // SAFETY: x86_walk() found AVX2 and its bit instructions.
+                builds.push(("avx2", unsafe { encode_shadowed_avx2(p, shadow, next, &mut out) }, out));
+            }
+            if walk == simd::X86Walk::Avx512 {
+                let mut out = vec![0xAB];
+                // SAFETY: x86_walk() found AVX-512F and AVX-512BW as well.
+                builds.push(("avx512", unsafe { encode_shadowed_avx512(p, shadow, next, &mut out) }, out));
+            }
+        }
+        builds
+    }
+
+    /// `p` against `sh` gives the reference encoder's outcome and bytes in
+    /// every build; returns the outcome.
+    fn matches_reference(p: &Page, sh: &Page, case: &str) -> EncodeOutcome {
+        let mut want = vec![0xAB];
+        let w = reference::encode(p, sh, &mut want);
+        for (build, g, got) in every_build(p, sh) {
+            assert_eq!((g, &got), (w, &want), "{case} ({build})");
+        }
+        w
+    }
 
     /// The edges of the AVX2 walk: its straight path for a sparse write's
     /// line and everything it hands to `walk_line` or `merge_into_last`,
@@ -1656,11 +1733,7 @@ mod reference_tests {
             cases.push(with(&[(100, 101), (from, to)]));
         }
         for (n, p) in cases.iter().enumerate() {
-            let mut want = vec![0xAB];
-            let w = reference::encode(p, &shadow, &mut want);
-            let mut got = vec![0xAB];
-            let g = encode(p, Some(&shadow), &mut got);
-            assert_eq!((g, &got), (w, &want), "case {n}");
+            matches_reference(p, &shadow, &format!("case {n}"));
         }
     }
 
@@ -1711,15 +1784,7 @@ mod reference_tests {
         }
         let mut kinds = [0usize; 4];
         for (n, p) in cases.iter().enumerate() {
-            let mut want = Vec::new();
-            let w = reference::encode(p, &shadow, &mut want);
-            kinds[w.kind as usize] += 1;
-            let mut got = Vec::new();
-            let g = encode(p, Some(&shadow), &mut got);
-            assert_eq!((g, &got), (w, &want), "case {n}");
-            let mut got2 = Vec::new();
-            let g2 = encode_shadowed(p, Shadow { page: &shadow, hash: hash_page(&shadow) }, &mut got2);
-            assert_eq!((g2, &got2), (w, &want), "case {n} generic");
+            kinds[matches_reference(p, &shadow, &format!("case {n}")).kind as usize] += 1;
         }
         // Both sides of the edge are reached.
         assert!(kinds[RecordKind::Full as usize] > 10 && kinds[RecordKind::Delta as usize] > 10, "{kinds:?}");
@@ -1747,26 +1812,7 @@ mod reference_tests {
     fn encoder_matches_reference_byte_for_byte() {
         for seed in 1..40u64 {
             for (sh, p) in reference::pairs(seed * 0x9E37_79B9, 64) {
-                let mut want = vec![0xAB];
-                let w = reference::encode(&p, &sh, &mut want);
-                let mut got = vec![0xAB];
-                let g = encode(&p, Some(&sh), &mut got);
-                assert_eq!(g, w, "seed {seed}");
-                assert_eq!(got, want, "seed {seed}");
-                // Also the portable path.
-                let mut got2 = vec![0xAB];
-                let g2 = encode_shadowed(&p, Shadow { page: &sh, hash: hash_page(&sh) }, &mut got2);
-                assert_eq!(g2, w, "seed {seed} generic");
-                assert_eq!(got2, want, "seed {seed} generic");
-                // And the AVX2 build directly, when the CPU has it.
-                #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-                if simd::has_avx2_bits() {
-                    let mut got3 = vec![0xAB];
-                    // SAFETY: checked just above.
-                    let g3 =
-                        unsafe { encode_shadowed_avx2(&p, Shadow { page: &sh, hash: hash_page(&sh) }, Some(Next { page: &sh, shadow: Some(&p) }), &mut got3) };
-                    assert_eq!((g3, &got3), (w, &want), "seed {seed} avx2");
-                }
+                matches_reference(&p, &sh, &format!("seed {seed}"));
             }
         }
     }

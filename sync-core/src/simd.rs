@@ -5,7 +5,9 @@
 //! bare metal the vector registers belong to the guest unless the target
 //! says otherwise:
 //! - x86_64 with SSE2 in the target (hosted builds: tests, benchmarks,
-//!   tools): AVX2 when the CPU and OS have it (checked once), else SSE2.
+//!   tools): AVX2 when the CPU and OS have it (checked once), else SSE2;
+//!   the delta encoder's line compares also in AVX-512F/BW where present
+//!   (`x86_walk`).
 //! - aarch64 with NEON in the target (`aarch64-unknown-none` has it; the
 //!   hypervisor saves the guest's FP/SIMD state around its own code).
 //! - otherwise (`x86_64-unknown-none` is soft-float): u64 words.
@@ -338,11 +340,159 @@ pub fn has_avx2_bits() -> bool {
     }
 }
 
+/// Which build of the encoder's line walk an x86_64 CPU runs
+/// (`x86_walk`).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X86Walk {
+    /// The portable encoder (SSE2): no AVX2, or not its bit instructions.
+    Portable = 1,
+    /// AVX2 with POPCNT, LZCNT, BMI1 and BMI2 (`has_avx2_bits`).
+    Avx2 = 2,
+    /// That, with its line compares in AVX-512F/BW (`x86::Avx512`): the
+    /// CPU has both and the OS saves the mask and ZMM registers (XCR0 bits
+    /// 5 to 7).
+    Avx512 = 3,
+}
+
+/// The walk this CPU runs (checked once, then cached), `Avx2` at most after
+/// `avoid_avx512`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+pub fn x86_walk() -> X86Walk {
+    use core::sync::atomic::Ordering;
+    match WALK.load(Ordering::Relaxed) {
+        3 => X86Walk::Avx512,
+        2 => X86Walk::Avx2,
+        1 => X86Walk::Portable,
+        _ => {
+            let walk = if !has_avx2_bits() {
+                X86Walk::Portable
+            } else if x86::detect_avx512() && !AVOID_AVX512.load(Ordering::Relaxed) {
+                X86Walk::Avx512
+            } else {
+                X86Walk::Avx2
+            };
+            // A race only repeats the check.
+            WALK.store(walk as u8, Ordering::Relaxed);
+            walk
+        }
+    }
+}
+
+/// Makes the encoder walk with its AVX2 line compares even on a CPU with
+/// AVX-512, from now on in this program: for measuring that build on such
+/// a CPU (`codec_figures`), or where AVX-512 should stay unused. Call it
+/// before encoding starts (an encode already checking the CPU may still
+/// store the AVX-512 choice).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+pub fn avoid_avx512() {
+    use core::sync::atomic::Ordering;
+    AVOID_AVX512.store(true, Ordering::Relaxed);
+    WALK.store(0, Ordering::Relaxed);
+}
+
+/// `x86_walk`'s cache: 0 = not checked yet, else an `X86Walk`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+static WALK: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+static AVOID_AVX512: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 pub(crate) mod x86 {
     use super::{PageDiff, BLOCK, BLOCKS};
     use crate::page::Page;
     use core::arch::x86_64::*;
+
+    mod avx512;
+    pub(crate) use avx512::Avx512;
+
+    /// The line compares the AVX2 encoder's walk is built from
+    /// (`delta::encode_walked`), in two instruction sets: `Avx2` and
+    /// `Avx512`. Each method is inlined into an encoder that enables the
+    /// set's features.
+    pub(crate) trait LineCompare {
+        /// The changed bytes of the lines walked so far, kept in a vector
+        /// register.
+        type Count: Copy;
+
+        /// A count of no bytes.
+        ///
+        /// # Safety
+        /// The set's features must be enabled in the caller.
+        unsafe fn no_changes() -> Self::Count;
+
+        /// Bit `i` set when 64-byte line `i` of the pages differs.
+        ///
+        /// # Safety
+        /// The set's features must be enabled in the caller.
+        unsafe fn changed_lines(a: &Page, b: &Page) -> u64;
+
+        /// The byte mask of line `w % 64`: bit `i` set when byte `64*w + i`
+        /// differs.
+        ///
+        /// # Safety
+        /// The set's features must be enabled in the caller.
+        unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64;
+
+        /// `line_mask`, with the line's changed bytes added to `count`.
+        ///
+        /// # Safety
+        /// The set's features must be enabled in the caller.
+        unsafe fn line_mask_counted(a: &Page, b: &Page, w: usize, count: &mut Self::Count) -> u64;
+
+        /// The changed bytes counted over `lines` lines (each counted once).
+        ///
+        /// # Safety
+        /// The set's features must be enabled in the caller.
+        unsafe fn changed(count: Self::Count, lines: u32) -> usize;
+    }
+
+    /// The AVX2 line compares (the caller enables AVX2).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2;
+
+    impl LineCompare for Avx2 {
+        /// Per byte lane of a half line, how many times it was equal.
+        type Count = __m256i;
+
+        #[inline(always)]
+        unsafe fn no_changes() -> __m256i {
+            // SAFETY: the caller enables AVX2.
+            unsafe { _mm256_setzero_si256() }
+        }
+
+        #[inline(always)]
+        unsafe fn changed_lines(a: &Page, b: &Page) -> u64 {
+            // SAFETY: the caller enables AVX2.
+            unsafe { changed_lines(a, b) }
+        }
+
+        #[inline(always)]
+        unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
+            // SAFETY: the caller enables AVX2.
+            unsafe { line_mask(a, b, w) }
+        }
+
+        #[inline(always)]
+        unsafe fn line_mask_counted(a: &Page, b: &Page, w: usize, count: &mut __m256i) -> u64 {
+            // SAFETY: the caller enables AVX2.
+            unsafe {
+                let (e0, e1) = line_equal(a, b, w);
+                // An equal byte is -1: subtracting counts it (at most 2 per
+                // byte lane and line, so up to 127 lines).
+                *count = _mm256_sub_epi8(_mm256_sub_epi8(*count, e0), e1);
+                differing(e0, e1)
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn changed(count: __m256i, lines: u32) -> usize {
+            // SAFETY: the caller enables AVX2.
+            let equal = unsafe { hsum(_mm256_sad_epu8(count, _mm256_setzero_si256())) } as usize;
+            64 * lines as usize - equal
+        }
+    }
 
     #[allow(unused_unsafe)]
     pub(super) fn detect_avx2() -> bool {
@@ -377,6 +527,17 @@ pub(crate) mod x86 {
             let lzcnt = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 5) != 0;
             popcnt && bmi && lzcnt
         }
+    }
+
+    /// AVX-512F and AVX-512BW (leaf 7 EBX 16 and 30), and XCR0 saves the
+    /// mask registers and all of ZMM (bits 5, 6, 7). Call only after
+    /// `detect_avx2` said yes (leaf 7 exists, XGETBV is enabled).
+    #[allow(unused_unsafe)]
+    pub(super) fn detect_avx512() -> bool {
+        // SAFETY: CPUID exists on every x86_64 CPU and leaf 7 does (the
+        // caller saw AVX2 there); OSXSAVE is set, so XGETBV is enabled.
+        let (l7, xcr0) = unsafe { (__cpuid_count(7, 0).ebx, xgetbv0()) };
+        l7 & (1 << 16) != 0 && l7 & (1 << 30) != 0 && xcr0 & 0xE6 == 0xE6
     }
 
     #[target_feature(enable = "xsave")]
@@ -645,22 +806,6 @@ pub(crate) mod x86 {
         !((lo as u32 as u64) | (hi as u32 as u64) << 32)
     }
 
-    /// The byte mask of line `w` (bit `i` set when byte `64*w + i`
-    /// differs), with its equal bytes counted in `acc`.
-    ///
-    /// # Safety
-    /// `w < 64`; AVX2 must be enabled in the caller.
-    #[inline(always)]
-    pub(crate) unsafe fn line_mask_counted(a: &Page, b: &Page, w: usize, acc: &mut HashAcc) -> u64 {
-        // SAFETY: the caller enables AVX2.
-        unsafe {
-            let (e0, e1) = line_equal(a, b, w);
-            // An equal byte is -1: subtracting counts it.
-            acc.equal = _mm256_sub_epi8(_mm256_sub_epi8(acc.equal, e0), e1);
-            differing(e0, e1)
-        }
-    }
-
     /// Adds the terms of the two words at byte `at` (a multiple of 8) of
     /// both pages to `acc` (`keys`: `page::keys()`, passed in so a walk
     /// loads its address once): one vector holds `a`'s 16 bytes and `b`'s, so
@@ -719,15 +864,13 @@ pub(crate) mod x86 {
 
     /// What a walk of changed lines adds up: word terms (`add_line`: `a`'s
     /// minus `b`'s; `add_chunk`: `a`'s in the low lane, `b`'s in the high
-    /// one), four u64 lanes kept apart until the end, and the equal bytes
-    /// of the lines (`line_mask_counted`; at most 2 per byte lane and line,
-    /// so up to 127 lines), all in vector registers so the walk keeps its
-    /// general registers for the runs.
+    /// one), four u64 lanes kept apart until the end, in vector registers
+    /// so the walk keeps its general registers for the runs (as it keeps
+    /// its changed-byte count: `LineCompare::Count`).
     #[derive(Clone, Copy)]
     pub(crate) struct HashAcc {
         terms: __m256i,
         pairs: __m256i,
-        equal: __m256i,
     }
 
     impl HashAcc {
@@ -736,7 +879,7 @@ pub(crate) mod x86 {
         #[inline(always)]
         pub(crate) unsafe fn new() -> Self {
             // SAFETY: as this function's contract.
-            unsafe { HashAcc { terms: _mm256_setzero_si256(), pairs: _mm256_setzero_si256(), equal: _mm256_setzero_si256() } }
+            unsafe { HashAcc { terms: _mm256_setzero_si256(), pairs: _mm256_setzero_si256() } }
         }
 
         /// The wrapping sum of the terms added (`a`'s minus `b`'s).
@@ -752,17 +895,6 @@ pub(crate) mod x86 {
                 let d = _mm_sub_epi64(pa, pb);
                 hsum(self.terms).wrapping_add(_mm_cvtsi128_si64(d) as u64).wrapping_add(_mm_extract_epi64::<1>(d) as u64)
             }
-        }
-
-        /// The changed bytes of the `lines` lines counted (each once).
-        ///
-        /// # Safety
-        /// AVX2 must be enabled in the caller.
-        #[inline(always)]
-        pub(crate) unsafe fn changed(self, lines: u32) -> usize {
-            // SAFETY: as this function's contract.
-            let equal = unsafe { hsum(_mm256_sad_epu8(self.equal, _mm256_setzero_si256())) } as usize;
-            64 * lines as usize - equal
         }
     }
 
