@@ -59,7 +59,7 @@
 //! (`encode_shadowed_avx2`). On a CPU with AVX-512F/BW the same walk is
 //! built a third time with 64-byte line compares into mask registers
 //! (`encode_shadowed_avx512`, `simd::x86::Avx512`): half the compare's
-//! instructions, and a line's byte mask in three.
+//! instructions, and a line's byte mask from one compare.
 
 use crate::page::{hash_page, Page, PAGE_SIZE, ZERO_PAGE_HASH};
 use crate::simd;
