@@ -383,7 +383,7 @@ unsafe fn encode_walked<L: LineCompare>(page: &Page, shadow: Shadow<'_>, next: O
         None => (core::ptr::null(), core::ptr::null(), 0),
     };
     // SAFETY (every call of L's methods, add_chunk, add_line, HashAcc,
-    // encode_dense_avx2 and extend_run_lines below): the caller enables
+    // encode_dense and extend_run_lines below): the caller enables
     // the features they need, which the CPU has; line numbers
     // (from the bitmap, `% 64`) are < 64 and a chunk's offset (a line's
     // plus 0, 16, 32 or 48) is at most PAGE_SIZE - 16.
@@ -394,7 +394,7 @@ unsafe fn encode_walked<L: LineCompare>(page: &Page, shadow: Shadow<'_>, next: O
     let n = lines.count_ones();
     if n > HASH_LINES {
         // SAFETY: as above.
-        return unsafe { encode_dense_avx2(page, shadow.page, lines, out) };
+        return unsafe { encode_dense::<L>(page, shadow.page, lines, out) };
     }
     // The runs go straight into reserved room after the hash and a 1-byte
     // length.
@@ -569,18 +569,18 @@ unsafe fn merge_into_last(last_at: *mut u8, end: usize, gap: usize, e: usize, pa
     Some(unsafe { put_run(last_at, skip, start, e - start, page) })
 }
 
-/// A page with more than `HASH_LINES` changed `lines` (AVX2): masks, the
-/// page hashed whole, runs by `write_runs`.
+/// A page with more than `HASH_LINES` changed `lines` (`encode_walked`):
+/// masks by `L`, the page hashed whole, runs by `write_runs`.
 ///
 /// # Safety
-/// AVX2 and POPCNT must be enabled in the caller.
+/// AVX2, POPCNT and L's features must be enabled in the caller.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
-unsafe fn encode_dense_avx2(page: &Page, shadow: &Page, lines: u64, out: &mut Vec<u8>) -> EncodeOutcome {
+unsafe fn encode_dense<L: LineCompare>(page: &Page, shadow: &Page, lines: u64, out: &mut Vec<u8>) -> EncodeOutcome {
     // Entries of equal lines are not written and not read.
     let mut masks = [0u64; PAGE_SIZE / 64];
-    // SAFETY: the caller enables AVX2 and POPCNT.
-    let changed = unsafe { simd::line_masks_avx2(page, shadow, lines, &mut masks) };
+    // SAFETY: the caller enables L's features and POPCNT.
+    let changed = unsafe { simd::x86::line_masks::<L>(page, shadow, lines, &mut masks) };
     let Some(hash) = dense_hash(page) else {
         return zero_record(changed);
     };

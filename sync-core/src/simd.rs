@@ -663,13 +663,23 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn line_masks_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; 64]) -> usize {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { line_masks::<Avx2>(a, b, lines, masks) }
+    }
+
+    /// `line_masks_avx2` with `L`'s compares.
+    ///
+    /// # Safety
+    /// `L`'s features must be enabled in the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn line_masks<L: LineCompare>(a: &Page, b: &Page, lines: u64, masks: &mut [u64; 64]) -> usize {
         let mut bits = lines;
         let mut changed = 0usize;
         while bits != 0 {
             let w = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            // SAFETY: the caller guarantees AVX2.
-            let m = unsafe { line_mask(a, b, w) };
+            // SAFETY: the caller enables L's features.
+            let m = unsafe { L::line_mask(a, b, w) };
             masks[w % 64] = m;
             changed += m.count_ones() as usize;
         }
