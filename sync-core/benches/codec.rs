@@ -111,12 +111,7 @@ fn bench_pattern(c: &mut Criterion, pat: &patterns::Pattern, name: &str) {
 
     // Apply: parse each record and rebuild the page, checking a Delta's
     // hash (Same pages are not in the batch: nothing to apply).
-    let mut batch = Vec::new();
-    let mut w = BatchEncoder::new();
-    for (i, (s, p, h)) in pairs.iter().enumerate() {
-        let sh = Some(Shadow { page: s, hash: *h });
-        w.encode_with(i as u64, p, sh, &mut batch).expect("page numbers ascend");
-    }
+    let batch = patterns::batch(&pairs);
     let mut page = Box::new([0u8; PAGE_SIZE]);
     g.bench_function("apply", |b| {
         b.iter(|| {

@@ -203,12 +203,7 @@ fn speed_table(pats: &[patterns::Pattern], build: &str) {
         let iters = (10_000 / pairs.len()).max(1) as u32;
         let (mut out1, mut out2, mut out3) = (Vec::with_capacity(pairs.len() * (PAGE_SIZE + 32)), Vec::new(), Vec::new());
         let mut xo = Vec::with_capacity(pairs.len() * PAGE_SIZE);
-        let mut batch = Vec::new();
-        let mut w = BatchEncoder::new();
-        for (i, (s, p, h)) in pairs.iter().enumerate() {
-            let sh = Some(Shadow { page: s, hash: *h });
-            w.encode_with(i as u64, p, sh, &mut batch).expect("page numbers ascend");
-        }
+        let batch = patterns::batch(&pairs);
         let mut page = Box::new([0u8; PAGE_SIZE]);
         let t = time_together(
             iters,

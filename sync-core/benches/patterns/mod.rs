@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use sync_core::delta::{BatchEncoder, Shadow};
 use sync_core::page::{hash_page, AlignedPage, Page, PAGE_SIZE};
 
 /// A page of a pattern, on a page boundary as guest pages and shadows are.
@@ -27,6 +28,18 @@ impl Pattern {
             })
             .collect()
     }
+}
+
+/// The batch of records of `pairs` (each as page number its index, with
+/// its shadow), as a standby receives it: what the apply benchmarks parse.
+pub fn batch(pairs: &[(&Page, &Page, u64)]) -> Vec<u8> {
+    let mut batch = Vec::new();
+    let mut w = BatchEncoder::new();
+    for (i, (s, p, h)) in pairs.iter().enumerate() {
+        let sh = Some(Shadow { page: s, hash: *h });
+        w.encode_with(i as u64, p, sh, &mut batch).expect("page numbers ascend");
+    }
+    batch
 }
 
 struct Rng(u64);

@@ -69,13 +69,8 @@ impl LineCompare for Avx512 {
 /// AVX-512BW must be enabled in the caller.
 #[inline(always)]
 unsafe fn line_differs(a: &Page, b: &Page, w: usize) -> u64 {
-    // SAFETY: reads 64 bytes at 64 * (w % 64) from each page; loadu has no
-    // alignment need.
-    unsafe {
-        let pa = a.as_ptr().add(64 * (w % 64)) as *const __m512i;
-        let pb = b.as_ptr().add(64 * (w % 64)) as *const __m512i;
-        _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(pa), _mm512_loadu_si512(pb))
-    }
+    // SAFETY: the caller enables AVX-512BW.
+    unsafe { _mm512_cmpneq_epi8_mask(line(a, w), line(b, w)) }
 }
 
 /// Bit `i` set when line `16 * quarter + i` differs. The AVX2 fold
@@ -118,13 +113,19 @@ unsafe fn lines4(a: &Page, b: &Page, first: usize) -> __m512i {
 /// AVX-512F must be enabled in the caller.
 #[inline(always)]
 unsafe fn xor(a: &Page, b: &Page, w: usize) -> __m512i {
-    // SAFETY: reads 64 bytes at 64 * (w % 64) from each page; loadu has no
-    // alignment need.
-    unsafe {
-        let pa = a.as_ptr().add(64 * (w % 64)) as *const __m512i;
-        let pb = b.as_ptr().add(64 * (w % 64)) as *const __m512i;
-        _mm512_xor_si512(_mm512_loadu_si512(pa), _mm512_loadu_si512(pb))
-    }
+    // SAFETY: the caller enables AVX-512F.
+    unsafe { _mm512_xor_si512(line(a, w), line(b, w)) }
+}
+
+/// Line `w % 64` of `p`.
+///
+/// # Safety
+/// AVX-512F must be enabled in the caller.
+#[inline(always)]
+unsafe fn line(p: &Page, w: usize) -> __m512i {
+    // SAFETY: reads 64 bytes at 64 * (w % 64) < PAGE_SIZE - 63; loadu has
+    // no alignment need.
+    unsafe { _mm512_loadu_si512(p.as_ptr().add(64 * (w % 64)) as *const __m512i) }
 }
 
 #[cfg(test)]
