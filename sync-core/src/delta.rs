@@ -1684,9 +1684,10 @@ mod reference_tests {
         w
     }
 
-    /// The edges of the AVX2 walk: its straight path for a sparse write's
-    /// line and everything it hands to `walk_line` or `merge_into_last`,
-    /// and the walk / dense boundary, all give the reference's bytes.
+    /// The edges of the x86 walk (`encode_walked`, in its AVX2 and AVX-512
+    /// builds): its straight path for a sparse write's line and everything
+    /// it hands to `walk_line` or `merge_into_last`, and the walk / dense
+    /// boundary, all give the reference's bytes in every build.
     #[test]
     fn walk_edges_match_reference() {
         let shadow: Page = core::array::from_fn(|i| (i * 37 % 253) as u8);
