@@ -191,30 +191,6 @@ pub unsafe fn line_diff_avx2(a: &Page, b: &Page, masks: &mut [u64; PAGE_SIZE / 6
     unsafe { x86::line_diff_avx2(a, b, masks) }
 }
 
-/// The changed lines' bitmap (AVX2).
-///
-/// # Safety
-/// As `line_diff_avx2`.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[inline]
-#[target_feature(enable = "avx2,popcnt")]
-pub unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
-    // SAFETY: the caller guarantees AVX2.
-    unsafe { x86::changed_lines_avx2(a, b) }
-}
-
-/// Masks and changed bytes of the changed `lines` (AVX2).
-///
-/// # Safety
-/// As `line_diff_avx2`.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[inline]
-#[target_feature(enable = "avx2,popcnt")]
-pub unsafe fn line_masks_avx2(a: &Page, b: &Page, lines: u64, masks: &mut [u64; PAGE_SIZE / 64]) -> usize {
-    // SAFETY: the caller guarantees AVX2 and POPCNT.
-    unsafe { x86::line_masks_avx2(a, b, lines, masks) }
-}
-
 /// `hash_delta_generic` with AVX2: the eight word terms of each changed
 /// line at once (equal words cancel).
 ///
@@ -462,16 +438,21 @@ pub(crate) mod x86 {
             unsafe { _mm256_setzero_si256() }
         }
 
+        /// `changed_lines_avx2`, inlined into the encoder (a call would cost
+        /// a sparse page 16 instructions more, ~1 %).
         #[inline(always)]
         unsafe fn changed_lines(a: &Page, b: &Page) -> u64 {
             // SAFETY: the caller enables AVX2.
-            unsafe { changed_lines(a, b) }
+            unsafe { lines16_bits(a, b, 0) | lines16_bits(a, b, 1) << 16 | lines16_bits(a, b, 2) << 32 | lines16_bits(a, b, 3) << 48 }
         }
 
         #[inline(always)]
         unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
             // SAFETY: the caller enables AVX2.
-            unsafe { line_mask(a, b, w) }
+            unsafe {
+                let (e0, e1) = line_equal(a, b, w);
+                differing(e0, e1)
+            }
         }
 
         #[inline(always)]
@@ -701,19 +682,7 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn changed_lines_avx2(a: &Page, b: &Page) -> u64 {
         // SAFETY: the caller guarantees AVX2.
-        unsafe { changed_lines(a, b) }
-    }
-
-    /// `changed_lines_avx2` inlined into a caller that enables AVX2 (the
-    /// AVX2 encoder: a call would cost a sparse page 16 instructions more,
-    /// ~1 %).
-    ///
-    /// # Safety
-    /// AVX2 must be enabled in the caller.
-    #[inline(always)]
-    pub(crate) unsafe fn changed_lines(a: &Page, b: &Page) -> u64 {
-        // SAFETY: as this function's contract.
-        unsafe { lines16_bits(a, b, 0) | lines16_bits(a, b, 1) << 16 | lines16_bits(a, b, 2) << 32 | lines16_bits(a, b, 3) << 48 }
+        unsafe { Avx2::changed_lines(a, b) }
     }
 
     /// Bit `i` set when line `16 * quarter + i` differs (`changed_lines_avx2`
@@ -772,19 +741,6 @@ pub(crate) mod x86 {
                 _mm256_or_si256(x0, x1)
             };
             _mm256_packs_epi16(_mm256_packs_epi32(line(0), line(1)), _mm256_packs_epi32(line(2), line(3)))
-        }
-    }
-
-    /// The byte mask of line `w`: bit `i` set when byte `64*w + i` differs.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and the OS must save YMM state.
-    #[inline(always)]
-    pub(crate) unsafe fn line_mask(a: &Page, b: &Page, w: usize) -> u64 {
-        // SAFETY: the caller guarantees AVX2.
-        unsafe {
-            let (e0, e1) = line_equal(a, b, w);
-            differing(e0, e1)
         }
     }
 
