@@ -21,6 +21,7 @@
 //! let g = run.guest(Some("video"));
 //! assert!(!g.rebooted && g.counter_continuous && g.time_monotonic);
 //! ```
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -138,6 +139,12 @@ impl DevicesControl {
     /// Whether the run is over (the guest powered off, the deadline passed).
     pub fn done(&self) -> bool {
         self.inner.done.load(Ordering::Relaxed) || self.inner.abort.load(Ordering::Relaxed)
+    }
+
+    /// Ends the run at once: [`Devices::finish`] stops every device (a
+    /// script's way out when the device it watches died).
+    pub fn stop(&self) {
+        self.inner.abort.store(true, Ordering::Relaxed);
     }
 
     /// Sleeps until `t` after the start; false if the run ended first.
@@ -307,9 +314,10 @@ impl std::ops::Deref for Devices {
     }
 }
 
-/// Copies a pipe into `out` (and, with `echo`, to our stdout line by line
-/// as `[dK] ...`) until it closes.
-fn reader(mut pipe: Box<dyn Read + Send>, out: Arc<Mutex<Vec<u8>>>, echo: Option<usize>) -> JoinHandle<()> {
+/// Copies a pipe into `out`, into the device's log file as it comes (so
+/// it can be followed while the run goes on) and, with `echo`, to our
+/// stdout line by line as `[dK] ...`, until it closes.
+fn reader(mut pipe: Box<dyn Read + Send>, out: Arc<Mutex<Vec<u8>>>, log: Option<Arc<Mutex<File>>>, echo: Option<usize>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut line = Vec::new();
@@ -318,6 +326,11 @@ fn reader(mut pipe: Box<dyn Read + Send>, out: Arc<Mutex<Vec<u8>>>, echo: Option
                 break;
             }
             lock(&out).extend_from_slice(&buf[..n]);
+            if let Some(f) = &log {
+                // Best effort, like the copy written at the end.
+                let clean: Vec<u8> = buf[..n].iter().copied().filter(|&b| b != b'\r').collect();
+                let _ = lock(f).write_all(&clean);
+            }
             if let Some(k) = echo {
                 line.extend_from_slice(&buf[..n]);
                 while let Some(p) = line.iter().position(|&b| b == b'\n') {
@@ -334,11 +347,16 @@ fn reader(mut pipe: Box<dyn Read + Send>, out: Arc<Mutex<Vec<u8>>>, echo: Option
     })
 }
 
+/// Device `i`'s console log for the prefix `logs` (`<logs>-device-<i>.log`).
+fn log_path(logs: &Path, i: usize) -> PathBuf {
+    logs.with_file_name(format!("{}-device-{i}.log", file_name(logs)))
+}
+
 impl Devices {
     /// Starts the link emulator and one QEMU per image (device `i` boots
     /// `imgs[i]`), all at once. `echo` copies every console to our stdout,
-    /// each line prefixed `[dK]`. Consoles are saved beside the first image
-    /// at the end as `<its stem>-device-K.log`.
+    /// each line prefixed `[dK]`. Consoles go to files beside the first
+    /// image as they come, `<its stem>-device-K.log` ([`log_paths`](Self::log_paths)).
     pub fn start(imgs: &[&Path], host_mem: u64, profile: Profile, echo: bool) -> io::Result<Devices> {
         let first = imgs.first().copied().unwrap_or(Path::new("devices.img"));
         Self::start_with(imgs.len(), profile, first, echo, |i, link| {
@@ -352,6 +370,8 @@ impl Devices {
     /// (`command(i, &link)`); consoles are saved beside `logs_beside`.
     pub fn start_with(n: usize, profile: Profile, logs_beside: &Path, echo: bool, command: impl Fn(usize, &Link) -> Command) -> io::Result<Devices> {
         let link = Link::start(LinkConfig::new(n, profile))?;
+        let stem = logs_beside.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "devices".into());
+        let logs = logs_beside.with_file_name(stem);
         let start = Instant::now();
         let mut devs = Vec::new();
         let mut outputs = Vec::new();
@@ -360,17 +380,22 @@ impl Devices {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = cmd.spawn()?;
             let out = Arc::new(Mutex::new(Vec::new()));
+            let log = File::create(log_path(&logs, i)).ok().map(|f| Arc::new(Mutex::new(f)));
             let pipes = [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)];
-            let readers = pipes.into_iter().flatten().map(|p| reader(p, out.clone(), echo.then_some(i))).collect();
+            let readers = pipes.into_iter().flatten().map(|p| reader(p, out.clone(), log.clone(), echo.then_some(i))).collect();
             let stdin = child.stdin.take();
             devs.push(Mutex::new(Dev { child, stdin, readers, status: None, killed_at: None }));
             outputs.push(out);
         }
-        let first = logs_beside;
-        let stem = first.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "devices".into());
         let inner =
             Inner { devs, outputs, start, done: AtomicBool::new(false), abort: AtomicBool::new(false), events: Mutex::new(Vec::new()), link: link.handle() };
-        Ok(Devices { control: DevicesControl { inner: Arc::new(inner) }, link, logs: first.with_file_name(stem) })
+        Ok(Devices { control: DevicesControl { inner: Arc::new(inner) }, link, logs })
+    }
+
+    /// Where each device's console goes (written as it comes, and whole
+    /// again at the end).
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        (0..self.devices()).map(|i| log_path(&self.logs, i)).collect()
     }
 
     /// A handle for a script thread.
@@ -433,7 +458,7 @@ impl Devices {
         let logs = self.logs.clone();
         drop(self.link.stop());
         for (k, o) in outputs.iter().enumerate() {
-            let _ = std::fs::write(logs.with_file_name(format!("{}-device-{k}.log", file_name(&logs))), o);
+            let _ = std::fs::write(log_path(&logs, k), o);
         }
         let _ = std::fs::write(logs.with_file_name(format!("{}-link-snapshot.txt", file_name(&logs))), format!("{snapshot:#?}"));
         Ok(DevicesRun { outputs, statuses, killed, powered_off, timed_out, snapshot, elapsed, events, first_active: 0, log_prefix: logs })
@@ -572,9 +597,17 @@ mod tests {
         })
         .unwrap();
         let c = devices.control();
+        let logs = devices.log_paths();
+        assert_eq!(logs[1], dir.join("t-device-1.log"));
         let script = std::thread::spawn(move || {
             assert!(c.wait_line(0, "ready", Duration::from_secs(10)));
             assert!(c.wait_line(2, "doomed", Duration::from_secs(10)));
+            // The log files fill while the devices run.
+            let until = Instant::now() + Duration::from_secs(5);
+            while std::fs::read_to_string(&logs[2]).unwrap_or_default() != "doomed\n" && Instant::now() < until {
+                std::thread::sleep(POLL);
+            }
+            assert_eq!(std::fs::read_to_string(&logs[2]).unwrap(), "doomed\n");
             c.kill(2).unwrap();
             assert!(!c.running(2));
             assert!(c.console(2, b"x").is_err());

@@ -97,6 +97,9 @@ pub fn run(active_img: &Path, standby_imgs: &[&Path], host_mem: u64, profile: Pr
     run_scripted(active_img, standby_imgs, host_mem, profile, deadline, echo, None)
 }
 
+/// A fault script: runs on its own thread beside the devices.
+pub type Script = Box<dyn FnOnce(&Control) + Send>;
+
 /// `run`, with a script on its own thread driving faults while it runs.
 pub fn run_scripted(
     active_img: &Path,
@@ -105,7 +108,7 @@ pub fn run_scripted(
     profile: Profile,
     deadline: Duration,
     echo: bool,
-    script: Option<Box<dyn FnOnce(&Control) + Send>>,
+    script: Option<Script>,
 ) -> std::io::Result<MultiRun> {
     let devices = standby_imgs.len() + 1;
     let link = Link::start(LinkConfig::new(devices, profile))?;

@@ -24,6 +24,7 @@ fn boot() -> &'static RunOutput {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn debian_kernel_boots_to_init_and_powers_off_cleanly() {
     let out = boot();
     let a = Assets::from_env();
@@ -44,6 +45,7 @@ fn timer_count(interrupts: &str) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn guest_timer_interrupts_arrive() {
     let out = boot();
     let first = out.section("vmsync-guest: interrupts-begin", "vmsync-guest: interrupts-end", 0).expect("first /proc/interrupts");
@@ -55,6 +57,7 @@ fn guest_timer_interrupts_arrive() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn device_tree_holds_only_the_virtual_board() {
     let out = boot();
     let dt = out.section("vmsync-guest: dt-begin", "vmsync-guest: dt-end", 0).expect("no device-tree listing");
@@ -66,6 +69,7 @@ fn device_tree_holds_only_the_virtual_board() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn access_outside_guest_ram_is_a_bus_error_and_the_hypervisor_survives() {
     let out = boot();
     assert!(out.output.contains("vmsync-guest: badaccess rc=135"), "devmem did not die of SIGBUS:\n{}", out.tail());

@@ -83,6 +83,7 @@ fn figure<'a>(out: &'a RunOutput, pat: &'a str) -> &'a str {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn two_devices_move_bytes_over_tcp() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (server, client) = two_devices();
@@ -107,6 +108,7 @@ fn two_devices_move_bytes_over_tcp() {
 
 /// Today's single-device boots are unchanged: no NIC, networking off, one line.
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn no_nic_means_networking_off() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let a = Assets::from_env();

@@ -10,6 +10,7 @@ fn hypervisor_len(a: &Assets) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_flipped_byte_in_the_kernel_stops_the_boot_with_an_error() {
     let a = Assets::from_env();
     let mut img = a.image_bytes("console=ttyAMA0", MEM_MIB);
@@ -30,6 +31,7 @@ fn a_flipped_byte_in_the_kernel_stops_the_boot_with_an_error() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_truncated_image_stops_the_boot_with_an_error() {
     let a = Assets::from_env();
     let img = a.image_bytes("console=ttyAMA0", MEM_MIB);

@@ -85,6 +85,7 @@ fn assert_guest_continued(r: &DevicesRun, holders: &[usize]) {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_to_b_and_back_over_wifi() {
     let ram = MEM_MIB << 20;
     let r = run("sw2", 2, 20, |c| {
@@ -105,6 +106,7 @@ fn a_to_b_and_back_over_wifi() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn round_the_three_devices() {
     let r = run("sw3", 3, 25, |c| {
         wait_steady(c, 0, 1);
@@ -119,6 +121,7 @@ fn round_the_three_devices() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_switch_during_a_cut_fails_cleanly_and_a_later_one_succeeds() {
     let r = run("swcut", 2, 25, |c| {
         wait_steady(c, 0, 1);
@@ -137,6 +140,7 @@ fn a_switch_during_a_cut_fails_cleanly_and_a_later_one_succeeds() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn failover_after_the_active_device_dies() {
     let r = run("swfail", 2, 20, |c| {
         wait_steady(c, 0, 1);

@@ -31,7 +31,7 @@ fn run(name: &str, devices: usize, standby_secret: &str) -> MultiRun {
 /// already, on a two-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn scripted(name: &str, devices: usize, standby_secret: &str, seconds: u64, script: Option<Box<dyn FnOnce(&Control) + Send>>) -> MultiRun {
+fn scripted(name: &str, devices: usize, standby_secret: &str, seconds: u64, script: Option<multi::Script>) -> MultiRun {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (active, standbys) = images(name, devices, standby_secret, seconds);
     let refs: Vec<&std::path::Path> = standbys.iter().map(|p| p.as_path()).collect();
@@ -62,12 +62,14 @@ fn assert_in_sync(r: &MultiRun, standby: usize) {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn two_devices_over_wifi_stay_in_sync() {
     let r = run("net2", 2, SECRET);
     assert_in_sync(&r, 0);
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn three_devices_both_standbys_match() {
     let r = run("net3", 3, SECRET);
     assert_in_sync(&r, 0);
@@ -75,6 +77,7 @@ fn three_devices_both_standbys_match() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_standby_with_the_wrong_secret_is_refused_and_receives_nothing() {
     let r = run("netbad", 2, OTHER_SECRET);
     let commits = digests(&r.standbys[0]);
@@ -97,6 +100,7 @@ fn delivered_to(r: &MultiRun, device: usize) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_three_second_cut_resumes_without_a_full_resync() {
     let at_restore = std::sync::Arc::new(std::sync::Mutex::new(None));
     let mark = at_restore.clone();
@@ -122,6 +126,7 @@ fn a_three_second_cut_resumes_without_a_full_resync() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_flipped_bit_is_rejected_and_the_session_recovers() {
     let r = scripted(
         "netflip",
@@ -141,6 +146,7 @@ fn a_flipped_bit_is_rejected_and_the_session_recovers() {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_standby_restarted_from_scratch_gets_a_full_resync_then_matches() {
     let r = scripted(
         "netrestart",

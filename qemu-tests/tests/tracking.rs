@@ -47,21 +47,25 @@ fn assert_exact(workload: &str) {
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn verify_video_is_exact() {
     assert_exact("video");
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn verify_storage_is_exact() {
     assert_exact("storage");
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn verify_browse_is_exact() {
     assert_exact("browse");
 }
 
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn verify_idle_is_exact() {
     assert_exact("idle");
 }
@@ -69,6 +73,7 @@ fn verify_idle_is_exact() {
 /// The check can fail: a build that leaves one page per epoch writable
 /// after the cut lets the guest's later writes to it escape.
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn negative_control_is_caught() {
     let a = Assets::from_env();
     let out = tracked_run("track-negative.img", &a.hypervisor_negative, "video", 4);
@@ -80,6 +85,7 @@ fn negative_control_is_caught() {
 
 /// The paper's effect on the video workload, and zstd earning its keep.
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn video_sends_less_than_its_dirty_pages() {
     let out = video_run();
     // Epoch 1 is the initial copy of the whole guest; the steady state is

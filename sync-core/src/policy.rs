@@ -313,6 +313,24 @@ pub enum PolicyParseError {
     Overflow,
 }
 
+impl fmt::Display for PolicyParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const FORMS: &str = "interval:<duration>, threshold:<size>, adaptive[:<duration>] or switch-only";
+        match self {
+            PolicyParseError::Empty => write!(f, "empty policy (one of {FORMS})"),
+            PolicyParseError::UnknownPolicy => write!(f, "unknown policy (one of {FORMS})"),
+            PolicyParseError::MissingValue => f.write_str("interval and threshold need a value, as in interval:200ms or threshold:4MiB"),
+            PolicyParseError::UnexpectedValue => f.write_str("switch-only takes no value"),
+            PolicyParseError::BadNumber => f.write_str("the value must start with a decimal number"),
+            PolicyParseError::BadUnit => f.write_str("unknown unit (durations: ns, us, ms, s; sizes: B, KiB, MiB, GiB)"),
+            PolicyParseError::Zero => f.write_str("the value must be above zero"),
+            PolicyParseError::Overflow => f.write_str("the value is too large"),
+        }
+    }
+}
+
+impl core::error::Error for PolicyParseError {}
+
 /// Splits "50ms" into (50, "ms").
 fn split_number(s: &str) -> Result<(u64, &str), PolicyParseError> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();

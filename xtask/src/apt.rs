@@ -18,6 +18,14 @@ pub fn ensure_debian_packages(pkgs: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    if find_in_path("apt-get").is_none() {
+        let probes: Vec<&str> = pkgs.iter().filter(|(pkg, _)| missing.contains(pkg)).map(|(_, probe)| *probe).collect();
+        bail!(
+            "{} not found and this host has no apt-get: install the Debian package(s) {} (or your distribution's equivalent), then run this again",
+            probes.join(", "),
+            missing.join(" ")
+        );
+    }
     println!("xtask: installing {} from Debian packages", missing.join(" "));
     for argv in install_plan(&missing, Privilege::detect(), UPDATED.load(Ordering::Relaxed))? {
         run_argv(&argv)?;

@@ -3,8 +3,9 @@
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use std::time::Duration;
+use sync_core::policy::PolicySpec;
 
-use crate::{apt, guest, image};
+use crate::{apt, cli, guest, image};
 
 mod switch;
 
@@ -21,12 +22,14 @@ pub enum BenchCmd {
     /// tracking off and on, same run length, as a ratio; with the epoch
     /// figures (bytes per second, pause, write faults) of the tracked run.
     Tracking {
-        /// Guest workload (its progress field is what is compared).
-        #[arg(long, default_value = "video")]
+        /// Guest workload, one with a progress field to compare: video,
+        /// storage, browse or memtouch.
+        #[arg(long, default_value = "video", value_parser = tracking_workload)]
         workload: String,
-        /// Epoch policy of the tracked run.
-        #[arg(long, default_value = "interval:200ms")]
-        policy: String,
+        /// Epoch policy of the tracked run: interval:<duration>,
+        /// threshold:<size>, adaptive[:<duration>] or switch-only.
+        #[arg(long, default_value = "interval:200ms", value_parser = cli::policy)]
+        policy: PolicySpec,
         /// Workload run length, seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -37,6 +40,16 @@ pub enum BenchCmd {
     /// running on the target, bytes during and in the minute before, the
     /// guest's pause, and the ratio (goal: VMsync <= 1/20 of QEMU).
     Switch(switch::SwitchArgs),
+}
+
+/// `bench tracking --workload`: a synthetic workload that reports progress.
+fn tracking_workload(s: &str) -> Result<String, String> {
+    let w = cli::synthetic_workload(s)?;
+    if vmsync_workloads::progress_field(&w).is_none() {
+        let with: Vec<&str> = cli::SYNTHETIC_WORKLOADS.iter().copied().filter(|w| vmsync_workloads::progress_field(w).is_some()).collect();
+        return Err(format!("{w} has no progress field to compare; the workloads with one: {}", with.join(", ")));
+    }
+    Ok(w)
 }
 
 const INIT_MARK: &str = "vmsync-guest: init";
@@ -51,7 +64,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(what: BenchCmd) -> Result<()> {
     match what {
         BenchCmd::Boot { runs } => boot(runs.max(1)),
-        BenchCmd::Tracking { workload, policy, seconds } => tracking(&workload, &policy, seconds),
+        BenchCmd::Tracking { workload, policy, seconds } => tracking(&workload, &policy.to_string(), seconds),
         BenchCmd::Switch(a) => switch::run(&a),
     }
 }
@@ -93,7 +106,7 @@ fn progress(out: &str, field: &str) -> Option<(u64, f64)> {
             let get = |k: &str| l.split_whitespace().find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='));
             Some((get(field)?.parse().ok()?, get("uptime")?.parse().ok()?))
         })
-        .last()
+        .next_back()
 }
 
 fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
@@ -147,4 +160,56 @@ fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
     }
     println!("  pause per epoch: median {} us, max {} us (max includes epoch 1, the initial copy)", r["pause_us"]["median"], r["pause_us"]["max"]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::Parser;
+
+    /// `cargo xtask bench`'s arguments, parsed as clap parses them.
+    #[derive(Parser)]
+    struct Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchCmd, clap::Error> {
+        Bench::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|b| b.what)
+    }
+
+    /// The first line clap prints for arguments it refuses, which must be a
+    /// usage error (exit code 2).
+    fn refused(args: &[&str]) -> String {
+        let e = parse(args).err().expect("refused");
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::ValueValidation, 2), "{e}");
+        e.to_string().lines().next().unwrap().to_string()
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let Ok(BenchCmd::Tracking { workload, policy, seconds }) = parse(&["tracking"]) else { panic!("tracking") };
+        assert_eq!((workload.as_str(), policy, seconds), ("video", PolicySpec::Interval { period_ns: 200_000_000 }, 10));
+        let Ok(BenchCmd::Switch(a)) = parse(&["switch", "--link", "lte,loss=1%", "--workload", "memtouch"]) else { panic!("switch") };
+        assert_eq!((a.link.name.as_str(), a.link.loss, a.workload.as_str()), ("lte", 0.01, "memtouch"));
+        let Ok(BenchCmd::Switch(a)) = parse(&["switch"]) else { panic!("switch") };
+        assert_eq!((a.link.name.as_str(), a.workload.as_str()), ("wifi", "video"));
+    }
+
+    #[test]
+    fn bad_input_is_refused_while_parsing() {
+        let e = refused(&["tracking", "--workload", "vidoe"]);
+        assert!(e.contains("'vidoe'") && e.contains("video, storage, browse, idle, counter, memtouch"), "{e}");
+        let e = refused(&["tracking", "--workload", "sqlite"]);
+        assert!(e.contains("sqlite runs in the study's guest only (cargo xtask study --workloads sqlite)"), "{e}");
+        let e = refused(&["tracking", "--workload", "idle"]);
+        assert!(e.contains("idle has no progress field to compare; the workloads with one: video, storage, browse, memtouch"), "{e}");
+        let e = refused(&["tracking", "--policy", "threshold:4XB"]);
+        assert!(e.contains("'threshold:4XB'") && e.contains("unknown unit"), "{e}");
+        let e = refused(&["switch", "--link", "5g"]);
+        assert!(e.contains("'5g'") && e.contains("unknown link profile"), "{e}");
+        let e = refused(&["switch", "--workload", "dav1d"]);
+        assert!(e.contains("dav1d runs in the study's guest only"), "{e}");
+    }
 }

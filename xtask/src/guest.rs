@@ -293,11 +293,13 @@ fn is_aarch64_elf(b: &[u8]) -> bool {
 /// returns the binary. Stripped and without debug info: it goes into the
 /// initramfs and so into every boot image.
 fn build_workloads() -> Result<PathBuf> {
+    crate::toolchain::ensure()?;
+    eprintln!("xtask: building the guest's workload programs for {WORKLOAD_TARGET}");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = target_dir()?;
+    let target_dir = crate::image::target_dir()?;
     let status = Command::new(&cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--release", "--package", "vmsync-workloads", "--target", WORKLOAD_TARGET])
+        .args(["build", "--release", "--package", "vmsync-workloads", "--target", WORKLOAD_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
@@ -312,13 +314,6 @@ fn build_workloads() -> Result<PathBuf> {
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` when set (relative to
 /// where we were started, as cargo reads it), else the workspace's target/.
-fn target_dir() -> Result<PathBuf> {
-    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => std::env::current_dir()?.join(d),
-        None => workspace_root().join("target"),
-    })
-}
-
 /// Builds `initrd.cpio.gz` unless one made from the same inputs is cached.
 fn initramfs(dir: &Path, busybox: &Path, workload: &Path, force: bool) -> Result<PathBuf> {
     let out = dir.join("initrd.cpio.gz");

@@ -11,6 +11,15 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the workspace root").to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative
+/// to where xtask was started, as cargo reads it), else the workspace's.
+pub fn target_dir() -> Result<PathBuf> {
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => std::env::current_dir()?.join(d),
+        None => workspace_root().join("target"),
+    })
+}
+
 pub fn out_dir() -> PathBuf {
     workspace_root().join("target/vmsync")
 }
@@ -38,6 +47,7 @@ pub fn build_hypervisor() -> Result<PathBuf> {
 /// A build with a cargo feature (the test-only `negative-control`), written
 /// to `target/vmsync/hypervisor-<feature>.bin`.
 pub fn build_hypervisor_variant(feature: Option<&str>) -> Result<PathBuf> {
+    crate::toolchain::ensure()?;
     crate::apt::ensure_clang()?;
     eprintln!("xtask: building the hypervisor for {HV_TARGET}{}", feature.map(|f| format!(" with feature {f}")).unwrap_or_default());
     let mut cmd = cargo();
@@ -46,7 +56,7 @@ pub fn build_hypervisor_variant(feature: Option<&str>) -> Result<PathBuf> {
         cmd.args(["--features", f]);
     }
     run_checked(&mut cmd)?;
-    let elf_path = workspace_root().join("target").join(HV_TARGET).join("release/vmsync");
+    let elf_path = target_dir()?.join(HV_TARGET).join("release/vmsync");
     let elf = std::fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
     let flat = flatten(&elf)?;
     std::fs::create_dir_all(out_dir())?;

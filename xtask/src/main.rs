@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run, test and measure VMsync.
 mod apt;
 mod bench;
+mod cli;
 mod cpio;
 mod demo;
 mod guest;
@@ -11,6 +12,7 @@ mod report;
 mod study;
 mod switching;
 mod test;
+mod toolchain;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -54,64 +56,15 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         timeout: u64,
     },
-    /// The VMsync demo: one device running the guest and its workload under
-    /// the hypervisor with dirty tracking on (or several, kept in sync, the
-    /// guest switching among them); the guest's console passes through, and
-    /// a summary and a JSON report of every epoch follow.
-    Demo {
-        /// Number of devices: device 0 runs the guest, the others are
-        /// standbys kept in sync over the emulated link (with --switch-at or
-        /// --failover-at the guest moves among them).
-        #[arg(long, default_value_t = 1)]
-        devices: u32,
-        /// Link profile between the devices: loopback, wifi (50 Mbit/s,
-        /// 5 ms), lte (10 Mbit/s, 40 ms), bt (2 Mbit/s, 30 ms); options as
-        /// in `lte,loss=1%,jitter=2`.
-        #[arg(long, default_value = "wifi")]
-        link: String,
-        /// Guest workload: video, storage, browse, idle, counter or memtouch.
-        #[arg(long, default_value = "video", conflicts_with = "workload_exec")]
-        workload: String,
-        /// Run this static arm64 Linux program (copied into the initramfs) as
-        /// the workload, with the arguments that follow it. Put it last.
-        #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PATH [ARGS]")]
-        workload_exec: Option<Vec<String>>,
-        /// How long the workload runs, in seconds.
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Epoch policy: interval:<duration>, threshold:<size>, adaptive, switch-only, or off.
-        #[arg(long, default_value = "interval:200ms")]
-        policy: String,
-        /// Keep a second image built only from the encoded epochs and check
-        /// it against guest RAM at every cut.
-        #[arg(long)]
-        verify: bool,
-        /// Write the JSON report here (default target/vmsync/report.json).
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Guest RAM in MiB.
-        #[arg(long, default_value_t = 256)]
-        mem: u64,
-        /// Move the running guest to another device at these times (seconds
-        /// since the devices started, comma-separated). Each sends the
-        /// hypervisor's switch command (Ctrl-] "switch") to the target's
-        /// console, by default the next device round robin after the one
-        /// running the guest. With this or --failover-at every device boots
-        /// the same guest and policy, device 0 starting with it; the report
-        /// gains "switches" and the guest's verdict, and the command fails if
-        /// a switch's digests differ, the guest rebooted or a requested
-        /// switch did not happen. Needs --devices 2 or more.
-        #[arg(long, value_delimiter = ',', value_name = "S[,S...]")]
-        switch_at: Vec<f64>,
-        /// The target device (0-based) of each --switch-at, in time order.
-        #[arg(long, value_delimiter = ',', value_name = "I[,I...]", requires = "switch_at")]
-        switch_to: Vec<usize>,
-        /// At this time (seconds since the start) kill the QEMU of the device
-        /// running the guest and tell the next device (round robin) to take
-        /// over from its last committed epoch (Ctrl-] "failover").
-        #[arg(long, value_name = "S")]
-        failover_at: Option<f64>,
-    },
+    /// The VMsync demo: a guest kept in sync and moved between devices.
+    ///
+    /// By default two devices over emulated wifi, the guest and its
+    /// workload on device 0, moved to device 1 halfway through the workload
+    /// and back near the end; a status line a second while it runs
+    /// (the consoles go to target/vmsync/demo-device-K.log), then a summary
+    /// (switch latencies, digests, bytes on the link against whole dirty
+    /// pages) and a JSON report. Fails when a check or the workload does.
+    Demo(demo::DemoArgs),
     /// Run every host test and the QEMU tests (installs QEMU and clang from
     /// Debian packages when missing).
     Test {
@@ -222,16 +175,11 @@ fn main() -> Result<()> {
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
         Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
-        Cmd::Demo { devices, link, workload, workload_exec, seconds, policy, verify, report, mem, switch_at, switch_to, failover_at } => {
-            if !(1..=4).contains(&devices) {
-                anyhow::bail!("--devices {devices}: 1 to 4 devices");
-            }
-            let devices = devices as usize;
-            if !switch_at.is_empty() || failover_at.is_some() {
-                // Before building anything: the plan must make sense.
-                switching::plan(devices, &switch_at, &switch_to, failover_at)?;
-            }
-            demo::run(&demo::DemoArgs { devices, link, workload, workload_exec, seconds, policy, verify, report, mem, switch_at, switch_to, failover_at })
+        Cmd::Demo(a) => {
+            // Bad input exits here with clap's error (code 2), before
+            // anything is built or booted.
+            let d = a.check().unwrap_or_else(|e| e.exit());
+            demo::run(&d)
         }
         Cmd::Test { host_only, filter } => test::run(host_only, filter.as_deref()),
         Cmd::Bench { what } => bench::run(what),

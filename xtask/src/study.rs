@@ -4,7 +4,7 @@
 //! `results.csv`, `report.md` and the plots in the output directory.
 mod markdown;
 mod plots;
-mod results;
+pub(crate) mod results;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -13,28 +13,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use sync_core::policy::PolicySpec;
 
-use crate::{apt, demo, guest, image};
+use crate::{apt, cli, demo, guest, image};
 
-/// Study workload names and the guest's (init.sh) names. The plain names
-/// are Debian's real programs in the study initramfs; `synth-*` are the
-/// synthetic Rust stand-ins of the dirty-tracking issue.
-const WORKLOADS: &[(&str, &str)] = &[
-    ("video", "dav1d"),
-    ("storage", "sqlite"),
-    ("browse", "python"),
-    ("idle", "idle"),
-    ("synth-video", "video"),
-    ("synth-storage", "storage"),
-    ("synth-browse", "browse"),
-    ("counter", "counter"),
-    ("memtouch", "memtouch"),
-];
-const DEFAULT_WORKLOADS: &[&str] = &["video", "storage", "browse", "idle", "synth-video", "synth-storage", "synth-browse"];
+/// The study's workloads are named as the guest's init runs them
+/// (`vmsync.workload=`, [`cli::study_workload`]): Debian's real programs
+/// `dav1d`, `sqlite` and `python` (in the study initramfs only), and the
+/// synthetic Rust ones every guest image carries.
+const DEFAULT_WORKLOADS: &[&str] = &["dav1d", "sqlite", "python", "idle", "video", "storage", "browse"];
 const DEFAULT_POLICIES: &[&str] = &["interval:50ms", "interval:200ms", "interval:1s", "interval:5s", "threshold:4MiB", "switch-only"];
 const DEFAULT_SECONDS: u64 = 20;
-/// `--quick`, the CI form: one real and one synthetic video, a short and
-/// the longest interval, a few seconds each.
-const QUICK_WORKLOADS: &[&str] = &["video", "synth-video"];
+/// `--quick`, the CI form: real video playback (dav1d) and its synthetic
+/// stand-in, a short interval and switch-only, a few seconds each.
+const QUICK_WORKLOADS: &[&str] = &["dav1d", "video"];
 const QUICK_POLICIES: &[&str] = &["interval:200ms", "switch-only"];
 const QUICK_SECONDS: u64 = 4;
 /// Per run, on top of the workload's seconds: boot (the study initramfs
@@ -43,22 +33,25 @@ const BOOT_ALLOWANCE: Duration = Duration::from_secs(240);
 
 #[derive(Args)]
 pub struct StudyArgs {
-    /// Workloads, comma-separated: video (Debian's dav1d playing AV1),
-    /// storage (sqlite3), browse (python3), idle, synth-video,
-    /// synth-storage, synth-browse (the synthetic stand-ins), counter,
-    /// memtouch. [default: video,storage,browse,idle,synth-video,synth-storage,synth-browse]
-    #[arg(long, value_delimiter = ',')]
+    /// Workloads, comma-separated: Debian's real programs dav1d (playing
+    /// AV1), sqlite (sqlite3 transactions) and python (python3 object-graph
+    /// churn), and the synthetic ones every guest carries: video, storage,
+    /// browse (the programs' stand-ins), idle, counter, memtouch.
+    /// [default: dav1d,sqlite,python,idle,video,storage,browse]
+    #[arg(long, value_delimiter = ',', value_parser = cli::study_workload, value_name = "W[,W...]")]
     workloads: Option<Vec<String>>,
-    /// Epoch policies, comma-separated. [default: interval:50ms,interval:200ms,interval:1s,interval:5s,threshold:4MiB,switch-only]
-    #[arg(long, value_delimiter = ',')]
-    policies: Option<Vec<String>>,
-    /// How long each workload runs, in seconds. [default: 20; 4 with --quick]
-    #[arg(long)]
+    /// Epoch policies, comma-separated: interval:<duration>,
+    /// threshold:<size>, adaptive[:<duration>] or switch-only.
+    /// [default: interval:50ms,interval:200ms,interval:1s,interval:5s,threshold:4MiB,switch-only]
+    #[arg(long, value_delimiter = ',', value_parser = cli::policy, value_name = "P[,P...]")]
+    policies: Option<Vec<PolicySpec>>,
+    /// How long each workload runs, in seconds, at least 2. [default: 20; 4 with --quick]
+    #[arg(long, value_parser = seconds)]
     seconds: Option<u64>,
     /// Where results.csv, report.md and the plots go. [default: target/study/]
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The short form for CI: workloads video,synth-video, policies
+    /// The short form for CI: workloads dav1d,video, policies
     /// interval:200ms,switch-only, 4 s each (other options still apply).
     #[arg(long)]
     quick: bool,
@@ -75,52 +68,42 @@ pub struct StudyArgs {
     report_only: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Workload {
-    /// As the study reports it.
-    name: &'static str,
-    /// As the guest's init runs it (`vmsync.workload=`).
-    init: &'static str,
+/// `--seconds`: a rate needs two of the workload's per-second lines.
+fn seconds(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 2 => Ok(n),
+        Ok(_) => Err("a rate needs at least two of the workload's per-second lines: give 2 or more".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, PartialEq)]
 struct Plan {
-    workloads: Vec<Workload>,
+    /// As the guest's init runs them (`vmsync.workload=`) and the study
+    /// reports them.
+    workloads: Vec<String>,
+    /// Canonical spec strings (`PolicySpec`'s `Display`), as the hypervisor
+    /// parses them from the guest config.
     policies: Vec<String>,
     seconds: u64,
     out: PathBuf,
     mem: u64,
 }
 
-fn workload(name: &str) -> Result<Workload> {
-    WORKLOADS.iter().find(|(n, _)| *n == name).map(|&(name, init)| Workload { name, init }).with_context(|| {
-        let known: Vec<&str> = WORKLOADS.iter().map(|w| w.0).collect();
-        format!("unknown workload {name:?}; the study knows {}", known.join(", "))
-    })
-}
-
-/// The runs the arguments ask for (defaults filled in, names checked).
+/// The runs the arguments ask for, defaults filled in (clap has checked
+/// every name and policy).
 fn plan(a: &StudyArgs) -> Result<Plan> {
     let (dw, dp, ds) = if a.quick { (QUICK_WORKLOADS, QUICK_POLICIES, QUICK_SECONDS) } else { (DEFAULT_WORKLOADS, DEFAULT_POLICIES, DEFAULT_SECONDS) };
     let owned = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let names = a.workloads.clone().unwrap_or_else(|| owned(dw));
-    let policies = a.policies.clone().unwrap_or_else(|| owned(dp));
-    let workloads = names.iter().map(|n| workload(n.trim())).collect::<Result<Vec<_>>>()?;
-    let policies: Vec<String> = policies.iter().map(|p| p.trim().to_string()).collect();
-    for p in &policies {
-        // The hypervisor parses the same spec from the guest config.
-        PolicySpec::parse(p).map_err(|e| anyhow::anyhow!("policy {p:?}: {e:?}"))?;
-        if p == "off" {
-            bail!("policy off: the study needs dirty tracking");
-        }
-    }
+    let workloads = a.workloads.clone().unwrap_or_else(|| owned(dw));
+    let policies = match &a.policies {
+        Some(p) => p.iter().map(PolicySpec::to_string).collect(),
+        None => owned(dp),
+    };
     if workloads.is_empty() || policies.is_empty() {
         bail!("nothing to run: give at least one workload and one policy");
     }
     let seconds = a.seconds.unwrap_or(ds);
-    if seconds < 2 {
-        bail!("--seconds {seconds}: a rate needs at least two of the workload's per-second lines");
-    }
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
     Ok(Plan { workloads, policies, seconds, out, mem: a.mem })
 }
@@ -132,7 +115,7 @@ fn file_stem(workload: &str, policy: &str) -> String {
 
 /// The tests in qemu-tests/tests/study.rs, which check what `quick` wrote
 /// (`cargo xtask test --filter` runs the quick study when one may run).
-pub const QUICK_TESTS: &[&str] = &["study_quick_files", "study_quick_video_inequality"];
+pub const QUICK_TESTS: &[&str] = &["study_quick_files", "study_quick_dav1d_inequality"];
 
 /// `cargo xtask study --quick --out <out>`, from `cargo xtask test`. What an
 /// earlier run left in `out` goes first: the tests must see this run's files.
@@ -171,7 +154,7 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
     std::fs::copy(&built, &hv).with_context(|| format!("copying {} to {}", built.display(), hv.display()))?;
     let img = work.join("guest.img");
 
-    let pairs: Vec<(Workload, &str)> = plan.workloads.iter().flat_map(|w| plan.policies.iter().map(move |p| (*w, p.as_str()))).collect();
+    let pairs: Vec<(&str, &str)> = plan.workloads.iter().flat_map(|w| plan.policies.iter().map(move |p| (w.as_str(), p.as_str()))).collect();
     eprintln!(
         "study: {} runs ({} workloads × {} policies, {} s each), console logs in {}",
         pairs.len(),
@@ -181,21 +164,21 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
         logs.display()
     );
     let csv = plan.out.join("results.csv");
-    let mut rows = if a.resume { kept_rows(&csv, &pairs)? } else { Vec::new() };
-    let todo = pairs.iter().filter(|(w, p)| !has_row(&rows, w.name, p)).count();
+    let mut rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
+    let todo = pairs.iter().filter(|(w, p)| !has_row(&rows, w, p)).count();
     let started = Instant::now();
     let mut ran = 0;
     let mut failed: Vec<(String, String, String)> = Vec::new();
-    for (i, (w, policy)) in pairs.iter().enumerate() {
-        eprint!("study: [{}/{}] {} × {policy} ... ", i + 1, pairs.len(), w.name);
-        if has_row(&rows, w.name, policy) {
+    for (i, &(w, policy)) in pairs.iter().enumerate() {
+        eprint!("study: [{}/{}] {w} × {policy} ... ", i + 1, pairs.len());
+        if has_row(&rows, w, policy) {
             eprintln!("kept from {} (--resume)", csv.display());
             continue;
         }
         let _ = std::io::stderr().flush();
         let t = Instant::now();
-        let log = logs.join(format!("{}.log", file_stem(w.name, policy)));
-        let outcome = run_pair(&plan, &g, &hv, *w, policy, &img, &log);
+        let log = logs.join(format!("{}.log", file_stem(w, policy)));
+        let outcome = run_pair(&plan, &g, &hv, w, policy, &img, &log);
         ran += 1;
         let left = started.elapsed().as_secs_f64() / ran as f64 * (todo - ran) as f64;
         let timing = format!("{:.0} s; about {:.0} min left", t.elapsed().as_secs_f64(), left / 60.0);
@@ -211,7 +194,7 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
             }
             Err(e) => {
                 eprintln!("FAILED: {e:#} ({timing})");
-                failed.push((w.name.to_string(), policy.to_string(), format!("{e:#}")));
+                failed.push((w.to_string(), policy.to_string(), format!("{e:#}")));
             }
         }
         // After every run, so an interrupted study keeps what it measured
@@ -236,20 +219,65 @@ fn has_row(rows: &[results::Row], workload: &str, policy: &str) -> bool {
     rows.iter().any(|r| r.workload == workload && r.policy == policy)
 }
 
-/// `--resume`: the rows of an earlier results.csv that this study asks for.
-fn kept_rows(csv: &Path, pairs: &[(Workload, &str)]) -> Result<Vec<results::Row>> {
-    let text = match std::fs::read_to_string(csv) {
+/// `--resume`: the rows of an earlier results.csv in `out` that this study
+/// asks for.
+fn kept_rows(out: &Path, pairs: &[(&str, &str)]) -> Result<Vec<results::Row>> {
+    Ok(earlier_rows(out)?.map(|rows| in_plan_order(rows, pairs)).unwrap_or_default())
+}
+
+/// The rows of an earlier study's results.csv in `out` (None: it has none).
+/// A study from before the workloads were named as the guest names them is
+/// renamed, its results.csv rewritten and its console logs moved.
+fn earlier_rows(out: &Path) -> Result<Option<Vec<results::Row>>> {
+    let csv = out.join("results.csv");
+    let text = match std::fs::read_to_string(&csv) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", csv.display())),
     };
-    let rows = results::parse_csv(&text).with_context(|| format!("parsing {}", csv.display()))?;
-    Ok(in_plan_order(rows, pairs))
+    let mut rows = results::parse_csv(&text).with_context(|| format!("parsing {}", csv.display()))?;
+    if rename_old(&mut rows, &out.join("logs"))? {
+        write(&csv, &results::csv(&rows))?;
+        eprintln!("study: {} named the workloads the old way; renamed (video is dav1d now, synth-video is video, ...)", csv.display());
+    }
+    Ok(Some(rows))
+}
+
+/// Old study names and new: `video`, `storage` and `browse` were Debian's
+/// dav1d, sqlite3 and python3, and `synth-*` the synthetic workloads that
+/// now have the plain names. The real programs come first: renaming them
+/// frees the names (and log files) the synthetic ones take.
+const OLD_NAMES: &[(&str, &str)] =
+    &[("video", "dav1d"), ("storage", "sqlite"), ("browse", "python"), ("synth-video", "video"), ("synth-storage", "storage"), ("synth-browse", "browse")];
+
+/// Renames the rows of a study that used the old names, and their console
+/// logs in `logs`; false (and nothing renamed) for a study with the new
+/// names. An old study shows a `synth-` row, or a `video`, `storage` or
+/// `browse` row whose console log ran the real program.
+fn rename_old(rows: &mut [results::Row], logs: &Path) -> Result<bool> {
+    let log = |w: &str, policy: &str| logs.join(format!("{}.log", file_stem(w, policy)));
+    let ran = |r: &results::Row, program: &str| {
+        std::fs::read_to_string(log(&r.workload, &r.policy)).is_ok_and(|t| t.contains(&format!("vmsync-guest: workload {program} start")))
+    };
+    let old = rows.iter().any(|r| r.workload.starts_with("synth-") || OLD_NAMES[..3].iter().any(|&(o, program)| r.workload == o && ran(r, program)));
+    if !old {
+        return Ok(false);
+    }
+    for &(o, new) in OLD_NAMES {
+        for r in rows.iter_mut().filter(|r| r.workload == o) {
+            let (from, to) = (log(o, &r.policy), log(new, &r.policy));
+            if from.exists() {
+                std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+            }
+            r.workload = new.to_string();
+        }
+    }
+    Ok(true)
 }
 
 /// The rows of `pairs`, in their order (workload by workload); others dropped.
-fn in_plan_order(rows: Vec<results::Row>, pairs: &[(Workload, &str)]) -> Vec<results::Row> {
-    let rank = |r: &results::Row| pairs.iter().position(|(w, p)| w.name == r.workload && *p == r.policy);
+fn in_plan_order(rows: Vec<results::Row>, pairs: &[(&str, &str)]) -> Vec<results::Row> {
+    let rank = |r: &results::Row| pairs.iter().position(|&(w, p)| w == r.workload && p == r.policy);
     let mut ranked: Vec<(usize, results::Row)> = rows.into_iter().filter_map(|r| Some((rank(&r)?, r))).collect();
     ranked.sort_by_key(|(i, _)| *i);
     ranked.dedup_by_key(|(i, _)| *i);
@@ -260,8 +288,7 @@ fn in_plan_order(rows: Vec<results::Row>, pairs: &[(Workload, &str)]) -> Vec<res
 /// results.csv; the kernel and run length from its console logs.
 fn report_only(plan: &Plan, command: &str) -> Result<()> {
     let csv = plan.out.join("results.csv");
-    let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {} (run the study first)", csv.display()))?;
-    let rows = results::parse_csv(&text).with_context(|| format!("parsing {}", csv.display()))?;
+    let Some(rows) = earlier_rows(&plan.out)? else { bail!("no {} (run the study first)", csv.display()) };
     let (mut kernel, mut seconds) = (None, None);
     let mut logs: Vec<PathBuf> = std::fs::read_dir(plan.out.join("logs")).into_iter().flatten().filter_map(|e| Some(e.ok()?.path())).collect();
     logs.sort();
@@ -286,8 +313,8 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// One guest run of `w` under `policy`, its console kept in `log`.
-fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, w: Workload, policy: &str, img: &Path, log: &Path) -> Result<results::Row> {
-    let (cmdline, initrd, _) = demo::workload_guest(w.init, None, plan.seconds, &g.initrd)?;
+fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, w: &str, policy: &str, img: &Path, log: &Path) -> Result<results::Row> {
+    let (cmdline, initrd, _) = demo::workload_guest(w, None, plan.seconds, &g.initrd)?;
     // No verify: it hashes all of guest RAM at every cut.
     let spec = image::GuestSpec { kernel: &g.kernel, initrd: Some(&initrd), cmdline: &cmdline, mem_mib: plan.mem, policy: Some(policy), verify: false };
     image::pack(hv, &spec, img)?;
@@ -301,40 +328,47 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, w: Workload, policy:
     if !out.exited_ok() || out.output.contains("vmsync: error: fatal") {
         bail!("the run failed (QEMU status {:?}); console in {}", out.status, log.display());
     }
-    match results::workload_rc(&out.output, w.init).as_deref() {
+    match results::workload_rc(&out.output, w).as_deref() {
         Some("0") => {}
         Some(rc) => bail!("the workload exited with {rc}; console in {}", log.display()),
         None => bail!("the workload never finished; console in {}", log.display()),
     }
-    results::row(w.name, policy, vmsync_workloads::progress_field(w.init), &out.output).with_context(|| format!("console in {}", log.display()))
+    results::row(w, policy, vmsync_workloads::progress_field(w), &out.output).with_context(|| format!("console in {}", log.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, Parser};
 
-    fn args(f: impl FnOnce(&mut StudyArgs)) -> StudyArgs {
-        let mut a = StudyArgs { workloads: None, policies: None, seconds: None, out: None, quick: false, mem: 256, report_only: false, resume: false };
-        f(&mut a);
-        a
+    /// `cargo xtask study`'s arguments, parsed as clap parses them.
+    #[derive(Parser)]
+    struct Study {
+        #[command(flatten)]
+        a: StudyArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<StudyArgs, clap::Error> {
+        Study::try_parse_from(std::iter::once("study").chain(args.iter().copied())).map(|s| s.a)
+    }
+
+    fn plan_of(args: &[&str]) -> Plan {
+        plan(&parse(args).unwrap()).unwrap()
+    }
+
+    /// The first line clap prints for arguments it refuses, which must be a
+    /// usage error (exit code 2).
+    fn refused(args: &[&str]) -> String {
+        let e = parse(args).err().expect("refused");
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::ValueValidation, 2), "{e}");
+        e.to_string().lines().next().unwrap().to_string()
     }
 
     #[test]
     fn defaults_are_the_real_programs_and_the_synthetic_ones() {
-        let p = plan(&args(|_| {})).unwrap();
-        let names: Vec<(&str, &str)> = p.workloads.iter().map(|w| (w.name, w.init)).collect();
-        assert_eq!(
-            names,
-            [
-                ("video", "dav1d"),
-                ("storage", "sqlite"),
-                ("browse", "python"),
-                ("idle", "idle"),
-                ("synth-video", "video"),
-                ("synth-storage", "storage"),
-                ("synth-browse", "browse")
-            ]
-        );
+        let p = plan_of(&[]);
+        assert_eq!(p.workloads, ["dav1d", "sqlite", "python", "idle", "video", "storage", "browse"]);
         assert_eq!(p.policies, DEFAULT_POLICIES);
         assert_eq!(p.seconds, 20);
         assert!(p.out.ends_with("target/study"));
@@ -342,30 +376,108 @@ mod tests {
 
     #[test]
     fn quick_is_short_and_options_still_apply() {
-        let p = plan(&args(|a| a.quick = true)).unwrap();
-        assert_eq!(p.workloads.iter().map(|w| w.name).collect::<Vec<_>>(), ["video", "synth-video"]);
+        let p = plan_of(&["--quick"]);
+        assert_eq!(p.workloads, ["dav1d", "video"]);
         assert_eq!(p.policies, ["interval:200ms", "switch-only"]);
         assert_eq!(p.seconds, 4);
-        let p = plan(&args(|a| {
-            a.quick = true;
-            a.seconds = Some(3);
-            a.out = Some("x".into());
-        }))
-        .unwrap();
+        let p = plan_of(&["--quick", "--seconds", "3", "--out", "x"]);
         assert_eq!((p.seconds, p.out), (3, PathBuf::from("x")));
     }
 
     #[test]
-    fn bad_names_are_refused() {
-        let e = plan(&args(|a| a.workloads = Some(vec!["vidoe".into()]))).unwrap_err().to_string();
-        assert!(e.contains("vidoe") && e.contains("synth-video"), "{e}");
-        assert!(plan(&args(|a| a.policies = Some(vec!["interval:fast".into()]))).is_err());
-        assert!(plan(&args(|a| a.policies = Some(vec!["off".into()]))).is_err());
-        assert!(plan(&args(|a| a.seconds = Some(1))).is_err());
+    fn lists_are_comma_separated_and_policies_canonical() {
+        let p = plan_of(&["--workloads", "sqlite,memtouch", "--policies", "interval:1000ms,threshold:4M,adaptive:50ms"]);
+        assert_eq!(p.workloads, ["sqlite", "memtouch"]);
+        assert_eq!(p.policies, ["interval:1s", "threshold:4MiB", "adaptive"]);
+    }
+
+    #[test]
+    fn bad_input_is_refused_while_parsing() {
+        let e = refused(&["--workloads", "dav1d,vidoe"]);
+        assert!(e.contains("'vidoe'") && e.contains("dav1d, sqlite, python, video, storage, browse, idle, counter, memtouch"), "{e}");
+        let e = refused(&["--workloads", "synth-video"]);
+        assert!(e.contains("synth-video is now called video"), "{e}");
+        let e = refused(&["--policies", "interval:200ms,interval:fast"]);
+        assert!(e.contains("'interval:fast'") && e.contains("the value must start with a decimal number"), "{e}");
+        let e = refused(&["--policies", "off"]);
+        assert!(e.contains("unknown policy (one of interval:<duration>"), "{e}");
+        let e = refused(&["--seconds", "1"]);
+        assert!(e.contains("at least two"), "{e}");
+        let e = refused(&["--seconds", "x"]);
+        assert!(e.contains("invalid digit"), "{e}");
+    }
+
+    /// `--help` names the defaults the code uses.
+    #[test]
+    fn help_tells_the_defaults() {
+        let help = Study::command().render_long_help().to_string();
+        for list in [DEFAULT_WORKLOADS, DEFAULT_POLICIES, QUICK_WORKLOADS, QUICK_POLICIES] {
+            assert!(help.contains(&list.join(",")), "{} not in\n{help}", list.join(","));
+        }
+        assert!(help.contains(&format!("[default: {DEFAULT_SECONDS}; {QUICK_SECONDS} with --quick]")), "{help}");
+        for w in cli::STUDY_WORKLOADS.iter().chain(cli::SYNTHETIC_WORKLOADS) {
+            assert!(help.contains(w), "{w} not in\n{help}");
+        }
+        assert!(!help.contains("synth-"), "{help}");
     }
 
     #[test]
     fn log_names() {
-        assert_eq!(file_stem("synth-video", "interval:50ms"), "synth-video_interval-50ms");
+        assert_eq!(file_stem("dav1d", "interval:50ms"), "dav1d_interval-50ms");
+    }
+
+    /// An output directory with `rows` (workload, policy) in results.csv and
+    /// a console log per row running `program`.
+    fn old_study(name: &str, rows: &[(&str, &str, Option<&str>)]) -> PathBuf {
+        let out = std::env::temp_dir().join(format!("vmsync-study-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(out.join("logs")).unwrap();
+        let mut csv = format!("{}\n", results::CSV_HEADER);
+        for (w, p, program) in rows {
+            csv += &format!("{w},{p},2.0,1,1,4096,1,1,1,1,1,1,1,30.00\n");
+            if let Some(program) = program {
+                std::fs::write(out.join("logs").join(format!("{}.log", file_stem(w, p))), format!("vmsync-guest: workload {program} start\n")).unwrap();
+            }
+        }
+        std::fs::write(out.join("results.csv"), csv).unwrap();
+        out
+    }
+
+    fn names(rows: &[results::Row]) -> Vec<(&str, &str)> {
+        rows.iter().map(|r| (r.workload.as_str(), r.policy.as_str())).collect()
+    }
+
+    fn log(out: &Path, stem: &str) -> Option<String> {
+        std::fs::read_to_string(out.join("logs").join(format!("{stem}.log"))).ok()
+    }
+
+    #[test]
+    fn an_old_study_is_renamed() {
+        let out = old_study("synth", &[("video", "switch-only", Some("dav1d")), ("synth-video", "switch-only", Some("video")), ("idle", "switch-only", None)]);
+        let rows = earlier_rows(&out).unwrap().unwrap();
+        assert_eq!(names(&rows), [("dav1d", "switch-only"), ("video", "switch-only"), ("idle", "switch-only")]);
+        assert_eq!(log(&out, "dav1d_switch-only").as_deref(), Some("vmsync-guest: workload dav1d start\n"));
+        assert_eq!(log(&out, "video_switch-only").as_deref(), Some("vmsync-guest: workload video start\n"));
+        assert_eq!(log(&out, "synth-video_switch-only"), None);
+        // Written back: the next read finds the new names.
+        assert_eq!(names(&earlier_rows(&out).unwrap().unwrap()), names(&rows));
+        std::fs::remove_dir_all(&out).unwrap();
+
+        // No synth- row: the console log tells.
+        let out = old_study("logs", &[("storage", "interval:1s", Some("sqlite"))]);
+        assert_eq!(names(&earlier_rows(&out).unwrap().unwrap()), [("sqlite", "interval:1s")]);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_new_study_is_kept() {
+        let out = old_study("new", &[("dav1d", "switch-only", Some("dav1d")), ("video", "switch-only", Some("video")), ("browse", "switch-only", None)]);
+        let rows = earlier_rows(&out).unwrap().unwrap();
+        assert_eq!(names(&rows), [("dav1d", "switch-only"), ("video", "switch-only"), ("browse", "switch-only")]);
+        assert!(log(&out, "video_switch-only").is_some());
+        let kept = kept_rows(&out, &[("browse", "switch-only"), ("dav1d", "switch-only"), ("dav1d", "interval:1s")]).unwrap();
+        assert_eq!(names(&kept), [("browse", "switch-only"), ("dav1d", "switch-only")]);
+        std::fs::remove_dir_all(&out).unwrap();
+        assert_eq!(earlier_rows(&out).unwrap(), None);
     }
 }

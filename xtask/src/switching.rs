@@ -1,7 +1,8 @@
-//! `cargo xtask demo --switch-at S[,S...] [--switch-to i,...]
-//! [--failover-at S]`: N symmetric devices (`qemu_tests::devices`), the
-//! guest moved between them at the given times, and the report's
-//! `switches`, `guest` and `devices` entries.
+//! `cargo xtask demo` with 2 or more devices (by default, or with
+//! `--switch-at S[,S...] [--switch-to i,...] [--failover-at S]`): N
+//! symmetric devices (`qemu_tests::devices`), the guest moved between them
+//! at the planned times, and the report's `switches`, `guest` and `devices`
+//! entries.
 use anyhow::{bail, Result};
 use qemu_tests::devices::{DevicesControl, DevicesRun, SwitchOutcome};
 use qemu_tests::guest_check::GuestVerdict;
@@ -33,6 +34,51 @@ fn seconds(s: f64, flag: &str) -> Result<Duration> {
         bail!("{flag} {s}: not a time in seconds");
     }
     Ok(Duration::from_secs_f64(s))
+}
+
+/// What a demo's switching run does, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// In time order.
+    pub actions: Vec<Action>,
+    pub clock: Clock,
+}
+
+/// Where a plan's times count from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The devices' start (`--switch-at`, `--failover-at`).
+    DevicesStart,
+    /// The guest's `vmsync-guest: workload ... start` line on device 0 (the
+    /// default plan: boot time varies, the workload's length does not).
+    WorkloadStart,
+}
+
+/// The guest's init prints this (then the workload's name) as the workload starts.
+pub const WORKLOAD_START: &str = "vmsync-guest: workload ";
+
+/// The default plan of a demo with 2 or more devices: the guest moves to
+/// device 1 halfway through the workload and back to device 0 at 85 %.
+pub fn default_plan(seconds: u64) -> Plan {
+    let at = |f: f64| Duration::from_secs_f64(seconds as f64 * f);
+    Plan { actions: vec![Action::Switch { at: at(0.5), to: Some(1) }, Action::Switch { at: at(0.85), to: Some(0) }], clock: Clock::WorkloadStart }
+}
+
+/// The plan in words, for the demo's first lines.
+pub fn describe(p: &Plan) -> String {
+    let since = match p.clock {
+        Clock::DevicesStart => "after the devices start",
+        Clock::WorkloadStart => "into the workload",
+    };
+    let steps: Vec<String> = p
+        .actions
+        .iter()
+        .map(|x| match x {
+            Action::Switch { at, to } => format!("switch{} at {:.1} s", to.map(|t| format!(" to device-{t}")).unwrap_or_default(), at.as_secs_f64()),
+            Action::Failover { at } => format!("failover at {:.1} s", at.as_secs_f64()),
+        })
+        .collect();
+    format!("{} {since}", steps.join(", "))
 }
 
 /// The device after `from` (round robin) that is not in `dead`.
@@ -84,15 +130,28 @@ pub fn plan(devices: usize, switch_at: &[f64], switch_to: &[usize], failover_at:
     Ok(actions)
 }
 
-/// Carries out `actions` on the running devices, printing what happened;
-/// returns how many did not succeed.
-pub fn drive(c: &DevicesControl, actions: &[Action]) -> usize {
+/// How long the default plan waits for the workload to start.
+const WORKLOAD_START_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Carries out `plan` on the running devices, printing what happened;
+/// returns how many actions did not succeed.
+pub fn drive(c: &DevicesControl, plan: &Plan) -> usize {
     let n = c.devices();
+    let origin = match plan.clock {
+        Clock::DevicesStart => Duration::ZERO,
+        Clock::WorkloadStart => {
+            if !c.wait_line(0, WORKLOAD_START, WORKLOAD_START_TIMEOUT) {
+                eprintln!("xtask demo: the workload never started on device-0; no switch");
+                return plan.actions.len();
+            }
+            c.elapsed()
+        }
+    };
     let mut missed = 0;
-    for a in actions {
-        if !c.at(a.at()) {
-            eprintln!("xtask demo: the run ended before {:.1} s", a.at().as_secs_f64());
-            return missed + 1;
+    for (k, a) in plan.actions.iter().enumerate() {
+        if !c.at(origin + a.at()) {
+            eprintln!("xtask demo: the run ended before {:.1} s", (origin + a.at()).as_secs_f64());
+            return missed + plan.actions.len() - k;
         }
         let holder = c.holder().unwrap_or(0);
         let t = c.elapsed().as_secs_f64();
@@ -210,6 +269,7 @@ pub fn add_to_report(r: &mut Value, run: &DevicesRun, t: &Timeline, v: &GuestVer
     }
     r["devices"] = devices_json(&run.outputs, t, &received, &killed, run.powered_off);
     r["totals"]["wire_bytes"] = run.snapshot.delivered_bytes().into();
+    r["totals"]["link_bytes"] = run.snapshot.delivered_bytes().into();
 }
 
 /// One line per switch.
@@ -278,6 +338,16 @@ mod tests {
         assert!(plan(3, &[30.0], &[0], Some(20.0)).is_err());
         assert!(plan(2, &[30.0], &[], Some(20.0)).is_err(), "nowhere to switch to");
         assert!(plan(2, &[], &[], Some(20.0)).is_ok());
+    }
+
+    #[test]
+    fn the_default_plan_goes_and_comes_back_within_the_workload() {
+        let p = default_plan(20);
+        assert_eq!(p.clock, Clock::WorkloadStart);
+        assert_eq!(p.actions, vec![Action::Switch { at: Duration::from_secs(10), to: Some(1) }, Action::Switch { at: Duration::from_secs(17), to: Some(0) }]);
+        assert_eq!(describe(&p), "switch to device-1 at 10.0 s, switch to device-0 at 17.0 s into the workload");
+        let explicit = Plan { actions: plan(3, &[20.0], &[], Some(30.0)).unwrap(), clock: Clock::DevicesStart };
+        assert_eq!(describe(&explicit), "switch at 20.0 s, failover at 30.0 s after the devices start");
     }
 
     #[test]

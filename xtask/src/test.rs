@@ -3,7 +3,7 @@
 use anyhow::Result;
 use std::time::Instant;
 
-use crate::{apt, guest, image, study};
+use crate::{apt, guest, image, study, toolchain};
 
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: == {name} ==");
@@ -16,7 +16,9 @@ fn done(t: Instant) {
 
 pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
     let all = Instant::now();
-    // zstd's C is cross-built for the bare-metal targets with clang.
+    // The bare-metal targets from rustup; zstd's C is cross-built for them
+    // with clang.
+    toolchain::ensure()?;
     apt::ensure_clang()?;
 
     let t = step("host tests (every crate but the QEMU tests)");
@@ -48,7 +50,7 @@ pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
     // check its files (qemu-tests/tests/study.rs). A failure here shows
     // there, after the other QEMU tests ran.
     let study_dir = image::workspace_root().join("target/qemu-tests/study");
-    if filter.map_or(true, |f| study::QUICK_TESTS.iter().any(|name| name.contains(f))) {
+    if filter.is_none_or(|f| study::QUICK_TESTS.iter().any(|name| name.contains(f))) {
         let t = step("cargo xtask study --quick");
         if let Err(e) = study::quick(&study_dir) {
             eprintln!("xtask test: the quick study failed: {e:#}");

@@ -220,7 +220,7 @@ impl Engine {
         let sent = core::mem::take(&mut self.link.out);
         let Some(sb) = &mut self.verify else { return Ok(None) };
         let events = sb.receive(&sent)?;
-        let committed = events.iter().any(|e| *e == Event::Committed(epoch));
+        let committed = events.contains(&Event::Committed(epoch));
         // The acks go back as they would over the network.
         let replies = core::mem::take(&mut sb.replies);
         let mut dec = FrameDecoder::new();

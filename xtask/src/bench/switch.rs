@@ -3,20 +3,21 @@
 //! same run: QEMU's own live migration (the baseline, [`crate::migration`])
 //! and a VMsync switch after the standby has been syncing. Goal: VMsync's
 //! switch time at most 1/20 of QEMU's migration time.
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::Args;
+use qemu_tests::link::Profile;
 use std::time::Duration;
 
 use crate::migration::{qemu_migration, MigrationArgs, MigrationFigures};
-use crate::{apt, demo, guest, image};
+use crate::{apt, cli, demo, guest, image};
 
 #[derive(Args, Clone, Debug)]
 pub struct SwitchArgs {
     /// Link profile both moves go through: loopback, wifi (50 Mbit/s,
     /// 5 ms), lte (10 Mbit/s, 40 ms), bt (2 Mbit/s, 30 ms); options as in
     /// `lte,loss=1%,jitter=2` (loss does not apply to QEMU's TCP stream).
-    #[arg(long, default_value = "wifi")]
-    pub link: String,
+    #[arg(long, default_value = "wifi", value_parser = cli::link)]
+    pub link: Profile,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 128)]
     pub mem: u64,
@@ -25,8 +26,8 @@ pub struct SwitchArgs {
     /// a whole minute.
     #[arg(long, default_value_t = 60)]
     pub warmup: u64,
-    /// Guest workload.
-    #[arg(long, default_value = "video")]
+    /// Guest workload: video, storage, browse, idle, counter or memtouch.
+    #[arg(long, default_value = "video", value_parser = cli::synthetic_workload)]
     pub workload: String,
     /// Give up on a QEMU migration that has not completed after this many
     /// seconds.
@@ -71,13 +72,7 @@ impl From<&MigrationFigures> for SwitchFigures {
 /// there, its own clock); bytes are the link emulator's counters, both
 /// directions. The guest's pause is at most the switch time (it runs on
 /// device 0 until the request arrives).
-fn vmsync_switch(
-    a: &SwitchArgs,
-    profile: qemu_tests::link::Profile,
-    kernel: &std::path::Path,
-    initrd: &std::path::Path,
-    append: &str,
-) -> Result<SwitchFigures> {
+fn vmsync_switch(a: &SwitchArgs, profile: Profile, kernel: &std::path::Path, initrd: &std::path::Path, append: &str) -> Result<SwitchFigures> {
     use qemu_tests::devices::{device_config, Devices, SwitchOutcome};
     let hv = image::build_hypervisor()?;
     let spec = image::GuestSpec { kernel, initrd: Some(initrd), cmdline: append, mem_mib: a.mem, policy: Some("interval:200ms"), verify: false };
@@ -135,7 +130,7 @@ fn vmsync_switch(
 
 pub fn run(a: &SwitchArgs) -> Result<()> {
     apt::ensure_qemu_aarch64()?;
-    let profile: qemu_tests::link::Profile = a.link.parse().map_err(|e| anyhow!("--link {}: {e:?}", a.link))?;
+    let profile = a.link.clone();
     let g = guest::prepare(false)?;
     // The workload must outlast boot, warm-up and the migration.
     let seconds = a.warmup + a.timeout + 600;

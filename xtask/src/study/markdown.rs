@@ -91,9 +91,11 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
          baseline); `changed` = bytes that differ from the standby's copy; `delta` = our page records \
          (runs of changed bytes); `delta+zstd` = those compressed; `wire` = sealed frames on the link. \
          `paper` = dirty pages / changed (the paper found 3x); `ours` = dirty pages / wire. \
-         Workloads: `video` (Debian's dav1d playing AV1 at 30 fps), `storage` (sqlite3 transactions), \
-         `browse` (python3 object-graph churn), `idle` (kernel housekeeping); `synth-*` are the \
-         synthetic Rust stand-ins.\n"
+         Workloads, named as the guest runs them: Debian's real programs `dav1d` (playing AV1 at \
+         30 fps), `sqlite` (sqlite3 transactions) and `python` (python3 object-graph churn); the \
+         synthetic Rust workloads every guest image carries: `video`, `storage` and `browse` (the \
+         programs' stand-ins), `idle` (a process that only counts seconds: the kernel's \
+         housekeeping), `counter` and `memtouch`.\n"
     );
 
     let _ = writeln!(o, "## Results (MB = 10^6 bytes)\n");
@@ -216,7 +218,7 @@ mod tests {
     #[test]
     fn report_has_the_table_ratios_costs_and_failures() {
         // 20 s: 40.96 MB of dirty pages, 12 MB changed, 2 MB on the wire (100 KB/s).
-        let rows = [row("video", "interval:200ms", 20.0, 40_960_000, 12_000_000, 2_000_000)];
+        let rows = [row("dav1d", "interval:200ms", 20.0, 40_960_000, 12_000_000, 2_000_000)];
         let failed = [("storage".to_string(), "interval:5s".to_string(), "killed at its deadline".to_string())];
         let cx = Context {
             command: "cargo xtask study",
@@ -227,11 +229,13 @@ mod tests {
             plots: &[("bytes_per_second", "Bytes per second")],
         };
         let md = report(&rows, &cx);
-        assert!(md.contains("| video | interval:200ms | 20.0 | 10 | 40.96 | 12.00 | 12.00 | 2.00 | 2.00 | 3.4x | 20.5x | 150 / 900 | 10 | 30.0 |"), "{md}");
+        assert!(md.contains("| dav1d | interval:200ms | 20.0 | 10 | 40.96 | 12.00 | 12.00 | 2.00 | 2.00 | 3.4x | 20.5x | 150 / 900 | 10 | 30.0 |"), "{md}");
         // 100 KB/s: 360 MB/hour, 0.8 Mbit/s = 1.6 % of wifi, 8.0 % of lte, 40 % of bt.
-        assert!(md.contains("| video | interval:200ms | 100.0 | 360 | 7373 | 1.6 % | 8.0 % | 40 % |"), "{md}");
+        assert!(md.contains("| dav1d | interval:200ms | 100.0 | 360 | 7373 | 1.6 % | 8.0 % | 40 % |"), "{md}");
         assert!(md.contains("![Bytes per second](bytes_per_second.png)"));
         assert!(md.contains("- storage × interval:5s: killed at its deadline"));
         assert!(md.contains("epoch 1 (the initial full copy of the guest)"), "{md}");
+        assert!(md.contains("`dav1d` (playing AV1") && md.contains("`video`, `storage` and `browse` (the programs' stand-ins)"), "{md}");
+        assert!(!md.contains("synth-"), "{md}");
     }
 }

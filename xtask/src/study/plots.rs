@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn points_are_per_second_with_the_interval() {
-        let p = points(&[row("video", "interval:200ms"), row("video", "switch-only")]);
+        let p = points(&[row("dav1d", "interval:200ms"), row("dav1d", "switch-only")]);
         assert_eq!(p[0].rates, [20480.0, 2000.0, 2200.0, 500.0]);
         assert_eq!(p[0].interval_s, Some(0.2));
         assert_eq!(p[1].interval_s, None);

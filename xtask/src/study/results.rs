@@ -50,8 +50,9 @@ impl Row {
     }
 }
 
-/// The steady-state row of a run of `workload` (the study's name) under
-/// `policy`, whose guest program reports progress in `progress_field`.
+/// The steady-state row of a run of `workload` (as the guest's init names
+/// it) under `policy`, whose guest program reports progress in
+/// `progress_field`.
 pub fn row(workload: &str, policy: &str, progress_field: Option<&str>, output: &str) -> Result<Row> {
     let marker = format!("vmsync: {STEADY_STATE_LOG}");
     let Some(at) = output.find(&marker) else {
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn steady_state_is_after_the_first_progress_cut() {
-        let r = row("video", "interval:1s", Some("frames"), &console()).unwrap();
+        let r = row("dav1d", "interval:1s", Some("frames"), &console()).unwrap();
         assert_eq!(r.epochs, 2);
         assert_eq!(r.dirty_pages, 150);
         assert_eq!(r.dirty_page_bytes, 150 * 4096);
@@ -257,7 +258,7 @@ mod tests {
     #[test]
     fn a_run_without_the_steady_state_cut_is_an_error() {
         let out = console().replace(&format!("vmsync: {STEADY_STATE_LOG}\n"), "");
-        let e = row("video", "interval:1s", Some("frames"), &out).unwrap_err().to_string();
+        let e = row("dav1d", "interval:1s", Some("frames"), &out).unwrap_err().to_string();
         assert!(e.contains("steady state"), "{e}");
     }
 
@@ -281,17 +282,17 @@ mod tests {
 
     #[test]
     fn csv_round_trips_with_the_exact_header() {
-        let mut a = row("video", "interval:1s", Some("frames"), &console()).unwrap();
+        let mut a = row("dav1d", "interval:1s", Some("frames"), &console()).unwrap();
         let mut b = row("idle", "switch-only", None, &console()).unwrap();
         a.seconds = 19.875;
         b.seconds = 20.5;
         let text = csv(&[a.clone(), b.clone()]);
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some(CSV_HEADER));
-        assert_eq!(lines.next(), Some("video,interval:1s,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00"));
+        assert_eq!(lines.next(), Some("dav1d,interval:1s,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00"));
         assert!(lines.next().is_some_and(|l| l.ends_with(",300,300,")), "idle has an empty progress_rate");
         assert_eq!(parse_csv(&text).unwrap(), vec![a, b]);
         assert!(parse_csv("workload,policy\n").is_err());
-        assert!(parse_csv(&format!("{CSV_HEADER}\nvideo,x,1\n")).is_err());
+        assert!(parse_csv(&format!("{CSV_HEADER}\ndav1d,x,1\n")).is_err());
     }
 }

@@ -1,0 +1,168 @@
+//! Whether a demo run passed: what went wrong, read from the report and
+//! the run's facts, as sentences for the summary and the error.
+use serde_json::Value;
+
+use crate::study::results::workload_rc;
+
+/// How the guest's workload fared, from its init's
+/// `vmsync-guest: workload NAME start` / `... end rc=N` lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workload {
+    NeverStarted,
+    /// It started but its end line never came (the guest died or was cut off).
+    NoEnd,
+    /// Its exit status.
+    Ended(String),
+}
+
+/// The outcome of the workload the init knows as `init_name` (a workload
+/// name, or the path of a `--workload-exec` program in the guest).
+pub fn workload(console: &str, init_name: &str) -> Workload {
+    if let Some(rc) = workload_rc(console, init_name) {
+        return Workload::Ended(rc);
+    }
+    if console.contains(&format!("vmsync-guest: workload {init_name} start")) {
+        Workload::NoEnd
+    } else {
+        Workload::NeverStarted
+    }
+}
+
+/// The report's `guest.workload_started` and `guest.workload_rc`.
+pub fn add_to_report(r: &mut Value, w: &Workload) {
+    r["guest"]["workload_started"] = (*w != Workload::NeverStarted).into();
+    r["guest"]["workload_rc"] = match w {
+        Workload::Ended(rc) => rc.parse::<i64>().map(Value::from).unwrap_or_else(|_| rc.clone().into()),
+        _ => Value::Null,
+    };
+}
+
+/// The summary's line about the workload `name`.
+pub fn workload_line(name: &str, w: &Workload) -> String {
+    match w {
+        Workload::Ended(rc) if rc == "0" => format!("workload {name}: ran to its end, rc=0"),
+        Workload::Ended(rc) => format!("workload {name}: FAILED, exited with rc={rc}"),
+        Workload::NoEnd => format!("workload {name}: FAILED, started but never ended"),
+        Workload::NeverStarted => format!("workload {name}: FAILED, never started"),
+    }
+}
+
+/// What the report cannot say about a run.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub timed_out: bool,
+    /// Why the device that ran the guest last did not power off cleanly.
+    pub unclean: Option<String>,
+    /// A device printed `vmsync: error: fatal`.
+    pub fatal: bool,
+    /// Planned switches (and failovers) that did not happen, of how many.
+    pub missed_switches: usize,
+    pub planned_switches: usize,
+    pub workload: Option<Workload>,
+}
+
+/// Everything that went wrong; empty when the run passed.
+pub fn problems(r: &Value, f: &Facts) -> Vec<String> {
+    let mut p = Vec::new();
+    if f.timed_out {
+        p.push("the guest did not power off in time".to_string());
+    }
+    if f.fatal {
+        p.push("a device failed (vmsync: error: fatal)".into());
+    }
+    if let Some(why) = &f.unclean {
+        p.push(format!("the guest did not power off cleanly ({why})"));
+    }
+    match &f.workload {
+        Some(Workload::Ended(rc)) if rc != "0" => p.push(format!("the workload exited with rc={rc}")),
+        Some(Workload::NoEnd) => p.push("the workload started but never ended".into()),
+        Some(Workload::NeverStarted) => p.push("the workload never started".into()),
+        _ => {}
+    }
+    let all = |k: &str| r[k].as_array().cloned().unwrap_or_default();
+    if all("switches").iter().any(|s| s["digest_match"] != true) {
+        p.push("a switch's digests do not match".into());
+    }
+    if f.missed_switches > 0 {
+        p.push(format!("{} of {} planned switches did not happen", f.missed_switches, f.planned_switches));
+    }
+    if r["guest"]["rebooted"] == true {
+        p.push("the guest rebooted".into());
+    }
+    if all("standbys").iter().any(|s| s["digest_match"] != true) {
+        p.push("a standby's committed image does not match the active device".into());
+    }
+    if all("devices").iter().any(|d| d["digest_match"] == false) {
+        p.push("a standby's committed image does not match the guest at that epoch".into());
+    }
+    let mismatches = r["verify"]["mismatches"].as_u64().unwrap_or(0);
+    if mismatches > 0 {
+        p.push(format!("verify found {mismatches} mismatches: a write escaped tracking"));
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The report of a run that passed every check.
+    fn good_report() -> Value {
+        json!({
+            "switches": [{ "digest_match": true }, { "digest_match": true }],
+            "devices": [{ "digest_match": null }, { "digest_match": true }],
+            "guest": { "rebooted": false },
+            "verify": { "checks": 0, "mismatches": 0 },
+        })
+    }
+
+    #[test]
+    fn the_workload_outcome_comes_from_the_init_lines() {
+        let start = "vmsync-guest: workload video start\n";
+        assert_eq!(workload("Booting Linux\n", "video"), Workload::NeverStarted);
+        assert_eq!(workload(start, "video"), Workload::NoEnd);
+        assert_eq!(workload(&format!("{start}vmsync-guest: workload video end rc=0\n"), "video"), Workload::Ended("0".into()));
+        let exec = "vmsync-guest: workload /bin/vmsync-exec start\nvmsync-guest: workload /bin/vmsync-exec end rc=127\n";
+        assert_eq!(workload(exec, "/bin/vmsync-exec"), Workload::Ended("127".into()));
+        // A hypervisor line cutting the end line in two (workload_rc copes).
+        let cut = format!("{start}vmsync-guest: workload video en\nvmsync: epoch epoch=9\nd rc=3\n");
+        assert_eq!(workload(&cut, "video"), Workload::Ended("3".into()));
+        let mut r = json!({ "guest": {} });
+        add_to_report(&mut r, &Workload::Ended("3".into()));
+        assert_eq!((r["guest"]["workload_started"].clone(), r["guest"]["workload_rc"].clone()), (json!(true), json!(3)));
+        add_to_report(&mut r, &Workload::NeverStarted);
+        assert_eq!((r["guest"]["workload_started"].clone(), r["guest"]["workload_rc"].clone()), (json!(false), Value::Null));
+        assert_eq!(workload_line("video", &Workload::Ended("0".into())), "workload video: ran to its end, rc=0");
+        assert_eq!(workload_line("prog", &Workload::Ended("3".into())), "workload prog: FAILED, exited with rc=3");
+    }
+
+    #[test]
+    fn a_good_run_has_no_problems_and_each_fault_is_named() {
+        let ok = Facts { planned_switches: 2, workload: Some(Workload::Ended("0".into())), ..Facts::default() };
+        assert_eq!(problems(&good_report(), &ok), Vec::<String>::new());
+        let failed = Facts { workload: Some(Workload::Ended("3".into())), ..ok.clone() };
+        assert_eq!(problems(&good_report(), &failed), ["the workload exited with rc=3"]);
+        let never = Facts { workload: Some(Workload::NeverStarted), timed_out: true, missed_switches: 2, ..ok.clone() };
+        assert_eq!(
+            problems(&good_report(), &never),
+            ["the guest did not power off in time", "the workload never started", "2 of 2 planned switches did not happen"]
+        );
+        let mut r = good_report();
+        r["switches"][1]["digest_match"] = false.into();
+        r["devices"][1]["digest_match"] = false.into();
+        r["guest"]["rebooted"] = true.into();
+        r["verify"]["mismatches"] = 4.into();
+        r["standbys"] = json!([{ "digest_match": false }]);
+        assert_eq!(
+            problems(&r, &ok),
+            [
+                "a switch's digests do not match",
+                "the guest rebooted",
+                "a standby's committed image does not match the active device",
+                "a standby's committed image does not match the guest at that epoch",
+                "verify found 4 mismatches: a write escaped tracking",
+            ]
+        );
+    }
+}
