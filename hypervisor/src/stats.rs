@@ -20,7 +20,7 @@ impl TrapStats {
 
     /// Per-second rates over `elapsed_us`, as a printable line.
     pub fn rates(&self, elapsed_us: u64) -> [(&'static str, u64, u64); 8] {
-        let per_s = |n: u64| if elapsed_us == 0 { 0 } else { n.saturating_mul(1_000_000) / elapsed_us };
+        let per_s = |n: u64| n.saturating_mul(1_000_000).checked_div(elapsed_us).unwrap_or(0);
         [
             ("mmio", self.mmio, per_s(self.mmio)),
             ("sysreg", self.sysreg, per_s(self.sysreg)),

@@ -261,6 +261,12 @@ impl ResumeTracker {
         Ok(self.last_changed.iter().enumerate().filter(|&(_, &lc)| lc > st.base && lc <= cut).map(|(p, _)| p as u64).collect())
     }
 
+    /// Every page changed after epoch `base` (the open epoch's writes
+    /// marked so far included), ascending: what a standby at `base` owes.
+    pub fn changed_since(&self, base: Epoch) -> impl Iterator<Item = u64> + '_ {
+        self.last_changed.iter().enumerate().filter(move |&(_, &lc)| lc > base).map(|(p, _)| p as u64)
+    }
+
     /// Whether a base-dependent record (Delta, Same) against the current
     /// shadow of `page` may go to the standby (rule 2 of the module doc).
     pub fn may_delta(&self, id: StandbyId, page: u64) -> bool {

@@ -99,6 +99,9 @@ pub enum WireError {
     PageSizeMismatch,
     /// The peer sent our own nonce back (a reflected handshake).
     ReflectedNonce,
+    /// Encoding: no memory for the frame (the caller drops or delays the
+    /// link; nothing was appended).
+    OutOfMemory,
 }
 
 impl From<CryptoError> for WireError {
@@ -218,6 +221,21 @@ mod tag {
 impl Message {
     fn is_handshake(&self) -> bool {
         matches!(self, Message::Hello(_) | Message::HelloAck(_))
+    }
+
+    /// Bytes of the message's encoding (exact: `encode` appends this many).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            // tag, magic, version, vm, platform, ram (2 × u64), page size,
+            // last committed, nonce.
+            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + crate::crypto::HANDSHAKE_NONCE_LEN,
+            Message::EpochBegin { .. } => 17,
+            Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
+            Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
+            Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } => 9,
+            Message::SwitchRequest => 1,
+            Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
+        }
     }
 
     /// Appends the message's encoding to `out`.
@@ -584,6 +602,9 @@ impl Session {
         if msg.is_handshake() {
             return Err(WireError::WrongFrameKind);
         }
+        // The whole frame in one fallible reservation: a frame that does not
+        // fit in memory is an error for this link, never an abort.
+        out.try_reserve(FRAME_HEADER_LEN + msg.encoded_len() + TAG_LEN).map_err(|_| WireError::OutOfMemory)?;
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
         let body_start = out.len();
@@ -684,6 +705,7 @@ mod tests {
         for m in all_messages() {
             let mut b = Vec::new();
             m.encode(&mut b).unwrap();
+            assert_eq!(b.len(), m.encoded_len(), "{m:?}: seal reserves exactly this");
             assert_eq!(Message::decode(&b).unwrap(), m);
             for cut in 0..b.len() {
                 assert!(Message::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");

@@ -217,10 +217,10 @@ impl Engine {
     /// `verify`, dropped otherwise (until the network carries them).
     /// Returns how the standby's committed image compares with guest RAM.
     pub fn verify<G: PageMemory>(&mut self, guest: &G, epoch: u64) -> Result<Option<Verdict>, SyncError> {
-        let sent = core::mem::take(&mut self.link.out);
+        let sent = self.link.out.take_all();
         let Some(sb) = &mut self.verify else { return Ok(None) };
         let events = sb.receive(&sent)?;
-        let committed = events.iter().any(|e| *e == Event::Committed(epoch));
+        let committed = events.contains(&Event::Committed(epoch));
         // The acks go back as they would over the network.
         let replies = core::mem::take(&mut sb.replies);
         let mut dec = FrameDecoder::new();
