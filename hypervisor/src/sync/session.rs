@@ -56,6 +56,8 @@ pub struct ActivePeer {
     /// Bytes for the transport (the Hello until established; after that the
     /// sealed frames live in the link's own `out`).
     pub outbox: Vec<u8>,
+    /// The link's budget once established (see `sync_core::catchup`).
+    pub budget: usize,
 }
 
 impl ActivePeer {
@@ -64,11 +66,18 @@ impl ActivePeer {
     pub fn connect(id: StandbyId, hello: Handshake) -> Result<Self, SessionError> {
         let mut outbox = Vec::new();
         encode_clear(&Message::Hello(hello.clone()), &mut outbox)?;
-        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox })
+        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox, budget: usize::MAX })
     }
 
     pub fn link_mut(&mut self) -> Option<&mut Link> {
         match &mut self.state {
+            ActiveState::Established { link } => Some(link),
+            _ => None,
+        }
+    }
+
+    pub fn link(&self) -> Option<&Link> {
+        match &self.state {
             ActiveState::Established { link } => Some(link),
             _ => None,
         }
@@ -131,7 +140,8 @@ impl ActivePeer {
                     hello.check_peer(&ack)?;
                     let session = Session::establish(secret, Role::Initiator, hello, &ack);
                     active.connect(self.id, ack.last_committed)?;
-                    let link = Link::new(self.id, session, ZstdConfig::default())?;
+                    let mut link = Link::new(self.id, session, ZstdConfig::default())?;
+                    link.set_budget(self.budget);
                     self.state = ActiveState::Established { link: Box::new(link) };
                     events.push(ActiveEvent::Resync(ack.last_committed));
                 }

@@ -110,7 +110,8 @@ fn pump(vm: &mut Vm, now_ms: u64) {
     crate::net::with(|n| {
         n.poll(now_ms);
         if let Some(e) = vm.sync.as_mut() {
-            e.pump(n, now_ms);
+            let mem = &vm.mem;
+            e.pump(n, mem, &|p| mem.is_dirty_now(p), now_ms);
             n.poll(now_ms);
         }
     });
@@ -244,9 +245,23 @@ pub fn finish(vm: &mut Vm) {
         }
         if let Some(p) = e.peers() {
             for s in &p.list {
+                let c = s.catchup();
                 info!(
-                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={}",
-                    s.id, s.addr.ip, s.addr.port, s.acked, s.reconnects, s.full_resyncs, s.bytes_sent
+                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={} peak_queued={} catchups={}/{} owed_pages={} streamed_pages={} final_pages={} catchup_bytes={}",
+                    s.id,
+                    s.addr.ip,
+                    s.addr.port,
+                    s.acked,
+                    s.reconnects,
+                    s.full_resyncs,
+                    s.bytes_sent,
+                    s.peak_queued,
+                    c.finished,
+                    c.started,
+                    c.owed_at_start,
+                    c.streamed_pages,
+                    c.final_pages,
+                    c.sealed_bytes
                 );
             }
         }
