@@ -124,8 +124,15 @@ impl Peers {
         Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None, budget }
     }
 
-    /// The standby (index into `list`) that asked for the guest, once.
+    /// The standby (index into `list`) that asked for the guest, once. A
+    /// standby that is catching up waits (the request stays) until it is in
+    /// step: the guest runs on meanwhile, and the hand-over's final epoch
+    /// is then a normal one.
     pub fn take_switch_request(&mut self) -> Option<usize> {
+        let i = self.switch_request?;
+        if self.list.get(i).is_some_and(|p| p.is_catching_up()) {
+            return None;
+        }
         self.switch_request.take()
     }
 
@@ -280,6 +287,9 @@ impl Peers {
                                 ActiveEvent::Resync(e) => info!("sync: standby {} asks to resync from epoch {e}", p.id),
                                 ActiveEvent::SwitchRequested => {
                                     info!("switch: request from {} at_ms={now_ms}", p.addr.ip);
+                                    if p.is_catching_up() {
+                                        info!("switch: {} is catching up; the switch waits until it is in step", p.addr.ip);
+                                    }
                                     self.switch_request.get_or_insert(i);
                                 }
                             }
