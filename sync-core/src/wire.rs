@@ -305,14 +305,14 @@ impl Message {
                 if raw_len as usize > MAX_BATCH_RAW {
                     return Err(WireError::FieldTooLarge);
                 }
-                let data = r.bytes(MAX_BATCH_COMPRESSED)?.to_vec();
+                let data = owned(r.bytes(MAX_BATCH_COMPRESSED)?)?;
                 Message::PageRecords { epoch, seq, raw_len, data }
             }
             tag::EPOCH_COMMIT => Message::EpochCommit { epoch: r.u64()?, digest: r.array()?, page_count: r.u64()? },
             tag::ACK => Message::Ack { epoch: r.u64()? },
             tag::SWITCH_REQUEST => Message::SwitchRequest,
-            tag::CPU_STATE => Message::CpuState(r.bytes(MAX_STATE)?.to_vec()),
-            tag::DEVICE_STATE => Message::DeviceState(r.bytes(MAX_STATE)?.to_vec()),
+            tag::CPU_STATE => Message::CpuState(owned(r.bytes(MAX_STATE)?)?),
+            tag::DEVICE_STATE => Message::DeviceState(owned(r.bytes(MAX_STATE)?)?),
             tag::SWITCH_DONE => Message::SwitchDone { epoch: r.u64()? },
             tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
             other => return Err(WireError::UnknownMessage(other)),
@@ -322,6 +322,14 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// A copy of `b` in memory allocated fallibly.
+fn owned(b: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(b.len()).map_err(|_| WireError::OutOfMemory)?;
+    v.extend_from_slice(b);
+    Ok(v)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -516,7 +524,11 @@ impl FrameDecoder {
             if len < kind.min_body() {
                 return Err(WireError::FrameTooShort);
             }
-            self.body = Vec::with_capacity(len);
+            // Fallible: a frame that does not fit in memory ends this stream
+            // (an error, like any other), never the device.
+            let mut body = Vec::new();
+            body.try_reserve_exact(len).map_err(|_| WireError::OutOfMemory)?;
+            self.body = body;
             self.current = Some((kind, len));
         }
         let Some((kind, len)) = self.current else {

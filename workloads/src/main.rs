@@ -1,4 +1,4 @@
-//! `vmsync-workload <name> [--seconds S] [--mib N] [--period-ms P] [--dir D] [--clip F] [--write-seconds W]`
+//! `vmsync-workload <name> [--seconds S] [--mib N] [--period-ms P] [--dir D] [--clip F] [--start-seconds B] [--write-seconds W]`
 //!
 //! Runs one guest workload and prints the per-second line described in the
 //! library. `--seconds 0` runs until killed. Exits 0 at the end. `dav1d` and
@@ -11,7 +11,7 @@ use vmsync_workloads::{browse, burst, counter, format_line, memtouch, player, sq
 
 const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse|burst|dav1d|sqlite> \
 [--seconds S (default 10, 0 = forever)] [--mib N] [--period-ms P] [--dir D] [--clip F] \
-[--write-seconds W (burst: writes for W seconds, default half of S, then idles)]";
+[--start-seconds B] [--write-seconds W] (burst: idles B seconds (default 0), writes W seconds (default half of S), idles)";
 
 struct Args {
     workload: String,
@@ -20,6 +20,7 @@ struct Args {
     period_ms: Option<u64>,
     dir: Option<String>,
     clip: Option<String>,
+    start_seconds: u64,
     write_seconds: Option<u64>,
 }
 
@@ -29,7 +30,7 @@ fn parse_args() -> Result<Args, String> {
     if workload == "--help" || workload == "-h" {
         return Err(String::new());
     }
-    let mut args = Args { workload, seconds: 10, mib: None, period_ms: None, dir: None, clip: None, write_seconds: None };
+    let mut args = Args { workload, seconds: 10, mib: None, period_ms: None, dir: None, clip: None, start_seconds: 0, write_seconds: None };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
@@ -39,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
             "--period-ms" => args.period_ms = Some(num(value()?)?.max(1)),
             "--dir" => args.dir = Some(value()?),
             "--clip" => args.clip = Some(value()?),
+            "--start-seconds" => args.start_seconds = num(value()?)?,
             "--write-seconds" => args.write_seconds = Some(num(value()?)?),
             _ => return Err(format!("unknown argument {flag}")),
         }
@@ -174,11 +176,14 @@ impl Workload for Storage {
     }
 }
 
-/// `burst`: incompressible writes for `write_ticks` ticks, then idle.
+/// `burst`: idle until `begin`, incompressible writes until `end` (times
+/// since the start, so a slow guest writes less, never longer), then idle.
 struct Burst {
     b: burst::Burst,
     period: Duration,
-    write_ticks: u64,
+    start: Instant,
+    begin: Duration,
+    end: Duration,
 }
 
 impl Workload for Burst {
@@ -186,13 +191,15 @@ impl Workload for Burst {
         Some(self.period)
     }
     fn tick(&mut self) -> Result<(), String> {
-        if self.b.ticks() < self.write_ticks {
+        let t = self.start.elapsed();
+        if t >= self.begin && t < self.end {
             self.b.tick();
         }
         Ok(())
     }
     fn report(&mut self, dropped: u64) -> Result<(u64, String), String> {
-        let writing = self.b.ticks() < self.write_ticks;
+        let t = self.start.elapsed();
+        let writing = t >= self.begin && t < self.end;
         let extra = format!("ticks={} written_mib={} writing={writing} dropped={dropped}", self.b.ticks(), self.b.written() >> 20);
         Ok((self.b.checksum(), extra))
     }
@@ -275,12 +282,10 @@ fn build(a: &Args) -> Result<Box<dyn Workload>, String> {
             Box::new(Storage(s, period(per_second(storage::TICKS_PER_SECOND))))
         }
         "burst" => {
-            let period = period(Duration::from_millis(burst::PERIOD_MS));
-            let secs = a.write_seconds.unwrap_or(a.seconds / 2);
-            // Ticks in the writing time (dropped ticks are not replayed, so a
-            // slow guest writes less, never for longer).
-            let write_ticks = secs * 1000 / period.as_millis().max(1) as u64;
-            Box::new(Burst { b: burst::Burst::new(a.mib.unwrap_or(burst::DEFAULT_MIB)), period, write_ticks })
+            let begin = Duration::from_secs(a.start_seconds);
+            let end = begin + Duration::from_secs(a.write_seconds.unwrap_or(a.seconds / 2));
+            let b = burst::Burst::new(a.mib.unwrap_or(burst::DEFAULT_MIB));
+            Box::new(Burst { b, period: period(Duration::from_millis(burst::PERIOD_MS)), start: Instant::now(), begin, end })
         }
         "browse" => Box::new(Browse(browse::Browse::new(), period(per_second(browse::TICKS_PER_SECOND)))),
         "dav1d" => {

@@ -247,7 +247,7 @@ pub fn finish(vm: &mut Vm) {
             for s in &p.list {
                 let c = s.catchup();
                 info!(
-                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={} peak_queued={} catchups={}/{} owed_pages={} streamed_pages={} final_pages={} catchup_bytes={}",
+                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={} peak_queued={} catchups_finished={} catchups_started={} owed_pages={} streamed_pages={} final_pages={} catchup_bytes={}",
                     s.id,
                     s.addr.ip,
                     s.addr.port,
@@ -272,12 +272,23 @@ pub fn finish(vm: &mut Vm) {
 /// dead link cannot hold the device up).
 fn flush(vm: &mut Vm) {
     const FLUSH_MS: u64 = 15_000;
+    const FLUSH_CUT_MS: u64 = 200;
     let Some(e) = vm.sync.as_ref() else { return };
     if e.peers().is_none() {
         return;
     }
     let start = now_ms();
-    let done = pump_until(vm, FLUSH_MS, |vm| vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true));
+    let mut last_cut = start;
+    let done = pump_until(vm, FLUSH_MS, |vm| {
+        // A standby still catching up commits only at a cut: cut (empty
+        // epochs) now and then until one finds that the rest fits its budget.
+        let behind = vm.sync.as_ref().and_then(|e| e.peers()).is_some_and(|p| p.list.iter().any(|s| s.is_catching_up()));
+        if behind && now_ms() - last_cut >= FLUSH_CUT_MS {
+            last_cut = now_ms();
+            cut_epoch(vm, None);
+        }
+        vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true)
+    });
     info!("sync: flush at power-off {} after {} ms", if done { "complete" } else { "gave up" }, now_ms() - start);
 }
 
