@@ -309,8 +309,10 @@ impl ActiveSync {
                 // the standby waits for).
                 if link.catchup.is_some() {
                     link.catchup = None;
-                    link.catchup = Some(CatchUp::start(&self.tracker, link.id)?);
+                    let c = CatchUp::start(&self.tracker, link.id)?;
                     link.catchup_stats.started += 1;
+                    link.catchup_stats.owed_at_start += c.owed();
+                    link.catchup = Some(c);
                 }
                 Ok(ActiveEvent::Resync(from_epoch))
             }
@@ -490,6 +492,9 @@ impl ActiveSync {
     /// the epoch, if it fits the link's budget; otherwise, for a link in
     /// step, a catch-up starts; a catch-up ends when what it owes fits.
     fn plan(&mut self, link: &mut Link, m: Epoch, extra: usize, o: &mut Out) -> Result<(), EpochError> {
+        if link.broken.is_some() {
+            return Ok(()); // its stream is unusable: nothing more goes to it
+        }
         let room = link.budget.saturating_sub(link.queued());
         if let Some(c) = link.catchup.as_mut() {
             for &p in self.tracker.cut_dirty() {
@@ -516,9 +521,10 @@ impl ActiveSync {
         }
         let pages = self.tracker.pages_for(link.id)?;
         if worst_case_bytes(pages.len() as u64).saturating_add(extra) > room {
-            link.catchup = Some(CatchUp::start(&self.tracker, link.id)?);
+            let c = CatchUp::start(&self.tracker, link.id)?;
             link.catchup_stats.started += 1;
-            link.catchup_stats.owed_at_start += link.catchup.as_ref().map_or(0, |c| c.owed());
+            link.catchup_stats.owed_at_start += c.owed();
+            link.catchup = Some(c);
             return Ok(());
         }
         let base = self.tracker.standby(link.id).ok_or(ResumeError::UnknownStandby)?.base;

@@ -194,6 +194,12 @@ impl Peers {
         }
         p.next_try_ms = now_ms + RETRY_MS;
         warn!("sync: standby {} ({}:{}) connection dropped: {why}", p.id, p.addr.ip, p.addr.port);
+        // A switch request waiting for this standby to be in step goes with
+        // its connection (the standby gave up on it, or will ask again).
+        if self.switch_request == Some(i) {
+            self.switch_request = None;
+            info!("switch: the request from {} is dropped with its connection", self.list[i].addr.ip);
+        }
     }
 
     /// Moves bytes both ways on every connection; (re)connects; tops up
@@ -421,25 +427,31 @@ mod tests {
     /// the standby commits the last cut with the guest's content.
     #[test]
     fn a_tiny_budget_holds_while_a_big_guest_writes_and_the_standby_catches_up() {
-        const PAGES: u64 = 2048;
+        // The peak queued stays within the budget whatever the backlog.
+        for pages in [1024, 4096] {
+            tiny_budget_run(pages);
+        }
+    }
+
+    fn tiny_budget_run(pages: u64) {
         const BUDGET: usize = 256 << 10;
         let (la, lb) = pair();
         let (a_ip, b_ip) = (Ipv4Addr::new(169, 254, 0, 1), Ipv4Addr::new(169, 254, 0, 2));
         let mut na = Stack::new(la, a_ip, 16, 1, 0).unwrap();
         let mut nb = Stack::new(lb, b_ip, 16, 2, 0).unwrap();
-        let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
+        let ram = RamLayout { base: 0x4000_0000, size: pages * 4096 };
         let secret = PairingSecret::new([3; 32]);
-        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let mut active = ActiveSync::new(pages, Budget::Full).unwrap();
         let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5, BUDGET);
-        let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
+        let backing: &'static mut [u8] = std::vec![0u8; (pages * 4096) as usize].leak();
         // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
-        let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
+        let image = unsafe { RawPages::new(backing.as_mut_ptr(), pages) };
         let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), 9);
-        let mut guest = VecMemory::zeroed(PAGES as usize);
-        let mut dirty: std::collections::BTreeSet<u64> = (0..PAGES).collect();
+        let mut guest = VecMemory::zeroed(pages as usize);
+        let mut dirty: std::collections::BTreeSet<u64> = (0..pages).collect();
         let (mut now, mut x) = (0u64, 0x2545_f491_4f6c_dd1du64);
         let (mut peak, mut dirty_events) = (0, 0u64);
-        for t in 0..3000u64 {
+        for t in 0..6000u64 {
             let writing = t < 1500;
             if writing {
                 // 32 pages of random bytes a millisecond: 128 MiB/s.
@@ -447,7 +459,7 @@ mod tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    let p = x % PAGES;
+                    let p = x % pages;
                     for (i, b) in guest.pages_mut()[p as usize].iter_mut().enumerate() {
                         *b = (x >> (i % 57)) as u8 ^ i as u8;
                     }
@@ -476,8 +488,9 @@ mod tests {
         let last = active.tracker().last_cut();
         let c = peers.list[0].catchup();
         std::println!(
-            "tiny budget: last cut {last}, standby committed {}, peak queued {peak} of {BUDGET}, catch-ups {}/{}, owed at start {} pages, pages dirtied at cuts {dirty_events}, streamed {} + final {} pages, {} bytes sent",
+            "tiny budget, {pages} pages: last cut {last}, standby committed {}, peak queued {} of {BUDGET} (after each pump {peak}), catch-ups {}/{}, owed at start {} pages, pages dirtied at cuts {dirty_events}, streamed {} + final {} pages, {} bytes sent",
             node.applier.committed_epoch(),
+            peers.list[0].peak_queued,
             c.finished,
             c.started,
             c.owed_at_start,
