@@ -32,6 +32,11 @@
 //!
 //! Being behind costs two bits per page (owed, streamed), never a copy of
 //! the data, and the link is never dropped for it.
+//!
+//! A switch to a standby that is catching up waits (the hypervisor keeps the
+//! request until the standby is in step, the guest running meanwhile; a
+//! target that falls behind at the final cut gets a bounded wait, the guest
+//! paused, for a later empty cut to end its catch-up).
 
 use alloc::vec::Vec;
 
