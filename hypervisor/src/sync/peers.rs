@@ -479,6 +479,13 @@ mod tests {
             node.pump(&mut nb);
             nb.poll(now);
             now += 1;
+            // A switch asked for while catching up waits until in step.
+            if t == 50 {
+                node.request_switch(&mut nb).unwrap();
+            }
+            if peers.list[0].is_catching_up() {
+                assert_eq!(peers.take_switch_request(), None, "a switch to a standby that is catching up");
+            }
             peak = peak.max(peers.list[0].queued());
             assert!(peers.list[0].queued() <= BUDGET, "{} bytes queued at {t} ms", peers.list[0].queued());
             if !writing && peers.list[0].acked == active.tracker().last_cut() && node.applier.committed_epoch() == active.tracker().last_cut() {
@@ -503,6 +510,7 @@ mod tests {
         assert_eq!(sync_core::digest::content_digest(node.applier.image()), sync_core::digest::content_digest(&guest));
         assert_eq!(peers.list[0].reconnects, 0, "never dropped for being behind");
         assert!(c.started >= 1 && c.finished >= 1);
+        assert_eq!(peers.take_switch_request(), Some(0), "the switch goes ahead once the standby is in step");
         assert!(peers.list[0].peak_queued <= BUDGET);
         // Each page goes once for each time it was owed, at most.
         assert!(c.streamed_pages + c.final_pages <= c.owed_at_start + dirty_events);
