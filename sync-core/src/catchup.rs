@@ -209,8 +209,13 @@ impl Link {
     /// cut anyway). Returns the pages sent. An error leaves the stream
     /// unusable: drop the link.
     pub fn stream<G: PageMemory>(&mut self, guest: &G, dirty_now: impl Fn(u64) -> bool) -> Result<u64, EpochError> {
+        self.stream_at_most(guest, dirty_now, STREAM_PAGES)
+    }
+
+    /// As `stream`, at most `pages` pages (one batch at most).
+    pub fn stream_at_most<G: PageMemory>(&mut self, guest: &G, dirty_now: impl Fn(u64) -> bool, pages: u64) -> Result<u64, EpochError> {
         let room = (self.budget / 2).saturating_sub(self.queued() + EPOCH_FRAMES);
-        let mut max = STREAM_PAGES;
+        let mut max = pages.min(STREAM_PAGES);
         while max > 0 && worst_case_bytes(max) > room {
             max /= 2;
         }

@@ -1,7 +1,7 @@
 //! Property: the per-standby owed bitmap merges correctly across cuts and
 //! reconnects. Random guest writes over many cuts; links with small
 //! budgets drain a random number of bytes at a time, so they fall behind,
-//! catch up (streamed in random chunks) and reconnect at random. After
+//! catch up (streamed in chunks of random sizes) and reconnect at random. After
 //! every step each standby's committed image is the guest at its committed
 //! epoch (the model: a standby that got everything), no link holds more
 //! than its budget, and once writes stop every standby commits the last
@@ -108,11 +108,11 @@ impl World {
     }
 
     /// The pump: tops a catching-up link up from current guest memory.
-    fn stream(&mut self, i: usize, skip_dirty: bool) {
+    fn stream(&mut self, i: usize, skip_dirty: bool, pages: u64) {
         let dirty = self.dirty.clone();
         let Some(c) = self.standbys[i].conn.as_mut() else { return };
         if c.link.wants_stream() {
-            c.link.stream(&self.guest, |p| skip_dirty && dirty.contains(&p)).unwrap();
+            c.link.stream_at_most(&self.guest, |p| skip_dirty && dirty.contains(&p), pages).unwrap();
         }
         self.check();
     }
@@ -164,7 +164,7 @@ impl World {
         }
         for _ in 0..rounds {
             for i in 0..STANDBYS {
-                self.stream(i, false);
+                self.stream(i, false, u64::MAX);
                 self.drain(i, drain);
             }
             self.cut();
@@ -185,7 +185,7 @@ enum Op {
     Write { page: usize, offset: usize, len: usize },
     Burst { first: usize, pages: usize },
     Cut,
-    Stream { i: usize, skip_dirty: bool },
+    Stream { i: usize, skip_dirty: bool, pages: u64 },
     Drain { i: usize, bytes: usize },
     Disconnect(usize),
     Connect(usize),
@@ -196,7 +196,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..PAGES, 0..4096usize, 1..4096usize).prop_map(|(page, offset, len)| Op::Write { page, offset, len }),
         1 => (0..PAGES, 1..PAGES).prop_map(|(first, pages)| Op::Burst { first, pages }),
         3 => Just(Op::Cut),
-        4 => (0..STANDBYS, any::<bool>()).prop_map(|(i, skip_dirty)| Op::Stream { i, skip_dirty }),
+        4 => (0..STANDBYS, any::<bool>(), 1..40u64).prop_map(|(i, skip_dirty, pages)| Op::Stream { i, skip_dirty, pages }),
         4 => (0..STANDBYS, 1..200_000usize).prop_map(|(i, bytes)| Op::Drain { i, bytes }),
         1 => (0..STANDBYS).prop_map(Op::Disconnect),
         1 => (0..STANDBYS).prop_map(Op::Connect),
@@ -232,7 +232,7 @@ proptest! {
                     }
                 }
                 Op::Cut => w.cut(),
-                Op::Stream { i, skip_dirty } => w.stream(i, skip_dirty),
+                Op::Stream { i, skip_dirty, pages } => w.stream(i, skip_dirty, pages),
                 Op::Drain { i, bytes } => w.drain(i, bytes),
                 Op::Disconnect(i) => w.disconnect(i),
                 Op::Connect(i) => w.connect(i),
@@ -267,7 +267,7 @@ fn a_new_standby_of_a_big_writing_guest_catches_up() {
             rewritten.insert(p);
         }
         for _ in 0..3 {
-            w.stream(0, true);
+            w.stream(0, true, u64::MAX);
             w.drain(0, 12 << 10);
         }
         w.cut();
