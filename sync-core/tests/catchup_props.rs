@@ -1,7 +1,8 @@
 //! Property: the per-standby owed bitmap merges correctly across cuts and
 //! reconnects. Random guest writes over many cuts; links with small
 //! budgets drain a random number of bytes at a time, so they fall behind,
-//! catch up (streamed in chunks of random sizes) and reconnect at random. After
+//! catch up (streamed in chunks of random sizes), drop their staging (and
+//! ask for a resync, which restarts a catch-up) and reconnect at random. After
 //! every step each standby's committed image is the guest at its committed
 //! epoch (the model: a standby that got everything), no link holds more
 //! than its budget, and once writes stop every standby commits the last
@@ -36,6 +37,9 @@ struct Standby {
     applier: Applier<VecMemory>,
     conn: Option<Conn>,
     budget: usize,
+    /// Its staging was dropped (as when memory ran out): the Resync that
+    /// follows is expected.
+    dropped: bool,
 }
 
 struct World {
@@ -56,7 +60,13 @@ impl World {
         let zero = VecMemory::zeroed(PAGES);
         let standbys = budgets
             .iter()
-            .map(|&b| Standby { id: active.add_standby(), applier: Applier::with_hashes(zero.clone(), 0, PageHashes::zeroed(n)), conn: None, budget: b })
+            .map(|&b| Standby {
+                id: active.add_standby(),
+                applier: Applier::with_hashes(zero.clone(), 0, PageHashes::zeroed(n)),
+                conn: None,
+                budget: b,
+                dropped: false,
+            })
             .collect();
         World { guest: zero.clone(), active, standbys, history: vec![content_digest(&zero)], dirty: Vec::new(), nonce: 0, rng: 0x9e37_79b9_7f4a_7c15 }
     }
@@ -75,7 +85,18 @@ impl World {
         s.conn = Some(Conn { link, rx: StandbyReceiver::new(b, ZstdConfig::default()).unwrap(), rx_dec: FrameDecoder::new(), tx_dec: FrameDecoder::new() });
     }
 
+    /// The standby drops what it staged (as when its memory runs out): its
+    /// receiver asks for a resync at the next frame of the epoch.
+    fn drop_staging(&mut self, i: usize) {
+        let s = &mut self.standbys[i];
+        if s.conn.is_some() && s.applier.staging_epoch().is_some() {
+            s.applier.abort();
+            s.dropped = true;
+        }
+    }
+
     fn disconnect(&mut self, i: usize) {
+        self.standbys[i].dropped = false;
         let s = &mut self.standbys[i];
         if s.conn.take().is_some() {
             s.applier.abort();
@@ -129,7 +150,7 @@ impl World {
             while !input.is_empty() {
                 if let Some(f) = c.rx_dec.decode(&mut input).unwrap() {
                     match c.rx.on_frame(f, &mut s.applier, &mut replies).unwrap() {
-                        Event::Resyncing(e) => panic!("honest stream failed to apply: {e:?}"),
+                        Event::Resyncing(e) => assert!(std::mem::take(&mut s.dropped), "honest stream failed to apply: {e:?}"),
                         _ => assert_image_is_a_committed_epoch(&s.applier, &self.history),
                     }
                 }
@@ -141,6 +162,7 @@ impl World {
         while let Some(f) = c.tx_dec.decode(&mut input).unwrap() {
             match self.active.on_frame(&mut c.link, f).unwrap() {
                 ActiveEvent::Acked(_) => {}
+                ActiveEvent::Resync(_) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -187,6 +209,7 @@ enum Op {
     Cut,
     Stream { i: usize, skip_dirty: bool, pages: u64 },
     Drain { i: usize, bytes: usize },
+    DropStaging(usize),
     Disconnect(usize),
     Connect(usize),
 }
@@ -198,6 +221,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Cut),
         4 => (0..STANDBYS, any::<bool>(), 1..40u64).prop_map(|(i, skip_dirty, pages)| Op::Stream { i, skip_dirty, pages }),
         4 => (0..STANDBYS, 1..200_000usize).prop_map(|(i, bytes)| Op::Drain { i, bytes }),
+        1 => (0..STANDBYS).prop_map(Op::DropStaging),
         1 => (0..STANDBYS).prop_map(Op::Disconnect),
         1 => (0..STANDBYS).prop_map(Op::Connect),
     ]
@@ -234,6 +258,7 @@ proptest! {
                 Op::Cut => w.cut(),
                 Op::Stream { i, skip_dirty, pages } => w.stream(i, skip_dirty, pages),
                 Op::Drain { i, bytes } => w.drain(i, bytes),
+                Op::DropStaging(i) => w.drop_staging(i),
                 Op::Disconnect(i) => w.disconnect(i),
                 Op::Connect(i) => w.connect(i),
             }
