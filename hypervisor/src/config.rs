@@ -38,6 +38,8 @@ pub struct GuestConfig {
 /// listen=7000                  # the port this device serves as a standby
 ///                              # (default 7000; also after a switch away)
 /// secret=<64 hex digits>       # the pairing secret both devices share
+/// link_budget=16MiB            # most bytes queued for one standby (bytes, or
+///                              # KiB/MiB suffixed; default `default_link_budget`)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRole {
@@ -45,14 +47,43 @@ pub struct SyncRole {
     pub peers: heapless::Vec<(Ipv4Addr, u16), MAX_PEERS>,
     pub listen: u16,
     pub secret: Option<[u8; 32]>,
+    /// Most bytes one standby link holds; None: `default_link_budget`.
+    pub link_budget: Option<u64>,
 }
 
 pub const MAX_PEERS: usize = 4;
+/// A link budget must hold an epoch's frames and a few whole pages.
+pub const MIN_LINK_BUDGET: u64 = 256 << 10;
+pub const MAX_LINK_BUDGET: u64 = 1 << 30;
+
+/// The link budget when the config names none: 16 MiB (over a second of
+/// wifi, and a busy 200 ms epoch whole), but no more than half of `spare`
+/// (the heap beyond the shadows) shared by the `peers`, so the links
+/// together leave room for the zstd contexts, the network buffers and the
+/// hypervisor's own needs.
+pub fn default_link_budget(spare: u64, peers: usize) -> u64 {
+    (16 << 20u64).min(spare / 2 / peers.max(1) as u64).max(MIN_LINK_BUDGET)
+}
+
+/// `16MiB`, `512KiB`, `1048576`: a byte count.
+fn parse_bytes(v: &str) -> Option<u64> {
+    let (num, shift) = if let Some(n) = v.strip_suffix("GiB") {
+        (n, 30)
+    } else if let Some(n) = v.strip_suffix("MiB") {
+        (n, 20)
+    } else if let Some(n) = v.strip_suffix("KiB") {
+        (n, 10)
+    } else {
+        (v, 0)
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    n.checked_mul(1 << shift)
+}
 pub const DEFAULT_SYNC_PORT: u16 = 7000;
 
 impl SyncRole {
     const fn new() -> Self {
-        SyncRole { standby: false, peers: heapless::Vec::new(), listen: DEFAULT_SYNC_PORT, secret: None }
+        SyncRole { standby: false, peers: heapless::Vec::new(), listen: DEFAULT_SYNC_PORT, secret: None, link_budget: None }
     }
 
     /// Applies one key; false when the value is malformed.
@@ -70,6 +101,10 @@ impl SyncRole {
                     _ => return false,
                 }
             }
+            "link_budget" => match parse_bytes(value) {
+                Some(b @ MIN_LINK_BUDGET..=MAX_LINK_BUDGET) => self.link_budget = Some(b),
+                _ => return false,
+            },
             "listen" => match value.parse() {
                 Ok(p @ 1..) => self.listen = p,
                 _ => return false,
@@ -204,7 +239,7 @@ pub enum ConfigError {
     },
     /// `net_test` without `net_ip`: the test needs an address.
     NetTestWithoutIp,
-    /// A malformed `role`, `peer`, `listen` or `secret`.
+    /// A malformed `role`, `peer`, `listen`, `secret` or `link_budget`.
     BadSync {
         line: usize,
     },
@@ -256,7 +291,7 @@ impl GuestConfig {
                         return Err(ConfigError::BadNet { line: line_no });
                     }
                 }
-                k @ ("role" | "peer" | "listen" | "secret") => {
+                k @ ("role" | "peer" | "listen" | "secret" | "link_budget") => {
                     if !cfg.sync.set(k, value.trim()) {
                         return Err(ConfigError::BadSync { line: line_no });
                     }
@@ -338,6 +373,27 @@ mod tests {
         assert_eq!(GuestConfig::parse(b"peer=nowhere"), Err(ConfigError::BadSync { line: 1 }));
         assert_eq!(GuestConfig::parse(b"secret=abc"), Err(ConfigError::BadSync { line: 1 }));
         assert_eq!(GuestConfig::parse(b"role=boss"), Err(ConfigError::BadSync { line: 1 }));
+    }
+
+    #[test]
+    fn link_budget() {
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let with = |v: &str| {
+            GuestConfig::parse(format!("policy=interval:200ms\nnet_ip=169.254.0.1\npeer=169.254.0.2:7000\nsecret={secret}\nlink_budget={v}").as_bytes())
+        };
+        assert_eq!(with("16MiB").unwrap().sync.link_budget, Some(16 << 20));
+        assert_eq!(with("512KiB").unwrap().sync.link_budget, Some(512 << 10));
+        assert_eq!(with("1GiB").unwrap().sync.link_budget, Some(1 << 30));
+        assert_eq!(with("300000").unwrap().sync.link_budget, Some(300_000));
+        for bad in ["", "MiB", "16 MB", "-1MiB", "100KiB", "2GiB", "99999999999999999999GiB"] {
+            assert_eq!(with(bad), Err(ConfigError::BadSync { line: 5 }), "{bad}");
+        }
+        assert_eq!(GuestConfig::parse(b"").unwrap().sync.link_budget, None);
+        // The default: 16 MiB, less when the spare heap is shared by many.
+        assert_eq!(default_link_budget(80 << 20, 2), 16 << 20);
+        assert_eq!(default_link_budget(80 << 20, 4), 10 << 20);
+        assert_eq!(default_link_budget(1 << 20, 4), MIN_LINK_BUDGET);
+        assert_eq!(default_link_budget(80 << 20, 0), 16 << 20);
     }
 
     #[test]

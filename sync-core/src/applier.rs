@@ -10,9 +10,13 @@
 //! the image digest matched. Any error, or an epoch that never commits (a
 //! cut link), discards staging: the committed image is the image of the
 //! last committed epoch, always.
+//!
+//! A catch-up (see `catchup`) stages one epoch over several cuts: its
+//! EpochCommit names the final cut, at or after the epoch begun, and a page
+//! may be staged more than once in it (the later record replaces the staged
+//! page; the commit's `page_count` counts records, not pages).
 
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::delta::{self, DeltaError};
@@ -33,16 +37,17 @@ pub enum ApplyError {
         have: Epoch,
         want: Epoch,
     },
-    /// Commit of another epoch than the staged one.
+    /// Commit of an epoch before the staged one.
     WrongEpoch,
     PageOutOfRange,
-    /// A page twice in one epoch (the encoder sends each page once).
-    DuplicatePage,
     Record(DeltaError),
     /// The epoch's record count differs from the commit's.
     PageCountMismatch,
     /// The image after the epoch would not have the commit's digest.
     DigestMismatch,
+    /// No memory to stage the page: the epoch is dropped (the active side
+    /// resends from the committed epoch).
+    OutOfMemory,
 }
 
 /// What the staging of one epoch holds.
@@ -50,9 +55,12 @@ struct Staging {
     epoch: Epoch,
     /// Staged pages: page number, new content, its hash.
     pages: Vec<(u64, Box<Page>, u64)>,
-    /// One bit per guest page: staged already.
-    seen: Vec<u64>,
+    /// Records applied (a page replaced counts again).
+    records: u64,
 }
+
+/// `slot` entry of a page not staged.
+const NOT_STAGED: u32 = u32::MAX;
 
 /// The standby's image and the epoch in flight.
 pub struct Applier<M: PageMemoryMut> {
@@ -60,6 +68,9 @@ pub struct Applier<M: PageMemoryMut> {
     hashes: PageHashes,
     committed: Epoch,
     staging: Option<Staging>,
+    /// Per guest page: its index in the staged pages, or NOT_STAGED. Made
+    /// at the first epoch, kept (all NOT_STAGED between epochs).
+    slot: Vec<u32>,
     /// Page buffers kept from earlier epochs (bounded), to spare the
     /// allocator 4 KiB allocations at every epoch.
     pool: Vec<Box<Page>>,
@@ -79,7 +90,7 @@ impl<M: PageMemoryMut> Applier<M> {
     /// As `new`, with the page hashes known (e.g. `PageHashes::zeroed`
     /// for a zeroed image, which spares hashing it).
     pub fn with_hashes(image: M, committed: Epoch, hashes: PageHashes) -> Self {
-        Self { image, hashes, committed, staging: None, pool: Vec::new() }
+        Self { image, hashes, committed, staging: None, slot: Vec::new(), pool: Vec::new() }
     }
 
     pub fn committed_epoch(&self) -> Epoch {
@@ -124,14 +135,22 @@ impl<M: PageMemoryMut> Applier<M> {
         if base != self.committed {
             return Err(ApplyError::BaseMismatch { have: self.committed, want: base });
         }
-        let words = self.image.page_count().div_ceil(64) as usize;
-        self.staging = Some(Staging { epoch, pages: Vec::new(), seen: vec![0; words] });
+        let n = self.image.page_count() as usize;
+        if self.slot.len() != n {
+            // Page numbers index it; a guest has far fewer than u32::MAX pages.
+            self.slot.try_reserve_exact(n).map_err(|_| ApplyError::OutOfMemory)?;
+            self.slot.resize(n, NOT_STAGED);
+        }
+        self.staging = Some(Staging { epoch, pages: Vec::new(), records: 0 });
         Ok(())
     }
 
     /// Drops the staged epoch; the committed image is untouched.
     pub fn abort(&mut self) {
         if let Some(s) = self.staging.take() {
+            for (p, _, _) in &s.pages {
+                self.slot[*p as usize] = NOT_STAGED;
+            }
             let room = POOL_MAX.saturating_sub(self.pool.len());
             self.pool.extend(s.pages.into_iter().take(room).map(|(_, b, _)| b));
         }
@@ -160,14 +179,24 @@ impl<M: PageMemoryMut> Applier<M> {
     /// Applies one record into staging.
     fn apply_one(&mut self, rec: &delta::PageRecordRef<'_>) -> Result<(), ApplyError> {
         let p = rec.page_num;
-        let committed = self.image.page(p).ok_or(ApplyError::PageOutOfRange)?;
-        let staging = self.staging.as_mut().ok_or(ApplyError::NoEpoch)?;
-        // p < page_count (the image has page p), so the bit is in range.
-        let (w, bit) = ((p / 64) as usize, 1u64 << (p % 64));
-        if staging.seen[w] & bit != 0 {
-            return Err(ApplyError::DuplicatePage);
+        if p >= self.image.page_count() {
+            return Err(ApplyError::PageOutOfRange);
         }
-        let mut buf = self.pool.pop().unwrap_or_else(|| Box::new([0u8; PAGE_SIZE]));
+        let staging = self.staging.as_mut().ok_or(ApplyError::NoEpoch)?;
+        // p < page_count = slot.len() (set at begin).
+        let at = self.slot[p as usize];
+        let committed = self.image.page(p).ok_or(ApplyError::PageOutOfRange)?;
+        if at != NOT_STAGED {
+            // Staged before in this epoch (a catch-up): the record applies to
+            // the committed page like any other, and replaces what was staged.
+            let (_, buf, hash) = &mut staging.pages[at as usize];
+            buf.copy_from_slice(committed);
+            *hash = delta::apply_in_place(buf, rec).map_err(ApplyError::Record)?;
+            staging.records += 1;
+            return Ok(());
+        }
+        staging.pages.try_reserve(1).map_err(|_| ApplyError::OutOfMemory)?;
+        let Some(mut buf) = self.pool.pop().or_else(new_page) else { return Err(ApplyError::OutOfMemory) };
         buf.copy_from_slice(committed);
         let hash = match delta::apply_in_place(&mut buf, rec) {
             Ok(h) => h,
@@ -176,8 +205,9 @@ impl<M: PageMemoryMut> Applier<M> {
                 return Err(ApplyError::Record(e));
             }
         };
-        staging.seen[w] |= bit;
+        self.slot[p as usize] = staging.pages.len() as u32;
         staging.pages.push((p, buf, hash));
+        staging.records += 1;
         Ok(())
     }
 
@@ -194,6 +224,7 @@ impl<M: PageMemoryMut> Applier<M> {
             return Err(ApplyError::NoEpoch); // check_commit saw it: unreachable
         };
         for (p, page, hash) in s.pages.drain(..) {
+            self.slot[p as usize] = NOT_STAGED;
             // Staged pages were all found in the image when applied.
             if let Some(dst) = self.image.page_mut(p) {
                 dst.copy_from_slice(&page[..]);
@@ -209,10 +240,11 @@ impl<M: PageMemoryMut> Applier<M> {
 
     fn check_commit(&self, epoch: Epoch, digest: &Digest, page_count: u64) -> Result<(), ApplyError> {
         let s = self.staging.as_ref().ok_or(ApplyError::NoEpoch)?;
-        if s.epoch != epoch {
+        // A catch-up begun at `s.epoch` commits at a later cut.
+        if epoch < s.epoch {
             return Err(ApplyError::WrongEpoch);
         }
-        if s.pages.len() as u64 != page_count {
+        if s.records != page_count {
             return Err(ApplyError::PageCountMismatch);
         }
         let after = self.hashes.digest_after(s.pages.iter().map(|(p, _, h)| (*p, *h))).map_err(|_| ApplyError::PageOutOfRange)?;
@@ -221,6 +253,14 @@ impl<M: PageMemoryMut> Applier<M> {
         }
         Ok(())
     }
+}
+
+/// A new page buffer; None when memory is out.
+fn new_page() -> Option<Box<Page>> {
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(PAGE_SIZE).ok()?;
+    v.resize(PAGE_SIZE, 0);
+    v.into_boxed_slice().try_into().ok()
 }
 
 #[cfg(test)]
@@ -313,9 +353,9 @@ mod tests {
             (|a, _, _| a.begin(2, 0), ApplyError::BaseMismatch { have: 1, want: 0 }),
             (
                 |a, g, d| {
-                    a.begin(2, 1)?;
+                    a.begin(3, 1)?;
                     a.apply_batch(g)?;
-                    a.commit(3, d, 1)
+                    a.commit(2, d, 1)
                 },
                 ApplyError::WrongEpoch,
             ),
@@ -336,12 +376,13 @@ mod tests {
                 ApplyError::DigestMismatch,
             ),
             (
-                |a, g, _| {
+                |a, g, d| {
                     a.begin(2, 1)?;
                     a.apply_batch(g)?;
-                    a.apply_batch(g)
+                    a.apply_batch(g)?;
+                    a.commit(2, d, 1)
                 },
-                ApplyError::DuplicatePage,
+                ApplyError::PageCountMismatch,
             ),
             (
                 |a, g, _| {
@@ -390,6 +431,46 @@ mod tests {
             a.commit(2, &d, 1).unwrap();
             assert_eq!(a.image().pages(), &next, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_catch_up_replaces_pages_and_commits_at_a_later_cut() {
+        let (mut a, want) = committed_one();
+        // Begun as epoch 3, page 0 sent twice (the guest wrote it again after
+        // its first record), page 1 once; committed as the cut of epoch 5.
+        let mut next = want;
+        let mut b = Vec::new();
+        let mut w = BatchEncoder::new();
+        w.encode(0, &page(7), None, &mut b).unwrap();
+        w.encode(1, &page(8), None, &mut b).unwrap();
+        a.begin(3, 1).unwrap();
+        a.apply_batch(&b).unwrap();
+        next[0] = page(9);
+        next[1] = page(8);
+        let mut again = Vec::new();
+        encode_page_record(0, &next[0], None, &mut again).unwrap();
+        a.apply_batch(&again).unwrap();
+        assert_eq!(a.image().pages(), &want, "staged only");
+        assert_eq!(a.commit(5, &digest_of(&next), 2), Err(ApplyError::PageCountMismatch), "three records");
+        assert_eq!(a.committed_epoch(), 1);
+        a.begin(3, 1).unwrap();
+        a.apply_batch(&b).unwrap();
+        a.apply_batch(&again).unwrap();
+        a.commit(5, &digest_of(&next), 3).unwrap();
+        assert_eq!(a.image().pages(), &next);
+        assert_eq!(a.committed_epoch(), 5);
+        assert_eq!(a.digest(), digest_of(&next));
+        // A delta after a replacement still applies to the committed page.
+        let (mut d1, mut d2) = (Vec::new(), Vec::new());
+        let mut last = next;
+        last[1][3] ^= 0x40;
+        encode_page_record(1, &page(2), None, &mut d1).unwrap();
+        encode_page_record(1, &last[1], Some(&next[1]), &mut d2).unwrap();
+        a.begin(6, 5).unwrap();
+        a.apply_batch(&d1).unwrap();
+        a.apply_batch(&d2).unwrap();
+        a.commit(6, &digest_of(&last), 2).unwrap();
+        assert_eq!(a.image().pages(), &last);
     }
 
     #[test]

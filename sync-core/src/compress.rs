@@ -39,6 +39,8 @@ pub enum ZstdError {
     OutputTooLarge,
     /// Decoding stopped making progress (input that ends mid-block).
     Stalled,
+    /// No memory for the output buffer.
+    OutOfMemory,
 }
 
 /// The active side's end: compresses each epoch's batch as flushed blocks of
@@ -68,11 +70,11 @@ impl Compressor {
         let start = out.len();
         // One reservation that fits the whole batch (plus frame header and
         // block headers) keeps the loop to a single pass in practice.
-        out.reserve(zstd_safe::compress_bound(input.len()) + 32);
+        out.try_reserve(zstd_safe::compress_bound(input.len()) + 32).map_err(|_| ZstdError::OutOfMemory)?;
         let mut inb = InBuffer::around(input);
         loop {
             if out.capacity() - out.len() < 64 {
-                out.reserve(4096);
+                out.try_reserve(4096).map_err(|_| ZstdError::OutOfMemory)?;
             }
             let pos = out.len();
             let mut outb = OutBuffer::around_pos(out, pos);
@@ -127,7 +129,10 @@ impl Decompressor {
             }
             // Grow in steps, never past the bound.
             let want = (limit - out.len()).min(128 * 1024);
-            out.reserve_exact(want.saturating_sub(out.capacity() - out.len()));
+            if out.try_reserve_exact(want.saturating_sub(out.capacity() - out.len())).is_err() {
+                out.truncate(start);
+                return Err(ZstdError::OutOfMemory);
+            }
             let cap = (out.len() + want).min(out.capacity());
             // OutBuffer writes up to the Vec's capacity; LimitedVec keeps it
             // to the bound.

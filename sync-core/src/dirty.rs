@@ -177,6 +177,12 @@ impl DirtyTracker {
         &mut self.previous
     }
 
+    /// Whether `page` was marked in the open epoch.
+    #[inline]
+    pub fn is_marked(&self, page: u64) -> bool {
+        self.current.contains(page)
+    }
+
     /// The set cut last.
     pub fn previous(&self) -> &DirtySet {
         &self.previous

@@ -7,13 +7,20 @@
 //! Call `cut` with the guest paused (or its dirty pages copied): the batch
 //! of an epoch must be the guest's content at the cut (see `resume`).
 //! An error from `cut` or `on_frame` leaves a link's stream unusable: the
-//! caller drops that link and the standby reconnects.
+//! caller drops that link and the standby reconnects. A link whose own
+//! encoding failed at a cut (no memory for a frame) is marked `broken` and
+//! the cut goes on for the others.
+//!
+//! Each link holds at most its budget: a link whose epoch would not fit is
+//! sent no epoch but starts a catch-up (`catchup`) instead.
 
 use alloc::vec::Vec;
 
+use crate::catchup::{worst_case_bytes, CatchUp, CatchUpStats, EPOCH_FRAMES};
 use crate::compress::{Compressor, ZstdConfig, ZstdError};
 use crate::delta::{BatchEncoder, Next, RecordKind, MAX_PAGE_RECORD};
 use crate::digest::{PageHashes, PageMemory};
+use crate::outq::FrameQueue;
 use crate::page::hash_page;
 use crate::resume::{ResumeError, ResumeTracker, StandbyId};
 use crate::shadow::{Budget, ShadowError, ShadowStore};
@@ -30,6 +37,8 @@ pub enum EpochError {
     PageOutOfRange,
     /// The standby sent something only an active side sends.
     Unexpected,
+    /// No memory for what the link needed (a frame, a bitmap).
+    OutOfMemory,
 }
 
 impl From<ResumeError> for EpochError {
@@ -49,30 +58,93 @@ impl From<ZstdError> for EpochError {
 }
 
 /// One standby's connection as the encoder sees it: its session, its zstd
-/// stream and the bytes waiting to be written to its socket.
+/// stream, the frames waiting for its socket, its budget and catch-up.
 pub struct Link {
     id: StandbyId,
     session: Session,
     compressor: Compressor,
     /// Sealed frames to send, in order.
-    pub out: Vec<u8>,
+    pub out: FrameQueue,
+    /// Most bytes `out` may hold (see `catchup`).
+    pub(crate) budget: usize,
+    pub(crate) catchup: Option<CatchUp>,
+    pub catchup_stats: CatchUpStats,
+    /// Most bytes `out` held at once.
+    peak: usize,
+    /// The link's stream broke at a cut (why): the caller drops the link.
+    broken: Option<EpochError>,
 }
 
 impl Link {
-    /// A link for standby `id` over an established session; call
-    /// `ActiveSync::connect` with the standby's last committed epoch too.
+    /// A link for standby `id` over an established session, with no budget
+    /// (`set_budget`); call `ActiveSync::connect` with the standby's last
+    /// committed epoch too.
     pub fn new(id: StandbyId, session: Session, zstd: ZstdConfig) -> Result<Self, EpochError> {
-        Ok(Self { id, session, compressor: Compressor::new(zstd)?, out: Vec::new() })
+        Ok(Self {
+            id,
+            session,
+            compressor: Compressor::new(zstd)?,
+            out: FrameQueue::new(),
+            budget: usize::MAX,
+            catchup: None,
+            catchup_stats: CatchUpStats::default(),
+            peak: 0,
+            broken: None,
+        })
+    }
+
+    /// The most bytes the link may hold queued.
+    pub fn set_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     pub fn id(&self) -> StandbyId {
         self.id
     }
 
+    /// Bytes queued for the socket.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Most bytes queued at once so far.
+    pub fn peak_queued(&self) -> usize {
+        self.peak
+    }
+
+    /// The catch-up in progress, if the link is behind.
+    pub fn catchup(&self) -> Option<&CatchUp> {
+        self.catchup.as_ref()
+    }
+
+    /// Why the link's stream broke, if it did: drop the link.
+    pub fn broken(&self) -> Option<EpochError> {
+        self.broken
+    }
+
     /// Seals any message (CpuState, DeviceState, SwitchDone...) onto `out`;
     /// returns its bytes on the wire.
     pub fn send(&mut self, msg: &Message) -> Result<usize, EpochError> {
-        Ok(self.session.seal(msg, &mut self.out)?)
+        self.out.reserve_one()?;
+        let mut frame = Vec::new();
+        let n = self.session.seal(msg, &mut frame)?;
+        self.out.push(frame);
+        self.peak = self.peak.max(self.out.len());
+        Ok(n)
+    }
+
+    /// Compresses `raw` (page records) and seals it as PageRecords `seq` of
+    /// `epoch`; returns the sealed and compressed bytes.
+    pub(crate) fn seal_batch(&mut self, epoch: Epoch, seq: u32, raw: &[u8]) -> Result<(usize, usize), EpochError> {
+        let mut data = Vec::new();
+        let n = self.compressor.compress_batch(raw, &mut data)?;
+        // raw is kept below MAX_BATCH_RAW by the callers, which fits u32.
+        let msg = Message::PageRecords { epoch, seq, raw_len: raw.len() as u32, data };
+        Ok((self.send(&msg)?, n))
     }
 }
 
@@ -98,7 +170,16 @@ pub struct ActiveSync {
 
 /// Per-link state while one epoch is encoded.
 struct Out {
+    /// Pages to send (empty for a link that gets nothing at this cut).
     pages: Vec<u64>,
+    /// The link gets no epoch at this cut (it is catching up).
+    skip: bool,
+    /// The link's catch-up ends at this cut: every page goes whole.
+    whole: bool,
+    /// The epoch its PageRecords name (the cut's; a catch-up's own).
+    epoch: Epoch,
+    /// Its encoding failed: nothing more goes to it.
+    failed: Option<EpochError>,
     cursor: usize,
     raw: Vec<u8>,
     /// Page-number gaps of the batch in `raw`.
@@ -223,6 +304,16 @@ impl ActiveSync {
                 // The standby resets its decompressor at the first epoch on
                 // this base; the next batch we compress starts that stream.
                 link.compressor.reset()?;
+                // A catch-up in flight is dropped with the standby's staging:
+                // it starts over from the new base (its EpochBegin is what
+                // the standby waits for).
+                if link.catchup.is_some() {
+                    link.catchup = None;
+                    let c = CatchUp::start(&self.tracker, link.id)?;
+                    link.catchup_stats.started += 1;
+                    link.catchup_stats.owed_at_start += c.owed();
+                    link.catchup = Some(c);
+                }
                 Ok(ActiveEvent::Resync(from_epoch))
             }
             Message::SwitchRequest => Ok(ActiveEvent::SwitchRequested),
@@ -259,15 +350,32 @@ impl ActiveSync {
         }
         let m = self.tracker.cut();
         let dirty_pages = self.tracker.cut_dirty().len() as u64;
+        // Sealed bytes the cut adds besides page records.
+        let extra = EPOCH_FRAMES + state.iter().map(|s| s.encoded_len() + 64).sum::<usize>();
 
         let mut outs = Vec::with_capacity(links.len());
         for link in links.iter_mut() {
-            let base = self.tracker.standby(link.id).ok_or(ResumeError::UnknownStandby)?.base;
-            let pages = self.tracker.pages_for(link.id)?;
             let mut stats = EpochStats::new(m);
             stats.dirty_pages = dirty_pages;
-            stats.sealed_bytes += link.send(&Message::EpochBegin { epoch: m, base })? as u64;
-            outs.push(Out { pages, cursor: 0, raw: Vec::new(), batch: BatchEncoder::new(), seq: 0, records: 0, stats });
+            let mut o = Out {
+                pages: Vec::new(),
+                skip: true,
+                whole: false,
+                epoch: m,
+                failed: None,
+                cursor: 0,
+                raw: Vec::new(),
+                batch: BatchEncoder::new(),
+                seq: 0,
+                records: 0,
+                stats,
+            };
+            if let Err(e) = self.plan(link, m, extra, &mut o) {
+                o.failed = Some(e);
+                o.skip = true;
+                link.broken = Some(e);
+            }
+            outs.push(o);
         }
 
         // Every page any link needs, plus the dirty pages (whose hashes
@@ -289,15 +397,25 @@ impl ActiveSync {
                     continue;
                 }
                 o.cursor += 1;
-                if o.raw.len() + MAX_PAGE_RECORD > MAX_BATCH_RAW {
-                    flush(link, o, m)?;
+                if o.failed.is_some() {
+                    continue;
                 }
-                let (shadow, next_shadow) = if self.tracker.may_delta(link.id, p) {
+                if o.raw.len() + MAX_PAGE_RECORD > MAX_BATCH_RAW {
+                    if let Err(e) = flush(link, o) {
+                        fail(link, o, e);
+                        continue;
+                    }
+                }
+                let (shadow, next_shadow) = if !o.whole && self.tracker.may_delta(link.id, p) {
                     self.shadows.get_shadow_and_peek(p, next_n)
                 } else {
                     (None, next_n.and_then(|n| self.shadows.peek(n)))
                 };
                 let next = next_page.map(|page| Next { page, shadow: next_shadow });
+                if o.raw.capacity() - o.raw.len() < MAX_PAGE_RECORD && o.raw.try_reserve(MAX_BATCH_RAW - o.raw.len()).is_err() {
+                    fail(link, o, EpochError::OutOfMemory);
+                    continue;
+                }
                 // Pages come in ascending order, each once, and p is a page
                 // of the guest (far below MAX_PAGE_NUM).
                 let r = o.batch.encode_next(p, content, shadow, next, &mut o.raw).map_err(|_| EpochError::PageOutOfRange)?;
@@ -328,33 +446,120 @@ impl ActiveSync {
             self.hashes.set(p, hash).map_err(|_| EpochError::PageOutOfRange)?;
         }
 
+        // Catch-ups ending here: pages streamed earlier and not sent again
+        // hold, on the standby, their content at this cut, which their shadow
+        // takes now (see `resume`, rule 1').
+        for (link, o) in links.iter_mut().zip(outs.iter()) {
+            if !o.whole || o.failed.is_some() {
+                continue;
+            }
+            let Some(c) = link.catchup.as_ref() else { continue };
+            for p in c.streamed.iter() {
+                if c.owed.get(p) {
+                    continue; // sent whole at this cut: done above
+                }
+                let content = guest.page(p).ok_or(EpochError::PageOutOfRange)?;
+                let h = self.hashes.get(p).ok_or(EpochError::PageOutOfRange)?;
+                self.shadows.update_with_hash(p, content, h);
+                self.tracker.record_shadow(p, m)?;
+                self.mark_seeded(p);
+            }
+        }
+
         let digest = self.hashes.digest();
         let mut stats = Vec::with_capacity(links.len());
         for (link, mut o) in links.iter_mut().zip(outs) {
-            if !o.raw.is_empty() {
-                flush(link, &mut o, m)?;
+            if !o.skip && o.failed.is_none() {
+                if let Err(e) = finish(link, &mut o, state, m, &digest) {
+                    fail(link, &mut o, e);
+                }
             }
-            for msg in state {
-                o.stats.sealed_bytes += link.send(msg)? as u64;
+            if o.failed.is_none() && !o.skip {
+                self.tracker.record_sent(link.id, m)?;
+                if o.whole {
+                    link.catchup = None;
+                    link.catchup_stats.finished += 1;
+                    link.catchup_stats.final_pages += o.pages.len() as u64;
+                    link.catchup_stats.sealed_bytes += o.stats.sealed_bytes;
+                }
             }
-            let commit = Message::EpochCommit { epoch: m, digest, page_count: o.records };
-            o.stats.sealed_bytes += link.send(&commit)? as u64;
-            self.tracker.record_sent(link.id, m)?;
             stats.push(o.stats);
         }
         Ok((m, stats))
     }
+
+    /// What `link` gets at cut `m` (`extra`: the bytes besides page records):
+    /// the epoch, if it fits the link's budget; otherwise, for a link in
+    /// step, a catch-up starts; a catch-up ends when what it owes fits.
+    fn plan(&mut self, link: &mut Link, m: Epoch, extra: usize, o: &mut Out) -> Result<(), EpochError> {
+        if link.broken.is_some() {
+            return Ok(()); // its stream is unusable: nothing more goes to it
+        }
+        let room = link.budget.saturating_sub(link.queued());
+        if let Some(c) = link.catchup.as_mut() {
+            for &p in self.tracker.cut_dirty() {
+                c.owed.set(p);
+            }
+            if worst_case_bytes(c.owed.count()).saturating_add(extra) > room {
+                return Ok(());
+            }
+            let mut pages = Vec::new();
+            pages.try_reserve_exact(c.owed.count() as usize).map_err(|_| EpochError::OutOfMemory)?;
+            pages.extend(c.owed.iter());
+            o.pages = pages;
+            o.whole = true;
+            o.epoch = c.epoch;
+            o.seq = c.seq;
+            o.records = c.records;
+            o.skip = false;
+            if !c.begun {
+                let begin = Message::EpochBegin { epoch: c.epoch, base: c.base };
+                c.begun = true;
+                o.stats.sealed_bytes += link.send(&begin)? as u64;
+            }
+            return Ok(());
+        }
+        let pages = self.tracker.pages_for(link.id)?;
+        if worst_case_bytes(pages.len() as u64).saturating_add(extra) > room {
+            let c = CatchUp::start(&self.tracker, link.id)?;
+            link.catchup_stats.started += 1;
+            link.catchup_stats.owed_at_start += c.owed();
+            link.catchup = Some(c);
+            return Ok(());
+        }
+        let base = self.tracker.standby(link.id).ok_or(ResumeError::UnknownStandby)?.base;
+        o.stats.sealed_bytes += link.send(&Message::EpochBegin { epoch: m, base })? as u64;
+        o.pages = pages;
+        o.skip = false;
+        Ok(())
+    }
+}
+
+/// The link's encoding failed at this cut: it gets nothing more; the
+/// caller drops it.
+fn fail(link: &mut Link, o: &mut Out, e: EpochError) {
+    o.failed = Some(e);
+    link.broken = Some(e);
+}
+
+/// The end of the link's epoch: its last batch, the guest state, the commit.
+fn finish(link: &mut Link, o: &mut Out, state: &[Message], m: Epoch, digest: &crate::wire::Digest) -> Result<(), EpochError> {
+    if !o.raw.is_empty() {
+        flush(link, o)?;
+    }
+    for msg in state {
+        o.stats.sealed_bytes += link.send(msg)? as u64;
+    }
+    let commit = Message::EpochCommit { epoch: m, digest: *digest, page_count: o.records };
+    o.stats.sealed_bytes += link.send(&commit)? as u64;
+    Ok(())
 }
 
 /// Compresses and seals the link's pending records as one PageRecords.
-fn flush(link: &mut Link, o: &mut Out, epoch: Epoch) -> Result<(), EpochError> {
-    let mut data = Vec::new();
-    let n = link.compressor.compress_batch(&o.raw, &mut data)?;
-    o.stats.compressed_bytes += n as u64;
-    // raw is kept below MAX_BATCH_RAW by the caller, which fits u32.
-    let raw_len = o.raw.len() as u32;
-    let msg = Message::PageRecords { epoch, seq: o.seq, raw_len, data };
-    o.stats.sealed_bytes += link.send(&msg)? as u64;
+fn flush(link: &mut Link, o: &mut Out) -> Result<(), EpochError> {
+    let (sealed, compressed) = link.seal_batch(o.epoch, o.seq, &o.raw)?;
+    o.stats.compressed_bytes += compressed as u64;
+    o.stats.sealed_bytes += sealed as u64;
     o.seq += 1;
     o.raw.clear();
     o.batch = BatchEncoder::new();

@@ -19,9 +19,11 @@ pub mod xbzrle;
 // digest, the standby's applier and receiver, resume bookkeeping, the
 // active side's epoch encoder, cut policies and stats.
 pub mod applier;
+pub mod catchup;
 pub mod crypto;
 pub mod digest;
 pub mod epoch;
+pub mod outq;
 pub mod policy;
 pub mod resume;
 pub mod standby;

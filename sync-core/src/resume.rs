@@ -40,6 +40,32 @@
 //! deltas. Per-standby shadows would give the lagging one deltas too, at
 //! one shadow store per standby; one shared store was chosen for memory.
 //!
+//! # Catch-ups (`catchup`)
+//!
+//! A catch-up sends a standby's owed pages over several cuts, most of them
+//! streamed from guest memory between cuts (whole, not content at any cut),
+//! and commits at a final cut `m` with the rest. It extends rule 1:
+//!
+//! 1'. Streaming never touches a shadow or `shadow_epoch`. At the final cut
+//!     `m`, every page streamed in the catch-up and not sent again at `m`
+//!     gets its shadow replaced by its content at `m` (or dropped) and
+//!     `shadow_epoch[p] = m`, after all links of the cut are encoded.
+//!
+//! Why the proof above still holds: it needs that a standby reaching a
+//! base `>= E` through a batch cut at `m >= E` leaves `shadow_epoch[p] >=
+//! m` for every `p` changed in `E` above its old base. A catch-up ending at
+//! `m` owed every such `p` (owed = changed since the old base, |= each
+//! cut's dirty pages); each was sent at `m` (rule 1) or streamed and not
+//! written since, so its content at `m` is what was streamed, and rule 1'
+//! tags it `m` with that content. With one standby, that is all. With one
+//! in step and one catching up: streaming leaves the shadow the in-step
+//! standby's deltas use as rule 1 made it; at `m` rule 1' replaces it
+//! with the content at `m`, which the in-step standby also holds at `m`
+//! (it got every change through `m`), and the tag `m <= base` keeps its
+//! deltas against it valid. A page streamed earlier in the catch-up and
+//! owed again at `m` goes whole: the staged copy is not the standby's
+//! committed base, which a delta would apply to.
+//!
 //! Precondition: batches of epoch `m` are built from the guest's content at
 //! the cut, before any write of epoch `m + 1` is marked (the vCPU is paused
 //! from `cut` until the batches are built, or the pages are copied first).
@@ -259,6 +285,12 @@ impl ResumeTracker {
             return Ok(self.cut_dirty.clone());
         }
         Ok(self.last_changed.iter().enumerate().filter(|&(_, &lc)| lc > st.base && lc <= cut).map(|(p, _)| p as u64).collect())
+    }
+
+    /// Every page changed after epoch `base` (the open epoch's writes
+    /// marked so far included), ascending: what a standby at `base` owes.
+    pub fn changed_since(&self, base: Epoch) -> impl Iterator<Item = u64> + '_ {
+        self.last_changed.iter().enumerate().filter(move |&(_, &lc)| lc > base).map(|(p, _)| p as u64)
     }
 
     /// Whether a base-dependent record (Delta, Same) against the current

@@ -164,7 +164,8 @@ impl StandbyReceiver {
                 Ok(Event::None)
             }
             Message::EpochCommit { epoch, digest, page_count } => {
-                if !matches!(self.state, State::Receiving { epoch: cur, .. } if cur == epoch) {
+                // A catch-up begun at `cur` commits at a later cut (`catchup`).
+                if !matches!(self.state, State::Receiving { epoch: cur, .. } if epoch >= cur) {
                     return Err(EpochFault::BadBatch);
                 }
                 applier.commit(epoch, &digest, page_count).map_err(EpochFault::Apply)?;

@@ -99,6 +99,9 @@ pub enum WireError {
     PageSizeMismatch,
     /// The peer sent our own nonce back (a reflected handshake).
     ReflectedNonce,
+    /// Encoding: no memory for the frame (the caller drops or delays the
+    /// link; nothing was appended).
+    OutOfMemory,
 }
 
 impl From<CryptoError> for WireError {
@@ -220,6 +223,21 @@ impl Message {
         matches!(self, Message::Hello(_) | Message::HelloAck(_))
     }
 
+    /// Bytes of the message's encoding (exact: `encode` appends this many).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            // tag, magic, version, vm, platform, ram (2 × u64), page size,
+            // last committed, nonce.
+            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + crate::crypto::HANDSHAKE_NONCE_LEN,
+            Message::EpochBegin { .. } => 17,
+            Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
+            Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
+            Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } => 9,
+            Message::SwitchRequest => 1,
+            Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
+        }
+    }
+
     /// Appends the message's encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
         let start = out.len();
@@ -287,14 +305,14 @@ impl Message {
                 if raw_len as usize > MAX_BATCH_RAW {
                     return Err(WireError::FieldTooLarge);
                 }
-                let data = r.bytes(MAX_BATCH_COMPRESSED)?.to_vec();
+                let data = owned(r.bytes(MAX_BATCH_COMPRESSED)?)?;
                 Message::PageRecords { epoch, seq, raw_len, data }
             }
             tag::EPOCH_COMMIT => Message::EpochCommit { epoch: r.u64()?, digest: r.array()?, page_count: r.u64()? },
             tag::ACK => Message::Ack { epoch: r.u64()? },
             tag::SWITCH_REQUEST => Message::SwitchRequest,
-            tag::CPU_STATE => Message::CpuState(r.bytes(MAX_STATE)?.to_vec()),
-            tag::DEVICE_STATE => Message::DeviceState(r.bytes(MAX_STATE)?.to_vec()),
+            tag::CPU_STATE => Message::CpuState(owned(r.bytes(MAX_STATE)?)?),
+            tag::DEVICE_STATE => Message::DeviceState(owned(r.bytes(MAX_STATE)?)?),
             tag::SWITCH_DONE => Message::SwitchDone { epoch: r.u64()? },
             tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
             other => return Err(WireError::UnknownMessage(other)),
@@ -304,6 +322,14 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// A copy of `b` in memory allocated fallibly.
+fn owned(b: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(b.len()).map_err(|_| WireError::OutOfMemory)?;
+    v.extend_from_slice(b);
+    Ok(v)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -498,7 +524,11 @@ impl FrameDecoder {
             if len < kind.min_body() {
                 return Err(WireError::FrameTooShort);
             }
-            self.body = Vec::with_capacity(len);
+            // Fallible: a frame that does not fit in memory ends this stream
+            // (an error, like any other), never the device.
+            let mut body = Vec::new();
+            body.try_reserve_exact(len).map_err(|_| WireError::OutOfMemory)?;
+            self.body = body;
             self.current = Some((kind, len));
         }
         let Some((kind, len)) = self.current else {
@@ -584,6 +614,9 @@ impl Session {
         if msg.is_handshake() {
             return Err(WireError::WrongFrameKind);
         }
+        // The whole frame in one fallible reservation: a frame that does not
+        // fit in memory is an error for this link, never an abort.
+        out.try_reserve(FRAME_HEADER_LEN + msg.encoded_len() + TAG_LEN).map_err(|_| WireError::OutOfMemory)?;
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
         let body_start = out.len();
@@ -684,6 +717,7 @@ mod tests {
         for m in all_messages() {
             let mut b = Vec::new();
             m.encode(&mut b).unwrap();
+            assert_eq!(b.len(), m.encoded_len(), "{m:?}: seal reserves exactly this");
             assert_eq!(Message::decode(&b).unwrap(), m);
             for cut in 0..b.len() {
                 assert!(Message::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");

@@ -162,7 +162,7 @@ proptest! {
         let c = s.conn.as_mut().unwrap();
         let (m, _) = w.active.cut(dirty, &w.guest, &mut [&mut c.link]).unwrap();
         w.history.push(content_digest(&w.guest));
-        let original = std::mem::take(&mut c.link.out);
+        let original = c.link.out.take_all();
         let mut bytes = original.clone();
         apply_damage(&mut bytes, &d);
         // Damage after the whole epoch (appended junk) cannot undo it.

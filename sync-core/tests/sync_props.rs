@@ -265,7 +265,7 @@ fn bit_rot_on_standby_is_repaired_by_resync() {
     let c = s.conn.as_mut().unwrap();
     w.active.cut(dirty, &w.guest, &mut [&mut c.link]).unwrap();
     w.history.push(sync_core::digest::content_digest(&w.guest));
-    let bytes = std::mem::take(&mut c.link.out);
+    let bytes = c.link.out.take_all();
     let mut input = &bytes[..];
     let mut replies = Vec::new();
     let mut events = Vec::new();

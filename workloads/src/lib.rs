@@ -11,6 +11,7 @@
 //! guest that moved between devices kept exactly the memory it should have.
 
 pub mod browse;
+pub mod burst;
 pub mod counter;
 pub mod memtouch;
 pub mod player;

@@ -1,4 +1,4 @@
-//! `vmsync-workload <name> [--seconds S] [--mib N] [--period-ms P] [--dir D] [--clip F]`
+//! `vmsync-workload <name> [--seconds S] [--mib N] [--period-ms P] [--dir D] [--clip F] [--start-seconds B] [--write-seconds W]`
 //!
 //! Runs one guest workload and prints the per-second line described in the
 //! library. `--seconds 0` runs until killed. Exits 0 at the end. `dav1d` and
@@ -7,10 +7,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmsync_workloads::{browse, counter, format_line, memtouch, player, sqlstore, storage, video};
+use vmsync_workloads::{browse, burst, counter, format_line, memtouch, player, sqlstore, storage, video};
 
-const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse|dav1d|sqlite> \
-[--seconds S (default 10, 0 = forever)] [--mib N] [--period-ms P] [--dir D] [--clip F]";
+const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse|burst|dav1d|sqlite> \
+[--seconds S (default 10, 0 = forever)] [--mib N] [--period-ms P] [--dir D] [--clip F] \
+[--start-seconds B] [--write-seconds W] (burst: idles B seconds (default 0), writes W seconds (default half of S), idles)";
 
 struct Args {
     workload: String,
@@ -19,6 +20,8 @@ struct Args {
     period_ms: Option<u64>,
     dir: Option<String>,
     clip: Option<String>,
+    start_seconds: u64,
+    write_seconds: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -27,7 +30,7 @@ fn parse_args() -> Result<Args, String> {
     if workload == "--help" || workload == "-h" {
         return Err(String::new());
     }
-    let mut args = Args { workload, seconds: 10, mib: None, period_ms: None, dir: None, clip: None };
+    let mut args = Args { workload, seconds: 10, mib: None, period_ms: None, dir: None, clip: None, start_seconds: 0, write_seconds: None };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
@@ -37,6 +40,8 @@ fn parse_args() -> Result<Args, String> {
             "--period-ms" => args.period_ms = Some(num(value()?)?.max(1)),
             "--dir" => args.dir = Some(value()?),
             "--clip" => args.clip = Some(value()?),
+            "--start-seconds" => args.start_seconds = num(value()?)?,
+            "--write-seconds" => args.write_seconds = Some(num(value()?)?),
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -171,6 +176,35 @@ impl Workload for Storage {
     }
 }
 
+/// `burst`: idle until `begin`, incompressible writes until `end` (times
+/// since the start, so a slow guest writes less, never longer), then idle.
+struct Burst {
+    b: burst::Burst,
+    period: Duration,
+    start: Instant,
+    begin: Duration,
+    end: Duration,
+}
+
+impl Workload for Burst {
+    fn period(&self) -> Option<Duration> {
+        Some(self.period)
+    }
+    fn tick(&mut self) -> Result<(), String> {
+        let t = self.start.elapsed();
+        if t >= self.begin && t < self.end {
+            self.b.tick();
+        }
+        Ok(())
+    }
+    fn report(&mut self, dropped: u64) -> Result<(u64, String), String> {
+        let t = self.start.elapsed();
+        let writing = t >= self.begin && t < self.end;
+        let extra = format!("ticks={} written_mib={} writing={writing} dropped={dropped}", self.b.ticks(), self.b.written() >> 20);
+        Ok((self.b.checksum(), extra))
+    }
+}
+
 struct Browse(browse::Browse, Duration);
 
 impl Workload for Browse {
@@ -246,6 +280,12 @@ fn build(a: &Args) -> Result<Box<dyn Workload>, String> {
             let dir = a.dir.as_deref().unwrap_or(storage::DEFAULT_DIR);
             let s = storage::Storage::create(dir.as_ref()).map_err(|e| format!("{dir}: {e}"))?;
             Box::new(Storage(s, period(per_second(storage::TICKS_PER_SECOND))))
+        }
+        "burst" => {
+            let begin = Duration::from_secs(a.start_seconds);
+            let end = begin + Duration::from_secs(a.write_seconds.unwrap_or(a.seconds / 2));
+            let b = burst::Burst::new(a.mib.unwrap_or(burst::DEFAULT_MIB));
+            Box::new(Burst { b, period: period(Duration::from_millis(burst::PERIOD_MS)), start: Instant::now(), begin, end })
         }
         "browse" => Box::new(Browse(browse::Browse::new(), period(per_second(browse::TICKS_PER_SECOND)))),
         "dav1d" => {

@@ -3,11 +3,12 @@
 # Tests read the "vmsync-guest:" markers from the serial console: keep their
 # wording. Kernel command line (read from /proc/cmdline, since dotted
 # parameters never reach init's argv or environment):
-#   vmsync.workload=NAME  counter (default) | video | idle | memtouch | storage |
+#   vmsync.workload=NAME  counter (default) | video | idle | memtouch | storage | burst |
 #                         browse | none | shell, and with the study initramfs
 #                         the real programs: dav1d | sqlite | python
 #   vmsync.seconds=S      how long the workload runs (default 5)
-#   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args)
+#   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args;
+#                         with a named workload, extra args of vmsync-workload)
 #   vmsync.test=badaccess read an address outside guest RAM through /dev/mem
 
 # First, so boot time can be measured to this line.
@@ -85,7 +86,7 @@ run_workload() {
         # dav1d and sqlite are drivers in vmsync-workload around Debian's
         # dav1d and sqlite3 (study initramfs only).
         name=$workload
-        set -- /bin/vmsync-workload "$workload" --seconds "$seconds"
+        set -- /bin/vmsync-workload "$workload" --seconds "$seconds" $exec_args
     fi
     echo "vmsync-guest: workload $name start"
     "$@"

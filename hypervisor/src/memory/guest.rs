@@ -63,6 +63,12 @@ impl GuestMemory {
         self.dirty.as_mut().map(|d| d.cut())
     }
 
+    /// Whether `page` (from the start of guest RAM) was written in the
+    /// open epoch.
+    pub fn is_dirty_now(&self, page: u64) -> bool {
+        self.dirty.as_ref().is_some_and(|d| d.is_marked(page))
+    }
+
     /// Pages written in the open epoch so far.
     pub fn dirty_now(&mut self) -> u64 {
         self.dirty.as_mut().map(|d| d.current().len() as u64).unwrap_or(0)

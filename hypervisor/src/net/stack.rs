@@ -194,7 +194,8 @@ impl<D: NetDevice> Stack<D> {
         self.tcp(h).and_then(|s| s.send_slice(data).ok()).unwrap_or(0)
     }
 
-    /// Appends up to `max` received bytes to `out`; returns how many.
+    /// Appends up to `max` received bytes to `out`; returns how many (fewer
+    /// when `out` cannot grow: allocation failure only delays the bytes).
     pub fn recv(&mut self, h: Handle, out: &mut Vec<u8>, max: usize) -> usize {
         let Some(s) = self.tcp(h) else { return 0 };
         let mut got = 0;
@@ -207,6 +208,11 @@ impl<D: NetDevice> Stack<D> {
             let n = s
                 .recv(|buf| {
                     let n = buf.len().min(want);
+                    // No memory for the bytes: they stay in the socket (the
+                    // peer is slowed down by its window), nothing is lost.
+                    if out.try_reserve(n).is_err() {
+                        return (0, 0);
+                    }
                     out.extend_from_slice(&buf[..n]);
                     (n, n)
                 })

@@ -185,15 +185,17 @@ impl Engine {
         self.active.digest()
     }
 
-    /// Connects the standbys named in the config.
+    /// Connects the standbys named in the config; each link holds at most
+    /// `link_budget` bytes.
     pub fn add_peers(
         &mut self,
         addrs: &[super::peers::PeerAddr],
         secret: sync_core::crypto::PairingSecret,
         hello: sync_core::wire::Handshake,
         nonce_seed: u64,
+        link_budget: usize,
     ) {
-        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, nonce_seed));
+        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, nonce_seed, link_budget));
     }
 
     /// Every connected standby has acknowledged the last cut.
@@ -206,10 +208,18 @@ impl Engine {
         self.peers.as_ref()
     }
 
-    /// Moves sealed epochs to the standbys and their replies back. Never waits.
-    pub fn pump<D: crate::net::stack::NetDevice>(&mut self, net: &mut crate::net::stack::Stack<D>, now_ms: u64) {
+    /// Moves sealed epochs to the standbys and their replies back, and
+    /// streams owed pages of `guest` to standbys that catch up (`dirty_now`:
+    /// pages written in the open epoch). Never waits.
+    pub fn pump<D: crate::net::stack::NetDevice, G: PageMemory>(
+        &mut self,
+        net: &mut crate::net::stack::Stack<D>,
+        guest: &G,
+        dirty_now: &dyn Fn(u64) -> bool,
+        now_ms: u64,
+    ) {
         if let Some(p) = self.peers.as_mut() {
-            p.pump(net, &mut self.active, now_ms);
+            p.pump(net, &mut self.active, guest, dirty_now, now_ms);
         }
     }
 
@@ -217,7 +227,7 @@ impl Engine {
     /// `verify`, dropped otherwise (until the network carries them).
     /// Returns how the standby's committed image compares with guest RAM.
     pub fn verify<G: PageMemory>(&mut self, guest: &G, epoch: u64) -> Result<Option<Verdict>, SyncError> {
-        let sent = core::mem::take(&mut self.link.out);
+        let sent = self.link.out.take_all();
         let Some(sb) = &mut self.verify else { return Ok(None) };
         let events = sb.receive(&sent)?;
         let committed = events.contains(&Event::Committed(epoch));

@@ -2,12 +2,17 @@
 //! TCP stack: connect (and reconnect with a back-off), handshake, push the
 //! sealed epochs out as the socket takes them, read Acks and Resyncs. A
 //! slow or absent standby never stalls the guest or the other standbys:
-//! its queue is bounded, and past the bound its connection is dropped; it
-//! reconnects and resumes from its last committed epoch (pages merged).
+//! its queue is bounded by the link budget; a standby behind it catches up
+//! (`sync_core::catchup`): the pump tops its queue up with the pages it
+//! owes, read from guest memory, while the queue is low. Being behind never
+//! drops a connection; a link whose stream broke (no memory for a frame)
+//! is dropped and the standby resumes from its last committed epoch.
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use log::{info, warn};
+use sync_core::catchup::CatchUpStats;
 use sync_core::crypto::PairingSecret;
+use sync_core::digest::PageMemory;
 use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
 use sync_core::resume::StandbyId;
 use sync_core::wire::{Epoch, Handshake};
@@ -15,8 +20,6 @@ use sync_core::wire::{Epoch, Handshake};
 use super::session::ActivePeer;
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
 
-/// A standby's queue beyond this many bytes means it cannot keep up.
-pub const MAX_PENDING: usize = 32 << 20;
 /// Wait this long before connecting again after a failure.
 const RETRY_MS: u64 = 500;
 /// A connection that has not finished its handshake by then is dropped.
@@ -47,6 +50,39 @@ pub struct Peer {
     pub bytes_sent: u64,
     /// The standby ended the last connection with a FIN (not a reset).
     pub finished_by_peer: bool,
+    /// Most bytes queued for it at once, over all connections.
+    pub peak_queued: usize,
+    /// Catch-up figures of ended connections (`catchup` adds the live one).
+    catchup_past: CatchUpStats,
+    /// Whether the live link was catching up at the last pump (for logs).
+    catching_up: bool,
+}
+
+impl Peer {
+    /// Catch-up figures over all connections.
+    pub fn catchup(&self) -> CatchUpStats {
+        let mut t = self.catchup_past;
+        if let Some(l) = self.session.as_ref().and_then(|s| s.link()) {
+            let c = l.catchup_stats;
+            t.started += c.started;
+            t.finished += c.finished;
+            t.owed_at_start += c.owed_at_start;
+            t.streamed_pages += c.streamed_pages;
+            t.final_pages += c.final_pages;
+            t.sealed_bytes += c.sealed_bytes;
+        }
+        t
+    }
+
+    /// Whether its link is catching up now.
+    pub fn is_catching_up(&self) -> bool {
+        self.session.as_ref().and_then(|s| s.link()).is_some_and(|l| l.catchup().is_some())
+    }
+
+    /// Bytes queued for it now.
+    pub fn queued(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.pending())
+    }
 }
 
 pub struct Peers {
@@ -57,12 +93,14 @@ pub struct Peers {
     scratch: Vec<u8>,
     /// A standby asked for the guest (the first to ask wins).
     switch_request: Option<usize>,
+    /// Each link's budget (bytes).
+    budget: usize,
 }
 
 impl Peers {
     /// `hello` is our handshake template (its nonce is replaced per
     /// connection from `nonce_seed` and a counter).
-    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, nonce_seed: u64) -> Self {
+    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, nonce_seed: u64, budget: usize) -> Self {
         let list = addrs
             .iter()
             .map(|&addr| Peer {
@@ -78,13 +116,23 @@ impl Peers {
                 acked: 0,
                 bytes_sent: 0,
                 finished_by_peer: false,
+                peak_queued: 0,
+                catchup_past: CatchUpStats::default(),
+                catching_up: false,
             })
             .collect();
-        Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None }
+        Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None, budget }
     }
 
-    /// The standby (index into `list`) that asked for the guest, once.
+    /// The standby (index into `list`) that asked for the guest, once. A
+    /// standby that is catching up waits (the request stays) until it is in
+    /// step: the guest runs on meanwhile, and the hand-over's final epoch
+    /// is then a normal one.
     pub fn take_switch_request(&mut self) -> Option<usize> {
+        let i = self.switch_request?;
+        if self.list.get(i).is_some_and(|p| p.is_catching_up()) {
+            return None;
+        }
         self.switch_request.take()
     }
 
@@ -135,6 +183,8 @@ impl Peers {
 
     fn drop_conn<D: NetDevice>(&mut self, i: usize, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64, why: &str) {
         let p = &mut self.list[i];
+        p.catchup_past = p.catchup();
+        p.catching_up = false;
         if let Some(h) = p.tcp.take() {
             net.abort(h);
             net.release(h);
@@ -144,10 +194,18 @@ impl Peers {
         }
         p.next_try_ms = now_ms + RETRY_MS;
         warn!("sync: standby {} ({}:{}) connection dropped: {why}", p.id, p.addr.ip, p.addr.port);
+        // A switch request waiting for this standby to be in step goes with
+        // its connection (the standby gave up on it, or will ask again).
+        if self.switch_request == Some(i) {
+            self.switch_request = None;
+            info!("switch: the request from {} is dropped with its connection", self.list[i].addr.ip);
+        }
     }
 
-    /// Moves bytes both ways on every connection; (re)connects. Never waits.
-    pub fn pump<D: NetDevice>(&mut self, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64) {
+    /// Moves bytes both ways on every connection; (re)connects; tops up
+    /// the queues of standbys that catch up with pages of `guest` (skipping
+    /// those `dirty_now` says are written in the open epoch). Never waits.
+    pub fn pump<D: NetDevice, G: PageMemory>(&mut self, net: &mut Stack<D>, active: &mut ActiveSync, guest: &G, dirty_now: &dyn Fn(u64) -> bool, now_ms: u64) {
         for i in 0..self.list.len() {
             if self.list[i].tcp.is_none() {
                 if now_ms < self.list[i].next_try_ms {
@@ -193,7 +251,8 @@ impl Peers {
                 hello.last_committed = active.tracker().last_cut();
                 let id = self.list[i].id;
                 match ActivePeer::connect(id, hello) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        s.budget = self.budget;
                         let p = &mut self.list[i];
                         p.session = Some(s);
                         p.since_ms = now_ms;
@@ -234,6 +293,9 @@ impl Peers {
                                 ActiveEvent::Resync(e) => info!("sync: standby {} asks to resync from epoch {e}", p.id),
                                 ActiveEvent::SwitchRequested => {
                                     info!("switch: request from {} at_ms={now_ms}", p.addr.ip);
+                                    if p.is_catching_up() {
+                                        info!("switch: {} is catching up; the switch waits until it is in step", p.addr.ip);
+                                    }
                                     self.switch_request.get_or_insert(i);
                                 }
                             }
@@ -252,9 +314,33 @@ impl Peers {
                 self.drop_conn(i, net, active, now_ms, "no HelloAck");
                 continue;
             }
-            if s.pending() > MAX_PENDING {
-                self.drop_conn(i, net, active, now_ms, "standby too far behind; it will resume from its last committed epoch");
-                continue;
+            if let Some(link) = s.link_mut() {
+                if let Some(e) = link.broken() {
+                    warn!("sync: standby {}: {e:?}", p.id);
+                    self.drop_conn(i, net, active, now_ms, "its stream broke at a cut");
+                    continue;
+                }
+                // A standby behind its budget: top its queue up.
+                if link.wants_stream() {
+                    if let Err(e) = link.stream(guest, dirty_now) {
+                        warn!("sync: standby {}: catch-up: {e:?}", p.id);
+                        self.drop_conn(i, net, active, now_ms, "its catch-up stream broke");
+                        continue;
+                    }
+                }
+                let now = link.catchup().map(|c| (c.epoch(), c.owed()));
+                if now.is_some() != p.catching_up {
+                    p.catching_up = now.is_some();
+                    match now {
+                        Some((e, owed)) => info!(
+                            "sync: standby {} behind its budget ({} bytes): catching up as epoch {e}, {owed} pages owed at_ms={now_ms}",
+                            p.id,
+                            link.budget()
+                        ),
+                        None => info!("sync: standby {} caught up at_ms={now_ms}", p.id),
+                    }
+                }
+                p.peak_queued = p.peak_queued.max(link.peak_queued());
             }
             // As much as the socket takes, without waiting.
             loop {
@@ -296,7 +382,7 @@ mod tests {
         let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
         let secret = PairingSecret::new([3; 32]);
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5);
+        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5, usize::MAX);
         let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
         // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
         let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
@@ -305,7 +391,7 @@ mod tests {
         let mut now = 0u64;
         let step = |na: &mut Stack<_>, nb: &mut Stack<_>, peers: &mut Peers, active: &mut ActiveSync, node: &mut StandbyNode, now: &mut u64| {
             na.poll(*now);
-            peers.pump(na, active, *now);
+            peers.pump(na, active, &VecMemory::zeroed(0), &|_| false, *now);
             na.poll(*now);
             nb.poll(*now);
             node.pump(nb);
@@ -333,5 +419,100 @@ mod tests {
             assert_eq!(node.applier.image().page(7), guest.page(7));
         }
         assert_eq!(peers.list[0].reconnects, 0);
+    }
+
+    /// A guest far larger than a tiny link budget, written with random
+    /// bytes much faster than the link drains: the active side never queues
+    /// more than the budget, the link is never dropped, and once writes stop
+    /// the standby commits the last cut with the guest's content.
+    #[test]
+    fn a_tiny_budget_holds_while_a_big_guest_writes_and_the_standby_catches_up() {
+        // The peak queued stays within the budget whatever the backlog.
+        for pages in [1024, 4096] {
+            tiny_budget_run(pages);
+        }
+    }
+
+    fn tiny_budget_run(pages: u64) {
+        const BUDGET: usize = 256 << 10;
+        let (la, lb) = pair();
+        let (a_ip, b_ip) = (Ipv4Addr::new(169, 254, 0, 1), Ipv4Addr::new(169, 254, 0, 2));
+        let mut na = Stack::new(la, a_ip, 16, 1, 0).unwrap();
+        let mut nb = Stack::new(lb, b_ip, 16, 2, 0).unwrap();
+        let ram = RamLayout { base: 0x4000_0000, size: pages * 4096 };
+        let secret = PairingSecret::new([3; 32]);
+        let mut active = ActiveSync::new(pages, Budget::Full).unwrap();
+        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5, BUDGET);
+        let backing: &'static mut [u8] = std::vec![0u8; (pages * 4096) as usize].leak();
+        // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
+        let image = unsafe { RawPages::new(backing.as_mut_ptr(), pages) };
+        let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), 9);
+        let mut guest = VecMemory::zeroed(pages as usize);
+        let mut dirty: std::collections::BTreeSet<u64> = (0..pages).collect();
+        let (mut now, mut x) = (0u64, 0x2545_f491_4f6c_dd1du64);
+        let (mut peak, mut dirty_events) = (0, 0u64);
+        for t in 0..6000u64 {
+            let writing = t < 1500;
+            if writing {
+                // 32 pages of random bytes a millisecond: 128 MiB/s.
+                for _ in 0..32 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let p = x % pages;
+                    for (i, b) in guest.pages_mut()[p as usize].iter_mut().enumerate() {
+                        *b = (x >> (i % 57)) as u8 ^ i as u8;
+                    }
+                    dirty.insert(p);
+                }
+            }
+            if t % 20 == 19 {
+                let d: Vec<u64> = core::mem::take(&mut dirty).into_iter().collect();
+                dirty_events += d.len() as u64;
+                let mut links: Vec<&mut Link> = peers.links().collect();
+                active.cut(d, &guest, &mut links).unwrap();
+            }
+            na.poll(now);
+            peers.pump(&mut na, &mut active, &guest, &|p| dirty.contains(&p), now);
+            na.poll(now);
+            nb.poll(now);
+            node.pump(&mut nb);
+            nb.poll(now);
+            now += 1;
+            // A switch asked for while catching up waits until in step.
+            if t == 50 {
+                node.request_switch(&mut nb).unwrap();
+            }
+            if peers.list[0].is_catching_up() {
+                assert_eq!(peers.take_switch_request(), None, "a switch to a standby that is catching up");
+            }
+            peak = peak.max(peers.list[0].queued());
+            assert!(peers.list[0].queued() <= BUDGET, "{} bytes queued at {t} ms", peers.list[0].queued());
+            if !writing && peers.list[0].acked == active.tracker().last_cut() && node.applier.committed_epoch() == active.tracker().last_cut() {
+                break;
+            }
+        }
+        let last = active.tracker().last_cut();
+        let c = peers.list[0].catchup();
+        std::println!(
+            "tiny budget, {pages} pages: last cut {last}, standby committed {}, peak queued {} of {BUDGET} (after each pump {peak}), catch-ups {}/{}, owed at start {} pages, pages dirtied at cuts {dirty_events}, streamed {} + final {} pages, {} bytes sent",
+            node.applier.committed_epoch(),
+            peers.list[0].peak_queued,
+            c.finished,
+            c.started,
+            c.owed_at_start,
+            c.streamed_pages,
+            c.final_pages,
+            peers.list[0].bytes_sent
+        );
+        assert_eq!(node.applier.committed_epoch(), last, "the standby did not catch up after writes stopped");
+        assert_eq!(node.applier.digest(), active.digest());
+        assert_eq!(sync_core::digest::content_digest(node.applier.image()), sync_core::digest::content_digest(&guest));
+        assert_eq!(peers.list[0].reconnects, 0, "never dropped for being behind");
+        assert!(c.started >= 1 && c.finished >= 1);
+        assert_eq!(peers.take_switch_request(), Some(0), "the switch goes ahead once the standby is in step");
+        assert!(peers.list[0].peak_queued <= BUDGET);
+        // Each page goes once for each time it was owed, at most.
+        assert!(c.streamed_pages + c.final_pages <= c.owed_at_start + dirty_events);
     }
 }

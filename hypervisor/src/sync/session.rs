@@ -4,6 +4,7 @@
 //! epoch; both derive the session keys from the pairing secret and both
 //! nonces; everything after is sealed. The same code runs over smoltcp in
 //! the hypervisor and over in-memory pipes in host tests.
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
@@ -42,7 +43,9 @@ impl From<StandbyError> for SessionError {
 
 enum ActiveState {
     AwaitHelloAck { hello: Handshake },
-    Established { link: Link },
+    // Boxed: a link (session keys, zstd stream, queue, catch-up) is far
+    // larger than a handshake.
+    Established { link: Box<Link> },
 }
 
 /// The active device's end of one standby connection.
@@ -53,6 +56,8 @@ pub struct ActivePeer {
     /// Bytes for the transport (the Hello until established; after that the
     /// sealed frames live in the link's own `out`).
     pub outbox: Vec<u8>,
+    /// The link's budget once established (see `sync_core::catchup`).
+    pub budget: usize,
 }
 
 impl ActivePeer {
@@ -61,11 +66,18 @@ impl ActivePeer {
     pub fn connect(id: StandbyId, hello: Handshake) -> Result<Self, SessionError> {
         let mut outbox = Vec::new();
         encode_clear(&Message::Hello(hello.clone()), &mut outbox)?;
-        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox })
+        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox, budget: usize::MAX })
     }
 
     pub fn link_mut(&mut self) -> Option<&mut Link> {
         match &mut self.state {
+            ActiveState::Established { link } => Some(link),
+            _ => None,
+        }
+    }
+
+    pub fn link(&self) -> Option<&Link> {
+        match &self.state {
             ActiveState::Established { link } => Some(link),
             _ => None,
         }
@@ -79,7 +91,7 @@ impl ActivePeer {
     pub fn pending(&self) -> usize {
         self.outbox.len()
             + match &self.state {
-                ActiveState::Established { link } => link.out.len(),
+                ActiveState::Established { link } => link.queued(),
                 _ => 0,
             }
     }
@@ -91,7 +103,7 @@ impl ActivePeer {
             return &self.outbox;
         }
         match &self.state {
-            ActiveState::Established { link } => &link.out,
+            ActiveState::Established { link } => link.out.front(),
             _ => &[],
         }
     }
@@ -100,7 +112,7 @@ impl ActivePeer {
         if !self.outbox.is_empty() {
             self.outbox.drain(..n.min(self.outbox.len()));
         } else if let ActiveState::Established { link } = &mut self.state {
-            link.out.drain(..n.min(link.out.len()));
+            link.out.consume(n);
         }
     }
 
@@ -128,8 +140,9 @@ impl ActivePeer {
                     hello.check_peer(&ack)?;
                     let session = Session::establish(secret, Role::Initiator, hello, &ack);
                     active.connect(self.id, ack.last_committed)?;
-                    let link = Link::new(self.id, session, ZstdConfig::default())?;
-                    self.state = ActiveState::Established { link };
+                    let mut link = Link::new(self.id, session, ZstdConfig::default())?;
+                    link.set_budget(self.budget);
+                    self.state = ActiveState::Established { link: Box::new(link) };
                     events.push(ActiveEvent::Resync(ack.last_committed));
                 }
                 ActiveState::Established { link } => events.push(active.on_frame(link, frame)?),

@@ -149,7 +149,7 @@ impl World {
     pub fn deliver(&mut self, i: usize, break_permille: Option<u32>) {
         let s = &mut self.standbys[i];
         let Some(c) = s.conn.as_mut() else { return };
-        let bytes = std::mem::take(&mut c.link.out);
+        let bytes = c.link.out.take_all();
         let limit = break_permille.map(|k| bytes.len() * k.min(999) as usize / 1000);
         let n = limit.unwrap_or(bytes.len());
         let mut input = &bytes[..n];

@@ -266,8 +266,9 @@ pub fn add_peers(e: &mut crate::sync::engine::Engine, config: &GuestConfig) {
     let Some(secret) = config.sync.secret else { return };
     let peers: alloc::vec::Vec<_> = config.sync.peers.iter().map(|&(ip, port)| crate::sync::peers::PeerAddr { ip, port }).collect();
     let hello = crate::sync::loopback::handshake(sync_core::wire::RamLayout { base: vboard::RAM_BASE, size: config.mem_bytes }, [0; 32]);
-    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, timer::now_ticks());
-    info!("sync: {} standby peer(s) configured", peers.len());
+    let budget = config.sync.link_budget.unwrap_or_else(|| crate::config::default_link_budget(HEAP_BASE_SIZE + SYNC_HEAP_EXTRA, peers.len()));
+    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, timer::now_ticks(), budget as usize);
+    info!("sync: {} standby peer(s) configured, link budget {} KiB", peers.len(), budget >> 10);
 }
 
 /// EL2 set up to run the guest (first boot, or after taking it over): its

@@ -27,6 +27,14 @@ use crate::vplatform::{board as vboard, snapshot::SnapshotError, Platform};
 const COMMIT_WAIT_MS: u64 = 3_000;
 /// How long SwitchDone may take to be acknowledged by the target's TCP.
 const HANDOVER_WAIT_MS: u64 = 3_000;
+/// A target that goes behind its link budget at the final cut (a burst
+/// just before the switch) gets this long, the guest paused, to stream
+/// what it owes and commit a later (empty) cut; past it the switch is
+/// called off and the guest resumes here (the standby catches up and may
+/// ask again).
+const CATCHUP_WAIT_MS: u64 = 5_000;
+/// Between two cuts that try to end the target's catch-up.
+const CATCHUP_CUT_MS: u64 = 20;
 /// The other standbys get this long to commit the final epoch too, so they
 /// are in step with the new active device (deltas, not a full resync).
 const OTHERS_WAIT_MS: u64 = 1_000;
@@ -49,9 +57,24 @@ pub fn hand_over(mut guard: spin::MutexGuard<'_, Option<Vm>>, frame: &mut TrapFr
         warn!("switch: failed: {why}; the guest stays here");
         timer::arm_in(tracking::TICK_NS);
     };
-    let Some(epoch) = tracking::cut_epoch(vm, Some(frame)) else {
+    let Some(mut epoch) = tracking::cut_epoch(vm, Some(frame)) else {
         return resume_here(format_args!("the final epoch could not be cut"));
     };
+    // The final epoch did not fit the target's link budget: it catches up.
+    // The guest stays paused, so nothing new is owed; its pages stream, and
+    // a cut that finds the rest fits the budget ends the catch-up.
+    let catching_up = |vm: &mut Vm| peers_of(vm).is_some_and(|p| p.is_established(target) && p.list[target].is_catching_up());
+    let catchup_start = now_ms();
+    while catching_up(vm) {
+        if now_ms() - catchup_start > CATCHUP_WAIT_MS {
+            return resume_here(format_args!("{to} is still catching up after {CATCHUP_WAIT_MS} ms"));
+        }
+        tracking::pump_until(vm, CATCHUP_CUT_MS, |_| false);
+        let Some(e) = tracking::cut_epoch(vm, Some(frame)) else {
+            return resume_here(format_args!("the final epoch could not be cut"));
+        };
+        epoch = e;
+    }
     let acked = |vm: &mut Vm| peers_of(vm).is_some_and(|p| p.list[target].acked >= epoch);
     tracking::pump_until(vm, COMMIT_WAIT_MS, |vm| acked(vm) || !peers_of(vm).is_some_and(|p| p.is_established(target)));
     if !acked(vm) {

@@ -110,7 +110,8 @@ fn pump(vm: &mut Vm, now_ms: u64) {
     crate::net::with(|n| {
         n.poll(now_ms);
         if let Some(e) = vm.sync.as_mut() {
-            e.pump(n, now_ms);
+            let mem = &vm.mem;
+            e.pump(n, mem, &|p| mem.is_dirty_now(p), now_ms);
             n.poll(now_ms);
         }
     });
@@ -244,25 +245,59 @@ pub fn finish(vm: &mut Vm) {
         }
         if let Some(p) = e.peers() {
             for s in &p.list {
+                let c = s.catchup();
                 info!(
-                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={}",
-                    s.id, s.addr.ip, s.addr.port, s.acked, s.reconnects, s.full_resyncs, s.bytes_sent
+                    "peer standby={} addr={}:{} acked={} reconnects={} full_resyncs={} bytes_sent={} peak_queued={} catchups_finished={} catchups_started={} owed_pages={} streamed_pages={} final_pages={} catchup_bytes={}",
+                    s.id,
+                    s.addr.ip,
+                    s.addr.port,
+                    s.acked,
+                    s.reconnects,
+                    s.full_resyncs,
+                    s.bytes_sent,
+                    s.peak_queued,
+                    c.finished,
+                    c.started,
+                    c.owed_at_start,
+                    c.streamed_pages,
+                    c.final_pages,
+                    c.sealed_bytes
                 );
             }
         }
     }
 }
 
-/// Before power-off: give the standbys the last epoch (up to a bound, so a
-/// dead link cannot hold the device up).
+/// Before power-off: give the standbys the last epoch. A dead link cannot
+/// hold the device up (it gives up after `STALL_MS` without a byte taken);
+/// a slow one that keeps taking bytes (a standby catching up over
+/// Bluetooth) is waited for, up to `FLUSH_MAX_MS`.
 fn flush(vm: &mut Vm) {
-    const FLUSH_MS: u64 = 15_000;
+    const STALL_MS: u64 = 15_000;
+    const FLUSH_MAX_MS: u64 = 300_000;
+    const FLUSH_CUT_MS: u64 = 200;
     let Some(e) = vm.sync.as_ref() else { return };
     if e.peers().is_none() {
         return;
     }
+    let sent = |vm: &Vm| vm.sync.as_ref().and_then(|e| e.peers()).map_or(0, |p| p.list.iter().map(|s| s.bytes_sent).sum::<u64>());
     let start = now_ms();
-    let done = pump_until(vm, FLUSH_MS, |vm| vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true));
+    let (mut last_cut, mut last_sent, mut progress_at) = (start, sent(vm), start);
+    let done = pump_until(vm, FLUSH_MAX_MS, |vm| {
+        let now = now_ms();
+        // A standby still catching up commits only at a cut: cut (empty
+        // epochs) now and then until one finds that the rest fits its budget.
+        let behind = vm.sync.as_ref().and_then(|e| e.peers()).is_some_and(|p| p.list.iter().any(|s| s.is_catching_up()));
+        if behind && now - last_cut >= FLUSH_CUT_MS {
+            last_cut = now;
+            cut_epoch(vm, None);
+        }
+        if sent(vm) != last_sent {
+            (last_sent, progress_at) = (sent(vm), now);
+        }
+        let all = vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true);
+        all || now - progress_at > STALL_MS
+    }) && vm.sync.as_ref().map(|e| e.all_acked()).unwrap_or(true);
     info!("sync: flush at power-off {} after {} ms", if done { "complete" } else { "gave up" }, now_ms() - start);
 }
 
