@@ -176,6 +176,7 @@ fn counter_from(out: &str, from: usize) -> Option<u64> {
 /// The guest's first copy goes over wifi (it is the whole booted guest);
 /// the link turns to LTE once the standby committed it, before the burst.
 #[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
 fn a_write_burst_faster_than_lte_is_caught_up_and_stays_in_sync() {
     const START_S: u64 = 12;
     const WRITE_S: u64 = 6;

@@ -8,7 +8,7 @@ use qemu_tests::link::Profile;
 use sync_core::policy::PolicySpec;
 
 /// The synthetic workloads every guest image carries (`vmsync.workload=`).
-pub const SYNTHETIC_WORKLOADS: &[&str] = &["video", "storage", "browse", "idle", "counter", "memtouch"];
+pub const SYNTHETIC_WORKLOADS: &[&str] = &["video", "storage", "browse", "idle", "counter", "memtouch", "burst"];
 
 /// The real programs only the study's guest carries, besides the synthetic
 /// ones: Debian's dav1d, sqlite3 and python3.

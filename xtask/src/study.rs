@@ -36,7 +36,7 @@ pub struct StudyArgs {
     /// Workloads, comma-separated: Debian's real programs dav1d (playing
     /// AV1), sqlite (sqlite3 transactions) and python (python3 object-graph
     /// churn), and the synthetic ones every guest carries: video, storage,
-    /// browse (the programs' stand-ins), idle, counter, memtouch.
+    /// browse (the programs' stand-ins), idle, counter, memtouch, burst.
     /// [default: dav1d,sqlite,python,idle,video,storage,browse]
     #[arg(long, value_delimiter = ',', value_parser = cli::study_workload, value_name = "W[,W...]")]
     workloads: Option<Vec<String>>,

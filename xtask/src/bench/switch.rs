@@ -26,7 +26,8 @@ pub struct SwitchArgs {
     /// a whole minute.
     #[arg(long, default_value_t = 60)]
     pub warmup: u64,
-    /// Guest workload: video, storage, browse, idle, counter or memtouch.
+    /// Guest workload: video, storage, browse, idle, counter, memtouch or
+    /// burst (incompressible writes, then idle).
     #[arg(long, default_value = "video", value_parser = cli::synthetic_workload)]
     pub workload: String,
     /// Give up on a QEMU migration that has not completed after this many

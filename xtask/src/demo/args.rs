@@ -28,7 +28,8 @@ pub struct DemoArgs {
     /// in `lte,loss=1%,jitter=2`.
     #[arg(long, default_value = "wifi", value_parser = cli::link)]
     pub link: Profile,
-    /// Guest workload: video, storage, browse, idle, counter or memtouch.
+    /// Guest workload: video, storage, browse, idle, counter, memtouch or
+    /// burst (incompressible writes, then idle).
     #[arg(long, default_value = "video", value_parser = cli::synthetic_workload, conflicts_with = "workload_exec")]
     pub workload: String,
     /// Run this static arm64 Linux program (copied into the initramfs) as
