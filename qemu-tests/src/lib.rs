@@ -330,6 +330,14 @@ pub fn digests(output: &str) -> Vec<(u64, String)> {
 }
 
 /// Key=value numbers of the `vmsync: peer standby=N ...` line for standby `n`.
+/// What the consoles of the devices that ran the guest say of device
+/// `device`'s lag as a standby (`sync_core::lag` lines about its address):
+/// the most it was owed and when it was last back in step.
+pub fn lag_summary<'a>(consoles: impl IntoIterator<Item = &'a str>, device: usize) -> sync_core::lag::LagSummary {
+    let ip = multi::device_ip(device).parse().expect("device_ip is an IPv4 address");
+    sync_core::lag::summarise(consoles.into_iter().flat_map(|c| c.lines()), ip)
+}
+
 pub fn peer_stat(output: &str, n: usize, key: &str) -> Option<u64> {
     let prefix = format!("vmsync: peer standby={n} ");
     let line = output.lines().find_map(|l| l.split_once(prefix.as_str()).map(|(_, r)| r))?;

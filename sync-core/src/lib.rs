@@ -17,12 +17,13 @@ pub mod xbzrle;
 
 // The protocol around them: sealing, wire messages and framing, the image
 // digest, the standby's applier and receiver, resume bookkeeping, the
-// active side's epoch encoder, cut policies and stats.
+// active side's epoch encoder, cut policies, stats and lag lines.
 pub mod applier;
 pub mod catchup;
 pub mod crypto;
 pub mod digest;
 pub mod epoch;
+pub mod lag;
 pub mod outq;
 pub mod policy;
 pub mod resume;

@@ -74,6 +74,10 @@ enum Cmd {
         /// Only QEMU tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// Also the long QEMU tests (big guests: a 512 MiB standby joining,
+        /// a 2 GiB guest), tens of minutes under TCG.
+        #[arg(long)]
+        long: bool,
     },
     /// The feasibility study: one guest run per workload × policy pair
     /// (real Debian programs and synthetic ones), then results.csv,
@@ -181,7 +185,7 @@ fn main() -> Result<()> {
             let d = a.check().unwrap_or_else(|e| e.exit());
             demo::run(&d)
         }
-        Cmd::Test { host_only, filter } => test::run(host_only, filter.as_deref()),
+        Cmd::Test { host_only, filter, long } => test::run(host_only, filter.as_deref(), long),
         Cmd::Bench { what } => bench::run(what),
         Cmd::Study(a) => study::run(&a),
     }

@@ -2,7 +2,7 @@
 //! runs the guest, the others follow as standbys (configs from
 //! `qemu_tests::multi`; the run is `qemu_tests::devices`).
 use qemu_tests::link::Snapshot;
-use qemu_tests::{digests, peer_stat};
+use qemu_tests::{digests, lag_summary, peer_stat};
 use serde_json::{json, Value};
 
 pub use qemu_tests::multi::{active_config, standby_config};
@@ -22,7 +22,9 @@ pub fn fresh_secret() -> String {
 }
 
 /// The `standbys` entries of the report: committed epoch, whether its
-/// digest equals the active device's at that epoch, and the counters.
+/// digest equals the active device's at that epoch, the counters, and its
+/// lag (the most bytes it was owed; when it was last back in step, ms
+/// since the active device started, null if it never lagged).
 /// `active` is device 0's console, `standbys[k]` device k+1's.
 pub fn standby_report(active: &str, standbys: &[String], snapshot: &Snapshot) -> Value {
     let active_digests = digests(active);
@@ -36,6 +38,7 @@ pub fn standby_report(active: &str, standbys: &[String], snapshot: &Snapshot) ->
             let matches = |(e, d): &(u64, String)| active_digests.iter().any(|(ae, ad)| ae == e && ad == d);
             let all_match = !commits.is_empty() && commits.iter().all(matches);
             let received: u64 = snapshot.dirs.iter().filter(|d| d.to == i).map(|d| d.bytes).sum();
+            let lag = lag_summary([active], i);
             json!({
                 "name": format!("device-{i}"),
                 "committed_epoch": last.as_ref().map(|c| c.0).unwrap_or(0),
@@ -45,8 +48,27 @@ pub fn standby_report(active: &str, standbys: &[String], snapshot: &Snapshot) ->
                 "reconnects": peer_stat(active, k + 1, "reconnects"),
                 "full_resyncs": peer_stat(active, k + 1, "full_resyncs"),
                 "bytes_received": received,
+                "max_lag_bytes": lag.max_lag_bytes,
+                "caught_up_at_ms": lag.caught_up_at_ms,
             })
         })
         .collect();
     Value::Array(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_entries_carry_their_lag() {
+        let active = "vmsync: lag standby=1 addr=169.254.0.2 epochs=4 owed_pages=100 queued_bytes=5000 owed_bytes=414600 drain_bps=0 in_step=0 at_ms=9000\n\
+                      vmsync: lag standby=1 addr=169.254.0.2 epochs=2 owed_pages=10 queued_bytes=5000 owed_bytes=45960 drain_bps=800000 in_step=0 at_ms=10000\n\
+                      vmsync: lag standby=1 addr=169.254.0.2 epochs=0 owed_pages=0 queued_bytes=0 owed_bytes=0 drain_bps=700000 in_step=1 at_ms=10400\n";
+        let r = standby_report(active, &[String::new(), String::new()], &Snapshot::default());
+        assert_eq!(r[0]["max_lag_bytes"], 414_600);
+        assert_eq!(r[0]["caught_up_at_ms"], 10_400);
+        assert_eq!(r[1]["max_lag_bytes"], 0);
+        assert_eq!(r[1]["caught_up_at_ms"], Value::Null, "device 2 never lagged");
+    }
 }

@@ -230,7 +230,10 @@ pub fn guest_json(v: &GuestVerdict) -> Value {
 
 /// One entry per device: its part in the run, its last commit as a
 /// standby (matched against the digest the guest's holders cut at that
-/// epoch, the last one if a failover cut it twice), the bytes it received.
+/// epoch, the last one if a failover cut it twice), the bytes it received,
+/// its lag as a standby from the lag lines of whichever device was active
+/// (the most it was owed; when it was last back in step, ms since that
+/// device started, null if it never lagged).
 pub fn devices_json(outputs: &[String], t: &Timeline, received: &[u64], killed: &[bool], powered_off: Option<usize>) -> Value {
     let cut = switching::cut_digests(std::slice::from_ref(&t.guest_console(outputs)));
     let last_holder = t.last_holder();
@@ -242,6 +245,7 @@ pub fn devices_json(outputs: &[String], t: &Timeline, received: &[u64], killed: 
                 let commit = switching::last_commit(out);
                 let standby_at_end = last_holder != Some(i) && !killed.get(i).copied().unwrap_or(false);
                 let matches = commit.as_ref().map(|(e, d)| cut.iter().rev().find(|(ce, _)| ce == e).is_some_and(|(_, cd)| cd == d));
+                let lag = qemu_tests::lag_summary(outputs.iter().map(|o| o.as_str()), i);
                 json!({
                     "name": name(i),
                     "held_guest": t.segments.iter().filter(|s| s.device == i).count(),
@@ -250,6 +254,8 @@ pub fn devices_json(outputs: &[String], t: &Timeline, received: &[u64], killed: 
                     "digest_match": if standby_at_end { matches.map(Value::Bool).unwrap_or(Value::Bool(false)) } else { Value::Null },
                     "bytes_received": received.get(i).copied().unwrap_or(0),
                     "powered_off": powered_off == Some(i),
+                    "max_lag_bytes": lag.max_lag_bytes,
+                    "caught_up_at_ms": lag.caught_up_at_ms,
                 })
             })
             .collect(),
@@ -373,7 +379,7 @@ mod tests {
             dg(2, 0)
         );
         let b = format!(
-            "vmsync: standby committed epoch=1 digest={}\nvmsync: switch: in epoch=1 from={} latency_ms=33 final_epoch_bytes=100 digest={}\nvmsync: digest epoch=2 d={}\nvmsync-workload: counter=2 checksum=0000000000000002 uptime=6.00\nvmsync: guest powered off (PSCI SYSTEM_OFF)\n",
+            "vmsync: standby committed epoch=1 digest={}\nvmsync: switch: in epoch=1 from={} latency_ms=33 final_epoch_bytes=100 digest={}\nvmsync: lag standby=1 addr=169.254.0.1 epochs=1 owed_pages=2 queued_bytes=10 owed_bytes=8202 drain_bps=0 in_step=0 at_ms=7000\nvmsync: lag standby=1 addr=169.254.0.1 epochs=0 owed_pages=0 queued_bytes=0 owed_bytes=0 drain_bps=9000 in_step=1 at_ms=7400\nvmsync: digest epoch=2 d={}\nvmsync-workload: counter=2 checksum=0000000000000002 uptime=6.00\nvmsync: guest powered off (PSCI SYSTEM_OFF)\n",
             dg(1, 0),
             ip(0),
             dg(1, 0),
@@ -396,6 +402,9 @@ mod tests {
         assert_eq!(d[1]["digest_match"], Value::Null);
         assert_eq!(d[1]["bytes_received"], 20);
         assert_eq!(d[1]["powered_off"], true);
+        // Device 1, active, printed device 0's lag; device 1 never lagged.
+        assert_eq!((d[0]["max_lag_bytes"].as_u64(), d[0]["caught_up_at_ms"].as_u64()), (Some(8202), Some(7400)));
+        assert_eq!((d[1]["max_lag_bytes"].as_u64(), &d[1]["caught_up_at_ms"]), (Some(0), &Value::Null));
         let v = qemu_tests::guest_check::verdict(&outs, &t, None);
         let g = guest_json(&v);
         assert_eq!(g["rebooted"], false);

@@ -14,7 +14,7 @@ fn done(t: Instant) {
     eprintln!("xtask test: done in {:.1} s", t.elapsed().as_secs_f64());
 }
 
-pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
+pub fn run(host_only: bool, filter: Option<&str>, long: bool) -> Result<()> {
     let all = Instant::now();
     // The bare-metal targets from rustup; zstd's C is cross-built for them
     // with clang.
@@ -74,7 +74,9 @@ pub fn run(host_only: bool, filter: Option<&str>) -> Result<()> {
         .env("VMSYNC_TEST_INITRD", &g.initrd)
         .env("VMSYNC_TEST_KERNEL_RELEASE", &g.kernel_release)
         .env("VMSYNC_TEST_WORKDIR", &work)
-        .env("VMSYNC_TEST_STUDY_DIR", &study_dir);
+        .env("VMSYNC_TEST_STUDY_DIR", &study_dir)
+        // qemu-tests/build.rs turns the long tests on (cfg vmsync_test_long).
+        .env("VMSYNC_TEST_LONG", if long { "1" } else { "0" });
     image::run_checked(&mut cmd)?;
     done(t);
     eprintln!("xtask test: all passed in {:.0} s", all.elapsed().as_secs_f64());

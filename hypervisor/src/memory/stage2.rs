@@ -249,6 +249,15 @@ impl Stage2 {
     }
 }
 
+/// Tables a pool needs for `Stage2::new` and mapping `len` bytes with 4 KiB
+/// pages at any IPA: the root (two, three if the pool starts on an odd
+/// page), a level-3 table per 2 MiB the range touches and a level-2 table
+/// per 1 GiB (each one more when the range is not aligned to them). A
+/// fixed pool (it was 4 MiB: 1024 tables) stops at about 2 GiB of guest.
+pub fn tables_for(len: u64) -> u64 {
+    3 + len.div_ceil(2 << 20) + 1 + len.div_ceil(1 << 30) + 1
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     table: u64,
@@ -315,6 +324,20 @@ mod tests {
         let mut mem = VecTables::new(0x8000_0000, 1000);
         let s2 = Stage2::new(&mut mem).expect("root");
         (mem, s2)
+    }
+
+    /// A pool sized by `tables_for` maps phone-sized guests, aligned or
+    /// not; the old fixed 1024 tables did not reach 2 GiB.
+    #[test]
+    fn tables_for_covers_big_guests() {
+        for (ipa, len) in [(GUEST, 2048 * MIB), (GUEST + 4096 * 3, 2048 * MIB), (GUEST, 4096 * MIB), (GUEST, 4 * 4096)] {
+            let mut mem = VecTables::new(0x8000_0000, tables_for(len) as usize);
+            let mut s2 = Stage2::new(&mut mem).expect("root");
+            s2.map(&mut mem, ipa, BACKING, len, RW).unwrap_or_else(|e| panic!("{len:#x} at {ipa:#x}: {e:?}"));
+        }
+        let mut mem = VecTables::new(0x8000_0000, 1024);
+        let mut s2 = Stage2::new(&mut mem).expect("root");
+        assert_eq!(s2.map(&mut mem, GUEST, BACKING, 2048 * MIB, RW), Err(Stage2Error::OutOfTables));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use sync_core::catchup::CatchUpStats;
 use sync_core::crypto::PairingSecret;
 use sync_core::digest::PageMemory;
 use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
+use sync_core::lag::{LagLog, LagNow};
 use sync_core::resume::StandbyId;
 use sync_core::wire::{Epoch, Handshake};
 
@@ -56,6 +57,8 @@ pub struct Peer {
     catchup_past: CatchUpStats,
     /// Whether the live link was catching up at the last pump (for logs).
     catching_up: bool,
+    /// When its lag is next worth a `lag` line.
+    lag: LagLog,
 }
 
 impl Peer {
@@ -119,6 +122,7 @@ impl Peers {
                 peak_queued: 0,
                 catchup_past: CatchUpStats::default(),
                 catching_up: false,
+                lag: LagLog::default(),
             })
             .collect();
         Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None, budget }
@@ -341,6 +345,15 @@ impl Peers {
                     }
                 }
                 p.peak_queued = p.peak_queued.max(link.peak_queued());
+                // At most a line a second while it lags, one when in step.
+                let lag = link.catchup().map(|c| LagNow {
+                    epochs: active.tracker().last_cut().saturating_sub(p.acked),
+                    owed_pages: c.owed(),
+                    queued_bytes: link.queued() as u64,
+                });
+                if let Some(line) = p.lag.tick(p.id as u64, p.addr.ip, now_ms, lag, p.bytes_sent) {
+                    info!("{line}");
+                }
             }
             // As much as the socket takes, without waiting.
             loop {

@@ -50,7 +50,8 @@ const HEAP_BASE_SIZE: u64 = 48 << 20;
 /// Sync heap beyond one guest RAM (shadows when active, a whole epoch's
 /// staging when standby) for the bookkeeping.
 const SYNC_HEAP_EXTRA: u64 = 32 << 20;
-const STAGE2_POOL: u64 = 4 << 20;
+/// Stage-2 tables beyond what guest RAM needs (`stage2::tables_for`).
+const STAGE2_SPARE_TABLES: u64 = 16;
 const VMID: u16 = 1;
 
 extern "C" {
@@ -160,9 +161,11 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // Stage 2: guest RAM at its fixed IPA, backed elsewhere; nothing else
     // mapped. Built in either role: a standby that takes the guest over
     // runs it in the same memory.
-    let pool = alloc.alloc(STAGE2_POOL, 0x2000).unwrap_or_else(|e| fatal!("no room for stage-2 tables: {e:?}"));
+    // Sized from the guest: 2 GiB of guest needs just over 1024 tables.
+    let pool_size = (stage2::tables_for(size) + STAGE2_SPARE_TABLES) * 4096;
+    let pool = alloc.alloc(pool_size, 0x2000).unwrap_or_else(|e| fatal!("no room for stage-2 tables: {e:?}"));
     // SAFETY: the pool was just allocated for the tables alone.
-    let mut tables = unsafe { PoolTables::new(pool, STAGE2_POOL) };
+    let mut tables = unsafe { PoolTables::new(pool, pool_size) };
     let mut s2 = stage2::Stage2::new(&mut tables).unwrap_or_else(|e| fatal!("stage-2 root: {e:?}"));
     if let Err(e) = s2.map(&mut tables, vboard::RAM_BASE, backing, size, stage2::S2Attrs { writable: true, memory: stage2::MemType::Normal }) {
         fatal!("mapping guest RAM: {e:?}");

@@ -240,6 +240,8 @@ pub fn finish(vm: &mut Vm) {
     flush(vm);
     if let Some(e) = vm.sync.as_ref() {
         info!("sync totals {}", e.totals);
+        // The active device's memory figure: the heap's high-water mark.
+        info!("{}", crate::heap::usage());
         if e.verifying() {
             info!("verify checks={} mismatches={}", e.checks, e.mismatches);
         }
