@@ -180,7 +180,7 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
     o
 }
 
-/// Wire bytes per workload × policy at each shadow budget, against the
+/// Wire bytes per second per workload × policy at each shadow budget, against the
 /// largest budget run (a full shadow when 100 % ran); only when the study
 /// ran more than one budget.
 fn shadow_section(o: &mut String, rows: &[Row]) {
@@ -193,10 +193,11 @@ fn shadow_section(o: &mut String, rows: &[Row]) {
     let _ = writeln!(o, "\n## Shadow budget\n");
     let _ = writeln!(
         o,
-        "Wire MB of the steady state at each shadow budget (percent of guest RAM kept as shadows on \
-         the active device), and in brackets against the {} % run of the same workload and policy: \
-         a page whose shadow was evicted goes whole. Each budget is its own guest run, so the \
-         workload's own variation between runs shows too (compare progress/s above).\n",
+        "Wire KB per second of steady state at each shadow budget (percent of guest RAM kept as \
+         shadows on the active device), and in brackets against the {} % run of the same workload \
+         and policy: a page whose shadow was evicted goes whole. Per second, since runs cover \
+         slightly different spans; each budget is its own guest run, so the workload's own \
+         variation between runs shows too (compare progress/s above).\n",
         budgets[0]
     );
     let mut head = String::from("| workload | policy |");
@@ -214,14 +215,15 @@ fn shadow_section(o: &mut String, rows: &[Row]) {
         }
         seen.push(key);
         let at = |b: u8| rows.iter().find(|x| x.workload == key.0 && x.policy == key.1 && x.shadow == b);
-        let base = at(budgets[0]).map(|x| x.wire_bytes);
+        let base = at(budgets[0]).map(|x| x.per_second(x.wire_bytes));
         let _ = write!(o, "| {} | {} |", key.0, key.1);
         for &b in &budgets {
             let cell = match (at(b), base) {
-                (Some(x), Some(base)) if base > 0 && b != budgets[0] => {
-                    format!("{} ({:+.1} %)", mb(x.wire_bytes), (x.wire_bytes as f64 / base as f64 - 1.0) * 100.0)
+                (Some(x), Some(base)) if base > 0.0 && b != budgets[0] => {
+                    let rate = x.per_second(x.wire_bytes);
+                    format!("{:.1} ({:+.1} %)", rate / 1e3, (rate / base - 1.0) * 100.0)
                 }
-                (Some(x), _) => mb(x.wire_bytes),
+                (Some(x), _) => format!("{:.1}", x.per_second(x.wire_bytes) / 1e3),
                 (None, _) => "-".into(),
             };
             let _ = write!(o, " {cell} |");
@@ -308,7 +310,8 @@ mod tests {
         let cx = Context { command: "c", kernel: "k", mem_mib: 256, seconds: 20, failed: &[], plots: &[] };
         let md = report(&rows, &cx);
         assert!(md.contains("| workload | policy | 100 % | 25 % | 10 % |"), "{md}");
-        assert!(md.contains("| sqlite | interval:200ms | 2.00 | 2.10 (+5.0 %) | 3.00 (+50.0 %) |"), "{md}");
-        assert!(md.contains("| video | interval:200ms | 0.00 | - | - |"), "{md}");
+        // 20 s each: 100, 105 and 150 KB/s.
+        assert!(md.contains("| sqlite | interval:200ms | 100.0 | 105.0 (+5.0 %) | 150.0 (+50.0 %) |"), "{md}");
+        assert!(md.contains("| video | interval:200ms | 0.0 | - | - |"), "{md}");
     }
 }
