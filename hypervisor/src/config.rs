@@ -5,6 +5,7 @@
 //! mem_mib=256
 //! policy=interval:200ms
 //! verify=on
+//! shadow=25%
 //! net_ip=169.254.0.1/16
 //! ```
 use alloc::string::String;
@@ -20,6 +21,8 @@ pub struct GuestConfig {
     /// Keep a second image built only from the encoded epochs and compare
     /// it with guest RAM at every cut.
     pub verify: bool,
+    /// How much of guest RAM the active device keeps as shadow pages.
+    pub shadow: ShadowShare,
     /// The sync NIC (`net_*` keys).
     pub net: NetConfig,
     /// Who this device is in sync (`role`, `peer`, `listen`, `secret`).
@@ -203,6 +206,59 @@ impl Default for NetConfig {
     }
 }
 
+/// `shadow=25%` (default) or `shadow=full`: the share of guest RAM kept as
+/// shadow pages on the active device. Pages beyond it lose their shadow by
+/// CLOCK (the least recently sent first) and go whole when next sent; the
+/// sync heap is sized from it, so the hypervisor's memory follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowShare {
+    Full,
+    /// 1..=100 percent of guest RAM.
+    Percent(u8),
+}
+
+impl ShadowShare {
+    pub const DEFAULT: ShadowShare = ShadowShare::Percent(25);
+
+    /// `25%`, `25` or `full`.
+    fn parse(v: &str) -> Option<Self> {
+        if v == "full" {
+            return Some(ShadowShare::Full);
+        }
+        match v.strip_suffix('%').unwrap_or(v).trim().parse() {
+            Ok(p @ 1..=100) => Some(ShadowShare::Percent(p)),
+            _ => None,
+        }
+    }
+
+    /// Pages that may have a shadow for a guest of `mem_bytes`.
+    pub fn pages(self, mem_bytes: u64) -> u64 {
+        let pages = mem_bytes / 4096;
+        match self {
+            ShadowShare::Full => pages,
+            ShadowShare::Percent(p) => pages * p as u64 / 100,
+        }
+    }
+
+    /// The shadow store's budget for a guest of `mem_bytes`.
+    pub fn budget(self, mem_bytes: u64) -> sync_core::shadow::Budget {
+        match self {
+            ShadowShare::Full | ShadowShare::Percent(100) => sync_core::shadow::Budget::Full,
+            // A guest's page count fits usize (RAM is mapped at EL2).
+            ShadowShare::Percent(_) => sync_core::shadow::Budget::Pages(self.pages(mem_bytes) as usize),
+        }
+    }
+}
+
+impl core::fmt::Display for ShadowShare {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ShadowShare::Full => f.write_str("full"),
+            ShadowShare::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 pub const DEFAULT_MEM_MIB: u64 = 256;
 /// Linux needs some room; the stage-2 layout caps it (40-bit IPA space).
 pub const MIN_MEM_MIB: u64 = 64;
@@ -231,6 +287,10 @@ pub enum ConfigError {
     BadSwitch {
         line: usize,
     },
+    /// `shadow` is a percent of guest RAM (1..=100, `%` optional) or `full`.
+    BadShadow {
+        line: usize,
+    },
     /// `verify=on` without a policy: there would be no epochs to check.
     VerifyWithoutSync,
     /// A malformed `net_*` value.
@@ -255,8 +315,15 @@ pub enum ConfigError {
 impl GuestConfig {
     pub fn parse(text: &[u8]) -> Result<Self, ConfigError> {
         let text = core::str::from_utf8(text).map_err(|_| ConfigError::NotUtf8)?;
-        let mut cfg =
-            GuestConfig { cmdline: String::new(), mem_bytes: DEFAULT_MEM_MIB << 20, policy: None, verify: false, net: NetConfig::new(), sync: SyncRole::new() };
+        let mut cfg = GuestConfig {
+            cmdline: String::new(),
+            mem_bytes: DEFAULT_MEM_MIB << 20,
+            policy: None,
+            verify: false,
+            shadow: ShadowShare::DEFAULT,
+            net: NetConfig::new(),
+            sync: SyncRole::new(),
+        };
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.trim();
@@ -286,6 +353,7 @@ impl GuestConfig {
                         _ => return Err(ConfigError::BadSwitch { line: line_no }),
                     }
                 }
+                "shadow" => cfg.shadow = ShadowShare::parse(value.trim()).ok_or(ConfigError::BadShadow { line: line_no })?,
                 k @ ("net_ip" | "net_test" | "net_test_mib") => {
                     if !cfg.net.set(k, value.trim()) {
                         return Err(ConfigError::BadNet { line: line_no });
@@ -394,6 +462,25 @@ mod tests {
         assert_eq!(default_link_budget(80 << 20, 4), 10 << 20);
         assert_eq!(default_link_budget(1 << 20, 4), MIN_LINK_BUDGET);
         assert_eq!(default_link_budget(80 << 20, 0), 16 << 20);
+    }
+
+    #[test]
+    fn shadow_share() {
+        use sync_core::shadow::Budget;
+        let c = GuestConfig::parse(b"").unwrap();
+        assert_eq!(c.shadow, ShadowShare::Percent(25), "a quarter of RAM by default");
+        assert_eq!(c.shadow.budget(256 << 20), Budget::Pages(16384));
+        let with = |v: &str| GuestConfig::parse(format!("mem_mib=128\nshadow={v}").as_bytes()).map(|c| c.shadow);
+        assert_eq!(with("full"), Ok(ShadowShare::Full));
+        assert_eq!(with("10%"), Ok(ShadowShare::Percent(10)));
+        assert_eq!(with(" 50 "), Ok(ShadowShare::Percent(50)));
+        assert_eq!(with("100%").unwrap().budget(128 << 20), Budget::Full);
+        assert_eq!(ShadowShare::Full.budget(128 << 20), Budget::Full);
+        assert_eq!(ShadowShare::Percent(10).pages(128 << 20), 3276);
+        for bad in ["", "0", "0%", "101%", "25 %%", "half", "-5", "full%"] {
+            assert_eq!(with(bad), Err(ConfigError::BadShadow { line: 2 }), "{bad}");
+        }
+        assert_eq!(format!("{} {}", ShadowShare::Full, ShadowShare::Percent(25)), "full 25%");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! wrote. Keep the test names in step with `QUICK_TESTS` in xtask/src/study.rs.
 use std::path::PathBuf;
 
-const HEADER: &str = "workload,policy,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+const HEADER: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
 const QUICK_WORKLOADS: [&str; 2] = ["dav1d", "video"];
 const QUICK_POLICIES: [&str; 2] = ["interval:200ms", "switch-only"];
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";

@@ -40,6 +40,15 @@
 //! deltas. Per-standby shadows would give the lagging one deltas too, at
 //! one shadow store per standby; one shared store was chosen for memory.
 //!
+//! With a shadow budget (`shadow::Budget::Pages`) the store may evict a
+//! shadow at any update of another page. Eviction only drops content, and
+//! content is only ever written together with `record_shadow` of the epoch
+//! it belongs to (here, at a catch-up's final cut, after a switch, at a
+//! lazy seed), so a page's stored shadow is the content of `shadow_epoch[p]`
+//! or there is none: rule 2 may allow a delta the store cannot serve, and
+//! the page then goes whole. The tag is not cleared on eviction; a new
+//! shadow comes only with a new send, which sets it again.
+//!
 //! # Catch-ups (`catchup`)
 //!
 //! A catch-up sends a standby's owed pages over several cuts, most of them

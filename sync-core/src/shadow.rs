@@ -4,6 +4,11 @@
 //! With `Budget::Full` every page can have a shadow; with `Budget::Pages(n)`
 //! at most `n` do, and CLOCK (second chance) picks the page to forget. A
 //! page without a shadow is sent whole, so hit rate is what the budget buys.
+//! A shadow's reference bit is set when its page is sent again (updated, or
+//! looked up for a delta), not when the shadow is first made: a page sent
+//! once (the first epoch's whole guest, a buffer written once) goes before
+//! the pages written epoch after epoch, which a fresh shadow would
+//! otherwise push out when the budget is about the working set.
 //! Each shadow keeps its page hash, so an unchanged page is encoded without
 //! rehashing and a changed one by updating that hash.
 //!
@@ -129,17 +134,18 @@ impl ShadowStore {
         let Some(&current) = self.index.get(page as usize) else {
             return;
         };
-        let slot = if current != NONE {
-            current as usize
+        let (slot, again) = if current != NONE {
+            (current as usize, true)
         } else {
             match self.take_slot(page as u32) {
-                Some(s) => s,
+                Some(s) => (s, false),
                 None => return,
             }
         };
         let s = &mut self.slots[slot];
         s.hash = hash;
-        s.referenced = true;
+        // Sent again: likely to be written again (see the module doc).
+        s.referenced |= again;
         self.data_mut(slot).copy_from_slice(content);
     }
 
@@ -239,7 +245,7 @@ impl ShadowStore {
                 let chunk = CHUNK.min(self.capacity - slot);
                 self.chunks.push(vec![AlignedPage::ZERO; chunk].into_boxed_slice());
             }
-            self.slots.push(Slot { page, hash: 0, referenced: true });
+            self.slots.push(Slot { page, hash: 0, referenced: false });
             self.index[page as usize] = slot as u32;
             return Some(slot);
         }
@@ -258,7 +264,6 @@ impl ShadowStore {
             }
             self.index[s.page as usize] = NONE;
             s.page = page;
-            s.referenced = true;
             self.index[page as usize] = h as u32;
             self.stats.evictions += 1;
             return Some(h);
@@ -320,7 +325,7 @@ mod tests {
         s.update(0, &page(0));
         s.update(1, &page(1));
         s.update(2, &page(2));
-        // All referenced: the hand clears 0,1,2 and evicts 0.
+        // None sent twice yet: the hand evicts 0 at once.
         s.update(3, &page(3));
         assert!(s.peek(0).is_none());
         assert_eq!(s.stats().evictions, 1);
@@ -333,6 +338,23 @@ mod tests {
         assert_eq!(s.peek(4), Some(&page(4)));
         assert_eq!(s.len(), 3);
         assert_eq!(s.bytes_used(), 3 * PAGE_SIZE);
+    }
+
+    /// Pages sent every epoch keep their shadows while pages sent once
+    /// pass through the rest of the budget.
+    #[test]
+    fn pages_sent_again_outlive_pages_sent_once() {
+        let mut s = ShadowStore::new(100, Budget::Pages(3)).unwrap();
+        for round in 0..20u8 {
+            s.update(1, &page(round));
+            s.update(2, &page(round));
+            s.update(10 + round as u64, &page(round));
+            if round > 0 {
+                assert_eq!(s.peek(1), Some(&page(round)), "round {round}");
+                assert_eq!(s.peek(2), Some(&page(round)), "round {round}");
+            }
+        }
+        assert_eq!(s.stats().evictions, 19);
     }
 
     #[test]

@@ -177,6 +177,11 @@ fn lagging_standby_gets_whole_pages_only_where_needed() {
 /// into shadows, or lazily), and the old active's guest its standby at
 /// the same epoch. Returns the new world and that epoch.
 fn switched_world(lazy: bool) -> (World, u64) {
+    switched_world_with(lazy, Budget::Full)
+}
+
+/// `switched_world` with the new active device's shadows held to `budget`.
+fn switched_world_with(lazy: bool, budget: Budget) -> (World, u64) {
     let mut w = World::new(initial_guest(9), 1, Budget::Full);
     w.connect(0);
     w.cut(&[None]);
@@ -186,11 +191,11 @@ fn switched_world(lazy: bool) -> (World, u64) {
     let (image, hashes, committed) = applier.into_parts();
     assert_eq!(committed, m);
     let mut new_active = if lazy {
-        let a = sync_core::epoch::ActiveSync::after_switch_lazy(hashes, committed, Budget::Full).unwrap();
+        let a = sync_core::epoch::ActiveSync::after_switch_lazy(hashes, committed, budget).unwrap();
         assert_eq!(a.shadows().len(), 0, "a lazy switch copies nothing");
         a
     } else {
-        sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, Budget::Full).unwrap()
+        sync_core::epoch::ActiveSync::after_switch(&image, hashes, committed, budget).unwrap()
     };
     let old = sync_core::applier::Applier::new(w.guest.clone(), m);
     let mut w2 = World::new(image.clone(), 0, Budget::Full);
@@ -289,4 +294,67 @@ fn bit_rot_on_standby_is_repaired_by_resync() {
     let s = &w.standbys[0];
     assert_eq!(s.applier.committed_epoch(), 3);
     assert_eq!(s.applier.image().pages(), w.guest.pages(), "repaired");
+}
+
+/// A page whose shadow CLOCK evicted goes whole (Full) at its next send and
+/// gets a shadow again; pages written every epoch keep theirs (their
+/// reference bit is set at every send), so they go as deltas. The standby
+/// stays exact throughout.
+#[test]
+fn an_evicted_shadow_means_a_whole_page_and_hot_pages_keep_theirs() {
+    let mut w = World::new(initial_guest(11), 1, Budget::Pages(3));
+    w.connect(0);
+    w.cut(&[None]); // epoch 1: every page whole; the store keeps 3 of them
+    assert_eq!(w.active.shadows().len(), 3);
+    for round in 0..6u8 {
+        // Pages 1 and 2 are hot; a different cold page each round.
+        let cold = 5 + round as u64;
+        w.write(1, 7, &[round; 8]);
+        w.write(2, 9, &[round; 8]);
+        w.write(cold, 11, &[round + 1; 8]);
+        let (_, stats) = w.cut(&[None]);
+        let s = stats[0];
+        assert_eq!(s.sent_pages, 3, "round {round}");
+        if round >= 2 {
+            // The hot pages have had a shadow since round 0 and kept it.
+            assert_eq!((s.delta_pages, s.full_pages), (2, 1), "round {round}: the cold page is whole");
+        }
+        assert_eq!(w.standbys[0].applier.image().pages(), w.guest.pages(), "round {round}");
+        assert!(w.active.shadows().peek(cold).is_some(), "sent whole, shadowed again");
+    }
+    assert!(w.active.shadows().stats().evictions >= 6);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// After a switch (lazy, as the hypervisor does it, or eager) with a
+    /// shadow budget far below the guest, every cut leaves the old active
+    /// device (now standby) exact, whatever CLOCK evicted: an evicted shadow
+    /// is never a delta base.
+    #[test]
+    fn after_a_switch_a_small_budget_keeps_the_standby_exact(
+        lazy in any::<bool>(),
+        pages in 0usize..5,
+        writes in proptest::collection::vec((0..PAGES, 0usize..4000, 1usize..96, any::<u8>(), any::<bool>()), 1..60),
+    ) {
+        let (mut w, _) = switched_world_with(lazy, Budget::Pages(pages));
+        for (page, offset, len, seed, cut) in writes {
+            let before = w.guest.pages()[page];
+            w.active.seed_before_write(page as u64, &before).unwrap();
+            let bytes: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+            w.write(page as u64, offset, &bytes);
+            if cut {
+                let (m, stats) = w.cut(&[None]);
+                prop_assert_eq!(w.standbys[0].applier.committed_epoch(), m);
+                prop_assert!(w.standbys[0].applier.image().pages() == w.guest.pages(), "epoch {}", m);
+                prop_assert!(w.active.shadows().len() <= pages);
+                // Only a page with a shadow can be a delta (or Same).
+                prop_assert!(stats[0].delta_pages + stats[0].same_pages <= pages as u64);
+            }
+        }
+        let (m, _) = w.cut(&[None]);
+        prop_assert!(w.standbys[0].applier.image().pages() == w.guest.pages(), "final epoch {}", m);
+        prop_assert_eq!(w.active.digest(), w.standbys[0].applier.digest());
+    }
 }

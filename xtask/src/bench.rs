@@ -74,7 +74,11 @@ fn boot(runs: usize) -> Result<()> {
     let g = guest::prepare(false)?;
     let hv = image::build_hypervisor()?;
     let img = image::out_dir().join("bench-boot.img");
-    image::pack(&hv, &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: APPEND, mem_mib: MEM_MIB, policy: None, verify: false }, &img)?;
+    image::pack(
+        &hv,
+        &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: APPEND, mem_mib: MEM_MIB, policy: None, verify: false, shadow: None },
+        &img,
+    )?;
     let deadline = Duration::from_secs(180);
     let (mut under, mut plain) = (Vec::new(), Vec::new());
     for i in 0..runs {
@@ -123,7 +127,7 @@ fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
         let img = image::out_dir().join(format!("bench-tracking-{label}.img"));
         image::pack(
             &hv,
-            &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: &append, mem_mib: MEM_MIB, policy: pol, verify: false },
+            &image::GuestSpec { kernel: &g.kernel, initrd: Some(&g.initrd), cmdline: &append, mem_mib: MEM_MIB, policy: pol, verify: false, shadow: None },
             &img,
         )?;
         eprintln!("bench tracking: {workload}, {label}, {seconds} s");

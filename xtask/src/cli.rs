@@ -71,6 +71,23 @@ pub fn study_workload(s: &str) -> Result<String, String> {
     })
 }
 
+/// The hypervisor's default shadow budget (`shadow=` in its guest config),
+/// as a percent of guest RAM.
+pub const DEFAULT_SHADOW: u8 = 25;
+
+/// A shadow budget: a percent of guest RAM, 1 to 100 (`%` optional), or
+/// `full` (= 100).
+pub fn shadow(s: &str) -> Result<u8, String> {
+    let s = s.trim();
+    if s == "full" {
+        return Ok(100);
+    }
+    match s.strip_suffix('%').unwrap_or(s).parse::<u8>() {
+        Ok(p @ 1..=100) => Ok(p),
+        _ => Err("a shadow budget is a percent of guest RAM, 1 to 100 (25 or 25%), or full".into()),
+    }
+}
+
 fn renamed(s: &str) -> Option<&'static str> {
     RENAMED.iter().find(|(old, _)| *old == s).map(|&(_, new)| new)
 }
@@ -93,6 +110,8 @@ mod tests {
         workload: Option<String>,
         #[arg(long, value_parser = study_workload, value_delimiter = ',')]
         workloads: Vec<String>,
+        #[arg(long, value_parser = shadow, value_delimiter = ',')]
+        shadows: Vec<u8>,
     }
 
     fn parse(args: &[&str]) -> Result<T, clap::Error> {
@@ -156,6 +175,15 @@ mod tests {
         assert!(e.contains("'vidoe'") && e.contains("dav1d, sqlite, python, video"), "{e}");
         let e = refused(&["--workloads", "synth-storage"]);
         assert!(e.contains("synth-storage is now called storage"), "{e}");
+    }
+
+    #[test]
+    fn shadow_budgets() {
+        assert_eq!(parse(&["--shadows", "100,50%,full, 10"]).unwrap().shadows, [100, 50, 100, 10]);
+        for bad in ["0", "101", "half", "25%%", "1e2"] {
+            let e = refused(&["--shadows", bad]);
+            assert!(e.contains("a shadow budget is a percent of guest RAM, 1 to 100"), "{e}");
+        }
     }
 
     /// The guest's init runs every name given here.

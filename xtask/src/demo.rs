@@ -71,7 +71,15 @@ pub fn run(d: &Demo) -> Result<()> {
     };
     let hv = image::build_hypervisor()?;
     let policy = d.policy.map(|p| p.to_string());
-    let spec = image::GuestSpec { kernel: &g.kernel, initrd: Some(&initrd), cmdline: &append, mem_mib: d.mem, policy: policy.as_deref(), verify: d.verify };
+    let spec = image::GuestSpec {
+        kernel: &g.kernel,
+        initrd: Some(&initrd),
+        cmdline: &append,
+        mem_mib: d.mem,
+        policy: policy.as_deref(),
+        verify: d.verify,
+        shadow: d.shadow,
+    };
     let imgs = images(d, &hv, &spec)?;
     eprintln!("xtask demo: {}", headline(d, &name));
     if let Mode::Switch(p) = &d.mode {

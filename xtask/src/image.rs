@@ -104,6 +104,9 @@ pub struct GuestSpec<'a> {
     /// Epoch policy (`interval:200ms`, ...); None runs the guest untracked.
     pub policy: Option<&'a str>,
     pub verify: bool,
+    /// The active device's shadow budget, percent of guest RAM (100: a
+    /// shadow for every page); None: the hypervisor's default.
+    pub shadow: Option<u8>,
 }
 
 impl GuestSpec<'_> {
@@ -113,6 +116,11 @@ impl GuestSpec<'_> {
         let mut c = format!("cmdline={}\nmem_mib={}\n", self.cmdline, self.mem_mib);
         if let Some(p) = self.policy {
             c += &format!("policy={p}\nverify={}\n", if self.verify { "on" } else { "off" });
+        }
+        match self.shadow {
+            Some(100) => c += "shadow=full\n",
+            Some(p) => c += &format!("shadow={p}%\n"),
+            None => {}
         }
         c
     }

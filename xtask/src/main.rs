@@ -134,7 +134,7 @@ fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     let hv = image::build_hypervisor()?;
     image::pack(
         &hv,
-        &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem, policy: None, verify: false },
+        &image::GuestSpec { kernel: &g.kernel, initrd: g.initrd.as_deref(), cmdline: &g.append, mem_mib: g.mem, policy: None, verify: false, shadow: None },
         out,
     )?;
     eprintln!("xtask: boot image {} ({} bytes)", out.display(), std::fs::metadata(out)?.len());

@@ -1,7 +1,8 @@
 //! `cargo xtask study`: the feasibility study (issue 7). How much must be
-//! sent to keep a standby in sync, per workload and sync policy: one guest
-//! run under the hypervisor per workload × policy pair, in turn, then
-//! `results.csv`, `report.md` and the plots in the output directory.
+//! sent to keep a standby in sync, per workload, sync policy and shadow
+//! budget: one guest run under the hypervisor per workload × policy ×
+//! shadow, in turn, then `results.csv`, `report.md` and the plots in the
+//! output directory.
 mod markdown;
 mod plots;
 pub(crate) mod results;
@@ -45,6 +46,11 @@ pub struct StudyArgs {
     /// [default: interval:50ms,interval:200ms,interval:1s,interval:5s,threshold:4MiB,switch-only]
     #[arg(long, value_delimiter = ',', value_parser = cli::policy, value_name = "P[,P...]")]
     policies: Option<Vec<PolicySpec>>,
+    /// Shadow budgets of the active device, comma-separated: percent of
+    /// guest RAM (1 to 100) or full; each is a run of every workload ×
+    /// policy. [default: 25, the hypervisor's default]
+    #[arg(long, value_delimiter = ',', value_parser = cli::shadow, value_name = "P[,P...]")]
+    shadows: Option<Vec<u8>>,
     /// How long each workload runs, in seconds, at least 2. [default: 20; 4 with --quick]
     #[arg(long, value_parser = seconds)]
     seconds: Option<u64>,
@@ -85,6 +91,8 @@ struct Plan {
     /// Canonical spec strings (`PolicySpec`'s `Display`), as the hypervisor
     /// parses them from the guest config.
     policies: Vec<String>,
+    /// Percent of guest RAM kept as shadows (100: full).
+    shadows: Vec<u8>,
     seconds: u64,
     out: PathBuf,
     mem: u64,
@@ -100,18 +108,38 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
         Some(p) => p.iter().map(PolicySpec::to_string).collect(),
         None => owned(dp),
     };
-    if workloads.is_empty() || policies.is_empty() {
-        bail!("nothing to run: give at least one workload and one policy");
+    let mut shadows = a.shadows.clone().unwrap_or_else(|| vec![cli::DEFAULT_SHADOW]);
+    // `full` and `100` are one budget: run it once.
+    let mut seen = Vec::new();
+    shadows.retain(|s| {
+        if seen.contains(s) {
+            false
+        } else {
+            seen.push(*s);
+            true
+        }
+    });
+    if workloads.is_empty() || policies.is_empty() || shadows.is_empty() {
+        bail!("nothing to run: give at least one workload, one policy and one shadow budget");
     }
     let seconds = a.seconds.unwrap_or(ds);
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
-    Ok(Plan { workloads, policies, seconds, out, mem: a.mem })
+    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem })
 }
 
-/// A file name for a policy spec (`interval:50ms` → `interval-50ms`).
+/// A file name for a policy spec (`interval:50ms` → `interval-50ms`), as
+/// studies named logs before the shadow budget was an axis.
 fn file_stem(workload: &str, policy: &str) -> String {
     format!("{workload}_{}", policy.replace([':', '/'], "-"))
 }
+
+/// A run's console log name: `file_stem`, then the shadow budget.
+fn log_stem(run: &Run) -> String {
+    format!("{}_shadow-{}", file_stem(run.0, run.1), run.2)
+}
+
+/// One guest run: workload, policy, shadow budget (percent of guest RAM).
+type Run<'a> = (&'a str, &'a str, u8);
 
 /// The tests in qemu-tests/tests/study.rs, which check what `quick` wrote
 /// (`cargo xtask test --filter` runs the quick study when one may run).
@@ -123,8 +151,17 @@ pub fn quick(out: &Path) -> Result<()> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
-    let a =
-        StudyArgs { workloads: None, policies: None, seconds: None, out: Some(out.to_path_buf()), quick: true, mem: 256, report_only: false, resume: false };
+    let a = StudyArgs {
+        workloads: None,
+        policies: None,
+        shadows: None,
+        seconds: None,
+        out: Some(out.to_path_buf()),
+        quick: true,
+        mem: 256,
+        report_only: false,
+        resume: false,
+    };
     run_as(&a, &format!("cargo xtask study --quick --out {}", out.display()))
 }
 
@@ -154,31 +191,35 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
     std::fs::copy(&built, &hv).with_context(|| format!("copying {} to {}", built.display(), hv.display()))?;
     let img = work.join("guest.img");
 
-    let pairs: Vec<(&str, &str)> = plan.workloads.iter().flat_map(|w| plan.policies.iter().map(move |p| (w.as_str(), p.as_str()))).collect();
+    let shadows = &plan.shadows;
+    let pairs: Vec<Run> =
+        plan.workloads.iter().flat_map(|w| plan.policies.iter().flat_map(move |p| shadows.iter().map(move |&s| (w.as_str(), p.as_str(), s)))).collect();
     eprintln!(
-        "study: {} runs ({} workloads × {} policies, {} s each), console logs in {}",
+        "study: {} runs ({} workloads × {} policies × {} shadow budgets, {} s each), console logs in {}",
         pairs.len(),
         plan.workloads.len(),
         plan.policies.len(),
+        plan.shadows.len(),
         plan.seconds,
         logs.display()
     );
     let csv = plan.out.join("results.csv");
     let mut rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
-    let todo = pairs.iter().filter(|(w, p)| !has_row(&rows, w, p)).count();
+    let todo = pairs.iter().filter(|run| !has_row(&rows, run)).count();
     let started = Instant::now();
     let mut ran = 0;
     let mut failed: Vec<(String, String, String)> = Vec::new();
-    for (i, &(w, policy)) in pairs.iter().enumerate() {
-        eprint!("study: [{}/{}] {w} × {policy} ... ", i + 1, pairs.len());
-        if has_row(&rows, w, policy) {
+    for (i, run) in pairs.iter().enumerate() {
+        let &(w, policy, shadow) = run;
+        eprint!("study: [{}/{}] {w} × {policy} × shadow {shadow} % ... ", i + 1, pairs.len());
+        if has_row(&rows, run) {
             eprintln!("kept from {} (--resume)", csv.display());
             continue;
         }
         let _ = std::io::stderr().flush();
         let t = Instant::now();
-        let log = logs.join(format!("{}.log", file_stem(w, policy)));
-        let outcome = run_pair(&plan, &g, &hv, w, policy, &img, &log);
+        let log = logs.join(format!("{}.log", log_stem(run)));
+        let outcome = run_pair(&plan, &g, &hv, run, &img, &log);
         ran += 1;
         let left = started.elapsed().as_secs_f64() / ran as f64 * (todo - ran) as f64;
         let timing = format!("{:.0} s; about {:.0} min left", t.elapsed().as_secs_f64(), left / 60.0);
@@ -194,7 +235,7 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
             }
             Err(e) => {
                 eprintln!("FAILED: {e:#} ({timing})");
-                failed.push((w.to_string(), policy.to_string(), format!("{e:#}")));
+                failed.push((w.to_string(), format!("{policy} × shadow {shadow} %"), format!("{e:#}")));
             }
         }
         // After every run, so an interrupted study keeps what it measured
@@ -205,7 +246,7 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
 
     // 35 MB, and rebuilt for every run.
     let _ = std::fs::remove_file(&img);
-    let plots = plots::write_all(&plan.out, &rows)?;
+    let plots = plots::write_all(&plan.out, &plotted(&rows))?;
     let cx = markdown::Context { command, kernel: &g.kernel_release, mem_mib: plan.mem, seconds: plan.seconds, failed: &failed, plots: &plots };
     write(&plan.out.join("report.md"), &markdown::report(&rows, &cx))?;
     eprintln!("study: {ran} runs in {:.1} min; results in {}", started.elapsed().as_secs_f64() / 60.0, plan.out.display());
@@ -215,13 +256,17 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
     Ok(())
 }
 
-fn has_row(rows: &[results::Row], workload: &str, policy: &str) -> bool {
-    rows.iter().any(|r| r.workload == workload && r.policy == policy)
+fn has_row(rows: &[results::Row], run: &Run) -> bool {
+    rows.iter().any(|r| is_run(r, run))
+}
+
+fn is_run(r: &results::Row, &(w, p, s): &Run) -> bool {
+    r.workload == w && r.policy == p && r.shadow == s
 }
 
 /// `--resume`: the rows of an earlier results.csv in `out` that this study
 /// asks for.
-fn kept_rows(out: &Path, pairs: &[(&str, &str)]) -> Result<Vec<results::Row>> {
+fn kept_rows(out: &Path, pairs: &[Run]) -> Result<Vec<results::Row>> {
     Ok(earlier_rows(out)?.map(|rows| in_plan_order(rows, pairs)).unwrap_or_default())
 }
 
@@ -276,8 +321,8 @@ fn rename_old(rows: &mut [results::Row], logs: &Path) -> Result<bool> {
 }
 
 /// The rows of `pairs`, in their order (workload by workload); others dropped.
-fn in_plan_order(rows: Vec<results::Row>, pairs: &[(&str, &str)]) -> Vec<results::Row> {
-    let rank = |r: &results::Row| pairs.iter().position(|&(w, p)| w == r.workload && p == r.policy);
+fn in_plan_order(rows: Vec<results::Row>, pairs: &[Run]) -> Vec<results::Row> {
+    let rank = |r: &results::Row| pairs.iter().position(|run| is_run(r, run));
     let mut ranked: Vec<(usize, results::Row)> = rows.into_iter().filter_map(|r| Some((rank(&r)?, r))).collect();
     ranked.sort_by_key(|(i, _)| *i);
     ranked.dedup_by_key(|(i, _)| *i);
@@ -300,7 +345,7 @@ fn report_only(plan: &Plan, command: &str) -> Result<()> {
     // The study's own command, as the report it replaces names it.
     let old = std::fs::read_to_string(plan.out.join("report.md")).unwrap_or_default();
     let command = old.lines().find_map(|l| l.strip_prefix('`')?.split_once('`').map(|(c, _)| c.to_string())).unwrap_or_else(|| command.to_string());
-    let plots = plots::write_all(&plan.out, &rows)?;
+    let plots = plots::write_all(&plan.out, &plotted(&rows))?;
     let kernel = kernel.unwrap_or_else(|| "unknown".into());
     let cx = markdown::Context { command: &command, kernel: &kernel, mem_mib: plan.mem, seconds: seconds.unwrap_or(plan.seconds), failed: &[], plots: &plots };
     write(&plan.out.join("report.md"), &markdown::report(&rows, &cx))?;
@@ -308,15 +353,30 @@ fn report_only(plan: &Plan, command: &str) -> Result<()> {
     Ok(())
 }
 
+/// The rows the plots show: those of the first row's shadow budget (the
+/// plots compare workloads and policies; report.md compares budgets).
+fn plotted(rows: &[results::Row]) -> Vec<results::Row> {
+    rows.iter().filter(|r| Some(r.shadow) == rows.first().map(|f| f.shadow)).cloned().collect()
+}
+
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// One guest run of `w` under `policy`, its console kept in `log`.
-fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, w: &str, policy: &str, img: &Path, log: &Path) -> Result<results::Row> {
+/// One guest run of `w` under `policy` with `shadow` percent of guest RAM
+/// as shadows, its console kept in `log`.
+fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow): &Run, img: &Path, log: &Path) -> Result<results::Row> {
     let (cmdline, initrd, _) = demo::workload_guest(w, None, plan.seconds, &g.initrd)?;
     // No verify: it hashes all of guest RAM at every cut.
-    let spec = image::GuestSpec { kernel: &g.kernel, initrd: Some(&initrd), cmdline: &cmdline, mem_mib: plan.mem, policy: Some(policy), verify: false };
+    let spec = image::GuestSpec {
+        kernel: &g.kernel,
+        initrd: Some(&initrd),
+        cmdline: &cmdline,
+        mem_mib: plan.mem,
+        policy: Some(policy),
+        verify: false,
+        shadow: Some(shadow),
+    };
     image::pack(hv, &spec, img)?;
     let deadline = Duration::from_secs(plan.seconds) + BOOT_ALLOWANCE;
     let cmd = qemu_tests::qemu_command(img, qemu_tests::host_mem_mib(plan.mem));
@@ -333,7 +393,7 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, w: &str, policy: &st
         Some(rc) => bail!("the workload exited with {rc}; console in {}", log.display()),
         None => bail!("the workload never finished; console in {}", log.display()),
     }
-    results::row(w, policy, vmsync_workloads::progress_field(w), &out.output).with_context(|| format!("console in {}", log.display()))
+    results::row(w, policy, shadow, vmsync_workloads::progress_field(w), &out.output).with_context(|| format!("console in {}", log.display()))
 }
 
 #[cfg(test)]
@@ -434,7 +494,7 @@ mod tests {
         std::fs::create_dir_all(out.join("logs")).unwrap();
         let mut csv = format!("{}\n", results::CSV_HEADER);
         for (w, p, program) in rows {
-            csv += &format!("{w},{p},2.0,1,1,4096,1,1,1,1,1,1,1,30.00\n");
+            csv += &format!("{w},{p},25,2.0,1,1,4096,1,1,1,1,1,1,1,30.00\n");
             if let Some(program) = program {
                 std::fs::write(out.join("logs").join(format!("{}.log", file_stem(w, p))), format!("vmsync-guest: workload {program} start\n")).unwrap();
             }
@@ -475,7 +535,8 @@ mod tests {
         let rows = earlier_rows(&out).unwrap().unwrap();
         assert_eq!(names(&rows), [("dav1d", "switch-only"), ("video", "switch-only"), ("browse", "switch-only")]);
         assert!(log(&out, "video_switch-only").is_some());
-        let kept = kept_rows(&out, &[("browse", "switch-only"), ("dav1d", "switch-only"), ("dav1d", "interval:1s")]).unwrap();
+        let kept = kept_rows(&out, &[("browse", "switch-only", 25), ("dav1d", "switch-only", 25), ("dav1d", "interval:1s", 25), ("video", "switch-only", 10)])
+            .unwrap();
         assert_eq!(names(&kept), [("browse", "switch-only"), ("dav1d", "switch-only")]);
         std::fs::remove_dir_all(&out).unwrap();
         assert_eq!(earlier_rows(&out).unwrap(), None);

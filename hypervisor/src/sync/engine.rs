@@ -65,10 +65,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Sync of a guest of `ram` starting now. With `verify_image` (zeroed,
-    /// as large as guest RAM) every epoch is also applied to a local standby.
-    pub fn new(spec: PolicySpec, ram: RamLayout, verify_image: Option<RawPages>, now_ns: u64) -> Result<Self, SyncError> {
-        Self::around(ActiveSync::new(ram.size / 4096, Budget::Full)?, 0, spec, ram, verify_image, now_ns)
+    /// Sync of a guest of `ram` starting now, keeping at most `shadows`
+    /// shadow pages. With `verify_image` (zeroed, as large as guest RAM)
+    /// every epoch is also applied to a local standby.
+    pub fn new(spec: PolicySpec, ram: RamLayout, shadows: Budget, verify_image: Option<RawPages>, now_ns: u64) -> Result<Self, SyncError> {
+        Self::around(ActiveSync::new(ram.size / 4096, shadows)?, 0, spec, ram, verify_image, now_ns)
     }
 
     /// An engine over `active`, whose last cut is `base`, with the local
@@ -115,8 +116,10 @@ impl Engine {
     /// Sync on a device that has just taken the guest over at `committed`,
     /// its image (guest RAM now) described by `hashes`. Nothing is copied:
     /// shadows are made at each page's first write (`seed_before_write`).
-    pub fn after_switch(spec: PolicySpec, ram: RamLayout, hashes: PageHashes, committed: u64, now_ns: u64) -> Result<Self, SyncError> {
-        Self::around(ActiveSync::after_switch_lazy(hashes, committed, Budget::Full)?, committed, spec, ram, None, now_ns)
+    /// At most `shadows` shadow pages are kept, as on a device active from
+    /// boot.
+    pub fn after_switch(spec: PolicySpec, ram: RamLayout, shadows: Budget, hashes: PageHashes, committed: u64, now_ns: u64) -> Result<Self, SyncError> {
+        Self::around(ActiveSync::after_switch_lazy(hashes, committed, shadows)?, committed, spec, ram, None, now_ns)
     }
 
     /// The guest is about to write `page` (its first write since the last

@@ -48,6 +48,11 @@ pub struct DemoArgs {
     /// it against guest RAM at every cut.
     #[arg(long)]
     pub verify: bool,
+    /// Shadow budget of the active device: percent of guest RAM (1 to 100)
+    /// or full. Pages beyond it are sent whole. [default: the
+    /// hypervisor's, 25]
+    #[arg(long, value_parser = cli::shadow, value_name = "P")]
+    pub shadow: Option<u8>,
     /// Write the JSON report here (default target/vmsync/report.json).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -118,6 +123,8 @@ pub struct Demo {
     pub seconds: u64,
     pub policy: Option<PolicySpec>,
     pub verify: bool,
+    /// Percent of guest RAM kept as shadows (None: the hypervisor's default).
+    pub shadow: Option<u8>,
     pub report: PathBuf,
     pub mem: u64,
     pub mode: Mode,
@@ -179,6 +186,7 @@ impl DemoArgs {
             seconds: self.seconds,
             policy: self.policy,
             verify: self.verify,
+            shadow: self.shadow,
             report: self.report.unwrap_or_else(|| image::out_dir().join("report.json")),
             mem: self.mem,
             mode,

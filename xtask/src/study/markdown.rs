@@ -1,5 +1,6 @@
-//! `report.md`: the study's table, the ratios (the paper's and ours), and
-//! what each policy costs per hour on each link profile of DESIGN.md.
+//! `report.md`: the study's table, the ratios (the paper's and ours), what
+//! each policy costs per hour on each link profile of DESIGN.md, and what
+//! a smaller shadow budget costs on the wire.
 use std::fmt::Write as _;
 
 use super::results::Row;
@@ -67,7 +68,7 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
     let _ = writeln!(o, "# VMsync feasibility study\n");
     let _ = writeln!(
         o,
-        "`{}`: every workload × policy pair in its own guest run (Debian kernel `{}`, {} MiB of guest RAM, \
+        "`{}`: every workload × policy × shadow budget in its own guest run (Debian kernel `{}`, {} MiB of guest RAM, \
          each workload run for {} s) under the hypervisor with dirty tracking; every epoch encoded, \
          compressed and sealed exactly as it would be sent.\n",
         cx.command, cx.kernel, cx.mem_mib, cx.seconds
@@ -91,6 +92,8 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
          baseline); `changed` = bytes that differ from the standby's copy; `delta` = our page records \
          (runs of changed bytes); `delta+zstd` = those compressed; `wire` = sealed frames on the link. \
          `paper` = dirty pages / changed (the paper found 3x); `ours` = dirty pages / wire. \
+         `shadow` = the active device's shadow budget, percent of guest RAM: pages beyond it lose \
+         their shadow (CLOCK: the least recently sent first) and go whole (zstd) when next sent. \
          Workloads, named as the guest runs them: Debian's real programs `dav1d` (playing AV1 at \
          30 fps), `sqlite` (sqlite3 transactions) and `python` (python3 object-graph churn); the \
          synthetic Rust workloads every guest image carries: `video`, `storage` and `browse` (the \
@@ -101,16 +104,17 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
     let _ = writeln!(o, "## Results (MB = 10^6 bytes)\n");
     let _ = writeln!(
         o,
-        "| workload | policy | seconds | epochs | dirty pages MB | changed MB | delta MB | delta+zstd MB | wire MB | paper | ours | pause median / max µs | faults/s | progress/s |"
+        "| workload | policy | shadow | seconds | epochs | dirty pages MB | changed MB | delta MB | delta+zstd MB | wire MB | paper | ours | pause median / max µs | faults/s | progress/s |"
     );
-    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for r in rows {
         let progress = r.progress_rate.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             o,
-            "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.0} | {} |",
+            "| {} | {} | {} % | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.0} | {} |",
             r.workload,
             r.policy,
+            r.shadow,
             r.seconds,
             r.epochs,
             mb(r.dirty_page_bytes),
@@ -134,8 +138,8 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
          (and, for comparison, what whole dirty pages would cost), and the share of each link profile \
          it occupies (over 100 %: the link cannot keep up and the backlog grows).\n"
     );
-    let mut head = String::from("| workload | policy | wire KB/s | wire MB/hour | dirty pages MB/hour |");
-    let mut rule = String::from("|---|---|--:|--:|--:|");
+    let mut head = String::from("| workload | policy | shadow | wire KB/s | wire MB/hour | dirty pages MB/hour |");
+    let mut rule = String::from("|---|---|--:|--:|--:|--:|");
     for (name, bps) in LINKS {
         let _ = write!(head, " {name} {:.0} Mbit/s |", bps / 1e6);
         rule += "--:|";
@@ -145,9 +149,10 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
         let wire = r.per_second(r.wire_bytes);
         let _ = write!(
             o,
-            "| {} | {} | {:.1} | {:.0} | {:.0} |",
+            "| {} | {} | {} % | {:.1} | {:.0} | {:.0} |",
             r.workload,
             r.policy,
+            r.shadow,
             wire / 1e3,
             mb_per_hour(wire),
             mb_per_hour(r.per_second(r.dirty_page_bytes))
@@ -157,6 +162,8 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
         }
         let _ = writeln!(o);
     }
+
+    shadow_section(&mut o, rows);
 
     if !cx.plots.is_empty() {
         let _ = writeln!(o, "\n## Plots\n");
@@ -173,6 +180,58 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
     o
 }
 
+/// Wire bytes per second per workload × policy at each shadow budget, against the
+/// largest budget run (a full shadow when 100 % ran); only when the study
+/// ran more than one budget.
+fn shadow_section(o: &mut String, rows: &[Row]) {
+    let mut budgets: Vec<u8> = rows.iter().map(|r| r.shadow).collect();
+    budgets.sort_unstable_by(|a, b| b.cmp(a));
+    budgets.dedup();
+    if budgets.len() < 2 {
+        return;
+    }
+    let _ = writeln!(o, "\n## Shadow budget\n");
+    let _ = writeln!(
+        o,
+        "Wire KB per second of steady state at each shadow budget (percent of guest RAM kept as \
+         shadows on the active device), and in brackets against the {} % run of the same workload \
+         and policy: a page whose shadow was evicted goes whole. Per second, since runs cover \
+         slightly different spans; each budget is its own guest run, so the workload's own \
+         variation between runs shows too (compare progress/s above).\n",
+        budgets[0]
+    );
+    let mut head = String::from("| workload | policy |");
+    let mut rule = String::from("|---|---|");
+    for b in &budgets {
+        let _ = write!(head, " {b} % |");
+        rule += "--:|";
+    }
+    let _ = writeln!(o, "{head}\n{rule}");
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for r in rows {
+        let key = (r.workload.as_str(), r.policy.as_str());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let at = |b: u8| rows.iter().find(|x| x.workload == key.0 && x.policy == key.1 && x.shadow == b);
+        let base = at(budgets[0]).map(|x| x.per_second(x.wire_bytes));
+        let _ = write!(o, "| {} | {} |", key.0, key.1);
+        for &b in &budgets {
+            let cell = match (at(b), base) {
+                (Some(x), Some(base)) if base > 0.0 && b != budgets[0] => {
+                    let rate = x.per_second(x.wire_bytes);
+                    format!("{:.1} ({:+.1} %)", rate / 1e3, (rate / base - 1.0) * 100.0)
+                }
+                (Some(x), _) => format!("{:.1}", x.per_second(x.wire_bytes) / 1e3),
+                (None, _) => "-".into(),
+            };
+            let _ = write!(o, " {cell} |");
+        }
+        let _ = writeln!(o);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +240,7 @@ mod tests {
         Row {
             workload: workload.into(),
             policy: policy.into(),
+            shadow: 25,
             seconds,
             epochs: 10,
             dirty_pages: dirty / 4096,
@@ -229,13 +289,29 @@ mod tests {
             plots: &[("bytes_per_second", "Bytes per second")],
         };
         let md = report(&rows, &cx);
-        assert!(md.contains("| dav1d | interval:200ms | 20.0 | 10 | 40.96 | 12.00 | 12.00 | 2.00 | 2.00 | 3.4x | 20.5x | 150 / 900 | 10 | 30.0 |"), "{md}");
+        assert!(
+            md.contains("| dav1d | interval:200ms | 25 % | 20.0 | 10 | 40.96 | 12.00 | 12.00 | 2.00 | 2.00 | 3.4x | 20.5x | 150 / 900 | 10 | 30.0 |"),
+            "{md}"
+        );
         // 100 KB/s: 360 MB/hour, 0.8 Mbit/s = 1.6 % of wifi, 8.0 % of lte, 40 % of bt.
-        assert!(md.contains("| dav1d | interval:200ms | 100.0 | 360 | 7373 | 1.6 % | 8.0 % | 40 % |"), "{md}");
+        assert!(md.contains("| dav1d | interval:200ms | 25 % | 100.0 | 360 | 7373 | 1.6 % | 8.0 % | 40 % |"), "{md}");
         assert!(md.contains("![Bytes per second](bytes_per_second.png)"));
         assert!(md.contains("- storage × interval:5s: killed at its deadline"));
         assert!(md.contains("epoch 1 (the initial full copy of the guest)"), "{md}");
         assert!(md.contains("`dav1d` (playing AV1") && md.contains("`video`, `storage` and `browse` (the programs' stand-ins)"), "{md}");
         assert!(!md.contains("synth-"), "{md}");
+        assert!(!md.contains("## Shadow budget"), "one budget: no comparison");
+    }
+
+    #[test]
+    fn shadow_budgets_are_compared_with_the_largest() {
+        let at = |shadow: u8, wire: u64| Row { shadow, ..row("sqlite", "interval:200ms", 20.0, 4096, 4096, wire) };
+        let rows = [at(100, 2_000_000), at(25, 2_100_000), at(10, 3_000_000), Row { workload: "video".into(), ..at(100, 0) }];
+        let cx = Context { command: "c", kernel: "k", mem_mib: 256, seconds: 20, failed: &[], plots: &[] };
+        let md = report(&rows, &cx);
+        assert!(md.contains("| workload | policy | 100 % | 25 % | 10 % |"), "{md}");
+        // 20 s each: 100, 105 and 150 KB/s.
+        assert!(md.contains("| sqlite | interval:200ms | 100.0 | 105.0 (+5.0 %) | 150.0 (+50.0 %) |"), "{md}");
+        assert!(md.contains("| video | interval:200ms | 0.0 | - | - |"), "{md}");
     }
 }

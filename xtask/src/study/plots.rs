@@ -302,6 +302,7 @@ mod tests {
         Row {
             workload: workload.into(),
             policy: policy.into(),
+            shadow: 25,
             seconds: 2.0,
             epochs: 3,
             dirty_pages: 10,

@@ -14,13 +14,19 @@ use sync_core::stats::{EpochStats, STEADY_STATE_LOG};
 use crate::report;
 
 /// The columns of `results.csv`, named as in the demo's JSON report.
-pub const CSV_HEADER: &str = "workload,policy,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+pub const CSV_HEADER: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+
+/// The header of a results.csv from before the shadow budget was a column
+/// (every run then kept a full shadow).
+const CSV_HEADER_FULL_SHADOW: &str = "workload,policy,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
 
 /// Totals over a run's steady-state epochs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub workload: String,
     pub policy: String,
+    /// The active device's shadow budget, percent of guest RAM (100: full).
+    pub shadow: u8,
     /// Time the steady epochs cover: from the end of the cut at the
     /// workload's first progress line to the last cut (at power-off).
     pub seconds: f64,
@@ -51,9 +57,9 @@ impl Row {
 }
 
 /// The steady-state row of a run of `workload` (as the guest's init names
-/// it) under `policy`, whose guest program reports progress in
-/// `progress_field`.
-pub fn row(workload: &str, policy: &str, progress_field: Option<&str>, output: &str) -> Result<Row> {
+/// it) under `policy` with `shadow` percent of guest RAM as shadows, whose
+/// guest program reports progress in `progress_field`.
+pub fn row(workload: &str, policy: &str, shadow: u8, progress_field: Option<&str>, output: &str) -> Result<Row> {
     let marker = format!("vmsync: {STEADY_STATE_LOG}");
     let Some(at) = output.find(&marker) else {
         bail!("the hypervisor never logged the workload's steady state (`{marker}`): did it print no progress line?");
@@ -76,6 +82,7 @@ pub fn row(workload: &str, policy: &str, progress_field: Option<&str>, output: &
     Ok(Row {
         workload: workload.to_string(),
         policy: policy.to_string(),
+        shadow,
         seconds,
         epochs: steady.len() as u64,
         dirty_pages: sum(|e| e.dirty_pages),
@@ -143,9 +150,10 @@ pub fn csv(rows: &[Row]) -> String {
         // Infallible: writing to a String cannot fail.
         let _ = writeln!(
             s,
-            "{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
             r.workload,
             r.policy,
+            r.shadow,
             r.seconds,
             r.epochs,
             r.dirty_pages,
@@ -163,24 +171,32 @@ pub fn csv(rows: &[Row]) -> String {
     s
 }
 
-/// Reads `results.csv` back (the inverse of `csv`).
+/// Reads `results.csv` back (the inverse of `csv`); one from before the
+/// shadow column reads as full shadows.
 pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
     let mut lines = text.lines();
     let header = lines.next().context("empty CSV")?;
-    if header != CSV_HEADER {
-        bail!("unexpected CSV header {header:?}");
-    }
+    let with_shadow = match header {
+        CSV_HEADER => true,
+        CSV_HEADER_FULL_SHADOW => false,
+        _ => bail!("unexpected CSV header {header:?}"),
+    };
     lines
         .enumerate()
         .map(|(i, line)| {
-            let f: Vec<&str> = line.split(',').collect();
-            if f.len() != 14 {
-                bail!("line {}: {} fields, not 14", i + 2, f.len());
+            let mut f: Vec<&str> = line.split(',').collect();
+            if !with_shadow && f.len() >= 2 {
+                f.insert(2, "100");
             }
+            if f.len() != 15 {
+                bail!("line {}: {} fields, not {}", i + 2, f.len(), if with_shadow { 15 } else { 14 });
+            }
+            let shadow = f.remove(2).parse::<u8>().ok().filter(|p| (1..=100).contains(p)).with_context(|| format!("line {}: shadow_pct", i + 2))?;
             let n = |k: usize| f[k].parse::<u64>().with_context(|| format!("line {}: field {} = {:?}", i + 2, k + 1, f[k]));
             Ok(Row {
                 workload: f[0].to_string(),
                 policy: f[1].to_string(),
+                shadow,
                 seconds: f[2].parse().with_context(|| format!("line {}: seconds {:?}", i + 2, f[2]))?,
                 epochs: n(3)?,
                 dirty_pages: n(4)?,
@@ -238,7 +254,7 @@ mod tests {
 
     #[test]
     fn steady_state_is_after_the_first_progress_cut() {
-        let r = row("dav1d", "interval:1s", Some("frames"), &console()).unwrap();
+        let r = row("dav1d", "interval:1s", 25, Some("frames"), &console()).unwrap();
         assert_eq!(r.epochs, 2);
         assert_eq!(r.dirty_pages, 150);
         assert_eq!(r.dirty_page_bytes, 150 * 4096);
@@ -258,13 +274,13 @@ mod tests {
     #[test]
     fn a_run_without_the_steady_state_cut_is_an_error() {
         let out = console().replace(&format!("vmsync: {STEADY_STATE_LOG}\n"), "");
-        let e = row("dav1d", "interval:1s", Some("frames"), &out).unwrap_err().to_string();
+        let e = row("dav1d", "interval:1s", 25, Some("frames"), &out).unwrap_err().to_string();
         assert!(e.contains("steady state"), "{e}");
     }
 
     #[test]
     fn no_progress_field_no_rate() {
-        let r = row("idle", "switch-only", None, &console()).unwrap();
+        let r = row("idle", "switch-only", 25, None, &console()).unwrap();
         assert_eq!(r.progress_rate, None);
         assert_eq!(progress_rate(&console(), "transactions"), None);
     }
@@ -282,17 +298,21 @@ mod tests {
 
     #[test]
     fn csv_round_trips_with_the_exact_header() {
-        let mut a = row("dav1d", "interval:1s", Some("frames"), &console()).unwrap();
-        let mut b = row("idle", "switch-only", None, &console()).unwrap();
+        let mut a = row("dav1d", "interval:1s", 25, Some("frames"), &console()).unwrap();
+        let mut b = row("idle", "switch-only", 25, None, &console()).unwrap();
         a.seconds = 19.875;
         b.seconds = 20.5;
         let text = csv(&[a.clone(), b.clone()]);
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some(CSV_HEADER));
-        assert_eq!(lines.next(), Some("dav1d,interval:1s,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00"));
+        assert_eq!(lines.next(), Some("dav1d,interval:1s,25,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00"));
         assert!(lines.next().is_some_and(|l| l.ends_with(",300,300,")), "idle has an empty progress_rate");
-        assert_eq!(parse_csv(&text).unwrap(), vec![a, b]);
+        assert_eq!(parse_csv(&text).unwrap(), vec![a.clone(), b]);
         assert!(parse_csv("workload,policy\n").is_err());
+        // A study from before the shadow column kept full shadows.
+        let old = parse_csv(&format!("{CSV_HEADER_FULL_SHADOW}\ndav1d,interval:1s,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00\n")).unwrap();
+        assert_eq!(old, vec![Row { shadow: 100, ..a.clone() }]);
+        assert!(parse_csv(&format!("{CSV_HEADER}\ndav1d,interval:1s,0,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00\n")).is_err());
         assert!(parse_csv(&format!("{CSV_HEADER}\ndav1d,x,1\n")).is_err());
     }
 }

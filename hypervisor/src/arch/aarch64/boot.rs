@@ -44,11 +44,11 @@ pub struct Machine {
 
 pub static MACHINE: spin::Once<Machine> = spin::Once::new();
 
-/// Heap for the hypervisor's own needs; sync adds the shadow pages (up to
-/// guest RAM) on top.
+/// Heap for the hypervisor's own needs; sync adds the shadow pages (as
+/// many as `shadow=` allows) on top.
 const HEAP_BASE_SIZE: u64 = 48 << 20;
-/// Sync heap beyond one guest RAM (shadows when active, a whole epoch's
-/// staging when standby) for the bookkeeping.
+/// Sync heap beyond the shadows (active) or a whole epoch's staging
+/// (standby) for the bookkeeping.
 const SYNC_HEAP_EXTRA: u64 = 32 << 20;
 /// Stage-2 tables beyond what guest RAM needs (`stage2::tables_for`).
 const STAGE2_SPARE_TABLES: u64 = 16;
@@ -141,12 +141,17 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     }
     let size = config.mem_bytes;
     let backing = alloc.alloc(size, 2 << 20).unwrap_or_else(|e| fatal!("no room for {} MiB of guest RAM: {e:?}", size >> 20));
-    // Shadows (active) or staging (standby) take up to guest RAM each; with
-    // verify the local standby stages a whole epoch too.
     if config.policy.is_some() || config.sync.standby {
-        let heap_size = size * if config.verify { 2 } else { 1 } + SYNC_HEAP_EXTRA;
+        let heap_size = sync_heap_size(&config);
         let heap = alloc.alloc(heap_size, 4096).unwrap_or_else(|e| fatal!("no room for the sync heap ({} MiB): {e:?}", heap_size >> 20));
         crate::heap::add_region(heap as usize, heap_size as usize);
+        info!(
+            "sync: shadow budget {} ({} MiB of {} MiB guest RAM), sync heap {} MiB",
+            config.shadow,
+            (config.shadow.pages(size) * 4096) >> 20,
+            size >> 20,
+            heap_size >> 20
+        );
     }
     let verify_image = config.verify.then(|| {
         let at = alloc.alloc(size, 4096).unwrap_or_else(|e| fatal!("no room for the verify image ({} MiB): {e:?}", size >> 20));
@@ -209,7 +214,7 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     let mut engine = {
         let mut s2 = STAGE2.lock();
         let Some(guest_s2) = s2.as_mut() else { fatal!("stage 2 missing") };
-        config.policy.map(|spec| tracking::start(spec, verify_image, &mut mem, guest_s2))
+        config.policy.map(|spec| tracking::start(spec, config.shadow.budget(config.mem_bytes), verify_image, &mut mem, guest_s2))
     };
     if let Some(e) = engine.as_mut() {
         add_peers(e, &config);
@@ -253,6 +258,25 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // SAFETY: ELR/SPSR/HCR/stage 2 describe a complete EL1 guest; the frame
     // holds the boot protocol's x0..x3.
     unsafe { vectors::vmsync_enter_guest(&frame) }
+}
+
+/// The sync heap: the shadow pages the budget allows when this device
+/// starts active (so memory follows `shadow=`), a whole guest RAM of staging
+/// when it starts standby (a fresh standby stages the first epoch, the whole
+/// guest), plus a second guest RAM for verify's local standby, plus the
+/// bookkeeping. A device that became standby by a switch holds the image
+/// already and stages one epoch's changes at a time.
+fn sync_heap_size(config: &GuestConfig) -> u64 {
+    let size = config.mem_bytes;
+    let pages = size / 4096;
+    let own = if config.sync.standby {
+        size
+    } else {
+        // Shadow content in 128 KiB chunks, and each shadow's slot (16 bytes).
+        config.shadow.pages(size).div_ceil(32) * 32 * (4096 + 16)
+    };
+    // The shadow store's page index (4 bytes a page) is there in every role.
+    own + pages * 4 + if config.verify { size } else { 0 } + SYNC_HEAP_EXTRA
 }
 
 /// Invalidates stage-1+2 TLB entries of the guest's VMID (before its first

@@ -214,7 +214,7 @@ fn run(mut node: StandbyNode, how: Takeover, cpu: GuestCpu, platform: Platform) 
     let engine = {
         let mut s2 = STAGE2.lock();
         let Some(guest_s2) = s2.as_mut() else { fatal(format_args!("stage 2 missing")) };
-        tracking::start_after_switch(spec, hashes, committed, &mut mem, guest_s2)
+        tracking::start_after_switch(spec, m.config.shadow.budget(m.config.mem_bytes), hashes, committed, &mut mem, guest_s2)
     };
     let mut engine = match engine {
         Ok(e) => e,

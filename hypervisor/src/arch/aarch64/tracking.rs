@@ -4,6 +4,7 @@ use aarch64_cpu::registers::*;
 use alloc::vec::Vec;
 use log::{info, warn};
 use sync_core::policy::PolicySpec;
+use sync_core::shadow::Budget;
 use sync_core::wire::RamLayout;
 
 use sync_core::digest::{PageHashes, PageMemory};
@@ -28,10 +29,11 @@ pub const TICK_NS: u64 = 5_000_000;
 /// read-only, every later write seen. Epoch 1 sends the whole guest. With
 /// `verify_image` (zeroed, as large as guest RAM) every epoch is also
 /// applied to a local standby and checked.
-pub fn start(spec: PolicySpec, verify_image: Option<RawPages>, mem: &mut GuestMemory, s2: &mut GuestStage2) -> Engine {
+pub fn start(spec: PolicySpec, shadows: Budget, verify_image: Option<RawPages>, mem: &mut GuestMemory, s2: &mut GuestStage2) -> Engine {
     let verify = verify_image.is_some();
     let ram = RamLayout { base: mem.ipa_base(), size: mem.size() };
-    let engine = Engine::new(spec, ram, verify_image, timer::ticks_to_ns(timer::now_ticks())).unwrap_or_else(|e| fatal(format_args!("starting sync: {e:?}")));
+    let engine =
+        Engine::new(spec, ram, shadows, verify_image, timer::ticks_to_ns(timer::now_ticks())).unwrap_or_else(|e| fatal(format_args!("starting sync: {e:?}")));
     protect_all(mem, s2);
     info!("sync: policy {spec}, verify {}, {} pages write-protected", if verify { "on" } else { "off" }, mem.size() / 4096);
     engine
@@ -40,9 +42,16 @@ pub fn start(spec: PolicySpec, verify_image: Option<RawPages>, mem: &mut GuestMe
 /// Tracking on a device that has just taken the guest over at epoch
 /// `committed`: guest RAM is the committed image (with `hashes`); epochs
 /// continue from there, deltas only.
-pub fn start_after_switch(spec: PolicySpec, hashes: PageHashes, committed: u64, mem: &mut GuestMemory, s2: &mut GuestStage2) -> Result<Engine, SyncError> {
+pub fn start_after_switch(
+    spec: PolicySpec,
+    shadows: Budget,
+    hashes: PageHashes,
+    committed: u64,
+    mem: &mut GuestMemory,
+    s2: &mut GuestStage2,
+) -> Result<Engine, SyncError> {
     let ram = RamLayout { base: mem.ipa_base(), size: mem.size() };
-    let engine = Engine::after_switch(spec, ram, hashes, committed, timer::ticks_to_ns(timer::now_ticks()))?;
+    let engine = Engine::after_switch(spec, ram, shadows, hashes, committed, timer::ticks_to_ns(timer::now_ticks()))?;
     protect_all(mem, s2);
     Ok(engine)
 }
