@@ -4,11 +4,11 @@ use crate::memory::guest::GuestMemory;
 use crate::stats::TrapStats;
 use crate::sync::engine::Engine;
 use crate::sync::standby_node::GuestState;
-use crate::vplatform::Platform;
+use crate::vplatform::ArmPlatform;
 
 pub struct Vm {
     pub mem: GuestMemory,
-    pub platform: Platform,
+    pub platform: ArmPlatform,
     pub stats: TrapStats,
     /// Guest accesses to addresses with no RAM or device behind them.
     pub unmapped_accesses: u64,
@@ -37,7 +37,7 @@ impl Vm {
     pub fn new(mem: GuestMemory) -> Self {
         Vm {
             mem,
-            platform: Platform::new(),
+            platform: ArmPlatform::new(),
             stats: TrapStats::default(),
             unmapped_accesses: 0,
             sysregs_reported: heapless::Vec::new(),

@@ -37,20 +37,84 @@ pub enum MmioError {
     Unmapped,
 }
 
-pub struct Platform {
+/// What a hypercall asks of the board (PSCI on ARM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HypercallOutcome {
+    /// Return this value to the guest (x0 on ARM).
+    Return(u64),
+    /// The guest asked to start CPU `target`, which the board cannot:
+    /// return `code` (the node logs it once).
+    CpuOnRefused {
+        target: u64,
+        code: u64,
+    },
+    PowerOff,
+    Reset,
+}
+
+/// The virtual board as every architecture's node sees it: the guest's
+/// device accesses, console input, its hypercalls, and its state as bytes
+/// for a switch. Each architecture has one (`ArmPlatform` on aarch64).
+pub trait Platform: Sized {
+    /// A fresh board, as at the guest's first instruction.
+    fn fresh() -> Self;
+    fn mmio(&mut self, a: MmioAccess) -> Result<MmioOutcome, MmioError>;
+    /// One byte typed for the guest's console; false if its FIFO is full.
+    fn console_input(&mut self, byte: u8) -> bool;
+    /// `args` are the call's first four argument registers.
+    fn hypercall(&mut self, args: [u64; 4]) -> HypercallOutcome;
+    /// Appends the state of every emulated device to `out`.
+    fn save(&self, out: &mut alloc::vec::Vec<u8>);
+    /// The board `bytes` (from `save`) describes; never panics on bad input.
+    fn restore(bytes: &[u8]) -> Result<Self, snapshot::SnapshotError>;
+    /// Accesses the models did not understand, for the power-off report.
+    fn unknown_accesses(&self) -> u64;
+}
+
+impl Platform for ArmPlatform {
+    fn fresh() -> Self {
+        ArmPlatform::new()
+    }
+    fn mmio(&mut self, a: MmioAccess) -> Result<MmioOutcome, MmioError> {
+        ArmPlatform::mmio(self, a)
+    }
+    fn console_input(&mut self, byte: u8) -> bool {
+        self.uart_input(byte)
+    }
+    fn hypercall(&mut self, args: [u64; 4]) -> HypercallOutcome {
+        match psci::handle(args[0], args[1], args[2], args[3], 1) {
+            psci::PsciOutcome::Return(v) => HypercallOutcome::Return(v),
+            psci::PsciOutcome::CpuOnRefused { target, code } => HypercallOutcome::CpuOnRefused { target, code },
+            psci::PsciOutcome::SystemOff => HypercallOutcome::PowerOff,
+            psci::PsciOutcome::SystemReset => HypercallOutcome::Reset,
+        }
+    }
+    fn save(&self, out: &mut alloc::vec::Vec<u8>) {
+        ArmPlatform::save(self, out)
+    }
+    fn restore(bytes: &[u8]) -> Result<Self, snapshot::SnapshotError> {
+        ArmPlatform::restore(bytes)
+    }
+    fn unknown_accesses(&self) -> u64 {
+        self.vgic.unknown_accesses()
+    }
+}
+
+/// The ARM virtual board: vGIC and PL011 (PSCI is stateless).
+pub struct ArmPlatform {
     pub vgic: vgic::Vgic,
     pub uart: pl011::Pl011,
 }
 
-impl Default for Platform {
+impl Default for ArmPlatform {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Platform {
+impl ArmPlatform {
     pub fn new() -> Self {
-        Platform { vgic: vgic::Vgic::new(), uart: pl011::Pl011::new() }
+        ArmPlatform { vgic: vgic::Vgic::new(), uart: pl011::Pl011::new() }
     }
 
     pub fn mmio(&mut self, a: MmioAccess) -> Result<MmioOutcome, MmioError> {

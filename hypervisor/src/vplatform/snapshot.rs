@@ -30,7 +30,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::{pl011::Pl011, vgic::Vgic, Platform};
+use super::{pl011::Pl011, vgic::Vgic, ArmPlatform};
 
 pub const MAGIC: [u8; 4] = *b"VSDV";
 pub const VERSION: u16 = 1;
@@ -75,7 +75,7 @@ impl fmt::Display for SnapshotError {
     }
 }
 
-impl Platform {
+impl ArmPlatform {
     /// Appends the state of every emulated device to `out`.
     pub fn save(&self, out: &mut Vec<u8>) {
         let mut w = Writer::new(out);
@@ -87,7 +87,7 @@ impl Platform {
 
     /// The platform `bytes` (from `save`) describes. Rejects anything
     /// malformed, truncated, over-long or out of range; never panics.
-    pub fn restore(bytes: &[u8]) -> Result<Platform, SnapshotError> {
+    pub fn restore(bytes: &[u8]) -> Result<ArmPlatform, SnapshotError> {
         let mut r = Reader::new(bytes);
         if r.array::<4>()? != MAGIC {
             return Err(SnapshotError::BadMagic);
@@ -101,7 +101,7 @@ impl Platform {
         if !r.is_empty() {
             return Err(SnapshotError::TrailingBytes);
         }
-        Ok(Platform { vgic, uart })
+        Ok(ArmPlatform { vgic, uart })
     }
 }
 
@@ -240,14 +240,14 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    fn rd(p: &mut Platform, ipa: u64, size: u8) -> u64 {
+    fn rd(p: &mut ArmPlatform, ipa: u64, size: u8) -> u64 {
         match p.mmio(MmioAccess { ipa, size, write: None }) {
             Ok(super::super::MmioOutcome::Read(v)) => v,
             other => panic!("read {ipa:#x}: {other:?}"),
         }
     }
 
-    fn wr(p: &mut Platform, ipa: u64, size: u8, v: u64) {
+    fn wr(p: &mut ArmPlatform, ipa: u64, size: u8, v: u64) {
         assert!(p.mmio(MmioAccess { ipa, size, write: Some(v) }).is_ok(), "write {ipa:#x}");
     }
 
@@ -264,8 +264,8 @@ mod tests {
     /// A guest some way into its life: the GIC set up as Linux does,
     /// interrupts pending, active and in list registers, the UART
     /// configured with bytes waiting in a FIFO that has wrapped.
-    fn busy_platform() -> Platform {
-        let mut p = Platform::new();
+    fn busy_platform() -> ArmPlatform {
+        let mut p = ArmPlatform::new();
         // Distributor: off, SPIs group 1, priorities, some edge, routed.
         wr(&mut p, GICD_BASE, 4, 0);
         for i in (32..96u64).step_by(32) {
@@ -331,7 +331,7 @@ mod tests {
         p
     }
 
-    fn saved(p: &Platform) -> Vec<u8> {
+    fn saved(p: &ArmPlatform) -> Vec<u8> {
         let mut out = Vec::new();
         p.save(&mut out);
         out
@@ -339,9 +339,9 @@ mod tests {
 
     /// Everything the guest or the hypervisor can see of the platform,
     /// then some further life, as a log to compare.
-    fn observe(p: &mut Platform) -> Vec<u64> {
+    fn observe(p: &mut ArmPlatform) -> Vec<u64> {
         let mut log = Vec::new();
-        let inject = |p: &Platform, log: &mut Vec<u64>| match p.vgic.next_to_inject() {
+        let inject = |p: &ArmPlatform, log: &mut Vec<u64>| match p.vgic.next_to_inject() {
             Some(i) => log.extend([i.intid as u64, i.priority as u64, i.group as u64, i.state as u64]),
             None => log.push(u64::MAX),
         };
@@ -413,9 +413,9 @@ mod tests {
 
     #[test]
     fn round_trip_is_exact() {
-        for p in [Platform::new(), busy_platform()] {
+        for p in [ArmPlatform::new(), busy_platform()] {
             let bytes = saved(&p);
-            let q = Platform::restore(&bytes).expect("restores");
+            let q = ArmPlatform::restore(&bytes).expect("restores");
             assert_eq!(q.vgic, p.vgic, "the vGIC model comes back field for field");
             assert_eq!(saved(&q), bytes);
             assert_eq!(q.uart.rx_pending(), p.uart.rx_pending());
@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn restored_platform_behaves_the_same() {
         let mut p = busy_platform();
-        let mut q = Platform::restore(&saved(&p)).expect("restores");
+        let mut q = ArmPlatform::restore(&saved(&p)).expect("restores");
         let (a, b) = (observe(&mut p), observe(&mut q));
         assert_eq!(a.len(), b.len());
         if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
@@ -438,9 +438,9 @@ mod tests {
     #[test]
     fn fifo_order_survives_a_wrapped_ring() {
         let mut p = busy_platform();
-        let mut q = Platform::restore(&saved(&p)).expect("restores");
+        let mut q = ArmPlatform::restore(&saved(&p)).expect("restores");
         let n = p.uart.rx_pending();
-        let drain = |p: &mut Platform| (0..n).map(|_| rd(p, U_DR, 1)).collect::<Vec<_>>();
+        let drain = |p: &mut ArmPlatform| (0..n).map(|_| rd(p, U_DR, 1)).collect::<Vec<_>>();
         let expected: Vec<u64> = (12u8..20).chain(100..122).map(u64::from).collect();
         assert_eq!(drain(&mut p), expected);
         assert_eq!(drain(&mut q), expected);
@@ -462,13 +462,13 @@ mod tests {
         GIC + gic_len + 8
     }
 
-    fn patched(bytes: &[u8], at: usize, with: &[u8]) -> Result<Platform, SnapshotError> {
+    fn patched(bytes: &[u8], at: usize, with: &[u8]) -> Result<ArmPlatform, SnapshotError> {
         let mut b = bytes.to_vec();
         b[at..at + with.len()].copy_from_slice(with);
-        Platform::restore(&b)
+        ArmPlatform::restore(&b)
     }
 
-    fn bad(field: &'static str) -> impl Fn(Result<Platform, SnapshotError>) -> bool {
+    fn bad(field: &'static str) -> impl Fn(Result<ArmPlatform, SnapshotError>) -> bool {
         move |r| matches!(r, Err(SnapshotError::BadValue { field: f, .. }) if f == field)
     }
 
@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn rejects_out_of_range_values() {
         let b = saved(&busy_platform());
-        let ok = |r: Result<Platform, SnapshotError>| r.is_ok();
+        let ok = |r: Result<ArmPlatform, SnapshotError>| r.is_ok();
         assert!(ok(patched(&b, 0, b"VSDV")));
         assert_eq!(patched(&b, 0, b"VSDW").err(), Some(SnapshotError::BadMagic));
         assert_eq!(patched(&b, 4, &[2, 0]).err(), Some(SnapshotError::BadVersion(2)));
@@ -519,15 +519,15 @@ mod tests {
         assert!(bad("pl011.rsr")(patched(&b, u + 13, &[0x01])));
         assert!(bad("pl011.rx_len")(patched(&b, u + 18, &[33])));
         // An emptied FIFO cannot have RT set.
-        let mut p = Platform::new();
+        let mut p = ArmPlatform::new();
         p.uart_input(1);
         let mut e = saved(&p);
         let u = uart_at(&e);
-        assert!(Platform::restore(&e).is_ok());
+        assert!(ArmPlatform::restore(&e).is_ok());
         e.truncate(u + 19);
         e[u - 4..u].copy_from_slice(&19u32.to_le_bytes());
         e[u + 18] = 0;
-        assert!(bad("pl011.ris")(Platform::restore(&e)));
+        assert!(bad("pl011.ris")(ArmPlatform::restore(&e)));
     }
 
     #[test]
@@ -535,25 +535,25 @@ mod tests {
         let b = saved(&busy_platform());
         let mut long = b.clone();
         long.push(0);
-        assert_eq!(Platform::restore(&long).err(), Some(SnapshotError::TrailingBytes));
+        assert_eq!(ArmPlatform::restore(&long).err(), Some(SnapshotError::TrailingBytes));
         // A section one byte longer than its fields (the byte inside it).
         let u = uart_at(&b);
         let mut inner = b.clone();
         let len = u32::from_le_bytes(inner[u - 4..u].try_into().unwrap());
         inner[u - 4..u].copy_from_slice(&(len + 1).to_le_bytes());
         inner.push(0);
-        assert_eq!(Platform::restore(&inner).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
+        assert_eq!(ArmPlatform::restore(&inner).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
         // One byte shorter: the section's fields run past it.
         let mut short = b.clone();
         short[u - 4..u].copy_from_slice(&(len - 1).to_le_bytes());
         short.pop();
-        assert_eq!(Platform::restore(&short).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
+        assert_eq!(ArmPlatform::restore(&short).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
         // A length running past the input.
         assert_eq!(patched(&b, GIC_LEN_AT, &u32::MAX.to_le_bytes()).err(), Some(SnapshotError::Truncated));
         for n in 0..b.len() {
-            assert!(Platform::restore(&b[..n]).is_err(), "prefix of {n} bytes");
+            assert!(ArmPlatform::restore(&b[..n]).is_err(), "prefix of {n} bytes");
         }
-        assert_eq!(Platform::restore(&[]).err(), Some(SnapshotError::Truncated));
+        assert_eq!(ArmPlatform::restore(&[]).err(), Some(SnapshotError::Truncated));
     }
 
     /// xorshift64: deterministic, so a failure reproduces.
@@ -571,7 +571,7 @@ mod tests {
     /// Restoring must not panic; what it accepts must re-save to the same
     /// bytes (the encoding is canonical) and behave like a platform.
     fn check_hostile(input: &[u8]) -> bool {
-        let Ok(mut p) = Platform::restore(input) else { return false };
+        let Ok(mut p) = ArmPlatform::restore(input) else { return false };
         assert_eq!(saved(&p), input, "accepted input is canonical");
         live(&mut p);
         true
@@ -579,7 +579,7 @@ mod tests {
 
     /// A little life for a restored platform: fill and retire every LR,
     /// drain and overfill the FIFO, read the UART's registers.
-    fn live(p: &mut Platform) {
+    fn live(p: &mut ArmPlatform) {
         for lr in 0..MAX_LRS {
             if let Some(i) = p.vgic.next_to_inject() {
                 p.vgic.mark_in_lr(lr, i.intid);

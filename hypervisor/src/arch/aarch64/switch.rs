@@ -20,7 +20,7 @@ use crate::sync::peers::Peers;
 use crate::sync::raw_pages::RawPages;
 use crate::sync::standby_node::{hex, StandbyNode};
 use crate::vm::Vm;
-use crate::vplatform::{board as vboard, snapshot::SnapshotError, Platform};
+use crate::vplatform::{board as vboard, snapshot::SnapshotError, ArmPlatform};
 
 /// How long the paused guest waits for the target to commit the final
 /// epoch before the switch is called off (and the guest resumes here).
@@ -183,7 +183,7 @@ pub fn take_over(node: StandbyNode, how: Takeover) -> StandbyNode {
     }
 }
 
-fn prepare(node: &StandbyNode, how: &Takeover) -> Result<(GuestCpu, Platform), TakeoverError> {
+fn prepare(node: &StandbyNode, how: &Takeover) -> Result<(GuestCpu, ArmPlatform), TakeoverError> {
     let m = MACHINE.get().ok_or(TakeoverError::NoPolicy)?;
     if m.config.policy.is_none() {
         return Err(TakeoverError::NoPolicy);
@@ -196,11 +196,11 @@ fn prepare(node: &StandbyNode, how: &Takeover) -> Result<(GuestCpu, Platform), T
     }
     let state = node.committed_state.as_ref().filter(|s| s.epoch == committed).ok_or(TakeoverError::NoState { committed })?;
     let cpu = GuestCpu::decode(&state.cpu, GIC.list_registers() as u8).map_err(TakeoverError::Cpu)?;
-    let platform = Platform::restore(&state.devices).map_err(TakeoverError::Devices)?;
+    let platform = ArmPlatform::restore(&state.devices).map_err(TakeoverError::Devices)?;
     Ok((cpu, platform))
 }
 
-fn run(mut node: StandbyNode, how: Takeover, cpu: GuestCpu, platform: Platform) -> StandbyNode {
+fn run(mut node: StandbyNode, how: Takeover, cpu: GuestCpu, platform: ArmPlatform) -> StandbyNode {
     let Some(m) = MACHINE.get() else { return node };
     let Some(spec) = m.config.policy else { return node };
     let from = crate::net::with(|n| node.active_addr(n)).flatten();
