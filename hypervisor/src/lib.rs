@@ -8,18 +8,19 @@ pub mod config;
 pub mod console_cmd;
 pub mod memory;
 pub mod net;
+pub mod node;
 pub mod stats;
 pub mod sync;
 pub mod vplatform;
 
 #[cfg(target_os = "none")]
 pub mod drivers;
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod entry;
 #[cfg(target_os = "none")]
 mod heap;
 #[cfg(target_os = "none")]
 pub mod logger;
-#[cfg(target_os = "none")]
-pub mod vm;
 
 /// Reports a hypervisor panic on the console and stops the machine.
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]

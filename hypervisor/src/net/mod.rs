@@ -7,9 +7,9 @@
 //! - `stack`: the interface, its IPv4 address, TCP sockets by `Handle`
 //! - `test_mode`: `net_test`, a TCP throughput check between two devices
 //!
-//! Polled, never waiting, from the hypervisor's 5 ms tick (`tick`) and from
-//! whoever needs the network sooner (`with`). A standby without a guest
-//! polls in a loop and may sleep up to `Stack::poll_delay_ms` between polls.
+//! The node owns the stack and polls it, never waiting, from the
+//! hypervisor's 5 ms tick and whenever it needs the network sooner. A
+//! standby without a guest polls in a loop and sleeps between polls.
 pub mod hal;
 pub mod nic;
 pub mod stack;
@@ -33,14 +33,11 @@ pub type Net = Stack<Nic>;
 /// buffers come from the heap, which is identity-mapped RAM as well.
 const DMA_POOL: u64 = 256 << 10;
 
-/// The network, once `start` found a NIC and an address.
-static NET: spin::Mutex<Option<Net>> = spin::Mutex::new(None);
-
 /// Brings the network up at boot when the board has a virtio-net device
 /// and the config gives an address; otherwise logs one line and leaves it
-/// off. `device_window` is the physical range EL2 maps as Device memory;
+/// off (None). `device_window` is the physical range EL2 maps as Device memory;
 /// `seed` should differ per boot (the counter will do).
-pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, device_window: Range<u64>, seed: u64, now_ms: u64) -> bool {
+pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, device_window: Range<u64>, seed: u64, now_ms: u64) -> Option<Net> {
     let slots = host_fdt
         .all_nodes()
         .filter(|n| n.compatible().is_some_and(|c| c.all().any(|s| s == "virtio,mmio")))
@@ -54,17 +51,17 @@ pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, de
     });
     let Some((base, size)) = found else {
         info!("net: no virtio-net device: networking off");
-        return false;
+        return None;
     };
     let Some(ip) = cfg.ip else {
         info!("net: virtio-net at {base:#x} left unused: no net_ip in the config");
-        return false;
+        return None;
     };
     let pool = match alloc.alloc(DMA_POOL, 4096) {
         Ok(p) => p,
         Err(e) => {
             error!("net: no room for the DMA pool: {e:?}; networking off");
-            return false;
+            return None;
         }
     };
     // SAFETY: the pool was just carved for DMA alone; RAM is identity-mapped
@@ -76,7 +73,7 @@ pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, de
         Ok(n) => n,
         Err(e) => {
             error!("net: virtio-net at {base:#x}: {e:?}; networking off");
-            return false;
+            return None;
         }
     };
     let mac = nic.mac();
@@ -93,39 +90,23 @@ pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, de
                 cfg.prefix,
                 TCP_BUFFER >> 10
             );
-            *NET.lock() = Some(net);
-            true
+            Some(net)
         }
         Err(e) => {
             error!("net: {e:?}; networking off");
-            false
+            None
         }
     }
-}
-
-/// Runs `f` on the network if it is up (None otherwise, or when called
-/// from inside another `with`).
-pub fn with<R>(f: impl FnOnce(&mut Net) -> R) -> Option<R> {
-    NET.try_lock()?.as_mut().map(f)
-}
-
-/// The hypervisor's tick: one poll, bounded (at most a queue's worth of
-/// frames each way), never waiting.
-pub fn tick(now_ms: u64) {
-    with(|n| n.poll(now_ms));
 }
 
 /// `net_test`: runs the TCP throughput test on the network and logs the
 /// outcome (the caller powers off after). `clock_ms` reads the time.
-pub fn run_test(role: NetTestRole, mib: u32, clock_ms: impl FnMut() -> u64) {
-    let r = with(|net| test_mode::run(net, role, (mib as u64) << 20, clock_ms));
-    match r {
-        Some(r) => {
-            test_mode::log_outcome(role, &r);
-            if let Some(stats) = with(|n| n.device().stats) {
-                info!("net: {stats:?}");
-            }
-        }
-        None => error!("net-test failed: the network is off (no virtio-net device or no net_ip)"),
-    }
+pub fn run_test(net: Option<&mut Net>, role: NetTestRole, mib: u32, clock_ms: impl FnMut() -> u64) {
+    let Some(net) = net else {
+        error!("net-test failed: the network is off (no virtio-net device or no net_ip)");
+        return;
+    };
+    let r = test_mode::run(net, role, (mib as u64) << 20, clock_ms);
+    test_mode::log_outcome(role, &r);
+    info!("net: {:?}", net.device().stats);
 }

@@ -12,9 +12,12 @@ use smoltcp::time::Instant;
 use super::stack::NetDevice;
 
 type Queues = Rc<RefCell<[VecDeque<Vec<u8>>; 2]>>;
+/// Per direction (by receiving side): frames toward it are dropped.
+type Cuts = Rc<[core::cell::Cell<bool>; 2]>;
 
 pub struct Link {
     queues: Queues,
+    cuts: Cuts,
     side: usize,
     pub mac: [u8; 6],
 }
@@ -22,13 +25,20 @@ pub struct Link {
 /// Two connected ends (MACs 52:54:00:00:00:01 and :02).
 pub fn pair() -> (Link, Link) {
     let q: Queues = Rc::new(RefCell::new([VecDeque::new(), VecDeque::new()]));
-    (Link { queues: q.clone(), side: 0, mac: [0x52, 0x54, 0, 0, 0, 1] }, Link { queues: q, side: 1, mac: [0x52, 0x54, 0, 0, 0, 2] })
+    let c: Cuts = Rc::new(Default::default());
+    (Link { queues: q.clone(), cuts: c.clone(), side: 0, mac: [0x52, 0x54, 0, 0, 0, 1] }, Link { queues: q, cuts: c, side: 1, mac: [0x52, 0x54, 0, 0, 0, 2] })
 }
 
 impl Link {
     /// A frame arriving at this end as if from the cable.
     pub fn inject(&mut self, frame: Vec<u8>) {
         self.queues.borrow_mut()[self.side].push_back(frame);
+    }
+
+    /// Drops (or lets through again) every frame this end sends: a
+    /// one-way partition.
+    pub fn cut_outgoing(&self, cut: bool) {
+        self.cuts[1 - self.side].set(cut);
     }
 
     /// The frames on their way to the other end.
@@ -41,6 +51,7 @@ pub struct Rx(Vec<u8>);
 
 pub struct Tx {
     queues: Queues,
+    cuts: Cuts,
     to: usize,
 }
 
@@ -54,7 +65,9 @@ impl phy::TxToken for Tx {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut frame = alloc::vec![0u8; len];
         let r = f(&mut frame);
-        self.queues.borrow_mut()[self.to].push_back(frame);
+        if !self.cuts[self.to].get() {
+            self.queues.borrow_mut()[self.to].push_back(frame);
+        }
         r
     }
 }
@@ -65,11 +78,11 @@ impl phy::Device for Link {
 
     fn receive(&mut self, _: Instant) -> Option<(Rx, Tx)> {
         let frame = self.queues.borrow_mut()[self.side].pop_front()?;
-        Some((Rx(frame), Tx { queues: self.queues.clone(), to: 1 - self.side }))
+        Some((Rx(frame), Tx { queues: self.queues.clone(), cuts: self.cuts.clone(), to: 1 - self.side }))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<Tx> {
-        Some(Tx { queues: self.queues.clone(), to: 1 - self.side })
+        Some(Tx { queues: self.queues.clone(), cuts: self.cuts.clone(), to: 1 - self.side })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -83,5 +96,12 @@ impl phy::Device for Link {
 impl NetDevice for Link {
     fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+}
+
+impl Link {
+    /// Another handle on this end (to cut it while a stack owns it).
+    pub fn clone_end(&self) -> Link {
+        Link { queues: self.queues.clone(), cuts: self.cuts.clone(), side: self.side, mac: self.mac }
     }
 }

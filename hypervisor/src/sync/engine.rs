@@ -19,6 +19,9 @@ use super::raw_pages::RawPages;
 pub enum SyncError {
     Epoch(EpochError),
     Loopback(LoopbackError),
+    /// Host tests only: a cut made to fail (`fail_next_cut`).
+    #[cfg(test)]
+    Injected,
 }
 
 impl From<EpochError> for SyncError {
@@ -62,6 +65,9 @@ pub struct Engine {
     local_on: bool,
     /// Watches the guest console for the workload's start and steady state.
     pub workload_start: super::workload_start::WorkloadStart,
+    /// Host tests only: the next `cut` fails before doing anything.
+    #[cfg(test)]
+    pub fail_next_cut: bool,
 }
 
 impl Engine {
@@ -97,6 +103,8 @@ impl Engine {
             faults_open: 0,
             peers: None,
             local_on: true,
+            #[cfg(test)]
+            fail_next_cut: false,
             workload_start: Default::default(),
         })
     }
@@ -149,6 +157,10 @@ impl Engine {
     /// its commit. The caller re-protects the pages, then calls `verify` (if
     /// on) and `finish`.
     pub fn cut<G: PageMemory>(&mut self, guest: &G, dirty: &[u64], state: &[sync_core::wire::Message]) -> Result<EpochStats, SyncError> {
+        #[cfg(test)]
+        if core::mem::take(&mut self.fail_next_cut) {
+            return Err(SyncError::Injected);
+        }
         let last = self.active.tracker().last_cut();
         let tracker = self.active.tracker();
         let in_step = |l: &Link| tracker.standby(l.id()).is_some_and(|s| s.connected && s.base == last);

@@ -44,12 +44,11 @@ pub enum HypercallOutcome {
     Return(u64),
     /// The guest asked to start CPU `target`, which the board cannot:
     /// return `code` (the node logs it once).
-    CpuOnRefused {
-        target: u64,
-        code: u64,
-    },
-    PowerOff,
-    Reset,
+    CpuOnRefused { target: u64, code: u64 },
+    /// The guest powered off through this call (named for the log).
+    PowerOff(&'static str),
+    /// The guest asked for a reset through this call.
+    Reset(&'static str),
 }
 
 /// The virtual board as every architecture's node sees it: the guest's
@@ -85,8 +84,8 @@ impl Platform for ArmPlatform {
         match psci::handle(args[0], args[1], args[2], args[3], 1) {
             psci::PsciOutcome::Return(v) => HypercallOutcome::Return(v),
             psci::PsciOutcome::CpuOnRefused { target, code } => HypercallOutcome::CpuOnRefused { target, code },
-            psci::PsciOutcome::SystemOff => HypercallOutcome::PowerOff,
-            psci::PsciOutcome::SystemReset => HypercallOutcome::Reset,
+            psci::PsciOutcome::SystemOff => HypercallOutcome::PowerOff("PSCI SYSTEM_OFF"),
+            psci::PsciOutcome::SystemReset => HypercallOutcome::Reset("PSCI SYSTEM_RESET"),
         }
     }
     fn save(&self, out: &mut alloc::vec::Vec<u8>) {

@@ -1,4 +1,5 @@
-//! aarch64 at EL2: entry, vectors, MMU, GIC, traps.
+//! aarch64 at EL2: set-up, vectors and the guest enter/exit, MMU, GIC,
+//! stage 2, exits decoded into the seam's `VmExit`.
 pub mod esr;
 pub mod vcpu_state;
 
@@ -6,6 +7,10 @@ pub mod vcpu_state;
 pub mod board;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod boot;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod cpu;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod exits;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod gic;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -15,17 +20,9 @@ pub mod power;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod stage2_mem;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod standby;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod switch;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod sysreg;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod timer;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod tracking;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod trap;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod vcpu;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

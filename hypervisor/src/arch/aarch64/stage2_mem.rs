@@ -39,6 +39,38 @@ impl TableMemory for PoolTables {
 pub struct GuestStage2 {
     pub s2: crate::memory::stage2::Stage2,
     pub tables: PoolTables,
+    /// Guest RAM: its first IPA and size.
+    pub ram_base: u64,
+    pub ram_size: u64,
+}
+
+/// Invalidates stage-1+2 TLB entries of the guest's VMID (VTTBR_EL2 holds
+/// it); the hypervisor's own EL2 translations are untouched.
+pub fn invalidate_guest_tlbs() {
+    // SAFETY: TLB maintenance only; the DSB before orders earlier table
+    // writes, the one after and the ISB complete it before the guest runs.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+}
+
+impl crate::arch::seam::Stage2Table for GuestStage2 {
+    fn protect_all(&mut self) {
+        self.write_protect_range(self.ram_base, self.ram_size);
+    }
+
+    fn write_protect(&mut self, pages: &mut dyn Iterator<Item = u64>) {
+        GuestStage2::write_protect(self, self.ram_base, pages);
+    }
+
+    fn make_writable(&mut self, ipa: u64) -> bool {
+        GuestStage2::make_writable(self, ipa)
+    }
+
+    fn flush(&mut self) {
+        invalidate_guest_tlbs();
+        // SAFETY: instruction cache maintenance only: the guest's image was
+        // written as data, no stale instruction may survive.
+        unsafe { core::arch::asm!("ic ialluis", "dsb ish", "isb", options(nostack)) };
+    }
 }
 
 impl GuestStage2 {
@@ -46,25 +78,21 @@ impl GuestStage2 {
     /// `ipa_base`), then invalidates all stage-1+2 entries of this VMID once:
     /// cheaper than one invalidate per page when many change. Returns how
     /// many pages changed.
-    pub fn write_protect(&mut self, ipa_base: u64, pages: impl Iterator<Item = u64>) -> u64 {
+    pub fn write_protect(&mut self, ipa_base: u64, pages: &mut dyn Iterator<Item = u64>) -> u64 {
         let mut changed = 0;
         for p in pages {
             if let Ok(true) = self.s2.set_writable(&mut self.tables, ipa_base + p * 4096, false) {
                 changed += 1;
             }
         }
-        // SAFETY: TLB maintenance for the current VMID (VTTBR_EL2 is this
-        // guest's); the DSB before orders the table writes, the one after
-        // and the ISB complete the invalidation before the guest runs again.
-        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+        invalidate_guest_tlbs();
         changed
     }
 
     /// Write-protects every page of a range at once (the first epoch).
     pub fn write_protect_range(&mut self, ipa: u64, len: u64) -> u64 {
         let n = self.s2.set_writable_range(&mut self.tables, ipa, len, false).unwrap_or(0);
-        // SAFETY: as in `write_protect`.
-        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+        invalidate_guest_tlbs();
         n
     }
 

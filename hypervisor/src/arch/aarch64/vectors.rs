@@ -1,9 +1,13 @@
-//! The EL2 exception vector table and the guest register frame.
+//! The EL2 exception vector table, the guest register frame, and the guest
+//! enter/exit pair (KVM's shape).
 //!
-//! Every exception saves the guest's general registers and FP/SIMD state on
-//! the EL2 stack (the hypervisor's Rust code uses FP/SIMD too), calls
-//! `vmsync_trap(kind, frame)` and restores the frame, possibly changed, on
-//! the way back to the guest.
+//! `vmsync_run_guest(frame)` saves the hypervisor's callee-saved registers
+//! on the EL2 stack, loads the guest's general and FP/SIMD registers from
+//! `frame` and enters the guest (ELR_EL2/SPSR_EL2 say where). An exception
+//! from the guest saves its registers back into the same frame, restores
+//! the hypervisor's, and returns from `vmsync_run_guest` with the vector's
+//! kind: the guest's exit is an ordinary return. An exception taken by the
+//! hypervisor itself is fatal (`vmsync_hyp_fault`).
 
 /// The guest's registers as saved on exception entry.
 #[repr(C)]
@@ -70,81 +74,118 @@ impl VectorKind {
 
 core::arch::global_asm!(
     r#"
-.macro VENTRY kind
+// Stack layout of vmsync_run_guest while the guest runs (from sp up):
+// x19..x30 (96 bytes), d8..d15 (64 bytes), the frame pointer (8), pad (8).
+.equ HOST_SAVE, 176
+
+.macro VENTRY_HYP kind
     .balign 0x80
-    sub     sp, sp, #{frame}
-    stp     x0, x1, [sp]
     mov     x0, #\kind
-    b       vmsync_trap_common
+    b       vmsync_hyp_fault
+.endm
+
+.macro VENTRY_GUEST kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #\kind
+    b       vmsync_guest_exit
 .endm
 
     .section .text.vectors, "ax"
     .balign 0x800
     .global __el2_vectors
 __el2_vectors:
-    VENTRY 0
-    VENTRY 1
-    VENTRY 2
-    VENTRY 3
-    VENTRY 4
-    VENTRY 5
-    VENTRY 6
-    VENTRY 7
-    VENTRY 8
-    VENTRY 9
-    VENTRY 10
-    VENTRY 11
-    VENTRY 12
-    VENTRY 13
-    VENTRY 14
-    VENTRY 15
+    VENTRY_HYP 0
+    VENTRY_HYP 1
+    VENTRY_HYP 2
+    VENTRY_HYP 3
+    VENTRY_HYP 4
+    VENTRY_HYP 5
+    VENTRY_HYP 6
+    VENTRY_HYP 7
+    VENTRY_GUEST 8
+    VENTRY_GUEST 9
+    VENTRY_GUEST 10
+    VENTRY_GUEST 11
+    VENTRY_GUEST 12
+    VENTRY_GUEST 13
+    VENTRY_GUEST 14
+    VENTRY_GUEST 15
 
-vmsync_trap_common:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
-    str     x30, [sp, #240]
-    add     x1, sp, #256
-    stp     q0, q1, [x1, #0]
-    stp     q2, q3, [x1, #32]
-    stp     q4, q5, [x1, #64]
-    stp     q6, q7, [x1, #96]
-    stp     q8, q9, [x1, #128]
-    stp     q10, q11, [x1, #160]
-    stp     q12, q13, [x1, #192]
-    stp     q14, q15, [x1, #224]
-    stp     q16, q17, [x1, #256]
-    stp     q18, q19, [x1, #288]
-    stp     q20, q21, [x1, #320]
-    stp     q22, q23, [x1, #352]
-    stp     q24, q25, [x1, #384]
-    stp     q26, q27, [x1, #416]
-    stp     q28, q29, [x1, #448]
-    stp     q30, q31, [x1, #480]
-    mrs     x2, fpcr
-    mrs     x3, fpsr
-    add     x4, x1, #512
-    stp     x2, x3, [x4]
-    mov     x1, sp
-    bl      vmsync_trap
-    .global vmsync_trap_return
-vmsync_trap_return:
-    add     x1, sp, #256
-    add     x4, x1, #512
-    ldp     x2, x3, [x4]
-    msr     fpcr, x2
-    msr     fpsr, x3
+// x0 = kind; guest x0/x1 at [sp], the host save area above them.
+vmsync_guest_exit:
+    ldr     x1, [sp, #16 + 160]
+    stp     x2, x3, [x1, #16]
+    stp     x4, x5, [x1, #32]
+    stp     x6, x7, [x1, #48]
+    stp     x8, x9, [x1, #64]
+    stp     x10, x11, [x1, #80]
+    stp     x12, x13, [x1, #96]
+    stp     x14, x15, [x1, #112]
+    stp     x16, x17, [x1, #128]
+    stp     x18, x19, [x1, #144]
+    stp     x20, x21, [x1, #160]
+    stp     x22, x23, [x1, #176]
+    stp     x24, x25, [x1, #192]
+    stp     x26, x27, [x1, #208]
+    stp     x28, x29, [x1, #224]
+    str     x30, [x1, #240]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x1]
+    add     x2, x1, #256
+    stp     q0, q1, [x2, #0]
+    stp     q2, q3, [x2, #32]
+    stp     q4, q5, [x2, #64]
+    stp     q6, q7, [x2, #96]
+    stp     q8, q9, [x2, #128]
+    stp     q10, q11, [x2, #160]
+    stp     q12, q13, [x2, #192]
+    stp     q14, q15, [x2, #224]
+    stp     q16, q17, [x2, #256]
+    stp     q18, q19, [x2, #288]
+    stp     q20, q21, [x2, #320]
+    stp     q22, q23, [x2, #352]
+    stp     q24, q25, [x2, #384]
+    stp     q26, q27, [x2, #416]
+    stp     q28, q29, [x2, #448]
+    stp     q30, q31, [x2, #480]
+    mrs     x3, fpcr
+    mrs     x4, fpsr
+    add     x2, x2, #512
+    stp     x3, x4, [x2]
+    ldp     x19, x20, [sp, #0]
+    ldp     x21, x22, [sp, #16]
+    ldp     x23, x24, [sp, #32]
+    ldp     x25, x26, [sp, #48]
+    ldp     x27, x28, [sp, #64]
+    ldp     x29, x30, [sp, #80]
+    ldp     d8, d9, [sp, #96]
+    ldp     d10, d11, [sp, #112]
+    ldp     d12, d13, [sp, #128]
+    ldp     d14, d15, [sp, #144]
+    add     sp, sp, #HOST_SAVE
+    ret
+
+    // u64 vmsync_run_guest(frame: *mut TrapFrame)
+    .global vmsync_run_guest
+vmsync_run_guest:
+    sub     sp, sp, #HOST_SAVE
+    stp     x19, x20, [sp, #0]
+    stp     x21, x22, [sp, #16]
+    stp     x23, x24, [sp, #32]
+    stp     x25, x26, [sp, #48]
+    stp     x27, x28, [sp, #64]
+    stp     x29, x30, [sp, #80]
+    stp     d8, d9, [sp, #96]
+    stp     d10, d11, [sp, #112]
+    stp     d12, d13, [sp, #128]
+    stp     d14, d15, [sp, #144]
+    str     x0, [sp, #160]
+    add     x1, x0, #256
+    add     x2, x1, #512
+    ldp     x3, x4, [x2]
+    msr     fpcr, x3
+    msr     fpsr, x4
     ldp     q0, q1, [x1, #0]
     ldp     q2, q3, [x1, #32]
     ldp     q4, q5, [x1, #64]
@@ -161,46 +202,27 @@ vmsync_trap_return:
     ldp     q26, q27, [x1, #416]
     ldp     q28, q29, [x1, #448]
     ldp     q30, q31, [x1, #480]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
-    ldp     x20, x21, [sp, #160]
-    ldp     x22, x23, [sp, #176]
-    ldp     x24, x25, [sp, #192]
-    ldp     x26, x27, [sp, #208]
-    ldp     x28, x29, [sp, #224]
-    ldr     x30, [sp, #240]
-    ldp     x0, x1, [sp]
-    add     sp, sp, #{frame}
+    ldp     x2, x3, [x0, #16]
+    ldp     x4, x5, [x0, #32]
+    ldp     x6, x7, [x0, #48]
+    ldp     x8, x9, [x0, #64]
+    ldp     x10, x11, [x0, #80]
+    ldp     x12, x13, [x0, #96]
+    ldp     x14, x15, [x0, #112]
+    ldp     x16, x17, [x0, #128]
+    ldp     x18, x19, [x0, #144]
+    ldp     x20, x21, [x0, #160]
+    ldp     x22, x23, [x0, #176]
+    ldp     x24, x25, [x0, #192]
+    ldp     x26, x27, [x0, #208]
+    ldp     x28, x29, [x0, #224]
+    ldr     x30, [x0, #240]
+    ldp     x0, x1, [x0]
     eret
-
-    // vmsync_enter_guest(frame: *const TrapFrame) -> !
-    // Copies the frame to the top of the EL2 stack (every later trap starts
-    // from an empty stack) and leaves through the common return path; the
-    // caller has set ELR_EL2 and SPSR_EL2.
-    .global vmsync_enter_guest
-vmsync_enter_guest:
-    ldr     x1, =__stack_top
-    sub     x1, x1, #{frame}
-    mov     sp, x1
-    mov     x2, #0
-1:  ldr     x3, [x0, x2]
-    str     x3, [x1, x2]
-    add     x2, x2, #8
-    cmp     x2, #{frame}
-    b.lo    1b
-    b       vmsync_trap_return
-    .ltorg
-"#,
-    frame = const FRAME_SIZE,
+"#
 );
 
 extern "C" {
-    pub fn vmsync_enter_guest(frame: *const TrapFrame) -> !;
+    /// Runs the guest until it exits; returns the vector's kind.
+    pub fn vmsync_run_guest(frame: *mut TrapFrame) -> u64;
 }

@@ -4,21 +4,18 @@ use crate::memory::guest::GuestMemory;
 use crate::stats::TrapStats;
 use crate::sync::engine::Engine;
 use crate::sync::standby_node::GuestState;
-use crate::vplatform::ArmPlatform;
+use crate::vplatform::Platform;
 
-pub struct Vm {
+pub struct Vm<P> {
     pub mem: GuestMemory,
-    pub platform: ArmPlatform,
+    pub platform: P,
     pub stats: TrapStats,
     /// Guest accesses to addresses with no RAM or device behind them.
     pub unmapped_accesses: u64,
-    /// System registers that trapped and were treated as RAZ/WI, reported
-    /// once each.
-    pub sysregs_reported: heapless::Vec<u32, 32>,
     /// Dirty tracking and epoch encoding, when a policy is configured.
     pub sync: Option<Engine>,
-    /// Counter value when sync started (epoch times count from it).
-    pub sync_start_ticks: u64,
+    /// When sync started here (epoch times count from it).
+    pub sync_start_ns: u64,
     /// An epoch cut was asked for during this trap; it happens on the way
     /// back to the guest.
     pub cut_due: bool,
@@ -33,16 +30,15 @@ pub struct Vm {
     pub console: ConsoleCommands,
 }
 
-impl Vm {
-    pub fn new(mem: GuestMemory) -> Self {
+impl<P: Platform> Vm<P> {
+    pub fn new(mem: GuestMemory, platform: P) -> Self {
         Vm {
             mem,
-            platform: ArmPlatform::new(),
+            platform,
             stats: TrapStats::default(),
             unmapped_accesses: 0,
-            sysregs_reported: heapless::Vec::new(),
             sync: None,
-            sync_start_ticks: 0,
+            sync_start_ns: 0,
             cut_due: false,
             steady_mark: false,
             switch_to: None,

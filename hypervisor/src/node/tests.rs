@@ -1,0 +1,162 @@
+//! The node's roles on the fake architecture: a failing cut, a switch
+//! there and back, a switch whose target never commits, a failover.
+extern crate std;
+
+use super::fake::{self, active_vm, expected_ram, World};
+use super::{Node, Stop};
+use crate::net::test_link;
+
+const PAGES: u64 = 256;
+
+/// Guest RAM of node `j` (its running guest's or its standby image).
+fn ram_of(w: &World, j: usize) -> std::vec::Vec<u8> {
+    let n = w.node(j);
+    let n = n.borrow();
+    let m = &n.parts.machine;
+    // SAFETY: the leaked backing, `mem_bytes` long; read while no step runs.
+    unsafe { core::slice::from_raw_parts(m.backing, m.config.mem_bytes as usize) }.to_vec()
+}
+
+/// Active node 0 with standby node 1 over an in-memory cable; the guest
+/// program powers off after `end` writes.
+fn pair(end: u64) -> std::rc::Rc<World> {
+    pair_with_cable(end).0
+}
+
+/// `pair`, and a handle on node 0's end of the cable.
+fn pair_with_cable(end: u64) -> (std::rc::Rc<World>, test_link::Link) {
+    let w = World::new();
+    let (la, lb) = test_link::pair();
+    let cable = la.clone_end();
+    let mut pa = w.parts(fake::config(0, false, Some(1), false), Some(la), end);
+    let vm = active_vm(&mut pa, false);
+    w.add(Node::active(pa, vm));
+    let pb = w.parts(fake::config(1, true, Some(0), false), Some(lb), end);
+    w.add(Node::fresh_standby(pb).expect("standby starts"));
+    (w, cable)
+}
+
+#[test]
+fn a_failed_cut_keeps_its_pages_dirty_and_protected_and_verify_finds_no_divergence() {
+    let w = World::new();
+    let mut parts = w.parts(fake::config(0, false, None, true), None, 40_000);
+    let vm = active_vm(&mut parts, true);
+    let a = w.add(Node::active(parts, vm));
+    // Some epochs, then a cut that fails, then more writes to the same pages.
+    w.run_until(100_000, "three epochs", |w| w.node(a).borrow().vm().unwrap().sync.as_ref().unwrap().checks >= 3);
+    let failed_at = {
+        let n = w.node(a);
+        let mut n = n.borrow_mut();
+        let super::Role::Active(vm) = &mut n.role else { unreachable!() };
+        vm.sync.as_mut().unwrap().fail_next_cut = true;
+        vm.sync.as_ref().unwrap().checks
+    };
+    // The failed cut: its pages were writable; they must be read-only again.
+    w.run_until(100_000, "the failing cut", |w| !w.node(a).borrow().vm().unwrap().sync.as_ref().unwrap().fail_next_cut);
+    let dirty_after_failure = w.node(a).borrow_mut().role_vm_dirty();
+    assert!(dirty_after_failure > 0, "the failed epoch's pages are dirty again");
+    let writable = w.stage2s.borrow()[a].borrow().iter().filter(|&&x| x).count();
+    assert_eq!(writable, 0, "after a failed cut every page of the epoch is protected again");
+    w.run_until(1_000_000, "power-off", |w| w.stopped.borrow()[a].is_some());
+    assert_eq!(w.stopped.borrow()[a], Some(Stop::PowerOff));
+    let n = w.node(a);
+    let n = n.borrow();
+    let e = n.vm().unwrap().sync.as_ref().unwrap();
+    assert!(e.checks > failed_at + 3, "epochs went on after the failure ({} checks)", e.checks);
+    assert_eq!(e.mismatches, 0, "the local standby diverged after a failed cut");
+    assert_eq!(ram_of(&w, a), expected_ram(PAGES, 40_000));
+}
+
+impl super::fake::FakeNode {
+    /// Pages dirty in the open epoch.
+    fn role_vm_dirty(&mut self) -> u64 {
+        let super::Role::Active(vm) = &mut self.role else { return 0 };
+        vm.mem.dirty_now()
+    }
+}
+
+#[test]
+fn a_switch_hands_the_guest_over_and_back_and_it_runs_on_where_it_was() {
+    let w = pair(150_000);
+    w.run_until(100_000, "the standby commits", |w| w.committed(1).is_some_and(|e| e >= 3));
+    w.type_on(1, b"\x1dswitch\r");
+    w.run_until(100_000, "switch to 1", |w| w.is_active(1) && !w.is_active(0));
+    // The guest resumed at the final epoch's position, and node 0 holds
+    // that epoch's image.
+    let (pc1, committed0) = (w.pc(1), w.committed(0).unwrap());
+    assert!(pc1 > 0);
+    assert_eq!(ram_of(&w, 0), expected_ram(PAGES, pc1), "the old active device's image is the final epoch");
+    w.run_until(100_000, "node 0 in step again", |w| w.committed(0).is_some_and(|e| e >= committed0 + 2));
+    assert!(w.pc(1) > pc1, "the guest runs on at node 1");
+    w.type_on(0, b"\x1dswitch\r");
+    w.run_until(100_000, "switch back to 0", |w| w.is_active(0) && !w.is_active(1));
+    w.run_until(1_000_000, "power-off", |w| w.stopped.borrow()[0].is_some());
+    assert_eq!(w.stopped.borrow()[0], Some(Stop::PowerOff));
+    assert_eq!(ram_of(&w, 0), expected_ram(PAGES, 150_000), "the guest's writes, none lost or doubled across two switches");
+    // Node 1's image is the last epoch flushed at power-off.
+    let n1 = w.node(1);
+    let n1 = n1.borrow();
+    let s = n1.standby().unwrap();
+    let n0 = w.node(0);
+    let n0 = n0.borrow();
+    assert_eq!(s.node.applier.digest(), n0.vm().unwrap().sync.as_ref().unwrap().digest());
+    assert_eq!(sync_core::digest::content_digest(s.node.applier.image()), sync_core::digest::content_digest(&n0.vm().unwrap().mem));
+}
+
+#[test]
+fn a_switch_whose_target_never_commits_leaves_the_guest_running_where_it_was() {
+    let (w, cable) = pair_with_cable(2_000_000);
+    w.run_until(100_000, "the standby commits", |w| w.committed(1).is_some_and(|e| e >= 3));
+    // Nothing from the active device reaches the target any more (a
+    // one-way partition): the request goes out, the final epoch never
+    // arrives.
+    cable.cut_outgoing(true);
+    w.type_on(1, b"\x1dswitch\r");
+    let before = w.node(1).borrow().standby().unwrap().node.bytes_received;
+    w.run_until(10_000, "the request is read", |w| w.consoles.borrow()[1].borrow().is_empty());
+    let pc = w.pc(0);
+    let t0 = w.clock.get();
+    w.run_until(1_000_000, "4 s pass", |w| w.clock.get() - t0 >= 4_000_000_000);
+    assert!(w.is_active(0), "the guest stays on the device that had it");
+    // The guest was paused while the hand-over waited 3 s for the commit:
+    // it ran (16 writes a 50 us run at most) for at most the rest.
+    let ran_ns = w.clock.get() - t0 - 3_000_000_000;
+    assert!(w.pc(0) - pc <= ran_ns / 50_000 * 16, "the guest ran on while the hand-over waited");
+    let pc = w.pc(0);
+    w.run_until(1_000_000, "the guest runs on", |w| w.pc(0) > pc + 1000);
+    cable.cut_outgoing(false);
+    // The standby's request times out; it stays a standby and keeps up.
+    let committed = w.committed(1).unwrap();
+    w.run_until(1_000_000, "the standby in step again", |w| w.committed(1).is_some_and(|e| e > committed + 2));
+    assert!(!w.is_active(1));
+    assert!(w.node(1).borrow().standby().unwrap().node.bytes_received > before);
+}
+
+#[test]
+fn a_failover_resumes_from_the_last_committed_epoch() {
+    let w = pair(2_000_000);
+    w.run_until(100_000, "the standby commits", |w| w.committed(1).is_some_and(|e| e >= 4));
+    // The active device dies.
+    w.frozen.borrow_mut()[0] = true;
+    let committed = w.committed(1).unwrap();
+    let image = ram_of(&w, 1);
+    w.type_on(1, b"\x1dfailover\r");
+    w.run_until(10_000, "failover", |w| w.is_active(1));
+    let pc = w.pc(1);
+    assert_eq!(image, expected_ram(PAGES, pc), "epoch {committed}'s image is the program's state at its cut");
+    w.run_until(100_000, "the guest runs on", |w| w.pc(1) > pc + 1000);
+}
+
+#[test]
+fn a_standby_refuses_a_take_over_without_state_and_stays_a_standby() {
+    let w = pair(2_000_000);
+    // Nothing committed yet: a failover has no vCPU state to resume.
+    w.frozen.borrow_mut()[0] = true;
+    w.type_on(1, b"\x1dfailover\r");
+    w.run_until(1_000, "the command is read", |w| w.consoles.borrow()[1].borrow().is_empty());
+    for _ in 0..10 {
+        w.step_node(1);
+    }
+    assert!(!w.is_active(1), "a guest without its vCPU state must not run");
+    assert_eq!(w.stopped.borrow()[1], None, "the standby keeps serving");
+}
