@@ -15,6 +15,32 @@
 //! EpochCommit names the final cut, at or after the epoch begun, and a page
 //! may be staged more than once in it (the later record replaces the staged
 //! page; the commit's `page_count` counts records, not pages).
+//!
+//! Staging has a budget (`set_staging_budget`: the standby's heap, which
+//! on a device that started active is sized for its shadows, a quarter of
+//! guest RAM by default). An epoch that changes more pages than the budget
+//! holds cannot be committed atomically in that memory by any scheme: the
+//! old content of every page it changes (the committed image) and the new
+//! content must both be kept until the commit, and the active device keeps
+//! neither (it has the guest's current memory only, and a bounded shadow
+//! store). Refusing such an epoch keeps an image that grows staler for
+//! ever: the Resync restarts a catch-up that owes at least as much, and the
+//! standby never converges (nor can the guest move to it); allocating past
+//! the budget runs the heap out, and the next infallible allocation powers
+//! the device off. So the applier chooses convergence: when the next page
+//! would pass the budget it writes what it staged into the image and
+//! applies the rest of the epoch in place ("spills"). From that moment the
+//! image is no committed epoch's (`holds_committed_image` is false, and
+//! `committed_epoch` says 0, which is what HelloAck and Resync tell the
+//! active device) until the epoch commits, which makes it a committed
+//! epoch's image again, the newest. If the epoch fails instead (a cut link,
+//! a bad record), the image stays torn and the standby is resynced from
+//! epoch 0: every page comes whole (no base-dependent record goes to a
+//! standby at epoch 0), so nothing of the torn image survives into the
+//! next commit. What is given up is only the window of the in-place epoch:
+//! a failover to this standby meanwhile is refused (it has no committed
+//! state) rather than resuming a stale image. An epoch within the budget,
+//! the normal case, is staged and committed atomically as before.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -48,6 +74,10 @@ pub enum ApplyError {
     /// No memory to stage the page: the epoch is dropped (the active side
     /// resends from the committed epoch).
     OutOfMemory,
+    /// A base-dependent record (Delta) for a page already written in place
+    /// in this epoch: its base is gone. An honest active device sends such
+    /// a page whole (a catch-up's pages all go whole).
+    RewrittenInPlace,
 }
 
 /// What the staging of one epoch holds.
@@ -57,10 +87,17 @@ struct Staging {
     pages: Vec<(u64, Box<Page>, u64)>,
     /// Records applied (a page replaced counts again).
     records: u64,
+    /// The epoch outgrew the staging budget: records go into the image.
+    in_place: bool,
 }
 
 /// `slot` entry of a page not staged.
 const NOT_STAGED: u32 = u32::MAX;
+/// `slot` entry of a page written in place in the epoch being applied.
+const IN_PLACE: u32 = u32::MAX - 1;
+/// Heap bytes one staged page costs: its buffer and its entry in the staged
+/// list, twice (the list grows by doubling).
+const STAGED_PAGE_BYTES: usize = PAGE_SIZE + 2 * core::mem::size_of::<(u64, Box<Page>, u64)>();
 
 /// The standby's image and the epoch in flight.
 pub struct Applier<M: PageMemoryMut> {
@@ -74,6 +111,10 @@ pub struct Applier<M: PageMemoryMut> {
     /// Page buffers kept from earlier epochs (bounded), to spare the
     /// allocator 4 KiB allocations at every epoch.
     pool: Vec<Box<Page>>,
+    /// Most pages staging holds (and the pool keeps) at once.
+    max_staged: usize,
+    /// The image is no committed epoch's (see the module doc).
+    torn: bool,
 }
 
 /// Most page buffers kept for reuse (4 MiB).
@@ -90,7 +131,27 @@ impl<M: PageMemoryMut> Applier<M> {
     /// As `new`, with the page hashes known (e.g. `PageHashes::zeroed`
     /// for a zeroed image, which spares hashing it).
     pub fn with_hashes(image: M, committed: Epoch, hashes: PageHashes) -> Self {
-        Self { image, hashes, committed, staging: None, slot: Vec::new(), pool: Vec::new() }
+        Self { image, hashes, committed, staging: None, slot: Vec::new(), pool: Vec::new(), max_staged: usize::MAX, torn: false }
+    }
+
+    /// Staging (page buffers, kept ones included) may use at most `bytes`
+    /// of heap; an epoch that needs more is applied in place (module doc).
+    /// Without a budget staging takes what the allocator gives.
+    pub fn set_staging_budget(&mut self, bytes: usize) {
+        self.max_staged = bytes / STAGED_PAGE_BYTES;
+        self.pool.truncate(self.max_staged.min(POOL_MAX));
+    }
+
+    /// Pages staging may hold at once.
+    pub fn staging_budget_pages(&self) -> usize {
+        self.max_staged
+    }
+
+    /// Whether the image is the image of `committed_epoch` (false while,
+    /// or after, an epoch larger than the staging budget went in place and
+    /// has not committed: the standby then holds no committed epoch).
+    pub fn holds_committed_image(&self) -> bool {
+        !self.torn
     }
 
     pub fn committed_epoch(&self) -> Epoch {
@@ -141,19 +202,70 @@ impl<M: PageMemoryMut> Applier<M> {
             self.slot.try_reserve_exact(n).map_err(|_| ApplyError::OutOfMemory)?;
             self.slot.resize(n, NOT_STAGED);
         }
-        self.staging = Some(Staging { epoch, pages: Vec::new(), records: 0 });
+        // A torn image has nothing to protect: straight in place.
+        self.staging = Some(Staging { epoch, pages: Vec::new(), records: 0, in_place: self.torn });
         Ok(())
     }
 
     /// Drops the staged epoch; the committed image is untouched.
     pub fn abort(&mut self) {
         if let Some(s) = self.staging.take() {
+            if s.in_place {
+                // The image stays torn (committed epoch 0): see the module doc.
+                self.slot.fill(NOT_STAGED);
+            }
             for (p, _, _) in &s.pages {
                 self.slot[*p as usize] = NOT_STAGED;
             }
-            let room = POOL_MAX.saturating_sub(self.pool.len());
+            let room = self.pool_max().saturating_sub(self.pool.len());
             self.pool.extend(s.pages.into_iter().take(room).map(|(_, b, _)| b));
         }
+    }
+
+    fn pool_max(&self) -> usize {
+        POOL_MAX.min(self.max_staged)
+    }
+
+    /// The epoch outgrew the staging budget: what is staged goes into the
+    /// image, which is no committed epoch's from now until the commit.
+    fn spill(&mut self) {
+        let Some(s) = self.staging.as_mut() else { return };
+        for (p, page, hash) in core::mem::take(&mut s.pages) {
+            self.slot[p as usize] = IN_PLACE;
+            // Staged pages were all found in the image when applied.
+            if let Some(dst) = self.image.page_mut(p) {
+                dst.copy_from_slice(&page[..]);
+            }
+            let _ = self.hashes.set(p, hash);
+        }
+        s.in_place = true;
+        // Not needed any more in this epoch: the heap gets them back.
+        self.pool = Vec::new();
+        self.torn = true;
+        self.committed = 0;
+    }
+
+    /// Applies one record straight into the image (an in-place epoch).
+    fn apply_in_place(&mut self, rec: &delta::PageRecordRef<'_>) -> Result<(), ApplyError> {
+        let p = rec.page_num;
+        if self.slot[p as usize] == IN_PLACE && matches!(rec.record, delta::RecordRef::Delta { .. }) {
+            return Err(ApplyError::RewrittenInPlace);
+        }
+        let dst = self.image.page_mut(p).ok_or(ApplyError::PageOutOfRange)?;
+        self.slot[p as usize] = IN_PLACE;
+        let r = delta::apply_in_place(dst, rec);
+        // A record that failed may have written part of the page: its hash
+        // follows what the image holds either way.
+        let hash = match r {
+            Ok(h) => h,
+            Err(_) => crate::page::hash_page(dst),
+        };
+        let _ = self.hashes.set(p, hash);
+        r.map_err(ApplyError::Record)?;
+        if let Some(s) = self.staging.as_mut() {
+            s.records += 1;
+        }
+        Ok(())
     }
 
     /// Applies a decompressed batch of page records into staging. On error
@@ -183,6 +295,9 @@ impl<M: PageMemoryMut> Applier<M> {
             return Err(ApplyError::PageOutOfRange);
         }
         let staging = self.staging.as_mut().ok_or(ApplyError::NoEpoch)?;
+        if staging.in_place {
+            return self.apply_in_place(rec);
+        }
         // p < page_count = slot.len() (set at begin).
         let at = self.slot[p as usize];
         let committed = self.image.page(p).ok_or(ApplyError::PageOutOfRange)?;
@@ -195,13 +310,21 @@ impl<M: PageMemoryMut> Applier<M> {
             staging.records += 1;
             return Ok(());
         }
-        staging.pages.try_reserve(1).map_err(|_| ApplyError::OutOfMemory)?;
-        let Some(mut buf) = self.pool.pop().or_else(new_page) else { return Err(ApplyError::OutOfMemory) };
+        // Past the budget, or the heap has less than the budget said (a
+        // misjudged budget): in place, as the module doc says, rather than
+        // dropping an epoch that would come again as large.
+        let buf = if staging.pages.len() >= self.max_staged || staging.pages.try_reserve(1).is_err() { None } else { self.pool.pop().or_else(new_page) };
+        let Some(mut buf) = buf else {
+            self.spill();
+            return self.apply_in_place(rec);
+        };
         buf.copy_from_slice(committed);
         let hash = match delta::apply_in_place(&mut buf, rec) {
             Ok(h) => h,
             Err(e) => {
-                self.pool.push(buf);
+                if self.pool.len() < self.pool_max() {
+                    self.pool.push(buf);
+                }
                 return Err(ApplyError::Record(e));
             }
         };
@@ -223,6 +346,11 @@ impl<M: PageMemoryMut> Applier<M> {
         let Some(mut s) = self.staging.take() else {
             return Err(ApplyError::NoEpoch); // check_commit saw it: unreachable
         };
+        if s.in_place {
+            self.slot.fill(NOT_STAGED);
+            self.torn = false;
+        }
+        let pool_max = self.pool_max();
         for (p, page, hash) in s.pages.drain(..) {
             self.slot[p as usize] = NOT_STAGED;
             // Staged pages were all found in the image when applied.
@@ -230,7 +358,7 @@ impl<M: PageMemoryMut> Applier<M> {
                 dst.copy_from_slice(&page[..]);
             }
             let _ = self.hashes.set(p, hash);
-            if self.pool.len() < POOL_MAX {
+            if self.pool.len() < pool_max {
                 self.pool.push(page);
             }
         }
@@ -471,6 +599,101 @@ mod tests {
         a.apply_batch(&d2).unwrap();
         a.commit(6, &digest_of(&last), 2).unwrap();
         assert_eq!(a.image().pages(), &last);
+    }
+
+    /// Whole records of pages `0..n` with content `page(seed + p)`.
+    fn whole(n: u64, seed: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        let mut w = BatchEncoder::new();
+        for p in 0..n {
+            w.encode(p, &page(seed.wrapping_add(p as u8)), None, &mut b).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn an_epoch_within_the_staging_budget_keeps_the_committed_image() {
+        let (mut a, want) = committed_one();
+        a.set_staging_budget(2 * STAGED_PAGE_BYTES);
+        a.begin(2, 1).unwrap();
+        a.apply_batch(&whole(2, 40)).unwrap();
+        assert!(a.holds_committed_image());
+        assert_eq!((a.committed_epoch(), a.image().pages()), (1, &want[..]), "staged only");
+        a.abort();
+        assert_eq!((a.committed_epoch(), a.image().pages()), (1, &want[..]));
+    }
+
+    #[test]
+    fn an_epoch_past_the_staging_budget_goes_in_place_and_commits() {
+        let mut a = fresh(8);
+        a.set_staging_budget(3 * STAGED_PAGE_BYTES);
+        a.begin(1, 0).unwrap();
+        a.apply_batch(&whole(8, 1)).unwrap();
+        a.commit(1, &digest_of(&core::array::from_fn::<Page, 8, _>(|p| page(1 + p as u8))), 8).unwrap();
+        // Epoch 2 changes 5 pages, over the 3 staging holds: after the
+        // third, the image is no committed epoch's and says so.
+        let want: [Page; 8] = core::array::from_fn(|p| if p < 5 { page(50 + p as u8) } else { page(1 + p as u8) });
+        a.begin(2, 1).unwrap();
+        a.apply_batch(&whole(3, 50)).unwrap();
+        assert!(a.holds_committed_image(), "3 pages fit");
+        let mut rest = Vec::new();
+        let mut w = BatchEncoder::new();
+        for p in 3..5u64 {
+            w.encode(p, &want[p as usize], None, &mut rest).unwrap();
+        }
+        a.apply_batch(&rest).unwrap();
+        assert!(!a.holds_committed_image());
+        assert_eq!(a.committed_epoch(), 0, "a torn image claims no epoch");
+        // A page written again, whole, in the same epoch (a catch-up).
+        let mut again = Vec::new();
+        encode_page_record(0, &want[0], None, &mut again).unwrap();
+        a.apply_batch(&again).unwrap();
+        a.commit(2, &digest_of(&want), 6).unwrap();
+        assert!(a.holds_committed_image());
+        assert_eq!((a.committed_epoch(), a.image().pages()), (2, &want[..]));
+        assert_eq!(a.digest(), PageHashes::of_memory(a.image()).digest());
+        // The next epochs stage again (and deltas apply).
+        let mut next = want;
+        next[6][9] ^= 0x11;
+        let mut d = Vec::new();
+        encode_page_record(6, &next[6], Some(&want[6]), &mut d).unwrap();
+        a.begin(3, 2).unwrap();
+        a.apply_batch(&d).unwrap();
+        assert!(a.holds_committed_image());
+        a.commit(3, &digest_of(&next), 1).unwrap();
+        assert_eq!(a.image().pages(), &next);
+    }
+
+    #[test]
+    fn a_torn_image_resyncs_from_epoch_zero_with_whole_pages() {
+        let mut a = fresh(4);
+        a.set_staging_budget(STAGED_PAGE_BYTES);
+        a.begin(1, 0).unwrap();
+        a.apply_batch(&whole(4, 1)).unwrap();
+        a.commit(1, &digest_of(&core::array::from_fn::<Page, 4, _>(|p| page(1 + p as u8))), 4).unwrap();
+        // Epoch 2 spills, then a Delta for a page already rewritten in
+        // place fails (its base is gone) and the link is cut.
+        let old = page(1);
+        a.begin(2, 1).unwrap();
+        a.apply_batch(&whole(2, 70)).unwrap();
+        let mut d = Vec::new();
+        let mut changed = old;
+        changed[0] ^= 1;
+        encode_page_record(0, &changed, Some(&old), &mut d).unwrap();
+        assert_eq!(a.apply_batch(&d), Err(ApplyError::RewrittenInPlace));
+        assert_eq!(a.staging_epoch(), None);
+        assert!(!a.holds_committed_image());
+        assert_eq!(a.committed_epoch(), 0);
+        assert_eq!(a.begin(3, 1), Err(ApplyError::BaseMismatch { have: 0, want: 1 }));
+        // The hashes follow the torn image, and a resync from 0 (every page
+        // whole) commits.
+        assert_eq!(a.digest(), PageHashes::of_memory(a.image()).digest());
+        let want: [Page; 4] = core::array::from_fn(|p| page(90 + p as u8));
+        a.begin(3, 0).unwrap();
+        a.apply_batch(&whole(4, 90)).unwrap();
+        a.commit(3, &digest_of(&want), 4).unwrap();
+        assert!(a.holds_committed_image());
+        assert_eq!((a.committed_epoch(), a.image().pages()), (3, &want[..]));
     }
 
     #[test]

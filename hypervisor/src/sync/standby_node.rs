@@ -15,6 +15,33 @@ use super::session::StandbyPeer;
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
 
 const READ_CHUNK: usize = 512 << 10;
+/// Heap a standby keeps beyond staging for the rest of its receive path:
+/// the read buffer, frames being decoded and opened (each up to a batch of
+/// 1 MiB), the decompressed batch, the zstd context and its window, state
+/// frames, replies.
+const STAGING_RESERVE: usize = 16 << 20;
+
+/// The staging budget (bytes) of a standby whose heap has `free` bytes when
+/// it starts serving an image of `pages` pages: all of it but the reserve
+/// and the applier's page index (4 bytes a page, made at the first epoch).
+/// An epoch larger than that is applied in place (`sync_core::applier`):
+/// the heap never runs out for it.
+pub fn staging_budget(free: usize, pages: u64) -> usize {
+    free.saturating_sub(STAGING_RESERVE + pages as usize * 4)
+}
+
+/// Heap bytes free now.
+#[cfg(target_os = "none")]
+fn free_heap() -> Option<usize> {
+    let u = crate::heap::usage();
+    Some(u.size.saturating_sub(u.used))
+}
+
+/// None on the host: its tests set their own budgets.
+#[cfg(not(target_os = "none"))]
+fn free_heap() -> Option<usize> {
+    None
+}
 
 /// The guest's vCPU and device state at a committed epoch (the CpuState and
 /// DeviceState sent with it): with the image, what a switch or a failover
@@ -51,6 +78,8 @@ pub struct StandbyNode {
     pub committed_state: Option<GuestState>,
     /// The active device handed the guest over at this epoch.
     switch_done: Option<Epoch>,
+    /// The image was seen torn (an epoch past the staging budget in place).
+    torn: bool,
 }
 
 /// Hex of a digest, for the log line the tools compare.
@@ -74,12 +103,22 @@ impl StandbyNode {
     /// just handed its guest over keeps it as the image of the final epoch).
     pub fn with_applier(
         port: u16,
-        applier: Applier<RawPages>,
+        mut applier: Applier<RawPages>,
         committed_state: Option<GuestState>,
         secret: PairingSecret,
         ours: Handshake,
         nonce_seed: u64,
     ) -> Self {
+        if let Some(free) = free_heap() {
+            let pages = sync_core::digest::PageMemory::page_count(applier.image());
+            applier.set_staging_budget(staging_budget(free, pages));
+            info!(
+                "standby: staging budget {} MiB ({} of {} pages; a larger epoch is applied in place)",
+                (applier.staging_budget_pages() * 4096) >> 20,
+                applier.staging_budget_pages(),
+                pages
+            );
+        }
         StandbyNode {
             port,
             listener: None,
@@ -94,6 +133,7 @@ impl StandbyNode {
             staged: (None, None),
             committed_state,
             switch_done: None,
+            torn: false,
         }
     }
 
@@ -172,6 +212,25 @@ impl StandbyNode {
         }
     }
 
+    /// Logs when the image stops or starts again being a committed epoch's;
+    /// a torn image has no state to resume from.
+    fn note_torn(&mut self) {
+        let torn = !self.applier.holds_committed_image();
+        if torn && self.committed_state.take().is_some() {
+            warn!("standby: no committed state to fail over to until the epoch in place commits");
+        }
+        if torn != self.torn {
+            self.torn = torn;
+            match torn {
+                true => warn!(
+                    "standby: an epoch needs more than the staging budget ({} pages): applied in place, no committed epoch until it commits",
+                    self.applier.staging_budget_pages()
+                ),
+                false => info!("standby: the epoch applied in place committed: holding epoch {}", self.applier.committed_epoch()),
+            }
+        }
+    }
+
     fn close<D: NetDevice>(&mut self, net: &mut Stack<D>, why: &str) {
         if let Some((h, _)) = self.conn.take() {
             net.abort(h);
@@ -231,6 +290,7 @@ impl StandbyNode {
                     for ev in events {
                         self.on_event(ev);
                     }
+                    self.note_torn();
                 }
                 Err(e) => {
                     self.close(net, "bad or tampered input");
