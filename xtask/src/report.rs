@@ -261,4 +261,43 @@ vmsync: guest powered off (PSCI SYSTEM_OFF)\n";
         assert!(one["totals"].get("link_bytes").is_none() && one.get("link").is_none() && one.get("devices").is_none());
         assert_eq!(one["schema"], SCHEMA);
     }
+
+    /// Every field path of a JSON value: `totals.sealed_bytes`,
+    /// `epochs[].epoch`; an array of strings is a leaf.
+    fn paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    out.insert(p.clone());
+                    paths(x, &p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for x in a.iter().filter(|x| x.is_object()) {
+                    paths(x, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_field_is_documented() {
+        let doc = include_str!("../../docs/report.md");
+        let mut fields = std::collections::BTreeSet::new();
+        paths(&serde_json::to_value(full_report()).unwrap(), "", &mut fields);
+        // The rows of docs/report.md's tables: "| `path` | type | unit | meaning |".
+        let rows: std::collections::BTreeSet<String> =
+            doc.lines().filter_map(|l| l.strip_prefix("| `")?.split_once("` |").map(|(p, _)| p.to_string())).collect();
+        let undocumented: Vec<&String> = fields.difference(&rows).collect();
+        let unknown: Vec<&String> = rows.difference(&fields).collect();
+        assert!(undocumented.is_empty(), "fields without a row in docs/report.md: {undocumented:?}");
+        assert!(unknown.is_empty(), "rows of docs/report.md that name no field: {unknown:?}");
+        assert!(doc.contains(&format!("now **{SCHEMA}**")), "docs/report.md names another schema version");
+        // Its example is a report of this version.
+        let example = doc.split("```json\n").nth(1).and_then(|e| e.split("```").next()).expect("docs/report.md has a JSON example");
+        let r: Report = serde_json::from_str(example).expect("the example parses as a Report");
+        assert_eq!(r.schema, SCHEMA);
+    }
 }

@@ -1,5 +1,5 @@
 //! The JSON report's types: what `cargo xtask demo` writes (`--report`,
-//! default `target/demo/report.json`) and what its readers parse back.
+//! default `target/vmsync/report.json`) and what its readers parse back.
 //! docs/report.md describes every field; a unit test below checks that it
 //! names each one.
 //!
