@@ -1,4 +1,4 @@
-//! N symmetric devices for switching runs (`/tmp/spec/switch.md`): all boot
+//! N symmetric devices for switching runs (docs/protocol.md, "Switch"): all boot
 //! at once through one link emulator, each with its console's input open so
 //! the host can type hypervisor commands (`\x1dswitch\n`, `\x1dfailover\n`)
 //! into it, and any of them may end up running the guest.

@@ -6,7 +6,8 @@
 //! frames between devices by MAC like a learning switch, and passes each
 //! direction of each device pair through its own shaped link (rate, queue,
 //! delay, jitter, loss), with faults (cut, drop, bit flip) on command or at
-//! scheduled times. What it delivers is counted: that is `wire_bytes`.
+//! scheduled times. What it delivers is counted: that is the report's
+//! `totals.link_bytes` (docs/report.md).
 //!
 //! [`tcp_proxy`] shapes a TCP byte stream (QEMU's own migration) the same
 //! way.

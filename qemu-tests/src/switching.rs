@@ -1,5 +1,5 @@
 //! Who ran the guest when, read from the consoles of a switching run
-//! (`/tmp/spec/switch.md`): the `vmsync: switch: ...` lines of every device
+//! (docs/protocol.md, "Switch"): the `vmsync: switch: ...` lines of every device
 //! become a [`Timeline`] of guest segments and the switches between them.
 //!
 //! Rules:

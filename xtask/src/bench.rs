@@ -144,25 +144,22 @@ fn tracking(workload: &str, policy: &str, seconds: u64) -> Result<()> {
     println!("  progress ({field}) tracked   {on:>10.0}");
     println!("  ratio tracked/untracked {:>10.3}", on / off.max(1.0));
     let r = crate::report::build(&results[1].2, &crate::report::RunInfo { workload, policy, seconds });
-    let s = &r["steady"];
-    let secs = s["seconds"].as_f64().unwrap_or(0.0);
+    let s = &r.steady;
+    let secs = s.seconds;
     if secs > 0.0 {
-        let rate = |k: &str| s[k].as_f64().unwrap_or(0.0) / secs;
+        let rate = |v: u64| v as f64 / secs;
         println!(
-            "  after epoch 1, per second: dirty-page {:.0} B/s, changed {:.0} B/s, delta {:.0} B/s, compressed {:.0} B/s, wire {:.0} B/s",
-            rate("dirty_page_bytes"),
-            rate("changed_bytes"),
-            rate("delta_bytes"),
-            rate("compressed_bytes"),
-            rate("wire_bytes")
+            "  after epoch 1, per second: dirty-page {:.0} B/s, changed {:.0} B/s, delta {:.0} B/s, compressed {:.0} B/s, sealed {:.0} B/s",
+            rate(s.dirty_page_bytes),
+            rate(s.changed_bytes),
+            rate(s.delta_bytes),
+            rate(s.compressed_bytes),
+            rate(s.sealed_bytes)
         );
-        println!(
-            "  dirty-page bytes / compressed bytes {:.1}",
-            s["dirty_page_bytes"].as_f64().unwrap_or(0.0) / s["compressed_bytes"].as_f64().unwrap_or(1.0).max(1.0)
-        );
-        println!("  write faults {:.0}/s", rate("write_faults"));
+        println!("  dirty-page bytes / compressed bytes {:.1}", s.dirty_page_bytes as f64 / (s.compressed_bytes as f64).max(1.0));
+        println!("  write faults {:.0}/s", rate(s.write_faults));
     }
-    println!("  pause per epoch: median {} us, max {} us (max includes epoch 1, the initial copy)", r["pause_us"]["median"], r["pause_us"]["max"]);
+    println!("  pause per epoch: median {} us, max {} us (max includes epoch 1, the initial copy)", r.pause_us.median, r.pause_us.max);
     Ok(())
 }
 

@@ -8,7 +8,6 @@ mod verdict;
 
 use anyhow::{bail, Context, Result};
 use qemu_tests::devices::{DevicesControl, DevicesRun};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -216,13 +215,12 @@ fn finish(d: &Demo, run: &DevicesRun, missed: usize, name: &str, init_name: &str
     match &d.mode {
         Mode::One => {}
         Mode::Follow => {
-            r["link"] = d.link.name.clone().into();
-            r["standbys"] = multi::standby_report(&run.outputs[0], &run.outputs[1..], &run.snapshot);
-            r["totals"]["wire_bytes"] = run.snapshot.delivered_bytes().into();
-            r["totals"]["link_bytes"] = run.snapshot.delivered_bytes().into();
+            r.link = Some(d.link.name.clone());
+            r.standbys = Some(multi::standby_report(&run.outputs[0], &run.outputs[1..], &run.snapshot));
+            r.totals.link_bytes = Some(run.snapshot.delivered_bytes());
         }
         Mode::Switch(_) => {
-            r["link"] = d.link.name.clone().into();
+            r.link = Some(d.link.name.clone());
             let named = match &d.workload {
                 Workload::Named(w) => Some(w.as_str()),
                 Workload::Exec { .. } => None,
@@ -237,10 +235,16 @@ fn finish(d: &Demo, run: &DevicesRun, missed: usize, name: &str, init_name: &str
     std::fs::write(&d.report, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", d.report.display()))?;
 
     println!("\n{}{}", report::summary(&r), report::link_line(&r));
-    for s in r["standbys"].as_array().cloned().unwrap_or_default() {
+    let or_null = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+    for s in r.standbys.iter().flatten() {
         println!(
             "standby {}: committed epoch {}, digest match {}, reconnects {}, full resyncs {}, received {} bytes",
-            s["name"], s["committed_epoch"], s["digest_match"], s["reconnects"], s["full_resyncs"], s["bytes_received"]
+            s.name,
+            s.committed_epoch,
+            s.digest_match,
+            or_null(s.reconnects),
+            or_null(s.full_resyncs),
+            s.bytes_received
         );
     }
     if let Some(v) = &guest {
@@ -257,20 +261,24 @@ fn finish(d: &Demo, run: &DevicesRun, missed: usize, name: &str, init_name: &str
         for p in v.problems.iter().take(10) {
             println!("guest: {p}");
         }
-        for dev in r["devices"].as_array().cloned().unwrap_or_default() {
+        for dev in r.devices.iter().flatten() {
             // Only a standby's last commit is checked against the guest.
-            let digest = match &dev["digest_match"] {
-                Value::Bool(true) => ", digest matches",
-                Value::Bool(false) => ", digest DIFFERS",
-                _ => "",
+            let digest = match dev.digest_match {
+                Some(true) => ", digest matches",
+                Some(false) => ", digest DIFFERS",
+                None => "",
+            };
+            let role = match dev.role_at_end {
+                report::Role::Active => "active",
+                report::Role::Standby => "standby",
+                report::Role::Killed => "killed",
             };
             println!(
-                "{}: held the guest {} time(s), {} at the end, last committed epoch {}{digest}, received {} bytes",
-                dev["name"].as_str().unwrap_or(""),
-                dev["held_guest"],
-                dev["role_at_end"].as_str().unwrap_or(""),
-                dev["committed_epoch"],
-                dev["bytes_received"]
+                "{}: held the guest {} time(s), {role} at the end, last committed epoch {}{digest}, received {} bytes",
+                dev.name,
+                dev.held_guest,
+                or_null(dev.committed_epoch),
+                dev.bytes_received
             );
         }
     }

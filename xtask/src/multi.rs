@@ -3,7 +3,8 @@
 //! `qemu_tests::multi`; the run is `qemu_tests::devices`).
 use qemu_tests::link::Snapshot;
 use qemu_tests::{digests, lag_summary, peer_stat};
-use serde_json::{json, Value};
+
+use crate::report::StandbyEntry;
 
 pub use qemu_tests::multi::{active_config, standby_config};
 
@@ -26,9 +27,9 @@ pub fn fresh_secret() -> String {
 /// lag (the most bytes it was owed; when it was last back in step, ms
 /// since the active device started, null if it never lagged).
 /// `active` is device 0's console, `standbys[k]` device k+1's.
-pub fn standby_report(active: &str, standbys: &[String], snapshot: &Snapshot) -> Value {
+pub fn standby_report(active: &str, standbys: &[String], snapshot: &Snapshot) -> Vec<StandbyEntry> {
     let active_digests = digests(active);
-    let entries: Vec<Value> = standbys
+    standbys
         .iter()
         .enumerate()
         .map(|(k, out)| {
@@ -39,21 +40,20 @@ pub fn standby_report(active: &str, standbys: &[String], snapshot: &Snapshot) ->
             let all_match = !commits.is_empty() && commits.iter().all(matches);
             let received: u64 = snapshot.dirs.iter().filter(|d| d.to == i).map(|d| d.bytes).sum();
             let lag = lag_summary([active], i);
-            json!({
-                "name": format!("device-{i}"),
-                "committed_epoch": last.as_ref().map(|c| c.0).unwrap_or(0),
-                "commits": commits.len(),
-                "digest_match": last.as_ref().map(matches).unwrap_or(false),
-                "all_commits_match": all_match,
-                "reconnects": peer_stat(active, k + 1, "reconnects"),
-                "full_resyncs": peer_stat(active, k + 1, "full_resyncs"),
-                "bytes_received": received,
-                "max_lag_bytes": lag.max_lag_bytes,
-                "caught_up_at_ms": lag.caught_up_at_ms,
-            })
+            StandbyEntry {
+                name: format!("device-{i}"),
+                committed_epoch: last.as_ref().map(|c| c.0).unwrap_or(0),
+                commits: commits.len() as u64,
+                digest_match: last.as_ref().map(matches).unwrap_or(false),
+                all_commits_match: all_match,
+                reconnects: peer_stat(active, k + 1, "reconnects"),
+                full_resyncs: peer_stat(active, k + 1, "full_resyncs"),
+                bytes_received: received,
+                max_lag_bytes: lag.max_lag_bytes,
+                caught_up_at_ms: lag.caught_up_at_ms,
+            }
         })
-        .collect();
-    Value::Array(entries)
+        .collect()
 }
 
 #[cfg(test)]
@@ -66,9 +66,9 @@ mod tests {
                       vmsync: lag standby=1 addr=169.254.0.2 epochs=2 owed_pages=10 queued_bytes=5000 owed_bytes=45960 drain_bps=800000 in_step=0 at_ms=10000\n\
                       vmsync: lag standby=1 addr=169.254.0.2 epochs=0 owed_pages=0 queued_bytes=0 owed_bytes=0 drain_bps=700000 in_step=1 at_ms=10400\n";
         let r = standby_report(active, &[String::new(), String::new()], &Snapshot::default());
-        assert_eq!(r[0]["max_lag_bytes"], 414_600);
-        assert_eq!(r[0]["caught_up_at_ms"], 10_400);
-        assert_eq!(r[1]["max_lag_bytes"], 0);
-        assert_eq!(r[1]["caught_up_at_ms"], Value::Null, "device 2 never lagged");
+        assert_eq!(r[0].max_lag_bytes, 414_600);
+        assert_eq!(r[0].caught_up_at_ms, Some(10_400));
+        assert_eq!(r[1].max_lag_bytes, 0);
+        assert_eq!(r[1].caught_up_at_ms, None, "device 2 never lagged");
     }
 }

@@ -7,8 +7,9 @@ use anyhow::{bail, Result};
 use qemu_tests::devices::{DevicesControl, DevicesRun, SwitchOutcome};
 use qemu_tests::guest_check::GuestVerdict;
 use qemu_tests::switching::{self, SwitchKind, Timeline};
-use serde_json::{json, Value};
 use std::time::Duration;
+
+use crate::report;
 
 /// How long one switch or failover may take before the script moves on.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -203,29 +204,38 @@ fn name(i: usize) -> String {
 }
 
 /// The report's `switches` entries.
-pub fn switches_json(t: &Timeline) -> Value {
-    Value::Array(
-        t.switches
-            .iter()
-            .map(|s| {
-                json!({
-                    "kind": match s.kind { SwitchKind::Switch => "switch", SwitchKind::Failover => "failover" },
-                    "from": name(s.from), "to": name(s.to), "epoch": s.epoch,
-                    "latency_ms": s.latency_ms, "final_epoch_bytes": s.final_epoch_bytes, "pause_ms": s.pause_ms,
-                    "digest_match": s.digest_match,
-                })
-            })
-            .collect(),
-    )
+pub fn switches_json(t: &Timeline) -> Vec<report::SwitchEntry> {
+    t.switches
+        .iter()
+        .map(|s| report::SwitchEntry {
+            kind: match s.kind {
+                SwitchKind::Switch => report::SwitchKind::Switch,
+                SwitchKind::Failover => report::SwitchKind::Failover,
+            },
+            from: name(s.from),
+            to: name(s.to),
+            epoch: s.epoch,
+            latency_ms: s.latency_ms,
+            final_epoch_bytes: s.final_epoch_bytes,
+            pause_ms: s.pause_ms,
+            digest_match: s.digest_match,
+        })
+        .collect()
 }
 
 /// The guest's verdict, as the report's `guest` keys.
-pub fn guest_json(v: &GuestVerdict) -> Value {
-    json!({
-        "rebooted": v.rebooted, "counter_continuous": v.counter_continuous, "time_monotonic": v.time_monotonic,
-        "checksums_verified": v.checksums_verified, "boots": v.boots, "lines": v.lines,
-        "first_counter": v.first_counter, "last_counter": v.last_counter, "problems": v.problems,
-    })
+pub fn guest_json(v: &GuestVerdict) -> report::Continuity {
+    report::Continuity {
+        rebooted: v.rebooted,
+        counter_continuous: v.counter_continuous,
+        time_monotonic: v.time_monotonic,
+        checksums_verified: v.checksums_verified,
+        boots: v.boots as u64,
+        lines: v.lines as u64,
+        first_counter: v.first_counter,
+        last_counter: v.last_counter,
+        problems: v.problems.clone(),
+    }
 }
 
 /// One entry per device: its part in the run, its last commit as a
@@ -234,48 +244,52 @@ pub fn guest_json(v: &GuestVerdict) -> Value {
 /// its lag as a standby from the lag lines of whichever device was active
 /// (the most it was owed; when it was last back in step, ms since that
 /// device started, null if it never lagged).
-pub fn devices_json(outputs: &[String], t: &Timeline, received: &[u64], killed: &[bool], powered_off: Option<usize>) -> Value {
+pub fn devices_json(outputs: &[String], t: &Timeline, received: &[u64], killed: &[bool], powered_off: Option<usize>) -> Vec<report::DeviceEntry> {
     let cut = switching::cut_digests(std::slice::from_ref(&t.guest_console(outputs)));
     let last_holder = t.last_holder();
-    Value::Array(
-        outputs
-            .iter()
-            .enumerate()
-            .map(|(i, out)| {
-                let commit = switching::last_commit(out);
-                let standby_at_end = last_holder != Some(i) && !killed.get(i).copied().unwrap_or(false);
-                let matches = commit.as_ref().map(|(e, d)| cut.iter().rev().find(|(ce, _)| ce == e).is_some_and(|(_, cd)| cd == d));
-                let lag = qemu_tests::lag_summary(outputs.iter().map(|o| o.as_str()), i);
-                json!({
-                    "name": name(i),
-                    "held_guest": t.segments.iter().filter(|s| s.device == i).count(),
-                    "role_at_end": if killed.get(i).copied().unwrap_or(false) { "killed" } else if standby_at_end { "standby" } else { "active" },
-                    "committed_epoch": commit.as_ref().map(|c| c.0),
-                    "digest_match": if standby_at_end { matches.map(Value::Bool).unwrap_or(Value::Bool(false)) } else { Value::Null },
-                    "bytes_received": received.get(i).copied().unwrap_or(0),
-                    "powered_off": powered_off == Some(i),
-                    "max_lag_bytes": lag.max_lag_bytes,
-                    "caught_up_at_ms": lag.caught_up_at_ms,
-                })
-            })
-            .collect(),
-    )
+    outputs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            let commit = switching::last_commit(out);
+            let was_killed = killed.get(i).copied().unwrap_or(false);
+            let standby_at_end = last_holder != Some(i) && !was_killed;
+            let matches = commit.as_ref().map(|(e, d)| cut.iter().rev().find(|(ce, _)| ce == e).is_some_and(|(_, cd)| cd == d));
+            let lag = qemu_tests::lag_summary(outputs.iter().map(|o| o.as_str()), i);
+            report::DeviceEntry {
+                name: name(i),
+                held_guest: t.segments.iter().filter(|s| s.device == i).count() as u64,
+                role_at_end: if was_killed {
+                    report::Role::Killed
+                } else if standby_at_end {
+                    report::Role::Standby
+                } else {
+                    report::Role::Active
+                },
+                committed_epoch: commit.as_ref().map(|c| c.0),
+                digest_match: standby_at_end.then(|| matches.unwrap_or(false)),
+                bytes_received: received.get(i).copied().unwrap_or(0),
+                powered_off: powered_off == Some(i),
+                max_lag_bytes: lag.max_lag_bytes,
+                caught_up_at_ms: lag.caught_up_at_ms,
+            }
+        })
+        .collect()
 }
 
 /// Adds the switching run's keys to a report built from the guest's
 /// console (`report::build`).
-pub fn add_to_report(r: &mut Value, run: &DevicesRun, t: &Timeline, v: &GuestVerdict) {
+pub fn add_to_report(r: &mut report::Report, run: &DevicesRun, t: &Timeline, v: &GuestVerdict) {
     let received: Vec<u64> = (0..run.devices()).map(|i| run.received(i)).collect();
     let killed: Vec<bool> = run.killed.iter().map(|k| k.is_some()).collect();
-    r["switches"] = switches_json(t);
-    r["failed_switches"] = Value::Array(t.failed.iter().map(|f| json!({ "device": name(f.device), "reason": f.reason })).collect());
-    r["timeline_problems"] = json!(t.problems);
-    for (k, val) in guest_json(v).as_object().cloned().unwrap_or_default() {
-        r["guest"][k] = val;
-    }
-    r["devices"] = devices_json(&run.outputs, t, &received, &killed, run.powered_off);
-    r["totals"]["wire_bytes"] = run.snapshot.delivered_bytes().into();
-    r["totals"]["link_bytes"] = run.snapshot.delivered_bytes().into();
+    r.switches = Some(switches_json(t));
+    r.failed_switches = Some(t.failed.iter().map(|f| report::FailedSwitch { device: name(f.device), reason: f.reason.clone() }).collect());
+    r.timeline_problems = Some(t.problems.clone());
+    r.guest.continuity = Some(guest_json(v));
+    r.devices = Some(devices_json(&run.outputs, t, &received, &killed, run.powered_off));
+    // The encoder's `sealed_bytes` stay as the guest's console gives them;
+    // the link's count is a figure of its own.
+    r.totals.link_bytes = Some(run.snapshot.delivered_bytes());
 }
 
 /// One line per switch.
@@ -388,32 +402,32 @@ mod tests {
         let outs = vec![a, b];
         let t = switching::timeline(&outs, 0);
         let s = switches_json(&t);
-        assert_eq!(s[0]["from"], "device-0");
-        assert_eq!(s[0]["to"], "device-1");
-        assert_eq!(s[0]["latency_ms"], 33);
-        assert_eq!(s[0]["final_epoch_bytes"], 100);
-        assert_eq!(s[0]["digest_match"], true);
-        assert_eq!(s[0]["kind"], "switch");
+        assert_eq!((s[0].from.as_str(), s[0].to.as_str()), ("device-0", "device-1"));
+        assert_eq!(s[0].latency_ms, 33);
+        assert_eq!(s[0].final_epoch_bytes, 100);
+        assert!(s[0].digest_match);
+        assert_eq!(serde_json::to_value(&s[0]).unwrap()["kind"], "switch");
         let d = devices_json(&outs, &t, &[10, 20], &[false, false], Some(1));
-        assert_eq!(d[0]["role_at_end"], "standby");
-        assert_eq!(d[0]["committed_epoch"], 2);
-        assert_eq!(d[0]["digest_match"], true);
-        assert_eq!(d[1]["role_at_end"], "active");
-        assert_eq!(d[1]["digest_match"], Value::Null);
-        assert_eq!(d[1]["bytes_received"], 20);
-        assert_eq!(d[1]["powered_off"], true);
+        assert_eq!(serde_json::to_value(&d[0]).unwrap()["role_at_end"], "standby");
+        assert_eq!(d[0].committed_epoch, Some(2));
+        assert_eq!(d[0].digest_match, Some(true));
+        assert_eq!(d[1].role_at_end, report::Role::Active);
+        assert_eq!(d[1].digest_match, None);
+        assert_eq!(serde_json::to_value(&d[1]).unwrap()["digest_match"], serde_json::Value::Null);
+        assert_eq!(d[1].bytes_received, 20);
+        assert!(d[1].powered_off);
         // Device 1, active, printed device 0's lag; device 1 never lagged.
-        assert_eq!((d[0]["max_lag_bytes"].as_u64(), d[0]["caught_up_at_ms"].as_u64()), (Some(8202), Some(7400)));
-        assert_eq!((d[1]["max_lag_bytes"].as_u64(), &d[1]["caught_up_at_ms"]), (Some(0), &Value::Null));
+        assert_eq!((d[0].max_lag_bytes, d[0].caught_up_at_ms), (8202, Some(7400)));
+        assert_eq!((d[1].max_lag_bytes, d[1].caught_up_at_ms), (0, None));
         let v = qemu_tests::guest_check::verdict(&outs, &t, None);
         let g = guest_json(&v);
-        assert_eq!(g["rebooted"], false);
-        assert_eq!(g["counter_continuous"], true);
-        assert_eq!(g["time_monotonic"], true);
+        assert!(!g.rebooted);
+        assert!(g.counter_continuous);
+        assert!(g.time_monotonic);
         assert!(switch_lines(&t)[0].contains("latency 33 ms") && switch_lines(&t)[0].ends_with("digests match"));
         assert!(guest_line(&v).contains("rebooted no"));
         // The guest's console feeds the usual report: both devices' epochs.
         let r = crate::report::build(&t.guest_console(&outs), &crate::report::RunInfo { workload: "counter", policy: "interval:200ms", seconds: 2 });
-        assert_eq!(r["guest"]["progress"], 2);
+        assert_eq!(r.guest.progress, Some(2));
     }
 }

@@ -1,5 +1,5 @@
 //! What the emulator counts: per direction, frames and bytes delivered (the
-//! `wire_bytes` truth), drops by cause, flips, and delivered bytes per
+//! report's `totals.link_bytes`), drops by cause, flips, and delivered bytes per
 //! 100 ms for rate figures.
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ impl Snapshot {
         self.dirs.iter().find(|d| d.from == from && d.to == to)
     }
 
-    /// Bytes delivered on every direction: the `wire_bytes` of a run.
+    /// Bytes delivered on every direction: a run's `link_bytes` (docs/report.md).
     pub fn delivered_bytes(&self) -> u64 {
         self.dirs.iter().map(|d| d.bytes).sum()
     }

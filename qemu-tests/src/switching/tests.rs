@@ -1,4 +1,4 @@
-//! Synthetic consoles written by hand after `/tmp/spec/switch.md`.
+//! Synthetic consoles written by hand after the switch's log lines (docs/protocol.md, "Switch").
 use super::*;
 use crate::guest_check::{self, verdict};
 use vmsync_workloads::counter::{WorkingSet, DEFAULT_MIB};

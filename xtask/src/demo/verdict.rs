@@ -1,6 +1,6 @@
 //! Whether a demo run passed: what went wrong, read from the report and
 //! the run's facts, as sentences for the summary and the error.
-use serde_json::Value;
+use crate::report::{Report, WorkloadRc};
 
 use crate::study::results::workload_rc;
 
@@ -29,11 +29,11 @@ pub fn workload(console: &str, init_name: &str) -> Workload {
 }
 
 /// The report's `guest.workload_started` and `guest.workload_rc`.
-pub fn add_to_report(r: &mut Value, w: &Workload) {
-    r["guest"]["workload_started"] = (*w != Workload::NeverStarted).into();
-    r["guest"]["workload_rc"] = match w {
-        Workload::Ended(rc) => rc.parse::<i64>().map(Value::from).unwrap_or_else(|_| rc.clone().into()),
-        _ => Value::Null,
+pub fn add_to_report(r: &mut Report, w: &Workload) {
+    r.guest.workload_started = Some(*w != Workload::NeverStarted);
+    r.guest.workload_rc = match w {
+        Workload::Ended(rc) => Some(rc.parse::<i64>().map(WorkloadRc::Code).unwrap_or_else(|_| WorkloadRc::Text(rc.clone()))),
+        _ => None,
     };
 }
 
@@ -62,7 +62,7 @@ pub struct Facts {
 }
 
 /// Everything that went wrong; empty when the run passed.
-pub fn problems(r: &Value, f: &Facts) -> Vec<String> {
+pub fn problems(r: &Report, f: &Facts) -> Vec<String> {
     let mut p = Vec::new();
     if f.timed_out {
         p.push("the guest did not power off in time".to_string());
@@ -79,23 +79,22 @@ pub fn problems(r: &Value, f: &Facts) -> Vec<String> {
         Some(Workload::NeverStarted) => p.push("the workload never started".into()),
         _ => {}
     }
-    let all = |k: &str| r[k].as_array().cloned().unwrap_or_default();
-    if all("switches").iter().any(|s| s["digest_match"] != true) {
+    if r.switches.iter().flatten().any(|s| !s.digest_match) {
         p.push("a switch's digests do not match".into());
     }
     if f.missed_switches > 0 {
         p.push(format!("{} of {} planned switches did not happen", f.missed_switches, f.planned_switches));
     }
-    if r["guest"]["rebooted"] == true {
+    if r.guest.continuity.as_ref().is_some_and(|c| c.rebooted) {
         p.push("the guest rebooted".into());
     }
-    if all("standbys").iter().any(|s| s["digest_match"] != true) {
+    if r.standbys.iter().flatten().any(|s| !s.digest_match) {
         p.push("a standby's committed image does not match the active device".into());
     }
-    if all("devices").iter().any(|d| d["digest_match"] == false) {
+    if r.devices.iter().flatten().any(|d| d.digest_match == Some(false)) {
         p.push("a standby's committed image does not match the guest at that epoch".into());
     }
-    let mismatches = r["verify"]["mismatches"].as_u64().unwrap_or(0);
+    let mismatches = r.verify.mismatches;
     if mismatches > 0 {
         p.push(format!("verify found {mismatches} mismatches: a write escaped tracking"));
     }
@@ -105,16 +104,21 @@ pub fn problems(r: &Value, f: &Facts) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::report::{Continuity, DeviceEntry, StandbyEntry, SwitchEntry};
 
     /// The report of a run that passed every check.
-    fn good_report() -> Value {
-        json!({
-            "switches": [{ "digest_match": true }, { "digest_match": true }],
-            "devices": [{ "digest_match": null }, { "digest_match": true }],
-            "guest": { "rebooted": false },
-            "verify": { "checks": 0, "mismatches": 0 },
-        })
+    fn good_report() -> Report {
+        let switch = SwitchEntry { digest_match: true, ..SwitchEntry::default() };
+        let mut r = Report {
+            switches: Some(vec![switch.clone(), switch]),
+            devices: Some(vec![
+                DeviceEntry { digest_match: None, ..DeviceEntry::default() },
+                DeviceEntry { digest_match: Some(true), ..DeviceEntry::default() },
+            ]),
+            ..Report::default()
+        };
+        r.guest.continuity = Some(Continuity::default());
+        r
     }
 
     #[test]
@@ -128,11 +132,14 @@ mod tests {
         // A hypervisor line cutting the end line in two (workload_rc copes).
         let cut = format!("{start}vmsync-guest: workload video en\nvmsync: epoch epoch=9\nd rc=3\n");
         assert_eq!(workload(&cut, "video"), Workload::Ended("3".into()));
-        let mut r = json!({ "guest": {} });
+        let mut r = Report::default();
         add_to_report(&mut r, &Workload::Ended("3".into()));
-        assert_eq!((r["guest"]["workload_started"].clone(), r["guest"]["workload_rc"].clone()), (json!(true), json!(3)));
+        assert_eq!((r.guest.workload_started, &r.guest.workload_rc), (Some(true), &Some(WorkloadRc::Code(3))));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!((&v["guest"]["workload_started"], &v["guest"]["workload_rc"]), (&serde_json::json!(true), &serde_json::json!(3)));
         add_to_report(&mut r, &Workload::NeverStarted);
-        assert_eq!((r["guest"]["workload_started"].clone(), r["guest"]["workload_rc"].clone()), (json!(false), Value::Null));
+        assert_eq!((r.guest.workload_started, &r.guest.workload_rc), (Some(false), &None));
+        assert_eq!(serde_json::to_value(&r).unwrap()["guest"]["workload_rc"], serde_json::Value::Null);
         assert_eq!(workload_line("video", &Workload::Ended("0".into())), "workload video: ran to its end, rc=0");
         assert_eq!(workload_line("prog", &Workload::Ended("3".into())), "workload prog: FAILED, exited with rc=3");
     }
@@ -149,11 +156,11 @@ mod tests {
             ["the guest did not power off in time", "the workload never started", "2 of 2 planned switches did not happen"]
         );
         let mut r = good_report();
-        r["switches"][1]["digest_match"] = false.into();
-        r["devices"][1]["digest_match"] = false.into();
-        r["guest"]["rebooted"] = true.into();
-        r["verify"]["mismatches"] = 4.into();
-        r["standbys"] = json!([{ "digest_match": false }]);
+        r.switches.as_mut().unwrap()[1].digest_match = false;
+        r.devices.as_mut().unwrap()[1].digest_match = Some(false);
+        r.guest.continuity.as_mut().unwrap().rebooted = true;
+        r.verify.mismatches = 4;
+        r.standbys = Some(vec![StandbyEntry { digest_match: false, ..StandbyEntry::default() }]);
         assert_eq!(
             problems(&r, &ok),
             [

@@ -1,12 +1,13 @@
 //! `report.md`: the study's table, the ratios (the paper's and ours), what
-//! each policy costs per hour on each link profile of DESIGN.md, and what
+//! each policy costs per hour on each link profile of the link emulator
+//! (`qemu_tests::link::Profile`), and what
 //! a smaller shadow budget costs on the wire.
 use std::fmt::Write as _;
 
 use super::results::Row;
 
-/// The link profiles of the link emulator (DESIGN.md, "Network and the
-/// test link"): name and bits per second.
+/// The link profiles of the link emulator (`qemu-tests/src/link/profile.rs`;
+/// the README's `--link`): name and bits per second.
 pub const LINKS: &[(&str, f64)] = &[("wifi", 50e6), ("lte", 10e6), ("bt", 2e6)];
 
 /// Megabytes (10^6) per hour at `bytes_per_second`.

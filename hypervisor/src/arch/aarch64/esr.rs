@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn store_to_read_only_page_measured_on_qemu() {
-        // TOOLCHAIN.md: a store to an S2AP=01 page (`str x5, [..]`).
+        // Measured under QEMU: a store to an S2AP=01 page (`str x5, [..]`).
         let Exit::DataAbort(d) = decode(0x93c5804f) else { panic!("not a data abort") };
         assert!(d.isv && d.wnr && d.from_lower_el && d.il32);
         assert_eq!(d.sas_bytes, 8);
