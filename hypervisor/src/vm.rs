@@ -4,7 +4,7 @@ use crate::memory::guest::GuestMemory;
 use crate::stats::TrapStats;
 use crate::sync::engine::Engine;
 use crate::sync::standby_node::GuestState;
-use crate::vplatform::ArmPlatform;
+use crate::vplatform::arm::ArmPlatform;
 
 pub struct Vm {
     pub mem: GuestMemory,

@@ -16,7 +16,7 @@ use super::{
 use crate::config::GuestConfig;
 use crate::memory::{guest::GuestMemory, layout, phys, stage2};
 use crate::vm::Vm;
-use crate::vplatform::{board as vboard, fdt as vfdt};
+use crate::vplatform::arm::{board as vboard, fdt as vfdt};
 
 pub static LOGGER: crate::logger::ConsoleLogger =
     // SAFETY: the board's console UART is mapped (Device memory, first GiB)

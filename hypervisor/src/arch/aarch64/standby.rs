@@ -14,7 +14,7 @@ use crate::console_cmd::{Command, ConsoleCommands, Input};
 use crate::sync::loopback;
 use crate::sync::raw_pages::RawPages;
 use crate::sync::standby_node::StandbyNode;
-use crate::vplatform::board as vboard;
+use crate::vplatform::arm::board as vboard;
 
 /// How long the standby sleeps between polls when nothing arrives.
 const POLL_MS: u64 = 1;

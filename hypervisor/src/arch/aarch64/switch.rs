@@ -20,7 +20,8 @@ use crate::sync::peers::Peers;
 use crate::sync::raw_pages::RawPages;
 use crate::sync::standby_node::{hex, StandbyNode};
 use crate::vm::Vm;
-use crate::vplatform::{board as vboard, snapshot::SnapshotError, ArmPlatform};
+use crate::vplatform::arm::{board as vboard, ArmPlatform};
+use crate::vplatform::snapshot::SnapshotError;
 
 /// How long the paused guest waits for the target to commit the final
 /// epoch before the switch is called off (and the guest resumes here).

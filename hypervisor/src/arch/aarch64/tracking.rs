@@ -20,7 +20,7 @@ use crate::sync::engine::{Engine, SyncError, Verdict};
 use crate::sync::raw_pages::RawPages;
 use crate::sync::standby_node::GuestState;
 use crate::vm::Vm;
-use crate::vplatform::board as vboard;
+use crate::vplatform::arm::board as vboard;
 
 /// How often the policy is asked whether to cut (the hypervisor's tick).
 pub const TICK_NS: u64 = 5_000_000;

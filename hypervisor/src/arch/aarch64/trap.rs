@@ -11,7 +11,8 @@ use super::vectors::{TrapFrame, VectorKind};
 use super::{power, sysreg, timer, tracking};
 use crate::console_cmd::{Command, Input};
 use crate::vm::{Vm, UNMAPPED_REPORTS};
-use crate::vplatform::{board as vboard, psci, vgic, MmioAccess, MmioOutcome};
+use crate::vplatform::arm::{board as vboard, psci, vgic};
+use crate::vplatform::{MmioAccess, MmioOutcome};
 
 #[no_mangle]
 extern "C" fn vmsync_trap(kind: u64, frame: &mut TrapFrame) {
