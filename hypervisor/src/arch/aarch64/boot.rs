@@ -14,7 +14,11 @@ use super::{
     sysreg, timer, tracking, vectors,
 };
 use crate::config::GuestConfig;
-use crate::memory::{guest::GuestMemory, layout, phys, stage2};
+use crate::memory::stage2::{
+    self,
+    vmsav8::{self, Vmsav8},
+};
+use crate::memory::{guest::GuestMemory, layout, phys};
 use crate::vm::Vm;
 use crate::vplatform::arm::{board as vboard, fdt as vfdt};
 
@@ -167,7 +171,7 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     // mapped. Built in either role: a standby that takes the guest over
     // runs it in the same memory.
     // Sized from the guest: 2 GiB of guest needs just over 1024 tables.
-    let pool_size = (stage2::tables_for(size) + STAGE2_SPARE_TABLES) * 4096;
+    let pool_size = (stage2::tables_for::<Vmsav8>(size) + STAGE2_SPARE_TABLES) * 4096;
     let pool = alloc.alloc(pool_size, 0x2000).unwrap_or_else(|e| fatal!("no room for stage-2 tables: {e:?}"));
     // SAFETY: the pool was just allocated for the tables alone.
     let mut tables = unsafe { PoolTables::new(pool, pool_size) };
@@ -175,7 +179,7 @@ pub extern "C" fn vmsync_main(dtb: usize) -> ! {
     if let Err(e) = s2.map(&mut tables, vboard::RAM_BASE, backing, size, stage2::S2Attrs { writable: true, memory: stage2::MemType::Normal }) {
         fatal!("mapping guest RAM: {e:?}");
     }
-    VTCR_EL2.set(stage2::VTCR);
+    VTCR_EL2.set(vmsav8::VTCR);
     VTTBR_EL2.set(s2.vttbr(VMID));
     invalidate_guest_tlbs();
     *STAGE2.lock() = Some(GuestStage2 { s2, tables });
