@@ -22,7 +22,7 @@ use crate::arch::seam::{Arch, Completion, GuestPc, HostIrqs, Stage2Table, VmExit
 use crate::config::GuestConfig;
 use crate::net::test_link::Link;
 use crate::net::Stack;
-use crate::vplatform::ArmPlatform;
+use crate::vplatform::arm::ArmPlatform;
 
 pub const RAM_BASE: u64 = 0x4000_0000;
 /// Pages the program writes over (a small working set, so pages are

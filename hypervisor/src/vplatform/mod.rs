@@ -1,15 +1,12 @@
-//! The virtual board the guest sees, the same on every device: a PL011, a
-//! GICv3, the generic timer and PSCI, described by a device tree the
-//! hypervisor writes. Nothing is passed through. This module routes the
-//! guest's MMIO accesses to the device models.
-pub mod board;
-pub mod fdt;
-pub mod pl011;
-pub mod psci;
+//! The virtual board the guest sees, the same on every device of one
+//! architecture: nothing is passed through. This module holds what every
+//! architecture's board shares: the `Platform` trait the node drives, the
+//! shapes of a trapped access and of a hypercall's outcome, and the
+//! snapshot container that carries the board's state in a switch. Each
+//! architecture's board lives in a submodule (`arm`: vGIC, PL011, PSCI and
+//! the guest's device tree).
+pub mod arm;
 pub mod snapshot;
-pub mod vgic;
-
-use board::*;
 
 /// One trapped MMIO access, already decoded from the syndrome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,100 +65,4 @@ pub trait Platform: Sized {
     fn restore(bytes: &[u8]) -> Result<Self, snapshot::SnapshotError>;
     /// Accesses the models did not understand, for the power-off report.
     fn unknown_accesses(&self) -> u64;
-}
-
-impl Platform for ArmPlatform {
-    fn fresh() -> Self {
-        ArmPlatform::new()
-    }
-    fn mmio(&mut self, a: MmioAccess) -> Result<MmioOutcome, MmioError> {
-        ArmPlatform::mmio(self, a)
-    }
-    fn console_input(&mut self, byte: u8) -> bool {
-        self.uart_input(byte)
-    }
-    fn hypercall(&mut self, args: [u64; 4]) -> HypercallOutcome {
-        match psci::handle(args[0], args[1], args[2], args[3], 1) {
-            psci::PsciOutcome::Return(v) => HypercallOutcome::Return(v),
-            psci::PsciOutcome::CpuOnRefused { target, code } => HypercallOutcome::CpuOnRefused { target, code },
-            psci::PsciOutcome::SystemOff => HypercallOutcome::PowerOff("PSCI SYSTEM_OFF"),
-            psci::PsciOutcome::SystemReset => HypercallOutcome::Reset("PSCI SYSTEM_RESET"),
-        }
-    }
-    fn save(&self, out: &mut alloc::vec::Vec<u8>) {
-        ArmPlatform::save(self, out)
-    }
-    fn restore(bytes: &[u8]) -> Result<Self, snapshot::SnapshotError> {
-        ArmPlatform::restore(bytes)
-    }
-    fn unknown_accesses(&self) -> u64 {
-        self.vgic.unknown_accesses()
-    }
-}
-
-/// The ARM virtual board: vGIC and PL011 (PSCI is stateless).
-pub struct ArmPlatform {
-    pub vgic: vgic::Vgic,
-    pub uart: pl011::Pl011,
-}
-
-impl Default for ArmPlatform {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ArmPlatform {
-    pub fn new() -> Self {
-        ArmPlatform { vgic: vgic::Vgic::new(), uart: pl011::Pl011::new() }
-    }
-
-    pub fn mmio(&mut self, a: MmioAccess) -> Result<MmioOutcome, MmioError> {
-        let size = a.size as usize;
-        if let Some(off) = offset_in(a.ipa, GICD_BASE, GICD_SIZE) {
-            return Ok(match a.write {
-                None => MmioOutcome::Read(self.vgic.gicd_read(off, size)),
-                Some(v) => {
-                    self.vgic.gicd_write(off, size, v);
-                    MmioOutcome::Written
-                }
-            });
-        }
-        if let Some(off) = offset_in(a.ipa, GICR_BASE, GICR_SIZE) {
-            return Ok(match a.write {
-                None => MmioOutcome::Read(self.vgic.gicr_read(off, size)),
-                Some(v) => {
-                    self.vgic.gicr_write(off, size, v);
-                    MmioOutcome::Written
-                }
-            });
-        }
-        if let Some(off) = offset_in(a.ipa, UART_BASE, UART_SIZE) {
-            let out = match a.write {
-                None => MmioOutcome::Read(self.uart.read(off, size) as u64),
-                Some(v) => match self.uart.write(off, size, v as u32) {
-                    Some(byte) => MmioOutcome::Console(byte),
-                    None => MmioOutcome::Written,
-                },
-            };
-            self.sync_uart_irq();
-            return Ok(out);
-        }
-        Err(MmioError::Unmapped)
-    }
-
-    /// Console input for the guest.
-    pub fn uart_input(&mut self, byte: u8) -> bool {
-        let taken = self.uart.push_rx(byte);
-        self.sync_uart_irq();
-        taken
-    }
-
-    fn sync_uart_irq(&mut self) {
-        self.vgic.set_level(UART_INTID, self.uart.irq_level());
-    }
-}
-
-fn offset_in(ipa: u64, base: u64, size: u64) -> Option<usize> {
-    ipa.checked_sub(base).filter(|&o| o < size).map(|o| o as usize)
 }

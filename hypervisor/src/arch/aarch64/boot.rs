@@ -15,8 +15,12 @@ use super::{
     stage2_mem::{GuestStage2, PoolTables},
 };
 use crate::arch::seam::{ArchBoot, BootInfo};
-use crate::memory::{guest::GuestMemory, layout, phys, stage2};
-use crate::vplatform::{board as vboard, fdt as vfdt};
+use crate::memory::stage2::{
+    self,
+    vmsav8::{self, Vmsav8},
+};
+use crate::memory::{guest::GuestMemory, layout, phys};
+use crate::vplatform::arm::{board as vboard, fdt as vfdt};
 
 pub static LOGGER: crate::logger::ConsoleLogger =
     // SAFETY: the board's console UART is mapped (Device memory, first GiB)
@@ -106,13 +110,13 @@ impl ArchBoot for Aarch64 {
 
     fn stage2(&mut self, alloc: &mut phys::PhysAllocator, backing: u64, size: u64) -> Result<GuestStage2, BootError> {
         // Sized from the guest: 2 GiB of guest needs just over 1024 tables.
-        let pool_size = (stage2::tables_for(size) + STAGE2_SPARE_TABLES) * 4096;
+        let pool_size = (stage2::tables_for::<Vmsav8>(size) + STAGE2_SPARE_TABLES) * 4096;
         let pool = alloc.alloc(pool_size, 0x2000).map_err(BootError::NoRoomForTables)?;
         // SAFETY: the pool was just allocated for the tables alone.
         let mut tables = unsafe { PoolTables::new(pool, pool_size) };
         let mut s2 = stage2::Stage2::new(&mut tables).map_err(BootError::Stage2)?;
         s2.map(&mut tables, vboard::RAM_BASE, backing, size, stage2::S2Attrs { writable: true, memory: stage2::MemType::Normal }).map_err(BootError::Stage2)?;
-        VTCR_EL2.set(stage2::VTCR);
+        VTCR_EL2.set(vmsav8::VTCR);
         VTTBR_EL2.set(s2.vttbr(VMID));
         super::stage2_mem::invalidate_guest_tlbs();
         Ok(GuestStage2 { s2, tables, ram_base: vboard::RAM_BASE, ram_size: size })

@@ -11,7 +11,7 @@ use super::vcpu_state::{CpuStateError, GuestCpu};
 use super::vectors::{self, TrapFrame, VectorKind};
 use super::{board, power, sysreg, timer, vcpu};
 use crate::arch::seam::{Arch, Completion, GuestPc, VmExit};
-use crate::vplatform::{board as vboard, ArmPlatform};
+use crate::vplatform::arm::{board as vboard, ArmPlatform};
 
 /// The exit `complete` finishes.
 #[derive(Debug, Clone, Copy)]

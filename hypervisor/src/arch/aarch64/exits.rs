@@ -12,7 +12,8 @@ use super::esr::{self, DataAbort, Exit, FaultKind};
 use super::vectors::VectorKind;
 use super::{board, sysreg, timer};
 use crate::arch::seam::{Handled, HostIrqs, VmExit};
-use crate::vplatform::{board as vboard, vgic, ArmPlatform, MmioAccess};
+use crate::vplatform::arm::{board as vboard, vgic, ArmPlatform};
+use crate::vplatform::MmioAccess;
 
 pub(super) fn decode(cpu: &mut Aarch64, kind: VectorKind, platform: &mut ArmPlatform) -> VmExit {
     match kind {

@@ -1,5 +1,5 @@
 //! Stage-2 table memory from a fixed pool of physical pages.
-use crate::memory::stage2::TableMemory;
+use crate::memory::stage2::{vmsav8::Vmsav8, Stage2, TableMemory};
 
 pub struct PoolTables {
     next: u64,
@@ -37,7 +37,7 @@ impl TableMemory for PoolTables {
 /// change needs. A write-protect without the invalidate would leave a stale
 /// writable TLB entry that never faults, hiding writes.
 pub struct GuestStage2 {
-    pub s2: crate::memory::stage2::Stage2,
+    pub s2: Stage2<Vmsav8>,
     pub tables: PoolTables,
     /// Guest RAM: its first IPA and size.
     pub ram_base: u64,

@@ -8,7 +8,7 @@ use super::gic::Gic;
 use super::sysreg;
 use super::vcpu_state::{El1, GuestCpu, EL1_COUNT, MAX_LRS};
 use super::vectors::TrapFrame;
-use crate::vplatform::board as vboard;
+use crate::vplatform::arm::board as vboard;
 
 /// The vCPU as the guest will resume it: call with the guest paused in a
 /// trap, after the list registers were refilled for its return.

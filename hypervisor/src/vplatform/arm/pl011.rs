@@ -17,7 +17,7 @@
 //!   for that, and `rx_timeout` re-arms it after the guest cleared it
 //!   without draining.
 
-use super::snapshot::{only_bits, Reader, SnapshotError, Writer};
+use crate::vplatform::snapshot::{only_bits, Reader, SnapshotError, Writer};
 
 /// Receive FIFO depth of the r1p5 PL011.
 pub const FIFO_DEPTH: usize = 32;
@@ -285,7 +285,7 @@ impl Pl011 {
 // ---- snapshot ---------------------------------------------------------
 
 impl Pl011 {
-    /// The UART section of a device snapshot (`snapshot.rs`), in this
+    /// The UART section of a device snapshot (`arm/mod.rs`), in this
     /// order: CR (u16), LCR_H (u8), IBRD (u16), FBRD, ILPR, IFLS (u8),
     /// IMSC, RIS (u16), DMACR, RSR (u8), unknown_accesses (u32), then the
     /// receive FIFO oldest byte first: a count (u8) and the bytes. The

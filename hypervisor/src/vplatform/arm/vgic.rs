@@ -32,7 +32,7 @@
 //! (the UART); `set_pending(intid)` for edges, SGIs from ICC_SGI1R_EL1
 //! traps, and HW-backed interrupts (the physical GIC holds their level).
 
-use super::snapshot::{only_bits, Reader, SnapshotError, Writer};
+use crate::vplatform::snapshot::{only_bits, Reader, SnapshotError, Writer};
 
 pub const NR_INTIDS: usize = 96;
 const WORDS: usize = NR_INTIDS / 32;
@@ -603,7 +603,7 @@ impl Vgic {
 // ---- snapshot ---------------------------------------------------------
 
 impl Vgic {
-    /// The vGIC section of a device snapshot (`snapshot.rs`), in this
+    /// The vGIC section of a device snapshot (`arm/mod.rs`), in this
     /// order: NR_INTIDS (u16); GICD_CTLR enables (u32); group, enable,
     /// pending latch, active, line level, edge config (each WORDS x u32);
     /// priorities (NR_INTIDS x u8); SPI IROUTERs (NR_INTIDS-32 x u64);
