@@ -18,6 +18,7 @@ struct Region {
 
 struct Regions(spin::Mutex<heapless::Vec<Region, MAX_REGIONS>>);
 
+/// Global because the allocator is: one heap per machine.
 #[global_allocator]
 static HEAP: Regions = Regions(spin::Mutex::new(heapless::Vec::new()));
 

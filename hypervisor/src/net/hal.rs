@@ -92,7 +92,9 @@ impl PagePool {
     }
 }
 
-/// The DMA pool, set once at boot before the NIC is opened.
+/// The DMA pool, set once at boot before the NIC is opened. Global because
+/// `virtio-drivers` calls its HAL as free functions (no `self`), and there
+/// is one pool per machine.
 static POOL: spin::Mutex<Option<PagePool>> = spin::Mutex::new(None);
 
 /// Hands `[base, base + size)` to the DMA pool.

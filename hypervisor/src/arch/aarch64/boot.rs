@@ -22,11 +22,15 @@ use crate::memory::stage2::{
 use crate::memory::{guest::GuestMemory, layout, phys};
 use crate::vplatform::arm::{board as vboard, fdt as vfdt};
 
+/// Global because there is one console per machine and the `log` facade,
+/// panics included, reaches it from anywhere.
 pub static LOGGER: crate::logger::ConsoleLogger =
     // SAFETY: the board's console UART is mapped (Device memory, first GiB)
     // and only this logger drives it.
     crate::logger::ConsoleLogger::new(unsafe { crate::drivers::pl011::Pl011::new(board::UART_BASE) });
 
+/// Global because there is one interrupt controller per machine; the
+/// driver holds only its addresses (no state to own).
 // SAFETY: the board's GIC addresses; only the hypervisor drives the GIC.
 pub static GIC: Gic = unsafe { Gic::new(board::GICD_BASE, board::GICR_BASE) };
 
