@@ -130,6 +130,9 @@ pub trait Arch {
     /// Loads a state from `capture` (maybe another device's), so the next
     /// `run` resumes it. Bad bytes are an error, never a panic.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), Self::StateError>;
+    /// Whether `restore` would accept `bytes`, changing nothing (a standby
+    /// checks before it asks for the guest).
+    fn check_state(&self, bytes: &[u8]) -> Result<(), Self::StateError>;
     /// Makes this CPU ready to run a guest: its traps, its interrupts, its
     /// view of the CPU (first boot, or a take-over).
     fn enable_guest(&mut self);

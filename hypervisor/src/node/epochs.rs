@@ -120,7 +120,8 @@ pub fn tick<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>
         if e.should_cut(now, dirty) {
             vm.cut_due = true;
         }
-        if let Some(i) = e.peers_mut().and_then(|p| p.take_switch_request()) {
+        let last_cut = e.last_cut();
+        if let Some(i) = e.peers_mut().and_then(|p| p.take_switch_request(last_cut)) {
             vm.switch_to = Some(i);
         }
     }

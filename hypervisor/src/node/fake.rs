@@ -162,6 +162,14 @@ impl Arch for FakeArch {
         Ok(())
     }
 
+    fn check_state(&self, bytes: &[u8]) -> Result<(), BadState> {
+        if bytes.len() == 20 && &bytes[..4] == b"FAKE" {
+            Ok(())
+        } else {
+            Err(BadState)
+        }
+    }
+
     fn enable_guest(&mut self) {
         self.running = true;
     }

@@ -15,10 +15,44 @@ use crate::sync::standby_node::StandbyNode;
 
 /// How long the standby sleeps between polls when nothing arrives.
 const POLL_MS: u64 = 1;
-/// A switch request with no handover by then has failed: the guest stays
-/// on the active device. Longer than the active side's own wait for the
-/// final epoch's ack, so the two never disagree on a slow link.
+/// A switch request fails when nothing arrives from the active device for
+/// this long (the link is down): the guest stays there. Longer than the
+/// active side's own wait for the final epoch's ack, so the two never
+/// disagree on a slow link. While bytes arrive (the active device holds the
+/// request until this standby is in step) the request waits on.
 const REQUEST_TIMEOUT_MS: u64 = 6_000;
+/// A request still waiting after this long has failed: the catch-up does
+/// not converge (the guest writes faster than the link carries).
+const REQUEST_CAP_MS: u64 = 300_000;
+/// A progress line while a request waits, this often.
+const PROGRESS_MS: u64 = 1_000;
+
+/// Why this standby does not ask for the guest.
+#[derive(Debug)]
+pub enum Unable<E> {
+    /// No `policy` in its config: it could not sync the others.
+    NoPolicy,
+    /// The committed vCPU state is one this CPU cannot restore.
+    Cpu(E),
+    /// The committed board state does not decode.
+    Devices(crate::vplatform::snapshot::SnapshotError),
+}
+
+/// Checks, changing nothing, that this device could run the guest from its
+/// committed epoch. No state yet (the initial copy is still coming) is no
+/// reason to refuse: the active device holds the request until this
+/// standby is in step, and the take-over checks again.
+fn able<A: Arch, D: NetDevice>(p: &Parts<A, D>, s: &Standby) -> Result<(), Unable<A::StateError>> {
+    if p.machine.config.policy.is_none() {
+        return Err(Unable::NoPolicy);
+    }
+    let committed = s.node.applier.committed_epoch();
+    if let Some(state) = s.node.committed_state.as_ref().filter(|st| st.epoch == committed) {
+        p.arch.check_state(&state.cpu).map_err(Unable::Cpu)?;
+        <A::Platform as crate::vplatform::Platform>::restore(&state.devices).map_err(Unable::Devices)?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StandbyError {
@@ -29,9 +63,19 @@ pub enum StandbyError {
 pub struct Standby {
     pub node: StandbyNode,
     console: ConsoleCommands,
-    /// A switch asked for and not yet handed over: when, and the bytes
-    /// received until then.
-    pending: Option<(u64, u64)>,
+    /// A switch asked for and not yet handed over.
+    pending: Option<Request>,
+}
+
+/// A switch request this standby sent.
+struct Request {
+    asked_ms: u64,
+    /// Bytes received until the request, for the final epoch's size.
+    bytes_before: u64,
+    /// What arrived last (bytes, committed epoch), and when it changed.
+    seen: (u64, u64),
+    progress_ms: u64,
+    line_ms: u64,
 }
 
 pub enum Next {
@@ -78,11 +122,16 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
             Command::Switch if s.pending.is_some() => info!("console: a switch is already asked for"),
             Command::Switch => {
                 info!("console: switch requested");
+                if let Err(e) = able(p, s) {
+                    warn!("switch: failed: this device cannot run the guest ({e:?}); the guest stays where it is");
+                    continue;
+                }
                 match p.net.as_mut().map(|n| s.node.request_switch(n)) {
                     Some(Ok(())) => {
                         let at = p.now_ms();
                         info!("switch: request sent at_ms={at}");
-                        s.pending = Some((at, s.node.bytes_received));
+                        let seen = (s.node.bytes_received, s.node.applier.committed_epoch());
+                        s.pending = Some(Request { asked_ms: at, bytes_before: seen.0, seen, progress_ms: at, line_ms: at });
                     }
                     Some(Err(e)) => warn!("switch: failed: no session with an active device ({e:?}); the guest stays where it is"),
                     None => warn!("switch: failed: this device has no network"),
@@ -100,19 +149,40 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
     // A handover, asked for or not (the active device gave the guest up:
     // it must run somewhere).
     if let Some(epoch) = s.node.take_switch_done() {
-        let (asked_ms, bytes_before) = s.pending.take().unwrap_or((p.now_ms(), s.node.bytes_received));
+        let (asked_ms, bytes_before) = s.pending.take().map_or((p.now_ms(), s.node.bytes_received), |r| (r.asked_ms, r.bytes_before));
         return Next::TakeOver(Takeover::Switch { asked_ms, bytes_before, epoch });
     }
-    if let Some((at, _)) = s.pending {
-        if p.now_ms() - at > REQUEST_TIMEOUT_MS {
-            warn!("switch: failed: no handover from the active device within {REQUEST_TIMEOUT_MS} ms; the guest stays there");
-            // Nothing of this request may arrive later and move the guest.
-            if let Some(n) = p.net.as_mut() {
-                s.node.drop_connection(n, "switch request unanswered");
-            }
-            s.pending = None;
+    if let Some(why) = s.pending.as_mut().and_then(|r| wait_on(r, &s.node, p.now_ms())) {
+        warn!("switch: failed: no handover from the active device: {why}; the guest stays there");
+        // Nothing of this request may arrive later and move the guest.
+        if let Some(n) = p.net.as_mut() {
+            s.node.drop_connection(n, "switch request unanswered");
         }
+        s.pending = None;
     }
     p.arch.sleep(POLL_MS * 1_000_000);
     Next::Stay
+}
+
+/// A waiting request: progress noted (and shown once a second); why it
+/// failed, if it did.
+fn wait_on(r: &mut Request, node: &StandbyNode, now: u64) -> Option<heapless::String<96>> {
+    let seen = (node.bytes_received, node.applier.committed_epoch());
+    if seen != r.seen {
+        (r.seen, r.progress_ms) = (seen, now);
+    }
+    let mut why = heapless::String::new();
+    if now - r.progress_ms > REQUEST_TIMEOUT_MS {
+        let _ = core::fmt::Write::write_fmt(&mut why, format_args!("nothing received for {REQUEST_TIMEOUT_MS} ms (the link is down)"));
+        return Some(why);
+    }
+    if now - r.asked_ms > REQUEST_CAP_MS {
+        let _ = core::fmt::Write::write_fmt(&mut why, format_args!("still not in step after {} s (the catch-up does not converge)", REQUEST_CAP_MS / 1000));
+        return Some(why);
+    }
+    if now - r.line_ms >= PROGRESS_MS {
+        r.line_ms = now;
+        info!("switch: waiting for the guest: committed epoch {}, {} bytes received since the request", seen.1, seen.0 - r.bytes_before);
+    }
+    None
 }

@@ -160,3 +160,29 @@ fn a_standby_refuses_a_take_over_without_state_and_stays_a_standby() {
     assert!(!w.is_active(1), "a guest without its vCPU state must not run");
     assert_eq!(w.stopped.borrow()[1], None, "the standby keeps serving");
 }
+
+#[test]
+fn a_switch_asked_for_while_the_target_is_behind_waits_and_then_completes() {
+    let (w, cable) = pair_with_cable(3_000_000);
+    w.run_until(100_000, "the standby commits", |w| w.committed(1).is_some_and(|e| e >= 3));
+    // The standby falls behind: nothing reaches it for a while (the active
+    // device keeps cutting epochs); then it asks for the guest.
+    cable.cut_outgoing(true);
+    let t0 = w.clock.get();
+    w.run_until(1_000_000, "0.5 s behind", |w| w.clock.get() - t0 >= 500_000_000);
+    w.type_on(1, b"\x1dswitch\r");
+    let held = |w: &World| w.node(0).borrow().vm().and_then(|vm| vm.sync.as_ref()?.peers().map(|p| p.switch_held())).unwrap_or(false);
+    w.run_until(100_000, "the source holds the request", held);
+    // The target stays behind for longer than the hand-over's 3 s wait for
+    // a commit (its device is busy); the guest runs on at the source.
+    w.frozen.borrow_mut()[1] = true;
+    cable.cut_outgoing(false);
+    let (pc, t1) = (w.pc(0), w.clock.get());
+    w.run_until(1_000_000, "4 s", |w| w.clock.get() - t1 >= 4_000_000_000);
+    assert!(w.is_active(0) && held(&w), "the request waits while the target is behind");
+    assert!(w.pc(0) > pc + 1000, "the guest ran on while the request waited ({} writes)", w.pc(0) - pc);
+    w.frozen.borrow_mut()[1] = false;
+    w.run_until(1_000_000, "the switch", |w| w.is_active(1) && !w.is_active(0));
+    // The guest resumed at the final epoch, which node 0 holds.
+    assert_eq!(ram_of(&w, 0), expected_ram(PAGES, w.pc(1)));
+}

@@ -96,6 +96,8 @@ pub struct Peers {
     scratch: Vec<u8>,
     /// A standby asked for the guest (the first to ask wins).
     switch_request: Option<usize>,
+    /// The request is held (logged once).
+    switch_held: bool,
     /// Each link's budget (bytes).
     budget: usize,
 }
@@ -125,19 +127,37 @@ impl Peers {
                 lag: LagLog::default(),
             })
             .collect();
-        Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None, budget }
+        Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None, switch_held: false, budget }
     }
 
     /// The standby (index into `list`) that asked for the guest, once. A
-    /// standby that is catching up waits (the request stays) until it is in
-    /// step: the guest runs on meanwhile, and the hand-over's final epoch
-    /// is then a normal one.
-    pub fn take_switch_request(&mut self) -> Option<usize> {
+    /// standby that is behind (catching up, or more than one epoch short of
+    /// `last_cut`: still taking the initial copy, or a backlog on a slow
+    /// link) waits, the request kept, until it is in step: the guest runs
+    /// on here meanwhile (the lag lines show the progress), and the
+    /// hand-over's final epoch is then a small one that commits at once.
+    pub fn take_switch_request(&mut self, last_cut: sync_core::wire::Epoch) -> Option<usize> {
         let i = self.switch_request?;
-        if self.list.get(i).is_some_and(|p| p.is_catching_up()) {
+        let p = self.list.get(i)?;
+        if p.is_catching_up() || p.acked.saturating_add(1) < last_cut {
+            if !self.switch_held {
+                self.switch_held = true;
+                log::info!(
+                    "switch: {} asked for the guest; it runs on here until {} is in step (committed epoch {} of {last_cut})",
+                    p.addr.ip,
+                    p.addr.ip,
+                    p.acked
+                );
+            }
             return None;
         }
+        self.switch_held = false;
         self.switch_request.take()
+    }
+
+    /// A standby's switch request waits for it to be in step.
+    pub fn switch_held(&self) -> bool {
+        self.switch_held && self.switch_request.is_some()
     }
 
     /// Seals `msg` for standby `i`; None when it has no session.
@@ -202,6 +222,7 @@ impl Peers {
         // its connection (the standby gave up on it, or will ask again).
         if self.switch_request == Some(i) {
             self.switch_request = None;
+            self.switch_held = false;
             info!("switch: the request from {} is dropped with its connection", self.list[i].addr.ip);
         }
     }
@@ -510,7 +531,7 @@ mod tests {
                 node.request_switch(&mut nb).unwrap();
             }
             if peers.list[0].is_catching_up() {
-                assert_eq!(peers.take_switch_request(), None, "a switch to a standby that is catching up");
+                assert_eq!(peers.take_switch_request(active.tracker().last_cut()), None, "a switch to a standby that is catching up");
             }
             peak = peak.max(peers.list[0].queued());
             assert!(peers.list[0].queued() <= BUDGET, "{} bytes queued at {t} ms", peers.list[0].queued());
@@ -536,7 +557,7 @@ mod tests {
         assert_eq!(sync_core::digest::content_digest(node.applier.image()), sync_core::digest::content_digest(&guest));
         assert_eq!(peers.list[0].reconnects, 0, "never dropped for being behind");
         assert!(c.started >= 1 && c.finished >= 1);
-        assert_eq!(peers.take_switch_request(), Some(0), "the switch goes ahead once the standby is in step");
+        assert_eq!(peers.take_switch_request(active.tracker().last_cut()), Some(0), "the switch goes ahead once the standby is in step");
         assert!(peers.list[0].peak_queued <= BUDGET);
         // Each page goes once for each time it was owed, at most.
         assert!(c.streamed_pages + c.final_pages <= c.owed_at_start + dirty_events);

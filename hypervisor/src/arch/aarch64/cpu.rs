@@ -138,6 +138,10 @@ impl Arch for Aarch64 {
         Ok(())
     }
 
+    fn check_state(&self, bytes: &[u8]) -> Result<(), CpuStateError> {
+        GuestCpu::decode(bytes, GIC.list_registers() as u8).map(|_| ())
+    }
+
     fn enable_guest(&mut self) {
         GIC.enable(vboard::VTIMER_INTID);
         GIC.enable(vboard::MAINTENANCE_INTID);
