@@ -160,3 +160,19 @@ fn a_standby_refuses_a_take_over_without_state_and_stays_a_standby() {
     assert!(!w.is_active(1), "a guest without its vCPU state must not run");
     assert_eq!(w.stopped.borrow()[1], None, "the standby keeps serving");
 }
+
+#[test]
+fn without_randomness_sync_refuses_to_start_and_the_guest_still_runs() {
+    let w = World::new();
+    let (la, lb) = test_link::pair();
+    let mut pa = w.parts(fake::config(0, false, Some(1), false), Some(la), 2_000_000);
+    pa.rng = crate::rng::Randomness::none();
+    let vm = active_vm(&mut pa, false);
+    assert!(vm.sync.as_ref().is_some_and(|e| e.peers().is_none()), "no peers may be connected without randomness");
+    w.add(Node::active(pa, vm));
+    let mut pb = w.parts(fake::config(1, true, Some(0), false), Some(lb), 2_000_000);
+    pb.rng = crate::rng::Randomness::none();
+    let refused = Node::fresh_standby(pb).err();
+    assert_eq!(refused, Some(super::standby::StandbyError::NoRandomness(crate::rng::RngError::NoSource)));
+    w.run_until(100_000, "the guest runs on", |w| w.pc(0) > 5_000);
+}
