@@ -9,6 +9,7 @@ pub mod console_cmd;
 pub mod memory;
 pub mod net;
 pub mod node;
+pub mod rng;
 pub mod stats;
 pub mod sync;
 pub mod vplatform;

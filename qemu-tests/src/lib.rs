@@ -26,6 +26,11 @@ pub fn host_mem_mib(guest_mib: u64) -> u64 {
     4 * guest_mib + 256
 }
 
+/// The hypervisor's randomness on the board: a virtio-rng device (it
+/// drives it; the guest never sees it) fed from the host's /dev/urandom.
+/// `cortex-a57` has no RNDR.
+pub const RNG_ARGS: [&str; 4] = ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0"];
+
 /// The QEMU command for one device booting `image` (a VMsync boot image or,
 /// with `plain`, a guest kernel run directly without the hypervisor).
 pub fn qemu_command(image: &Path, mem_mib: u64) -> Command {
@@ -34,6 +39,7 @@ pub fn qemu_command(image: &Path, mem_mib: u64) -> Command {
     // `-nic none`: no default PCI NIC, whose option ROM (ipxe-qemu) a
     // --no-install-recommends QEMU lacks; the board needs none.
     c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot", "-nic", "none"]);
+    c.args(RNG_ARGS);
     c.arg("-kernel").arg(image);
     c
 }

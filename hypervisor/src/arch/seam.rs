@@ -170,6 +170,9 @@ pub trait ArchBoot: Arch {
     /// initrd, command line, the board's description) into `mem`, whose
     /// RAM is all zero, and sets the vCPU at its entry.
     fn load_guest(&mut self, mem: &mut crate::memory::guest::GuestMemory, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<(), Self::BootError>;
+    /// The CPU's and the firmware's own sources of randomness (aarch64:
+    /// RNDR, SMCCC TRNG); the board's devices add theirs in the node.
+    fn entropy(&mut self) -> alloc::vec::Vec<alloc::boxed::Box<dyn crate::rng::Entropy>>;
 }
 
 /// What the architecture hands the node once it runs with its MMU on.

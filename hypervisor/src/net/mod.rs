@@ -33,22 +33,52 @@ pub type Net = Stack<Nic>;
 /// buffers come from the heap, which is identity-mapped RAM as well.
 const DMA_POOL: u64 = 256 << 10;
 
-/// Brings the network up at boot when the board has a virtio-net device
-/// and the config gives an address; otherwise logs one line and leaves it
-/// off (None). `device_window` is the physical range EL2 maps as Device memory;
-/// `seed` should differ per boot (the counter will do).
-pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, device_window: Range<u64>, seed: u64, now_ms: u64) -> Option<Net> {
-    let slots = host_fdt
+/// The `reg` ranges of the host device tree's virtio-mmio slots.
+pub fn virtio_slots(host_fdt: &fdt::Fdt) -> alloc::vec::Vec<(u64, u64)> {
+    host_fdt
         .all_nodes()
         .filter(|n| n.compatible().is_some_and(|c| c.all().any(|s| s == "virtio,mmio")))
         .filter_map(|n| n.reg()?.next())
-        .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
-    let found = nic::find_net_slot(slots, device_window, |addr| {
-        // SAFETY: `find_net_slot` only reads registers of slots inside the
+        .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64))
+        .collect()
+}
+
+/// The first virtio-mmio slot of the host device tree holding a device of
+/// `device_id` inside `device_window`.
+pub fn find_virtio(host_fdt: &fdt::Fdt, device_window: Range<u64>, device_id: u32) -> Option<(u64, u64)> {
+    nic::find_slot(device_id, virtio_slots(host_fdt), device_window, |addr| {
+        // SAFETY: `find_slot` only reads registers of slots inside the
         // Device-mapped window; reading a virtio-mmio ID register has no
         // side effect.
         unsafe { core::ptr::read_volatile(addr as *const u32) }
-    });
+    })
+}
+
+/// Carves the DMA pool the hypervisor's virtio devices (NIC, rng) share.
+/// Call once at boot, before opening any of them; false if there is no room.
+pub fn init_dma(alloc: &mut PhysAllocator) -> bool {
+    match alloc.alloc(DMA_POOL, 4096) {
+        Ok(p) => {
+            // SAFETY: the pool was just carved for DMA alone; RAM is
+            // identity-mapped Normal memory at EL2; the caller calls this once.
+            unsafe { hal::init_pool(p, DMA_POOL) };
+            true
+        }
+        Err(e) => {
+            error!("net: no room for the DMA pool: {e:?}; virtio devices off");
+            false
+        }
+    }
+}
+
+/// Brings the network up at boot when the board has a virtio-net device
+/// and the config gives an address; otherwise logs one line and leaves it
+/// off (None). `device_window` is the physical range EL2 maps as Device
+/// memory; the DMA pool must be set (`init_dma`). `seed` seeds the TCP
+/// stack's choices (initial sequence numbers, ports): random when the
+/// board has randomness.
+pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, device_window: Range<u64>, seed: u64, now_ms: u64) -> Option<Net> {
+    let found = find_virtio(host_fdt, device_window, nic::DEVICE_ID_NET);
     let Some((base, size)) = found else {
         info!("net: no virtio-net device: networking off");
         return None;
@@ -57,16 +87,6 @@ pub fn start(cfg: &NetConfig, host_fdt: &fdt::Fdt, alloc: &mut PhysAllocator, de
         info!("net: virtio-net at {base:#x} left unused: no net_ip in the config");
         return None;
     };
-    let pool = match alloc.alloc(DMA_POOL, 4096) {
-        Ok(p) => p,
-        Err(e) => {
-            error!("net: no room for the DMA pool: {e:?}; networking off");
-            return None;
-        }
-    };
-    // SAFETY: the pool was just carved for DMA alone; RAM is identity-mapped
-    // Normal memory at EL2; `start` runs once.
-    unsafe { hal::init_pool(pool, DMA_POOL) };
     // SAFETY: a virtio-mmio slot inside the Device-mapped window, found
     // once; nothing else drives it (the guest has no device mapped).
     let nic = match unsafe { Nic::open(base, size) } {

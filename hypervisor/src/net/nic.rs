@@ -31,7 +31,7 @@ pub const MTU: usize = 1514;
 const MMIO_MAGIC: u32 = 0x7472_6976;
 const REG_MAGIC: u64 = 0x000;
 const REG_DEVICE_ID: u64 = 0x008;
-const DEVICE_ID_NET: u32 = 1;
+pub const DEVICE_ID_NET: u32 = 1;
 /// The registers and config space a slot must span to be usable.
 const MIN_SLOT_SIZE: u64 = 0x100 + 16;
 
@@ -46,14 +46,24 @@ pub enum NicError {
 }
 
 /// Picks the first virtio-mmio slot whose device is a network card.
+pub fn find_net_slot(slots: impl IntoIterator<Item = (u64, u64)>, mapped: core::ops::Range<u64>, read32: impl FnMut(u64) -> u32) -> Option<(u64, u64)> {
+    find_slot(DEVICE_ID_NET, slots, mapped, read32)
+}
+
+/// Picks the first virtio-mmio slot whose device has `device_id`.
 /// `slots` are the `reg` ranges of the board's `virtio,mmio` nodes, `mapped`
 /// the physical range EL2 maps as Device memory (slots outside it are never
 /// touched), and `read32` reads one register. QEMU `virt` has 32 slots;
 /// those without a backend report device ID 0.
-pub fn find_net_slot(slots: impl IntoIterator<Item = (u64, u64)>, mapped: core::ops::Range<u64>, mut read32: impl FnMut(u64) -> u32) -> Option<(u64, u64)> {
+pub fn find_slot(
+    device_id: u32,
+    slots: impl IntoIterator<Item = (u64, u64)>,
+    mapped: core::ops::Range<u64>,
+    mut read32: impl FnMut(u64) -> u32,
+) -> Option<(u64, u64)> {
     slots.into_iter().find(|&(base, size)| {
         let inside = size >= MIN_SLOT_SIZE && base % 4 == 0 && base >= mapped.start && base.checked_add(size).is_some_and(|end| end <= mapped.end);
-        inside && read32(base + REG_MAGIC) == MMIO_MAGIC && read32(base + REG_DEVICE_ID) == DEVICE_ID_NET
+        inside && read32(base + REG_MAGIC) == MMIO_MAGIC && read32(base + REG_DEVICE_ID) == device_id
     })
 }
 
@@ -366,6 +376,14 @@ mod tests {
     fn finds_the_net_slot_among_empty_and_other_devices() {
         let regs = board(&[(0x0a00_0000, 0), (0x0a00_0200, 2), (0x0a00_3e00, 1)]);
         let read = |a: u64| regs.get(&a).copied().unwrap_or(0);
+        assert_eq!(find_net_slot(qemu_slots(), 0..1 << 30, read), Some((0x0a00_3e00, 0x200)));
+    }
+
+    #[test]
+    fn finds_the_rng_slot_beside_the_nic() {
+        let regs = board(&[(0x0a00_3c00, 4), (0x0a00_3e00, 1)]);
+        let read = |a: u64| regs.get(&a).copied().unwrap_or(0);
+        assert_eq!(find_slot(4, qemu_slots(), 0..1 << 30, read), Some((0x0a00_3c00, 0x200)));
         assert_eq!(find_net_slot(qemu_slots(), 0..1 << 30, read), Some((0x0a00_3e00, 0x200)));
     }
 

@@ -42,10 +42,18 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
         None => fail!("boot image has no 'config' entry"),
     };
 
+    // Randomness: the CPU's and firmware's own, and a virtio-rng device;
+    // the DMA pool first, which the virtio devices share.
+    let dma = crate::net::init_dma(&mut alloc);
+    let mut rng = crate::rng::board(&mut arch, host_fdt, device_window.clone(), dma);
     // The sync NIC (net/), if the board has one and the config an address.
     // `net_test` runs the TCP throughput test instead of the guest.
     let now = arch.now_ns();
-    let mut net = crate::net::start(&config.net, host_fdt, &mut alloc, device_window, now, now / 1_000_000);
+    // Without randomness the stack's choices (sequence numbers, ports)
+    // come from the counter: guessable, but sync, which needs secrets, is
+    // off then anyway.
+    let tcp_seed = rng.u64().unwrap_or(now);
+    let mut net = if dma { crate::net::start(&config.net, host_fdt, device_window, tcp_seed, now / 1_000_000) } else { None };
     if let Some(role) = config.net.test {
         let clock = || arch.now_ns() / 1_000_000;
         crate::net::run_test(net.as_mut(), role, config.net.test_mib, clock);
@@ -90,7 +98,7 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
         Err(e) => fail!("stage 2: {e:?}"),
     };
     let machine = Machine { config, backing: backing as *mut u8, spare_heap: heap_base + SYNC_HEAP_EXTRA };
-    let mut parts: Parts<A, Nic> = Parts { arch, s2, net: net.take(), machine, started_ns: None };
+    let mut parts: Parts<A, Nic> = Parts { arch, s2, net: net.take(), rng, machine, started_ns: None };
 
     if parts.machine.config.sync.standby {
         return match Node::fresh_standby(parts) {
@@ -114,11 +122,15 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
     info!("guest command line: {cmdline}");
     let config = &parts.machine.config;
     let engine = match config.policy {
+        Some(_) if config.sync.secret.is_some() && !config.sync.peers.is_empty() && !parts.rng.is_available() => {
+            error!("sync: refused to start: no source of randomness (no RNDR, no SMCCC TRNG, no virtio-rng) for session keys; the guest runs without sync");
+            None
+        }
         Some(spec) => {
             let now = parts.arch.now_ns();
             match epochs::start(spec, config.shadow.budget(size), verify_image, &mut mem, &mut parts.s2, now) {
                 Ok(mut e) => {
-                    super::add_peers(&parts, &mut e);
+                    super::add_peers(&mut parts, &mut e);
                     Some(e)
                 }
                 Err(e) => fail!("starting sync: {e:?}"),

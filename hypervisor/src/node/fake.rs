@@ -311,7 +311,9 @@ impl World {
         };
         let now_ms = self.clock.get() / 1_000_000;
         let net = link.map(|l| Stack::new(l, ip(me), 16, 1 + me as u64, now_ms).expect("stack"));
-        Parts { arch, s2: FakeStage2 { writable }, net, machine: Machine { config, backing, spare_heap: 64 << 20 }, started_ns: None }
+        // Deterministic per node: a test run repeats exactly.
+        let rng = crate::rng::Randomness::new(alloc::vec![alloc::boxed::Box::new(crate::rng::FakeEntropy(100 + me as u64))]);
+        Parts { arch, s2: FakeStage2 { writable }, net, rng, machine: Machine { config, backing, spare_heap: 64 << 20 }, started_ns: None }
     }
 
     pub fn add(&self, node: FakeNode) -> usize {

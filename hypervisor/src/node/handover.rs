@@ -82,9 +82,18 @@ pub fn hand_over<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut vm: Box<Vm<A::P
     let Some(sent_before) = peers_of(&vm).and_then(|peers| peers.list.get(target)).map(|s| s.bytes_sent) else {
         return Outcome::Stayed(vm);
     };
+    // The standby this device becomes needs fresh nonces: drawn before the
+    // guest is given away, so a failing source leaves it here.
+    let rng = match p.rng.drbg() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("switch: failed: no randomness for the standby's sessions ({e:?}); the guest stays here");
+            return Outcome::Stayed(vm);
+        }
+    };
     p.arch.stop_tick();
     match final_epoch(p, &mut vm, target) {
-        Ok(epoch) => become_standby(p, vm, target, epoch, start, sent_before),
+        Ok(epoch) => become_standby(p, vm, target, epoch, start, sent_before, rng),
         Err(why) => {
             warn!("switch: failed: {why}; the guest stays here");
             p.arch.arm_tick(epochs::TICK_NS);
@@ -149,6 +158,7 @@ fn become_standby<A: Arch, D: NetDevice>(
     epoch: Epoch,
     start_ns: u64,
     sent_before: u64,
+    rng: sync_core::crypto::Drbg,
 ) -> Outcome<A::Platform> {
     let Some(mut engine) = vm.sync.take() else { return Outcome::Failed };
     let (to, bytes) =
@@ -181,7 +191,7 @@ fn become_standby<A: Arch, D: NetDevice>(
         state,
         PairingSecret::new(secret),
         m.handshake(A::RAM_BASE),
-        p.arch.now_ns(),
+        rng,
     );
     info!("standby: holding epoch {epoch}, listening on port {}", m.config.sync.listen);
     Outcome::Gone(Box::new(Standby::new(node)))

@@ -81,6 +81,8 @@ pub struct Parts<A: Arch, D: NetDevice> {
     pub s2: A::Stage2,
     /// The sync network, when the board has a NIC and the config an address.
     pub net: Option<Stack<D>>,
+    /// The board's randomness: nonces and keys of sync sessions.
+    pub rng: crate::rng::Randomness,
     pub machine: Machine,
     /// When the guest first ran on this device, for the report's times.
     pub started_ns: Option<u64>,
@@ -119,8 +121,8 @@ impl<A: Arch, D: NetDevice> Node<A, D> {
     }
 
     /// A new standby from boot: it holds the all-zero image of epoch 0.
-    pub fn fresh_standby(parts: Parts<A, D>) -> Result<Self, standby::StandbyError> {
-        let s = Standby::fresh(&parts, A::RAM_BASE)?;
+    pub fn fresh_standby(mut parts: Parts<A, D>) -> Result<Self, standby::StandbyError> {
+        let s = Standby::fresh(&mut parts, A::RAM_BASE)?;
         Ok(Node { parts, role: Role::Standby(Box::new(s)) })
     }
 
@@ -199,13 +201,21 @@ pub(crate) fn format_ip(ip: core::net::Ipv4Addr) -> heapless::String<16> {
     s
 }
 
-/// The standbys named in the config, connected by the engine.
-pub fn add_peers<A: Arch, D: NetDevice>(p: &Parts<A, D>, e: &mut crate::sync::engine::Engine) {
+/// The standbys named in the config, connected by the engine. Without
+/// randomness for their sessions' nonces and keys none are (logged).
+pub fn add_peers<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, e: &mut crate::sync::engine::Engine) {
     let config = &p.machine.config;
     let Some(secret) = config.sync.secret else { return };
+    let rng = match p.rng.drbg() {
+        Ok(r) => r,
+        Err(err) => {
+            log::error!("sync: refused to start: no randomness for session keys ({err:?}); the standbys get nothing");
+            return;
+        }
+    };
     let peers: Vec<_> = config.sync.peers.iter().map(|&(ip, port)| crate::sync::peers::PeerAddr { ip, port }).collect();
     let budget = config.sync.link_budget.unwrap_or_else(|| crate::config::default_link_budget(p.machine.spare_heap, peers.len()));
     let hello = p.machine.handshake(A::RAM_BASE);
-    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, p.arch.now_ns(), budget as usize);
+    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, rng, budget as usize);
     info!("sync: {} standby peer(s) configured, link budget {} KiB", peers.len(), budget >> 10);
 }

@@ -58,6 +58,8 @@ fn able<A: Arch, D: NetDevice>(p: &Parts<A, D>, s: &Standby) -> Result<(), Unabl
 pub enum StandbyError {
     /// A standby needs the pairing secret to accept the active device.
     NoSecret,
+    /// No randomness for its sessions' nonces and keys: it refuses to serve.
+    NoRandomness(crate::rng::RngError),
 }
 
 pub struct Standby {
@@ -89,7 +91,8 @@ impl Standby {
     }
 
     /// A new standby from boot: it holds the all-zero image of epoch 0.
-    pub fn fresh<A: Arch, D: NetDevice>(p: &Parts<A, D>, ram_base: u64) -> Result<Self, StandbyError> {
+    pub fn fresh<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, ram_base: u64) -> Result<Self, StandbyError> {
+        let rng = p.rng.drbg().map_err(StandbyError::NoRandomness)?;
         let m = &p.machine;
         let size = m.config.mem_bytes;
         let secret = m.config.sync.secret.ok_or(StandbyError::NoSecret)?;
@@ -100,7 +103,7 @@ impl Standby {
             core::ptr::write_bytes(m.backing, 0, size as usize);
             m.image()
         };
-        let node = StandbyNode::new(m.config.sync.listen, image, PairingSecret::new(secret), m.handshake(ram_base), p.arch.now_ns());
+        let node = StandbyNode::new(m.config.sync.listen, image, PairingSecret::new(secret), m.handshake(ram_base), rng);
         info!("standby: no guest here; keeping a {} MiB image, listening on port {}", size >> 20, m.config.sync.listen);
         Ok(Standby::new(node))
     }

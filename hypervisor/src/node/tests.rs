@@ -186,3 +186,19 @@ fn a_switch_asked_for_while_the_target_is_behind_waits_and_then_completes() {
     // The guest resumed at the final epoch, which node 0 holds.
     assert_eq!(ram_of(&w, 0), expected_ram(PAGES, w.pc(1)));
 }
+
+#[test]
+fn without_randomness_sync_refuses_to_start_and_the_guest_still_runs() {
+    let w = World::new();
+    let (la, lb) = test_link::pair();
+    let mut pa = w.parts(fake::config(0, false, Some(1), false), Some(la), 2_000_000);
+    pa.rng = crate::rng::Randomness::none();
+    let vm = active_vm(&mut pa, false);
+    assert!(vm.sync.as_ref().is_some_and(|e| e.peers().is_none()), "no peers may be connected without randomness");
+    w.add(Node::active(pa, vm));
+    let mut pb = w.parts(fake::config(1, true, Some(0), false), Some(lb), 2_000_000);
+    pb.rng = crate::rng::Randomness::none();
+    let refused = Node::fresh_standby(pb).err();
+    assert_eq!(refused, Some(super::standby::StandbyError::NoRandomness(crate::rng::RngError::NoSource)));
+    w.run_until(100_000, "the guest runs on", |w| w.pc(0) > 5_000);
+}

@@ -207,10 +207,10 @@ impl Engine {
         addrs: &[super::peers::PeerAddr],
         secret: sync_core::crypto::PairingSecret,
         hello: sync_core::wire::Handshake,
-        nonce_seed: u64,
+        rng: sync_core::crypto::Drbg,
         link_budget: usize,
     ) {
-        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, nonce_seed, link_budget));
+        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, rng, link_budget));
     }
 
     /// Every connected standby has acknowledged the last cut.

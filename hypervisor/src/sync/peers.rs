@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use log::{info, warn};
 use sync_core::catchup::CatchUpStats;
-use sync_core::crypto::PairingSecret;
+use sync_core::crypto::{Drbg, PairingSecret};
 use sync_core::digest::PageMemory;
 use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
 use sync_core::lag::{LagLog, LagNow};
@@ -92,7 +92,8 @@ pub struct Peers {
     pub list: Vec<Peer>,
     secret: PairingSecret,
     hello: Handshake,
-    nonce_seed: u64,
+    /// Handshake nonces (and ephemeral keys), seeded from the board's randomness.
+    rng: Drbg,
     scratch: Vec<u8>,
     /// A standby asked for the guest (the first to ask wins).
     switch_request: Option<usize>,
@@ -104,8 +105,8 @@ pub struct Peers {
 
 impl Peers {
     /// `hello` is our handshake template (its nonce is replaced per
-    /// connection from `nonce_seed` and a counter).
-    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, nonce_seed: u64, budget: usize) -> Self {
+    /// connection with fresh bytes of `rng`).
+    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, rng: Drbg, budget: usize) -> Self {
         let list = addrs
             .iter()
             .map(|&addr| Peer {
@@ -127,7 +128,7 @@ impl Peers {
                 lag: LagLog::default(),
             })
             .collect();
-        Peers { list, secret, hello, nonce_seed, scratch: Vec::new(), switch_request: None, switch_held: false, budget }
+        Peers { list, secret, hello, rng, scratch: Vec::new(), switch_request: None, switch_held: false, budget }
     }
 
     /// The standby (index into `list`) that asked for the guest, once. A
@@ -192,17 +193,6 @@ impl Peers {
     /// The links of established sessions, for a cut.
     pub fn links(&mut self) -> impl Iterator<Item = &mut Link> {
         self.list.iter_mut().filter_map(|p| p.session.as_mut()?.link_mut())
-    }
-
-    fn nonce(&mut self, peer: usize) -> [u8; 32] {
-        // Unique per connection: boot seed, peer, a counter. NOT secret
-        // randomness: the board has no RNG driver yet (see the closing note).
-        self.nonce_seed = self.nonce_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut n = [0u8; 32];
-        n[..8].copy_from_slice(&self.nonce_seed.to_le_bytes());
-        n[8..16].copy_from_slice(&(peer as u64).to_le_bytes());
-        n[16..20].copy_from_slice(&self.hello.ram.size.to_le_bytes()[..4]);
-        n
     }
 
     fn drop_conn<D: NetDevice>(&mut self, i: usize, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64, why: &str) {
@@ -272,7 +262,7 @@ impl Peers {
             }
             if self.list[i].session.is_none() {
                 let mut hello = self.hello.clone();
-                hello.nonce = self.nonce(i);
+                hello.nonce = self.rng.bytes();
                 hello.last_committed = active.tracker().last_cut();
                 let id = self.list[i].id;
                 match ActivePeer::connect(id, hello) {
@@ -416,11 +406,11 @@ mod tests {
         let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
         let secret = PairingSecret::new([3; 32]);
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5, usize::MAX);
+        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), Drbg::new([5; 32]), usize::MAX);
         let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
         // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
         let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
-        let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), 9);
+        let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), Drbg::new([9; 32]));
         let mut guest = VecMemory::zeroed(PAGES as usize);
         let mut now = 0u64;
         let step = |na: &mut Stack<_>, nb: &mut Stack<_>, peers: &mut Peers, active: &mut ActiveSync, node: &mut StandbyNode, now: &mut u64| {
@@ -484,11 +474,11 @@ mod tests {
         let ram = RamLayout { base: 0x4000_0000, size: pages * 4096 };
         let secret = PairingSecret::new([3; 32]);
         let mut active = ActiveSync::new(pages, Budget::Full).unwrap();
-        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), 5, BUDGET);
+        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), Drbg::new([5; 32]), BUDGET);
         let backing: &'static mut [u8] = std::vec![0u8; (pages * 4096) as usize].leak();
         // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
         let image = unsafe { RawPages::new(backing.as_mut_ptr(), pages) };
-        let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), 9);
+        let mut node = StandbyNode::new(7000, image, secret, handshake(ram, [0; 32]), Drbg::new([9; 32]));
         if let Some(b) = staging {
             node.applier.set_staging_budget(b);
         }

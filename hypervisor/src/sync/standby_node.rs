@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 use log::{info, warn};
 use sync_core::applier::Applier;
-use sync_core::crypto::PairingSecret;
+use sync_core::crypto::{Drbg, PairingSecret};
 use sync_core::digest::PageHashes;
 use sync_core::standby::Event;
 use sync_core::wire::{Epoch, Handshake};
@@ -68,7 +68,8 @@ pub struct StandbyNode {
     pub applier: Applier<RawPages>,
     secret: PairingSecret,
     ours: Handshake,
-    nonce_seed: u64,
+    /// Handshake nonces (and ephemeral keys), seeded from the board's randomness.
+    rng: Drbg,
     pub connections: u32,
     pub bytes_received: u64,
     scratch: Vec<u8>,
@@ -94,9 +95,9 @@ pub fn hex(d: &[u8]) -> heapless::String<64> {
 impl StandbyNode {
     /// `image` must be zeroed: a standby starts from the all-zero image of
     /// epoch 0.
-    pub fn new(port: u16, image: RawPages, secret: PairingSecret, ours: Handshake, nonce_seed: u64) -> Self {
+    pub fn new(port: u16, image: RawPages, secret: PairingSecret, ours: Handshake, rng: Drbg) -> Self {
         let pages = sync_core::digest::PageMemory::page_count(&image);
-        Self::with_applier(port, Applier::with_hashes(image, 0, PageHashes::zeroed(pages)), None, secret, ours, nonce_seed)
+        Self::with_applier(port, Applier::with_hashes(image, 0, PageHashes::zeroed(pages)), None, secret, ours, rng)
     }
 
     /// A standby holding `applier`'s committed image already (a device that
@@ -107,7 +108,7 @@ impl StandbyNode {
         committed_state: Option<GuestState>,
         secret: PairingSecret,
         ours: Handshake,
-        nonce_seed: u64,
+        rng: Drbg,
     ) -> Self {
         if let Some(free) = free_heap() {
             let pages = sync_core::digest::PageMemory::page_count(applier.image());
@@ -126,7 +127,7 @@ impl StandbyNode {
             applier,
             secret,
             ours,
-            nonce_seed,
+            rng,
             connections: 0,
             bytes_received: 0,
             scratch: Vec::new(),
@@ -259,10 +260,8 @@ impl StandbyNode {
                 self.close(net, "the active device connected again");
                 self.listener = None;
                 self.connections += 1;
-                self.nonce_seed = self.nonce_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let mut ours = self.ours.clone();
-                ours.nonce[..8].copy_from_slice(&self.nonce_seed.to_le_bytes());
-                ours.nonce[8..12].copy_from_slice(&self.connections.to_le_bytes());
+                ours.nonce = self.rng.bytes();
                 let from = net.remote(l);
                 info!("standby: connection {} from {:?}, holding epoch {}", self.connections, from, self.applier.committed_epoch());
                 self.conn = Some((l, StandbyPeer::accept(ours)));

@@ -126,6 +126,10 @@ impl ArchBoot for Aarch64 {
         Ok(GuestStage2 { s2, tables, ram_base: vboard::RAM_BASE, ram_size: size })
     }
 
+    fn entropy(&mut self) -> Vec<alloc::boxed::Box<dyn crate::rng::Entropy>> {
+        super::entropy::sources()
+    }
+
     fn load_guest(&mut self, mem: &mut GuestMemory, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<(), BootError> {
         let kernel_header = image::parse(kernel).map_err(BootError::NotAnImage)?;
         let size = mem.size();

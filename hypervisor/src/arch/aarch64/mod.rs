@@ -10,6 +10,8 @@ pub mod boot;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod cpu;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod entropy;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod exits;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod gic;
