@@ -9,6 +9,7 @@ use log::{info, warn};
 use super::boot::{GIC, LOGGER};
 use super::cpu::{Aarch64, Pending};
 use super::esr::{self, DataAbort, Exit, FaultKind};
+use super::vcpu_state::ICH_HCR_UIE;
 use super::vectors::VectorKind;
 use super::{board, sysreg, timer};
 use crate::arch::seam::{Handled, HostIrqs, VmExit};
@@ -268,5 +269,3 @@ pub(super) fn refill_list_registers(platform: &mut ArmPlatform) {
         ICH_HCR_EL2.set(want);
     }
 }
-
-const ICH_HCR_UIE: u64 = 1 << 1;
