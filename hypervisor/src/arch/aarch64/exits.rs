@@ -218,6 +218,10 @@ fn irq(cpu: &mut Aarch64, platform: &mut ArmPlatform) -> HostIrqs {
             // through the HW list register.
             vboard::VTIMER_INTID => platform.vgic.set_pending(intid),
             timer::INTID => {
+                // The line stays high until the timer is stopped or
+                // re-armed, and the node re-arms it only after this loop:
+                // stop it now, or the next acknowledge returns it again.
+                timer::stop();
                 GIC.deactivate(intid);
                 out.tick = true;
             }
