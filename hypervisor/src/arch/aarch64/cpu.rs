@@ -9,7 +9,7 @@ use super::esr::DataAbort;
 use super::stage2_mem::GuestStage2;
 use super::vcpu_state::{CpuStateError, GuestCpu};
 use super::vectors::{self, TrapFrame, VectorKind};
-use super::{board, power, sysreg, timer, vcpu};
+use super::{board, id_model, power, sysreg, timer, vcpu};
 use crate::arch::seam::{Arch, Completion, GuestPc, VmExit};
 use crate::vplatform::arm::{board as vboard, ArmPlatform};
 
@@ -57,6 +57,7 @@ impl Aarch64 {
         GIC.enable(timer::INTID);
         LOGGER.enable_rx_irq();
         GIC.enable(board::UART_INTID);
+        check_id_model();
         Aarch64 { frame: TrapFrame::zeroed(), pending: Pending::None, sysregs_reported: heapless::Vec::new(), console_rx: heapless::Deque::new() }
     }
 
@@ -75,6 +76,29 @@ impl Aarch64 {
 
     fn step_over(&self) {
         ELR_EL2.set(ELR_EL2.get() + 4);
+    }
+}
+
+/// Warns if this CPU lacks a feature of the guest's CPU model: the guest
+/// would use it (its ID registers say so) and fault. The model's other
+/// registers are 0 (see `id_model`), so these are the ones to compare.
+fn check_id_model() {
+    let real = [
+        (id_model::ID_AA64PFR0, ID_AA64PFR0_EL1.get()),
+        (id_model::ID_AA64DFR0, ID_AA64DFR0_EL1.get()),
+        (id_model::ID_AA64ISAR0, ID_AA64ISAR0_EL1.get()),
+        (id_model::ID_AA64MMFR0, ID_AA64MMFR0_EL1.get()),
+    ];
+    for (e, v) in real {
+        if let Some(at) = id_model::exceeds(e, v) {
+            let name = id_model::MODEL.iter().find(|(_, m, _)| *m == e).map_or("?", |(n, _, _)| *n);
+            log::warn!(
+                "this CPU's {name} is {v:#x}: it lacks bits {}..{} of the guest's CPU model ({:#x}); the guest may fault here",
+                at,
+                at + 3,
+                id_model::value(e).unwrap_or(0)
+            );
+        }
     }
 }
 
@@ -155,7 +179,9 @@ impl Arch for Aarch64 {
         sysreg::set_vpidr_el2(vboard::GUEST_MIDR);
         VMPIDR_EL2.set(vboard::GUEST_MPIDR);
         // Stage 2 on; IRQ/FIQ/SError to EL2 so the hypervisor keeps its own
-        // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64.
+        // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64;
+        // ID register reads trap (TID3) and see the one CPU model
+        // (`id_model`), the same on every device the guest may move to.
         HCR_EL2.write(
             HCR_EL2::VM::Enable
                 + HCR_EL2::SWIO::SET
@@ -163,7 +189,8 @@ impl Arch for Aarch64 {
                 + HCR_EL2::IMO::EnableVirtualIRQ
                 + HCR_EL2::AMO::SET
                 + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
-                + HCR_EL2::RW::EL1IsAarch64,
+                + HCR_EL2::RW::EL1IsAarch64
+                + HCR_EL2::TID3::SET,
         );
     }
 

@@ -9,8 +9,9 @@ use log::{info, warn};
 use super::boot::{GIC, LOGGER};
 use super::cpu::{Aarch64, Pending};
 use super::esr::{self, DataAbort, Exit, FaultKind};
+use super::vcpu_state::ICH_HCR_UIE;
 use super::vectors::VectorKind;
-use super::{board, sysreg, timer};
+use super::{board, id_model, sysreg, timer};
 use crate::arch::seam::{Handled, HostIrqs, VmExit};
 use crate::vplatform::arm::{board as vboard, vgic, ArmPlatform};
 use crate::vplatform::MmioAccess;
@@ -178,7 +179,14 @@ fn sysreg_access(cpu: &mut Aarch64, platform: &mut ArmPlatform, acc: &esr::SysRe
         }
         return;
     }
+    let enc = id_model::Encoding { op0: acc.op0, op1: acc.op1, crn: acc.crn, crm: acc.crm, op2: acc.op2 };
     if acc.is_read {
+        // HCR_EL2.TID3: the ID registers answer from the one CPU model
+        // every device shows.
+        if let Some(v) = id_model::value(enc) {
+            cpu.frame.set_reg(acc.rt, v);
+            return;
+        }
         cpu.frame.set_reg(acc.rt, 0);
     }
     let code = (acc.op0 as u32) << 16 | (acc.op1 as u32) << 12 | (acc.crn as u32) << 8 | (acc.crm as u32) << 4 | acc.op2 as u32;
@@ -273,5 +281,3 @@ pub(super) fn refill_list_registers(platform: &mut ArmPlatform) {
         ICH_HCR_EL2.set(want);
     }
 }
-
-const ICH_HCR_UIE: u64 = 1 << 1;

@@ -1,6 +1,7 @@
 //! aarch64 at EL2: set-up, vectors and the guest enter/exit, MMU, GIC,
 //! stage 2, exits decoded into the seam's `VmExit`.
 pub mod esr;
+pub mod id_model;
 pub mod vcpu_state;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

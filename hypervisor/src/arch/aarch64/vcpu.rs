@@ -69,7 +69,8 @@ const LR_ACTIVE: u64 = 1 << 63;
 const LR_HW: u64 = 1 << 61;
 
 /// Loads `c` into this CPU so that the next return to the guest resumes it,
-/// and `frame` with its registers. The guest's virtual counter continues
+/// and `frame` with its registers. `c` comes from `GuestCpu::decode`, which
+/// checked and masked what goes into EL2 registers here (mode, ICH_*). The guest's virtual counter continues
 /// from `c.vcount`: the time the switch took does not pass for the guest.
 pub fn restore(c: &GuestCpu, frame: &mut TrapFrame, gic: &Gic) {
     frame.x = c.x;
@@ -123,7 +124,8 @@ pub fn restore(c: &GuestCpu, frame: &mut TrapFrame, gic: &Gic) {
         sysreg::set_ich_lr(n, lr);
     }
     gic.set_private_active(vboard::VTIMER_INTID, timer_active);
-    ICH_HCR_EL2.set(c.ich_hcr | 1);
+    // En and at most UIE (decode kept no other bit).
+    ICH_HCR_EL2.set(c.ich_hcr);
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }
 

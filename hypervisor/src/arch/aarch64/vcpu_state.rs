@@ -4,7 +4,18 @@
 //! timer and counter, and the GIC virtual CPU interface (VMCR, active
 //! priorities, list registers). Builds on the host for tests; capture and
 //! restore are in `vcpu`.
+//!
+//! A CpuState comes from the network, and `restore` writes most of it into
+//! EL2 registers (ELR/SPSR_EL2, the ICH_* registers, CNTVOFF_EL2), so
+//! `decode` sanitises what reaches them: what an honest device cannot
+//! have captured is an error, what one can is masked to what this
+//! hypervisor and the guest's CPU model allow. The EL1 registers are the
+//! guest's own: with HCR_EL2.E2H=0 they act only in its EL1&0 regime,
+//! under stage 2, and they are loaded as they came.
 use alloc::vec::Vec;
+
+use crate::vplatform::board as vboard;
+use crate::vplatform::vgic::NR_INTIDS;
 
 /// EL1/EL0 system registers carried across a switch, in wire order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +95,73 @@ pub enum CpuStateError {
     },
     /// PSTATE names a mode the guest cannot be resumed in (EL2/EL3 or AArch32).
     BadPstate(u64),
+    /// ICH_HCR_EL2 asks for traps or maintenance interrupts this
+    /// hypervisor never sets, so no honest device captured it.
+    IchHcr(u64),
+    /// List register `index` holds what this hypervisor never writes.
+    ListRegister {
+        index: u8,
+        value: u64,
+        why: LrProblem,
+    },
 }
+
+/// Why a list register from the wire is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrProblem {
+    /// HW=1 links the virtual interrupt to a physical one, whose
+    /// deactivation then follows the guest's: only the virtual timer's
+    /// (vINTID = pINTID = 27) is the guest's; any other would let it end
+    /// the hypervisor's own interrupts (its tick, console, maintenance).
+    HwNotVtimer,
+    /// HW=1 and pending+active: the pending part of a HW interrupt stays
+    /// in the physical GIC, so the hypervisor never writes this.
+    HwPendingActive,
+    /// A live interrupt the virtual GIC does not have (vINTID >= NR_INTIDS).
+    IntidOutOfRange,
+    /// The same vINTID live in two list registers (UNPREDICTABLE in the GIC).
+    Duplicate,
+    /// A list register past `nlr`, the capturing CPU's count, is not 0.
+    BeyondCount,
+}
+
+/// ICH_HCR_EL2 bits. En and UIE are the two this hypervisor manages (the
+/// virtual CPU interface on while a guest runs; the underflow maintenance
+/// interrupt while more interrupts wait than list registers hold, which
+/// the refill before every entry recomputes). EOIcount (31:27) counts the
+/// guest's EOIs of interrupts not in a list register: the hardware moves
+/// it, so an honest capture may carry it, but nothing here reads it
+/// (LRENPIE is never set); it restarts at 0. Every other bit is a trap
+/// (TC, TALL0/1, TSEI, TDIR, DVIM) or maintenance enable the hypervisor
+/// never sets: a state carrying one is refused.
+pub const ICH_HCR_EN: u64 = 1 << 0;
+pub const ICH_HCR_UIE: u64 = 1 << 1;
+const ICH_HCR_EOICOUNT: u64 = 0x1f << 27;
+
+/// ICH_VMCR_EL2: the guest's own CPU interface controls (VENG0/1, VAckCtl,
+/// VFIQEn, VCBPR, VEOIM, VBPR0/1, VPMR); the rest is RES0, masked.
+const ICH_VMCR_DEFINED: u64 = 0b1_1111 | 1 << 9 | 0x3f << 18 | 0xff << 24;
+/// ICH_AP<n>R0_EL2: 32 active-priority bits; 63:32 are RES0, masked.
+const ICH_APR_DEFINED: u64 = 0xffff_ffff;
+
+/// ICH_LR<n>_EL2: vINTID 31:0, pINTID 44:32 (HW=1) or EOI 41 (HW=0),
+/// priority 55:48, group 60, HW 61, state 63:62; 47:45 and 59:56 RES0.
+const LR_HW: u64 = 1 << 61;
+const LR_STATE_SHIFT: u32 = 62;
+const LR_PENDING_ACTIVE: u64 = 3;
+/// What is kept of a HW=0 list register: vINTID, priority, group, HW,
+/// state. RES0 bits and the EOI maintenance request (this hypervisor never
+/// asks for it; its maintenance handler would ignore it) are dropped.
+const LR_KEPT_SW: u64 = 0xffff_ffff | 0xff << 48 | 0xf << 60;
+/// A HW=1 list register keeps its pINTID too.
+const LR_KEPT_HW: u64 = LR_KEPT_SW | 0x1fff << 32;
+
+/// PSTATE (SPSR_EL2) bits of the guest's CPU model (Armv8.0, see
+/// `id_model`): NZCV, SS, IL, D, A, I, F and M[4:0]. The bits of features
+/// the model hides (PAN, UAO, DIT, TCO, SSBS, BTYPE, ALLINT, PM, ...) are
+/// masked: a device whose CPU has them may have captured one set by the
+/// hardware, and the model's guest never relies on them.
+const PSTATE_KEPT: u64 = 0xf000_0000 | 1 << 21 | 1 << 20 | 0xf << 6 | 0x1f;
 
 impl GuestCpu {
     pub fn zeroed() -> Self {
@@ -185,11 +262,60 @@ impl GuestCpu {
         for lr in c.lrs.iter_mut() {
             *lr = u64_();
         }
-        // AArch64 EL0t, EL1t or EL1h only (M[4] = 0: AArch64).
-        if !matches!(c.pstate & 0x1f, 0b00000 | 0b00100 | 0b00101) {
-            return Err(CpuStateError::BadPstate(c.pstate));
-        }
+        c.sanitise()?;
         Ok(c)
+    }
+
+    /// Checks and masks, in place, every field that `restore` writes to
+    /// an EL2 register (see the module's comment and the constants).
+    fn sanitise(&mut self) -> Result<(), CpuStateError> {
+        // AArch64 EL0t, EL1t or EL1h only (M[4] = 0: AArch64): an ERET to
+        // EL2 would run the sender's code as the hypervisor.
+        if !matches!(self.pstate & 0x1f, 0b00000 | 0b00100 | 0b00101) {
+            return Err(CpuStateError::BadPstate(self.pstate));
+        }
+        self.pstate &= PSTATE_KEPT;
+        if self.ich_hcr & !(ICH_HCR_EN | ICH_HCR_UIE | ICH_HCR_EOICOUNT) != 0 {
+            return Err(CpuStateError::IchHcr(self.ich_hcr));
+        }
+        // The interface is on whenever the guest runs, whatever came.
+        self.ich_hcr = ICH_HCR_EN | (self.ich_hcr & ICH_HCR_UIE);
+        self.ich_vmcr &= ICH_VMCR_DEFINED;
+        self.ich_ap0r0 &= ICH_APR_DEFINED;
+        self.ich_ap1r0 &= ICH_APR_DEFINED;
+        let mut live = [0u32; NR_INTIDS.div_ceil(32)];
+        for (n, lr) in self.lrs.iter_mut().enumerate() {
+            let bad = |why| CpuStateError::ListRegister { index: n as u8, value: *lr, why };
+            if n >= self.nlr as usize {
+                if *lr != 0 {
+                    return Err(bad(LrProblem::BeyondCount));
+                }
+                continue;
+            }
+            let vintid = *lr as u32;
+            let state = *lr >> LR_STATE_SHIFT;
+            if *lr & LR_HW != 0 {
+                let pintid = ((*lr >> 32) & 0x1fff) as u32;
+                if pintid != vboard::VTIMER_INTID || vintid != vboard::VTIMER_INTID {
+                    return Err(bad(LrProblem::HwNotVtimer));
+                }
+                if state == LR_PENDING_ACTIVE {
+                    return Err(bad(LrProblem::HwPendingActive));
+                }
+            }
+            if state != 0 {
+                if vintid as usize >= NR_INTIDS {
+                    return Err(bad(LrProblem::IntidOutOfRange));
+                }
+                let (w, b) = ((vintid / 32) as usize, 1u32 << (vintid % 32));
+                if live[w] & b != 0 {
+                    return Err(bad(LrProblem::Duplicate));
+                }
+                live[w] |= b;
+            }
+            *lr &= if *lr & LR_HW != 0 { LR_KEPT_HW } else { LR_KEPT_SW };
+        }
+        Ok(())
     }
 }
 
@@ -215,9 +341,21 @@ mod tests {
         c.cntv_ctl = 1;
         c.cntv_cval = 123_999_999;
         c.nlr = 4;
-        c.lrs[0] = 0xa000_0000_0000_001b;
-        c.ich_hcr = 1;
+        // What the refill writes: the virtual timer as HW (active), an SGI
+        // and the UART pending, the underflow interrupt asked for.
+        c.lrs[0] = 0xa000_001b_0000_001b;
+        c.lrs[1] = 0x5080_0000_0000_0001;
+        c.lrs[2] = 0x5080_0000_0000_0021;
+        c.ich_hcr = ICH_HCR_EN | ICH_HCR_UIE;
+        c.ich_vmcr = 0xf000_0003;
+        c.ich_ap1r0 = 1 << 16;
         c
+    }
+
+    fn decoded(c: &GuestCpu) -> Result<GuestCpu, CpuStateError> {
+        let mut b = Vec::new();
+        c.encode(&mut b);
+        GuestCpu::decode(&b, 4)
     }
 
     #[test]
@@ -255,4 +393,116 @@ mod tests {
         el2.encode(&mut e);
         assert_eq!(GuestCpu::decode(&e, 4), Err(CpuStateError::BadPstate(0x3c9)));
     }
+
+    #[test]
+    fn pstate_is_an_aarch64_el1_or_el0_mode_of_the_model() {
+        for (m, ok) in [(0b00000, true), (0b00100, true), (0b00101, true), (0b01001, false), (0b01101, false), (0b10000, false), (0b10011, false)] {
+            let mut c = sample();
+            c.pstate = 0x3c0 | m;
+            let r = decoded(&c);
+            assert_eq!(r.is_ok(), ok, "mode {m:#b}: {r:?}");
+        }
+        // NZCV, SS, IL and DAIF survive; PAN, UAO, DIT, TCO, SSBS and
+        // BTYPE (features the model hides) do not.
+        let mut c = sample();
+        c.pstate = 0xf000_03c5 | 1 << 21 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 25 | 1 << 12 | 0b11 << 10 | 1 << 32;
+        assert_eq!(decoded(&c).unwrap().pstate, 0xf000_03c5 | 1 << 21 | 1 << 20);
+    }
+
+    #[test]
+    fn ich_hcr_carries_only_what_the_hypervisor_manages() {
+        // Traps (TC 10, TALL0 11, TALL1 12, TSEI 13, TDIR 14, DVIM 15) and
+        // maintenance enables other than UIE (LRENPIE 2, NPIE 3, VGrp* 4-7,
+        // vSGIEOICount 8) and RES0 bits are refused.
+        for bit in (2..=15).chain([20, 63]) {
+            let mut c = sample();
+            c.ich_hcr |= 1 << bit;
+            assert_eq!(decoded(&c), Err(CpuStateError::IchHcr(c.ich_hcr)), "bit {bit}");
+        }
+        // En is forced on, UIE kept, EOIcount dropped.
+        let mut c = sample();
+        c.ich_hcr = 0x1f << 27;
+        assert_eq!(decoded(&c).unwrap().ich_hcr, ICH_HCR_EN);
+        c.ich_hcr = ICH_HCR_UIE;
+        assert_eq!(decoded(&c).unwrap().ich_hcr, ICH_HCR_EN | ICH_HCR_UIE);
+    }
+
+    #[test]
+    fn vmcr_and_active_priorities_lose_res0_bits() {
+        let mut c = sample();
+        c.ich_vmcr = u64::MAX;
+        c.ich_ap0r0 = u64::MAX;
+        c.ich_ap1r0 = 0xdead_0000_0000_0001;
+        let d = decoded(&c).unwrap();
+        assert_eq!(d.ich_vmcr, 0xfffc_021f);
+        assert_eq!(d.ich_ap0r0, 0xffff_ffff);
+        assert_eq!(d.ich_ap1r0, 1);
+    }
+
+    fn lr_error(c: &GuestCpu) -> Option<(u8, LrProblem)> {
+        match decoded(c) {
+            Err(CpuStateError::ListRegister { index, why, .. }) => Some((index, why)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn hw_list_registers_link_only_the_virtual_timer() {
+        // HW=1 with the hypervisor's tick (26), the maintenance interrupt
+        // (25), the console (33): refused, live or not.
+        for pintid in [26u64, 25, 33, 0] {
+            for state in [0u64, 1, 2] {
+                let mut c = sample();
+                c.lrs[3] = state << 62 | LR_HW | pintid << 32 | 27;
+                assert_eq!(lr_error(&c), Some((3, LrProblem::HwNotVtimer)), "pINTID {pintid} state {state}");
+            }
+        }
+        // The timer's pINTID under another vINTID: the guest's EOI of that
+        // one would end the physical timer's activation.
+        let mut c = sample();
+        c.lrs[3] = 2 << 62 | LR_HW | 27 << 32 | 33;
+        assert_eq!(lr_error(&c), Some((3, LrProblem::HwNotVtimer)));
+        c.lrs[0] = 3 << 62 | LR_HW | 27 << 32 | 27;
+        c.lrs[3] = 0;
+        assert_eq!(lr_error(&c), Some((0, LrProblem::HwPendingActive)));
+    }
+
+    #[test]
+    fn live_list_registers_name_distinct_interrupts_of_the_vgic() {
+        let mut c = sample();
+        c.lrs[3] = 1 << 62 | NR_INTIDS as u64;
+        assert_eq!(lr_error(&c), Some((3, LrProblem::IntidOutOfRange)));
+        c.lrs[3] = 1 << 62 | 1023;
+        assert_eq!(lr_error(&c), Some((3, LrProblem::IntidOutOfRange)));
+        // An empty (state 0) list register keeps its last occupant's fields.
+        c.lrs[3] = 1023;
+        assert_eq!(lr_error(&c), None);
+        c.lrs[3] = 2 << 62 | 0x21;
+        assert_eq!(lr_error(&c), Some((3, LrProblem::Duplicate)));
+        c.lrs[3] = 0x21;
+        assert_eq!(lr_error(&c), None);
+    }
+
+    #[test]
+    fn list_registers_past_the_count_are_zero() {
+        let mut c = sample();
+        c.lrs[4] = 1 << 62 | 5;
+        assert_eq!(lr_error(&c), Some((4, LrProblem::BeyondCount)));
+        c.lrs[4] = 0;
+        c.lrs[15] = 1;
+        assert_eq!(lr_error(&c), Some((15, LrProblem::BeyondCount)));
+    }
+
+    #[test]
+    fn list_registers_lose_res0_bits_and_eoi_requests() {
+        let mut c = sample();
+        let sw = 0x5080_0000_0000_0021;
+        c.lrs[2] = sw | 0xf << 56 | 0b111 << 45 | LR_EOI_BIT | 0x5 << 32;
+        c.lrs[0] |= 0xf << 56 | 0b111 << 45;
+        let d = decoded(&c).unwrap();
+        assert_eq!(d.lrs[2], sw);
+        assert_eq!(d.lrs[0], sample().lrs[0]);
+    }
+
+    const LR_EOI_BIT: u64 = 1 << 41;
 }
