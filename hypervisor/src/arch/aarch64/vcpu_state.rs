@@ -14,8 +14,8 @@
 //! under stage 2, and they are loaded as they came.
 use alloc::vec::Vec;
 
-use crate::vplatform::board as vboard;
-use crate::vplatform::vgic::NR_INTIDS;
+use crate::vplatform::arm::board as vboard;
+use crate::vplatform::arm::vgic::NR_INTIDS;
 
 /// EL1/EL0 system registers carried across a switch, in wire order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
