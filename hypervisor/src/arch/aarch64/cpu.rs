@@ -73,10 +73,6 @@ impl Aarch64 {
         SCTLR_EL1.set(0x30D0_0800);
         CNTVOFF_EL2.set(CNTPCT_EL0.get());
     }
-
-    fn step_over(&self) {
-        ELR_EL2.set(ELR_EL2.get() + 4);
-    }
 }
 
 /// Warns if this CPU lacks a feature of the guest's CPU model: the guest
@@ -127,7 +123,7 @@ impl Arch for Aarch64 {
         match (core::mem::replace(&mut self.pending, Pending::None), how) {
             (Pending::Mmio(da), Completion::MmioRead(v)) => {
                 let size = da.sas_bytes;
-                let mask = if size >= 8 { u64::MAX } else { (1u64 << (size as u32 * 8)) - 1 };
+                let mask = super::exits::access_mask(size);
                 let mut v = v & mask;
                 if da.sse && size < 8 {
                     let shift = 64 - size as u32 * 8;
@@ -137,9 +133,9 @@ impl Arch for Aarch64 {
                     v &= 0xffff_ffff;
                 }
                 self.frame.set_reg(da.srt, v);
-                self.step_over();
+                super::exits::step_over();
             }
-            (Pending::Mmio(_), Completion::MmioWritten) => self.step_over(),
+            (Pending::Mmio(_), Completion::MmioWritten) => super::exits::step_over(),
             (Pending::Mmio(da) | Pending::WriteFault(da), Completion::Abort) => super::exits::inject_abort(true, da.wnr),
             (Pending::Hypercall, Completion::Hypercall(v)) => self.frame.x[0] = v,
             (p, c) => log::warn!("exit completion {c:?} does not fit the exit ({p:?}); ignored"),

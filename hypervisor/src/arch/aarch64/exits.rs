@@ -31,7 +31,8 @@ pub(super) fn decode(cpu: &mut Aarch64, kind: VectorKind, platform: &mut ArmPlat
     }
 }
 
-fn step_over() {
+/// Past the trapped instruction (all are 4 bytes: the guest is AArch64).
+pub(super) fn step_over() {
     ELR_EL2.set(ELR_EL2.get() + 4);
 }
 
@@ -123,7 +124,7 @@ fn data_abort(cpu: &mut Aarch64, da: &DataAbort) -> VmExit {
         return VmExit::Unmapped { ipa, what: "access without syndrome (ISV=0)" };
     }
     let size = da.sas_bytes;
-    let mask = if size >= 8 { u64::MAX } else { (1u64 << (size as u32 * 8)) - 1 };
+    let mask = access_mask(size);
     cpu.pending = Pending::Mmio(*da);
     VmExit::Mmio(MmioAccess { ipa, size, write: da.wnr.then(|| cpu.frame.reg(da.srt) & mask) })
 }
@@ -279,5 +280,14 @@ pub(super) fn refill_list_registers(platform: &mut ArmPlatform) {
     let want = if platform.vgic.next_to_inject().is_some() { hcr | ICH_HCR_UIE } else { hcr & !ICH_HCR_UIE };
     if want != hcr {
         ICH_HCR_EL2.set(want);
+    }
+}
+
+/// The bits an access of `size` bytes moves.
+pub(super) fn access_mask(size: u8) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size as u32 * 8)) - 1
     }
 }
