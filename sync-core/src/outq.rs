@@ -1,6 +1,9 @@
 //! A link's outgoing bytes: sealed frames queued one allocation each, so
 //! the memory a link holds is what it has queued (a single growing `Vec`
 //! doubles past it, and moves every byte left at each partial send).
+//! A queue can also discard what it is given (`set_discard`): a link that
+//! is encoded only for its figures then holds one frame at a time, not an
+//! epoch.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -14,11 +17,22 @@ pub struct FrameQueue {
     head: usize,
     /// Bytes queued and not yet taken.
     len: usize,
+    /// Frames are dropped as they come (nobody reads this queue).
+    discard: bool,
 }
 
 impl FrameQueue {
     pub const fn new() -> Self {
-        Self { frames: VecDeque::new(), head: 0, len: 0 }
+        Self { frames: VecDeque::new(), head: 0, len: 0, discard: false }
+    }
+
+    /// Drops every frame pushed from now on (and what is queued): for a
+    /// link nobody reads, whose sealed bytes only count.
+    pub fn set_discard(&mut self, discard: bool) {
+        self.discard = discard;
+        if discard {
+            self.clear();
+        }
     }
 
     /// Bytes waiting for the transport.
@@ -39,7 +53,7 @@ impl FrameQueue {
 
     /// Queues one sealed frame (after `reserve_one`).
     pub fn push(&mut self, frame: Vec<u8>) {
-        if frame.is_empty() {
+        if frame.is_empty() || self.discard {
             return;
         }
         self.len += frame.len();
@@ -110,5 +124,22 @@ mod tests {
         assert!(q.is_empty() && q.front().is_empty());
         q.consume(9);
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn a_discarding_queue_holds_nothing() {
+        let mut q = FrameQueue::new();
+        q.push(vec![1, 2]);
+        q.set_discard(true);
+        assert!(q.is_empty(), "set_discard drops what was queued");
+        for _ in 0..1000 {
+            q.reserve_one().unwrap();
+            q.push(vec![7; 4096]);
+        }
+        assert_eq!((q.len(), q.front()), (0, &[][..]));
+        assert!(q.frames.capacity() <= 4, "no frame was kept");
+        q.set_discard(false);
+        q.push(vec![3]);
+        assert_eq!(q.take_all(), vec![3]);
     }
 }

@@ -82,6 +82,7 @@ pub fn build(out: &str, info: &RunInfo) -> Report {
         })
         .unwrap_or_default();
     let traps = after(out, "vmsync: traps: ").next().unwrap_or("");
+    let heap = after(out, "vmsync: heap ").last().and_then(|l| Some(Heap { peak_bytes: field(l, "peak_bytes")?, size_bytes: field(l, "size_bytes")? }));
     Report {
         schema: SCHEMA,
         arch: "aarch64".into(),
@@ -114,6 +115,7 @@ pub fn build(out: &str, info: &RunInfo) -> Report {
         verify,
         guest: Guest { progress: progress(out), powered_off: out.contains("vmsync: guest powered off"), ..Guest::default() },
         traps: traps.into(),
+        heap,
         ..Report::default()
     }
 }
@@ -144,6 +146,9 @@ pub fn summary(r: &Report) -> String {
         r.verify.checks,
         r.verify.mismatches
     );
+    if let Some(h) = &r.heap {
+        o += &format!("hypervisor heap: peak {:.1} MiB of {:.1} MiB\n", h.peak_bytes as f64 / 1048576.0, h.size_bytes as f64 / 1048576.0);
+    }
     o
 }
 
@@ -170,6 +175,7 @@ vmsync-workload: counter=1 checksum=ab uptime=1.0\n\
 vmsync: epoch epoch=2 dirty_pages=2 dirty_bytes=8192 sent_pages=2 changed_bytes=100 encoded_bytes=120 compressed_bytes=80 sealed_bytes=120 write_faults=2 pause_us=100 zero_pages=0 same_pages=0 full_pages=0 delta_pages=2\n\
 vmsync-workload: counter=2 checksum=cd uptime=2.0\n\
 vmsync: verify checks=2 mismatches=0\n\
+vmsync: heap used_bytes=100 peak_bytes=5000 size_bytes=9000\n\
 vmsync: guest powered off (PSCI SYSTEM_OFF)\n";
 
     #[test]
@@ -186,6 +192,7 @@ vmsync: guest powered off (PSCI SYSTEM_OFF)\n";
         assert_eq!((r.verify.checks, r.verify.mismatches), (2, 0));
         assert_eq!(r.guest.progress, Some(2));
         assert_eq!(r.pause_us.max, 500);
+        assert_eq!(r.heap, Some(Heap { peak_bytes: 5000, size_bytes: 9000 }));
         assert!(summary(&r).contains("after epoch 1"));
         assert_eq!(link_line(&r), "sealed epochs (one device: no link): 0.00 MB against 0.05 MB of whole dirty pages: 43.9x less");
     }

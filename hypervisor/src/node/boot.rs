@@ -13,8 +13,8 @@ use crate::memory::guest::GuestMemory;
 use crate::net::Nic;
 use crate::vplatform::Platform;
 
-/// Sync heap beyond the shadows (active) or a whole epoch's staging
-/// (standby) for the bookkeeping.
+/// Sync heap beyond the shadows for the bookkeeping: link queues, the
+/// standby's staging reserve, page hashes and indexes.
 const SYNC_HEAP_EXTRA: u64 = 32 << 20;
 
 macro_rules! fail {
@@ -144,21 +144,18 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
     Node::active(parts, vm).run()
 }
 
-/// The sync heap: the shadow pages the budget allows when this device
-/// starts active (so memory follows `shadow=`), a whole guest RAM of staging
-/// when it starts standby (a fresh standby stages the first epoch, the whole
-/// guest), plus a second guest RAM for verify's local standby, plus the
-/// bookkeeping. A device that became standby by a switch holds the image
-/// already and stages one epoch's changes at a time.
+/// The sync heap: the shadow pages the budget allows (so memory follows
+/// `shadow=`), plus a guest RAM for verify's local standby, plus the
+/// bookkeeping. A standby gets the same: it becomes active at a take-over
+/// and then keeps shadows, and until then its staging lives in that room;
+/// an epoch larger than its staging (the first, a whole guest, on a fresh
+/// standby) is applied in place (`sync_core::applier`), so staging never
+/// needs a guest RAM of its own.
 fn sync_heap_size(config: &GuestConfig) -> u64 {
     let size = config.mem_bytes;
     let pages = size / 4096;
-    let own = if config.sync.standby {
-        size
-    } else {
-        // Shadow content in 128 KiB chunks, and each shadow's slot (16 bytes).
-        config.shadow.pages(size).div_ceil(32) * 32 * (4096 + 16)
-    };
+    // Shadow content in 128 KiB chunks, and each shadow's slot (16 bytes).
+    let own = config.shadow.pages(size).div_ceil(32) * 32 * (4096 + 16);
     // The shadow store's page index (4 bytes a page) is there in every role.
     own + pages * 4 + if config.verify { size } else { 0 } + SYNC_HEAP_EXTRA
 }

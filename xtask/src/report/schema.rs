@@ -64,6 +64,20 @@ pub struct Report {
     /// One entry per device (switching runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<DeviceEntry>>,
+    /// The hypervisor heap of the device that ran the guest, as it printed
+    /// it at power-off; absent if it never powered off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<Heap>,
+}
+
+/// A hypervisor's heap (bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heap {
+    /// The most in use at once since boot.
+    pub peak_bytes: u64,
+    /// The heap's size: what the device set aside for the hypervisor's
+    /// bookkeeping (shadows, link queues, staging).
+    pub size_bytes: u64,
 }
 
 /// One epoch: what the hypervisor's `vmsync: epoch` line says. Its byte
