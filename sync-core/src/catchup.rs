@@ -28,7 +28,9 @@
 //! cut's). At the final cut, pages streamed in this catch-up and not sent
 //! again get their shadow replaced by their content at `m` (the content
 //! the standby commits) and `shadow_epoch = m`: see `resume` for why the
-//! shared-shadow rule needs it.
+//! shared-shadow rule needs it. That content is the guest's own page until
+//! its next write, so the shadow is left implicit and made at that write:
+//! ending a catch-up copies nothing, whatever it streamed.
 //!
 //! Being behind costs two bits per page (owed, streamed), never a copy of
 //! the data, and the link is never dropped for it.

@@ -58,7 +58,10 @@
 //! 1'. Streaming never touches a shadow or `shadow_epoch`. At the final cut
 //!     `m`, every page streamed in the catch-up and not sent again at `m`
 //!     gets its shadow replaced by its content at `m` (or dropped) and
-//!     `shadow_epoch[p] = m`, after all links of the cut are encoded.
+//!     `shadow_epoch[p] = m`, after all links of the cut are encoded. The
+//!     content at `m` is the guest's page until its next write, so the
+//!     stored copy is dropped and the shadow left implicit: it is made at
+//!     that write (`ActiveSync::seed_before_write`), as after a switch.
 //!
 //! Why the proof above still holds: it needs that a standby reaching a
 //! base `>= E` through a batch cut at `m >= E` leaves `shadow_epoch[p] >=
