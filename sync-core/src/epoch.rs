@@ -73,6 +73,9 @@ pub struct Link {
     peak: usize,
     /// The link's stream broke at a cut (why): the caller drops the link.
     broken: Option<EpochError>,
+    /// Nobody reads the link: it is encoded to measure each epoch, so it
+    /// gets the cut's own pages whatever it holds (`set_figures_only`).
+    figures_only: bool,
 }
 
 impl Link {
@@ -90,7 +93,18 @@ impl Link {
             catchup_stats: CatchUpStats::default(),
             peak: 0,
             broken: None,
+            figures_only: false,
         })
+    }
+
+    /// The link only measures epochs (nobody applies it, its queue
+    /// discards): each cut encodes just the pages written in it, as for a
+    /// standby in step. Its first epoch is then what the guest and its
+    /// loader wrote, not every page of RAM, so the first cut's pause does
+    /// not grow with the guest's size.
+    pub fn set_figures_only(&mut self) {
+        self.figures_only = true;
+        self.out.set_discard(true);
     }
 
     /// The most bytes the link may hold queued.
@@ -200,6 +214,15 @@ impl ActiveSync {
             hashes: PageHashes::zeroed(page_count),
             unseeded: Vec::new(),
         })
+    }
+
+    /// As `new`, for a guest whose RAM is all zero but for the pages the
+    /// caller marks written in epoch 1 (its loader's and the guest's): the
+    /// first cut hashes and encodes only those (see
+    /// `ResumeTracker::over_zeroed`); every standby still gets every page
+    /// from epoch 0.
+    pub fn over_zeroed(page_count: u64, budget: Budget) -> Result<Self, EpochError> {
+        Ok(Self { tracker: ResumeTracker::over_zeroed(page_count), ..Self::new(page_count, budget)? })
     }
 
     /// Sync on a device that has just become active with the committed
@@ -535,7 +558,15 @@ impl ActiveSync {
             }
             return Ok(());
         }
-        let pages = self.tracker.pages_for(link.id)?;
+        let pages = if link.figures_only {
+            let dirty = self.tracker.cut_dirty();
+            let mut v = Vec::new();
+            v.try_reserve_exact(dirty.len()).map_err(|_| EpochError::OutOfMemory)?;
+            v.extend_from_slice(dirty);
+            v
+        } else {
+            self.tracker.pages_for(link.id)?
+        };
         if worst_case_bytes(pages.len() as u64).saturating_add(extra) > room {
             let c = CatchUp::start(&self.tracker, link.id)?;
             link.catchup_stats.started += 1;

@@ -4,7 +4,10 @@
 //!
 //! Epochs: epoch 0 is the all-zero image every standby starts from. A
 //! tracker made with `new` counts every page as changed in epoch 1, so the
-//! first epoch sends the whole guest; one made with `after_switch(n)` (the
+//! first epoch sends the whole guest; one made with `over_zeroed` (a fresh
+//! guest, zero but for what its loader wrote) counts only the pages marked
+//! in epoch 1, and still sends every page to a standby at epoch 0, whose
+//! image may hold anything; one made with `after_switch(n)` (the
 //! device that just became active, holding the image of epoch `n`) counts
 //! every page as changed in `n`, so a standby holding `n` (the device that
 //! was active) needs only what changes from now on.
@@ -137,6 +140,17 @@ impl ResumeTracker {
     pub fn new(page_count: u64) -> Self {
         let n = page_count as usize;
         Self { last_changed: vec![1; n], shadow_epoch: vec![0; n], open: 1, open_dirty: (0..page_count).collect(), cut_dirty: Vec::new(), standbys: Vec::new() }
+    }
+
+    /// A tracker for a guest whose RAM is all zero when sync starts, but
+    /// for the pages marked written in epoch 1 (the open epoch): what the
+    /// loader put there and what the guest writes. Only those are hashed
+    /// and encoded at the first cut, so its cost follows what was written,
+    /// not the size of RAM. A standby at epoch 0 still gets every page (see
+    /// `pages_for`): its image may hold anything.
+    pub fn over_zeroed(page_count: u64) -> Self {
+        let n = page_count as usize;
+        Self { last_changed: vec![0; n], shadow_epoch: vec![0; n], open: 1, open_dirty: Vec::new(), cut_dirty: Vec::new(), standbys: Vec::new() }
     }
 
     /// A tracker on a device that became active holding the committed image
@@ -282,7 +296,10 @@ impl ResumeTracker {
     }
 
     /// Pages the standby needs in the batch of the last cut epoch: every
-    /// page changed since its base, each once, ascending.
+    /// page changed since its base, each once, ascending. A standby at epoch
+    /// 0 needs every page: its image is all zero only if it never held
+    /// anything (a torn image, or one of another guest, claims epoch 0 too),
+    /// and whole pages from epoch 0 leave nothing of it.
     pub fn pages_for(&self, id: StandbyId) -> Result<Vec<u64>, ResumeError> {
         let st = self.standby(id).ok_or(ResumeError::UnknownStandby)?;
         if !st.connected {
@@ -291,6 +308,9 @@ impl ResumeTracker {
         let cut = self.last_cut();
         if st.base >= cut {
             return Ok(Vec::new());
+        }
+        if st.base == 0 {
+            return Ok((0..self.page_count()).collect());
         }
         if st.base + 1 == cut {
             // In step: exactly the pages of the last epoch.
@@ -301,8 +321,9 @@ impl ResumeTracker {
 
     /// Every page changed after epoch `base` (the open epoch's writes
     /// marked so far included), ascending: what a standby at `base` owes.
+    /// At epoch 0: every page (see `pages_for`).
     pub fn changed_since(&self, base: Epoch) -> impl Iterator<Item = u64> + '_ {
-        self.last_changed.iter().enumerate().filter(move |&(_, &lc)| lc > base).map(|(p, _)| p as u64)
+        self.last_changed.iter().enumerate().filter(move |&(_, &lc)| base == 0 || lc > base).map(|(p, _)| p as u64)
     }
 
     /// Whether a base-dependent record (Delta, Same) against the current
@@ -341,6 +362,25 @@ impl ResumeTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_zeroed_the_first_epoch_is_what_was_written_and_epoch_0_gets_everything() {
+        let mut t = ResumeTracker::over_zeroed(8);
+        let s = t.add_standby();
+        t.on_connect(s, 0).unwrap();
+        t.mark_dirty(3).unwrap();
+        t.mark_dirty(5).unwrap();
+        assert_eq!(t.cut(), 1);
+        assert_eq!(t.cut_dirty(), &[3, 5]);
+        // In step at epoch 0, and still every page: its image may hold anything.
+        assert_eq!(t.pages_for(s).unwrap(), (0..8).collect::<Vec<_>>());
+        assert_eq!(t.changed_since(0).count(), 8);
+        t.record_sent(s, 1).unwrap();
+        t.mark_dirty(6).unwrap();
+        t.cut();
+        assert_eq!(t.pages_for(s).unwrap(), vec![6]);
+        assert_eq!(t.changed_since(1).collect::<Vec<_>>(), vec![6]);
+    }
 
     #[test]
     fn first_epoch_sends_everything_then_only_dirt() {

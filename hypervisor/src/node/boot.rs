@@ -115,6 +115,13 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
     if let Err(e) = mem.fill(A::RAM_BASE, size, 0) {
         fail!("clearing guest RAM: {e:?}");
     }
+    // With sync, what the loader writes next is the first epoch's (the rest
+    // of RAM is zero, which every standby gets from epoch 0 anyway).
+    if parts.machine.config.policy.is_some() {
+        if let Err(e) = mem.start_tracking() {
+            fail!("tracking guest RAM: {e:?}");
+        }
+    }
     let cmdline = parts.machine.config.cmdline.clone();
     if let Err(e) = parts.arch.load_guest(&mut mem, kernel, initrd, &cmdline) {
         fail!("loading the guest: {e:?}");

@@ -28,10 +28,16 @@ pub enum StartError {
     NoPolicy,
     Sync(SyncError),
     Dirty(sync_core::dirty::DirtyError),
+    /// `start` before guest RAM was cleared and tracked (a caller's bug:
+    /// the first epoch would miss what the loader wrote).
+    NotTracking,
 }
 
 /// Turns tracking on before the guest's first instruction: every page
-/// read-only, every later write seen. Epoch 1 sends the whole guest. With
+/// read-only, every later write seen. Guest RAM was cleared and then
+/// tracked before the loader wrote into it (`GuestMemory::start_tracking`),
+/// so epoch 1 holds what the loader and the guest wrote, and every standby
+/// still gets the whole guest from epoch 0. With
 /// `verify_image` (zeroed, as large as guest RAM) every epoch is also
 /// applied to a local standby and checked.
 pub fn start(
@@ -45,7 +51,12 @@ pub fn start(
     let verify = verify_image.is_some();
     let ram = RamLayout { base: mem.ipa_base(), size: mem.size() };
     let engine = Engine::new(spec, ram, shadows, verify_image, now_ns).map_err(StartError::Sync)?;
-    protect_all(mem, s2)?;
+    // Tracking began before the loader wrote (see `node::boot`): its pages
+    // are in the first epoch's dirty set, and the rest of RAM is zero.
+    if !mem.tracking() {
+        return Err(StartError::NotTracking);
+    }
+    s2.protect_all();
     info!("sync: policy {spec}, verify {}, {} pages write-protected", if verify { "on" } else { "off" }, mem.size() / 4096);
     Ok(engine)
 }

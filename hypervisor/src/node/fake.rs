@@ -375,6 +375,8 @@ pub fn active_vm(parts: &mut Parts<FakeArch, Link>, verify: bool) -> super::vm::
     let size = parts.machine.config.mem_bytes;
     // SAFETY: the leaked backing is this node's guest RAM alone.
     let mut mem = unsafe { crate::memory::guest::GuestMemory::new(RAM_BASE, size, parts.machine.backing) };
+    // The backing is zeroed and nothing is loaded: tracking from here.
+    mem.start_tracking().expect("a dirty set for the guest");
     let verify_image = verify.then(|| {
         // SAFETY: a leaked zeroed buffer used by the verify image alone.
         unsafe { crate::sync::raw_pages::RawPages::new(leak_zeroed(size), size / 4096) }

@@ -72,10 +72,12 @@ pub struct Engine {
 
 impl Engine {
     /// Sync of a guest of `ram` starting now, keeping at most `shadows`
-    /// shadow pages. With `verify_image` (zeroed, as large as guest RAM)
-    /// every epoch is also applied to a local standby.
+    /// shadow pages. Guest RAM is all zero but for the pages the first
+    /// `cut` is given as written (the loader's and the guest's). With
+    /// `verify_image` (zeroed, as large as guest RAM) every epoch is also
+    /// applied to a local standby.
     pub fn new(spec: PolicySpec, ram: RamLayout, shadows: Budget, verify_image: Option<RawPages>, now_ns: u64) -> Result<Self, SyncError> {
-        Self::around(ActiveSync::new(ram.size / 4096, shadows)?, 0, spec, ram, verify_image, now_ns)
+        Self::around(ActiveSync::over_zeroed(ram.size / 4096, shadows)?, 0, spec, ram, verify_image, now_ns)
     }
 
     /// An engine over `active`, whose last cut is `base`, with the local
@@ -91,10 +93,13 @@ impl Engine {
             Some(img) => Some(LocalStandby::new(b, img)?),
             None => None,
         };
-        // Without verify nobody reads the local link: its frames are counted
-        // as they are sealed and dropped, so it holds one batch, not an epoch
-        // (a burst epoch of a large guest is tens of MB).
-        link.out.set_discard(verify.is_none());
+        // Without verify nobody reads the local link: it measures each
+        // epoch (the cut's own pages) and its frames are counted as they are
+        // sealed and dropped, so it holds one batch, not an epoch (a burst
+        // epoch of a large guest is tens of MB).
+        if verify.is_none() {
+            link.set_figures_only();
+        }
         Ok(Engine {
             active,
             link,
@@ -329,5 +334,23 @@ mod tests {
         assert!(st.sealed_bytes > PAGES * 4000, "the epoch was encoded whole: {} bytes", st.sealed_bytes);
         assert_eq!((e.link.queued(), e.link.peak_queued()), (0, 0), "the local link kept frames");
         assert_eq!(e.verify(&guest, st.epoch).unwrap(), None);
+    }
+
+    /// A fresh guest is zero but for what was written: the first cut
+    /// encodes and hashes those pages only, and its digest is still the
+    /// digest of all of guest RAM (what a standby's commit must match).
+    #[test]
+    fn the_first_epoch_of_a_fresh_guest_is_what_was_written() {
+        const PAGES: u64 = 4096;
+        let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
+        let mut e = Engine::new("interval:200ms".parse().unwrap(), ram, Budget::Full, None, 0).unwrap();
+        let mut guest = VecMemory::zeroed(PAGES as usize);
+        let written = [0u64, 1, 2, 700, 4095];
+        for &p in &written {
+            guest.pages_mut()[p as usize][17] = (p % 200) as u8 + 1;
+        }
+        let st = e.cut(&guest, &written, &[]).unwrap();
+        assert_eq!((st.epoch, st.sent_pages), (1, written.len() as u64));
+        assert_eq!(e.digest(), PageHashes::of_memory(&guest).digest());
     }
 }
