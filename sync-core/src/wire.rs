@@ -17,7 +17,7 @@
 
 use alloc::vec::Vec;
 
-use crate::crypto::{derive_session_keys, CryptoError, Opener, PairingSecret, Role, Sealer, HANDSHAKE_NONCE_LEN, TAG_LEN};
+use crate::crypto::{derive_session_keys, CryptoError, Drbg, EphemeralKey, Opener, PairingSecret, Role, Sealer, EPHEMERAL_LEN, HANDSHAKE_NONCE_LEN, TAG_LEN};
 
 /// Version of this protocol. Hello and HelloAck carry it first (after the
 /// magic) so a peer of another version is recognised before anything else
@@ -31,7 +31,11 @@ use crate::crypto::{derive_session_keys, CryptoError, Opener, PairingSecret, Rol
 /// records sent); Zero and Full records carry no page hash (the standby
 /// computes it; Delta records keep theirs); an epoch's CpuState and
 /// DeviceState (the guest's state at the cut) come before its EpochCommit.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// v2: Hello and HelloAck carry an X25519 ephemeral public key after the
+/// nonce; the session keys derive from the pairing secret, the ephemeral
+/// Diffie-Hellman and the transcript (forward secrecy), under v2 contexts.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of Hello/HelloAck: recognises a stream that is not VMsync.
 pub const MAGIC: [u8; 4] = *b"VMSY";
 /// Page size the protocol speaks (the guest's 4 KiB pages).
@@ -129,9 +133,20 @@ pub struct Handshake {
     /// side, the last epoch it cut).
     pub last_committed: Epoch,
     pub nonce: [u8; HANDSHAKE_NONCE_LEN],
+    /// The sender's X25519 ephemeral public key for this connection.
+    pub ephemeral: [u8; EPHEMERAL_LEN],
 }
 
 impl Handshake {
+    /// Fresh nonce and ephemeral key for one connection, drawn from `rng`;
+    /// the key's secret half is returned for `Session::establish`.
+    pub fn refresh(&mut self, rng: &mut Drbg) -> EphemeralKey {
+        self.nonce = rng.bytes();
+        let key = EphemeralKey::generate(rng);
+        self.ephemeral = key.public();
+        key
+    }
+
     /// Checks that the peer's handshake describes the same VM on the same
     /// virtual platform. (The version was checked when it was decoded.)
     pub fn check_peer(&self, peer: &Handshake) -> Result<(), WireError> {
@@ -150,7 +165,7 @@ impl Handshake {
         if peer.page_size != self.page_size || peer.page_size != WIRE_PAGE_SIZE {
             return Err(WireError::PageSizeMismatch);
         }
-        if peer.nonce == self.nonce {
+        if peer.nonce == self.nonce || peer.ephemeral == self.ephemeral {
             return Err(WireError::ReflectedNonce);
         }
         Ok(())
@@ -227,8 +242,8 @@ impl Message {
     pub fn encoded_len(&self) -> usize {
         match self {
             // tag, magic, version, vm, platform, ram (2 × u64), page size,
-            // last committed, nonce.
-            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + crate::crypto::HANDSHAKE_NONCE_LEN,
+            // last committed, nonce, ephemeral key.
+            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + HANDSHAKE_NONCE_LEN + EPHEMERAL_LEN,
             Message::EpochBegin { .. } => 17,
             Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
             Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
@@ -349,6 +364,7 @@ fn encode_handshake(t: u8, h: &Handshake, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.page_size.to_le_bytes());
     out.extend_from_slice(&h.last_committed.to_le_bytes());
     out.extend_from_slice(&h.nonce);
+    out.extend_from_slice(&h.ephemeral);
 }
 
 fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
@@ -368,6 +384,7 @@ fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
         page_size: r.u32()?,
         last_committed: r.u64()?,
         nonce: r.array()?,
+        ephemeral: r.array()?,
     })
 }
 
@@ -599,14 +616,26 @@ pub struct Session {
 }
 
 impl Session {
-    /// Derives the session from the pairing secret and the two handshake
-    /// messages as exchanged (`hello` from the initiator, `ack` from the
-    /// responder). Call after `check_peer` passed.
-    pub fn establish(secret: &PairingSecret, role: Role, hello: &Handshake, ack: &Handshake) -> Self {
+    /// Derives the session from the pairing secret, this side's ephemeral
+    /// key `ours` (whose public half its handshake carried) and the two
+    /// handshake messages as exchanged (`hello` from the initiator, `ack`
+    /// from the responder). Call after `check_peer` passed. `ours` is used
+    /// up: the next connection needs a new one.
+    pub fn establish(secret: &PairingSecret, role: Role, hello: &Handshake, ack: &Handshake, ours: EphemeralKey) -> Result<Self, WireError> {
+        let (mine, theirs) = match role {
+            Role::Initiator => (hello, ack),
+            Role::Responder => (ack, hello),
+        };
+        // The key must be the one our own handshake announced, or the two
+        // sides would agree on nothing (a caller's mistake, not the peer's).
+        if ours.public() != mine.ephemeral {
+            return Err(WireError::InvalidField);
+        }
+        let shared = ours.agree(&theirs.ephemeral)?;
         let transcript = transcript_hash(hello, ack);
-        let keys = derive_session_keys(secret, &hello.nonce, &ack.nonce, &transcript);
+        let keys = derive_session_keys(secret, &shared, &transcript);
         let (sealer, opener) = keys.split(role);
-        Self { sealer, opener, failed: false }
+        Ok(Self { sealer, opener, failed: false })
     }
 
     /// Appends one sealed frame holding `msg`; returns its length on the wire.
@@ -674,6 +703,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use alloc::vec;
 
@@ -686,7 +716,16 @@ mod tests {
             page_size: WIRE_PAGE_SIZE,
             last_committed: last,
             nonce: [nonce; 32],
+            ephemeral: [nonce ^ 0x80; 32],
         }
+    }
+
+    /// `hs` with a real ephemeral key (deterministic per `nonce`), and its
+    /// secret half.
+    fn keyed(nonce: u8, last: Epoch) -> (Handshake, EphemeralKey) {
+        let mut h = hs(nonce, last);
+        let k = h.refresh(&mut Drbg::new([nonce; 32]));
+        (h, k)
     }
 
     fn all_messages() -> Vec<Message> {
@@ -708,8 +747,8 @@ mod tests {
 
     fn sessions() -> (Session, Session) {
         let secret = PairingSecret::new([0x11; 32]);
-        let (h, a) = (hs(1, 0), hs(2, 5));
-        (Session::establish(&secret, Role::Initiator, &h, &a), Session::establish(&secret, Role::Responder, &h, &a))
+        let ((h, kh), (a, ka)) = (keyed(1, 0), keyed(2, 5));
+        (Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap(), Session::establish(&secret, Role::Responder, &h, &a, ka).unwrap())
     }
 
     #[test]
@@ -755,10 +794,11 @@ mod tests {
     fn version_and_magic_checked_first() {
         let mut b = Vec::new();
         Message::Hello(hs(1, 0)).encode(&mut b).unwrap();
-        let mut v2 = b.clone();
-        v2[5..7].copy_from_slice(&2u16.to_le_bytes());
-        // Only magic and version are needed to tell a peer of another version.
-        assert_eq!(Message::decode(&v2[..7]), Err(WireError::UnsupportedVersion(2)));
+        let mut other = b.clone();
+        other[5..7].copy_from_slice(&1u16.to_le_bytes());
+        // Only magic and version are needed to tell a peer of another version
+        // (v1 had no ephemeral key).
+        assert_eq!(Message::decode(&other[..7]), Err(WireError::UnsupportedVersion(1)));
         let mut bad = b.clone();
         bad[1] = b'X';
         assert_eq!(Message::decode(&bad), Err(WireError::BadMagic));
@@ -881,19 +921,85 @@ mod tests {
     #[test]
     fn tampered_handshake_breaks_the_session() {
         let secret = PairingSecret::new([0x11; 32]);
-        let (h, a) = (hs(1, 0), hs(2, 5));
-        let mut i = Session::establish(&secret, Role::Initiator, &h, &a);
+        let ((h, kh), (a, ka)) = (keyed(1, 0), keyed(2, 5));
+        let mut i = Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap();
         // A man in the middle rewrote the standby's last committed epoch.
         let mut a_seen = a.clone();
         a_seen.last_committed = 4;
-        let mut r = Session::establish(&secret, Role::Responder, &h, &a_seen);
+        let mut r = Session::establish(&secret, Role::Responder, &h, &a_seen, ka).unwrap();
         let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
         assert_eq!(r.open(f), Err(WireError::Crypto(CryptoError::Authentication)));
         // A session without the pairing secret cannot talk either.
-        let mut i = Session::establish(&secret, Role::Initiator, &h, &a);
-        let mut r = Session::establish(&PairingSecret::new([0x12; 32]), Role::Responder, &h, &a);
+        let ((h, kh), (a, ka)) = (keyed(1, 0), keyed(2, 5));
+        let mut i = Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap();
+        let mut r = Session::establish(&PairingSecret::new([0x12; 32]), Role::Responder, &h, &a, ka).unwrap();
         let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
         assert!(r.open(f).is_err());
+    }
+
+    /// A man in the middle swaps both ephemeral keys for its own: it shares
+    /// a Diffie-Hellman secret with each side, but without the pairing
+    /// secret its keys open nothing; with it (the control) they would.
+    #[test]
+    fn swapped_ephemeral_keys_need_the_pairing_secret() {
+        let secret = PairingSecret::new([0x11; 32]);
+        let (hello, k_active) = keyed(1, 0);
+        let (mut hello_to_standby, k_mitm) = (hello.clone(), EphemeralKey::generate(&mut Drbg::new([9; 32])));
+        hello_to_standby.ephemeral = k_mitm.public();
+        let (ack, k_standby) = keyed(2, 5);
+        let mut ack_to_active = ack.clone();
+        let k_mitm2 = EphemeralKey::generate(&mut Drbg::new([8; 32]));
+        ack_to_active.ephemeral = k_mitm2.public();
+        let mut active = Session::establish(&secret, Role::Initiator, &hello, &ack_to_active, k_active).unwrap();
+        let f = one_sealed(&mut active, &Message::Ack { epoch: 1 });
+        // The attacker plays responder to the active side with its second key.
+        let guess = PairingSecret::new([0x12; 32]);
+        let mut as_responder = Session::establish(&guess, Role::Responder, &hello, &ack_to_active, k_mitm2).unwrap();
+        assert_eq!(as_responder.open(f.clone()), Err(WireError::Crypto(CryptoError::Authentication)));
+        let k_mitm2 = EphemeralKey::generate(&mut Drbg::new([8; 32]));
+        let mut with_secret = Session::establish(&secret, Role::Responder, &hello, &ack_to_active, k_mitm2).unwrap();
+        assert_eq!(with_secret.open(f), Ok(Message::Ack { epoch: 1 }), "control: the secret is what stops it");
+        // And the two real ends, each fed the swapped key, disagree.
+        let mut standby = Session::establish(&secret, Role::Responder, &hello_to_standby, &ack, k_standby).unwrap();
+        let mut active = Session::establish(&secret, Role::Initiator, &hello, &ack_to_active, keyed(1, 0).1).unwrap();
+        let f = one_sealed(&mut active, &Message::Ack { epoch: 1 });
+        assert!(standby.open(f).is_err());
+        let _ = k_mitm;
+    }
+
+    /// Same pairing secret, same nonces, same everything but the ephemeral
+    /// keys: the first sealed frames differ (fresh keys per session), over
+    /// 1,000 handshakes, so no (key, nonce) pair repeats.
+    #[test]
+    fn every_handshake_has_fresh_keys() {
+        let secret = PairingSecret::new([0x11; 32]);
+        let mut rng = Drbg::new([0x33; 32]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let (mut h, mut a) = (hs(1, 0), hs(2, 0));
+            let kh = EphemeralKey::generate(&mut rng);
+            let ka = EphemeralKey::generate(&mut rng);
+            h.ephemeral = kh.public();
+            a.ephemeral = ka.public();
+            let mut i = Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap();
+            let mut r = Session::establish(&secret, Role::Responder, &h, &a, ka).unwrap();
+            let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
+            assert!(seen.insert(f.body.clone()), "a first frame repeated: its key did");
+            assert_eq!(r.open(f), Ok(Message::Ack { epoch: 1 }));
+        }
+    }
+
+    #[test]
+    fn a_low_order_ephemeral_or_a_foreign_own_key_is_refused() {
+        let secret = PairingSecret::new([0x11; 32]);
+        let (h, kh) = keyed(1, 0);
+        let mut a = hs(2, 0);
+        a.ephemeral = [0; 32];
+        assert_eq!(Session::establish(&secret, Role::Initiator, &h, &a, kh).err(), Some(WireError::Crypto(CryptoError::WeakPeerKey)));
+        // Our key must be the one our handshake carries.
+        let (a, _) = keyed(2, 0);
+        let other = keyed(3, 0).1;
+        assert_eq!(Session::establish(&secret, Role::Initiator, &h, &a, other).err(), Some(WireError::InvalidField));
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! One sync connection as a state machine over a byte stream (sans I/O):
 //! bytes in from the transport, bytes out in `outbox`. The active side
 //! opens with Hello; the standby answers HelloAck naming its committed
-//! epoch; both derive the session keys from the pairing secret and both
-//! nonces; everything after is sealed. The same code runs over smoltcp in
+//! epoch; both derive the session keys from the pairing secret, an
+//! ephemeral X25519 exchange and the transcript; everything after is sealed. The same code runs over smoltcp in
 //! the hypervisor and over in-memory pipes in host tests.
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::crypto::{PairingSecret, Role};
+use sync_core::crypto::{Drbg, EphemeralKey, PairingSecret, Role};
 use sync_core::digest::PageMemoryMut;
 use sync_core::epoch::{ActiveEvent, ActiveSync, EpochError, Link};
 use sync_core::resume::StandbyId;
@@ -42,7 +42,9 @@ impl From<StandbyError> for SessionError {
 }
 
 enum ActiveState {
-    AwaitHelloAck { hello: Handshake },
+    // The key is taken (used up) when the HelloAck arrives. Boxed: the
+    // handshake and key outweigh the established state's box.
+    AwaitHelloAck { hello: Box<Handshake>, key: Option<EphemeralKey> },
     // Boxed: a link (session keys, zstd stream, queue, catch-up) is far
     // larger than a handshake.
     Established { link: Box<Link> },
@@ -61,12 +63,13 @@ pub struct ActivePeer {
 }
 
 impl ActivePeer {
-    /// Starts a connection to standby `id` with our handshake (its nonce
-    /// fresh for this connection).
-    pub fn connect(id: StandbyId, hello: Handshake) -> Result<Self, SessionError> {
+    /// Starts a connection to standby `id` with our handshake `hello`,
+    /// whose nonce and ephemeral key are drawn fresh from `rng`.
+    pub fn connect(id: StandbyId, mut hello: Handshake, rng: &mut Drbg) -> Result<Self, SessionError> {
+        let key = hello.refresh(rng);
         let mut outbox = Vec::new();
         encode_clear(&Message::Hello(hello.clone()), &mut outbox)?;
-        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox, budget: usize::MAX })
+        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello: Box::new(hello), key: Some(key) }, decoder: FrameDecoder::new(), outbox, budget: usize::MAX })
     }
 
     pub fn link_mut(&mut self) -> Option<&mut Link> {
@@ -135,10 +138,11 @@ impl ActivePeer {
         let mut events = Vec::new();
         while let Some(frame) = self.decoder.decode(&mut bytes)? {
             match &mut self.state {
-                ActiveState::AwaitHelloAck { hello } => {
+                ActiveState::AwaitHelloAck { hello, key } => {
                     let Message::HelloAck(ack) = decode_clear(&frame)? else { return Err(SessionError::Protocol) };
                     hello.check_peer(&ack)?;
-                    let session = Session::establish(secret, Role::Initiator, hello, &ack);
+                    let key = key.take().ok_or(SessionError::Protocol)?;
+                    let session = Session::establish(secret, Role::Initiator, hello, &ack, key)?;
                     active.connect(self.id, ack.last_committed)?;
                     let mut link = Link::new(self.id, session, ZstdConfig::default())?;
                     link.set_budget(self.budget);
@@ -163,15 +167,19 @@ pub struct StandbyPeer {
     decoder: FrameDecoder,
     pub outbox: Vec<u8>,
     ours: Handshake,
+    /// Our ephemeral key, until the Hello arrives.
+    key: Option<EphemeralKey>,
     /// Each commit with the image's digest right after it (several epochs
     /// may commit in one `on_bytes`).
     pub commits: Vec<(Epoch, sync_core::wire::Digest)>,
 }
 
 impl StandbyPeer {
-    /// `ours`: our handshake (fresh nonce, our committed epoch).
-    pub fn accept(ours: Handshake) -> Self {
-        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, commits: Vec::new() }
+    /// `ours`: our handshake; its nonce and ephemeral key are drawn fresh
+    /// from `rng` (the committed epoch is filled in when the Hello comes).
+    pub fn accept(mut ours: Handshake, rng: &mut Drbg) -> Self {
+        let key = Some(ours.refresh(rng));
+        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, key, commits: Vec::new() }
     }
 
     pub fn is_established(&self) -> bool {
@@ -190,7 +198,8 @@ impl StandbyPeer {
                     ack.last_committed = applier.committed_epoch();
                     ack.check_peer(&hello)?;
                     encode_clear(&Message::HelloAck(ack.clone()), &mut self.outbox)?;
-                    let session = Session::establish(secret, Role::Responder, &hello, &ack);
+                    let key = self.key.take().ok_or(SessionError::Protocol)?;
+                    let session = Session::establish(secret, Role::Responder, &hello, &ack, key)?;
                     let rx = StandbyReceiver::new(session, ZstdConfig::default())?;
                     self.state = StandbyState::Established { rx };
                 }
@@ -246,6 +255,7 @@ mod tests {
             page_size: WIRE_PAGE_SIZE,
             last_committed: 0,
             nonce: [nonce; 32],
+            ephemeral: [0; 32],
         }
     }
 
@@ -284,8 +294,8 @@ mod tests {
         let mut g = guest();
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
         let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1)).unwrap();
-        let mut s = StandbyPeer::accept(hs(2));
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
         pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
         assert!(a.is_established() && s.is_established());
@@ -305,8 +315,8 @@ mod tests {
         let g = guest();
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
         let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1)).unwrap();
-        let mut s = StandbyPeer::accept(hs(2));
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
         let (right, wrong) = (PairingSecret::new([9; 32]), PairingSecret::new([8; 32]));
         // The handshake itself is in clear; the keys differ, so the first
@@ -322,11 +332,11 @@ mod tests {
 
     #[test]
     fn garbage_instead_of_a_hello_is_an_error_not_a_panic() {
-        let mut s = StandbyPeer::accept(hs(2));
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
         let secret = PairingSecret::new([9; 32]);
         for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xff; 64], &[0u8; 5]] {
-            let mut s2 = StandbyPeer::accept(hs(2));
+            let mut s2 = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
             let _ = s2.on_bytes(junk, &secret, &mut applier);
         }
         assert!(s.on_bytes(&[0xff; 64], &secret, &mut applier).is_err());

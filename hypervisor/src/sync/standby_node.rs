@@ -260,11 +260,10 @@ impl StandbyNode {
                 self.close(net, "the active device connected again");
                 self.listener = None;
                 self.connections += 1;
-                let mut ours = self.ours.clone();
-                ours.nonce = self.rng.bytes();
+                let ours = self.ours.clone();
                 let from = net.remote(l);
                 info!("standby: connection {} from {:?}, holding epoch {}", self.connections, from, self.applier.committed_epoch());
-                self.conn = Some((l, StandbyPeer::accept(ours)));
+                self.conn = Some((l, StandbyPeer::accept(ours, &mut self.rng)));
             }
         }
         let Some((h, _)) = self.conn.as_ref() else { return };

@@ -19,7 +19,7 @@
 use libfuzzer_sys::fuzz_target;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::crypto::{derive_session_keys, PairingSecret, Role, Sealer, TAG_LEN};
+use sync_core::crypto::{derive_session_keys, Drbg, PairingSecret, Role, Sealer, TAG_LEN};
 use sync_core::digest::{PageHashes, VecMemory};
 use sync_core::standby::{Event, StandbyReceiver};
 use sync_core::wire::{
@@ -41,6 +41,7 @@ fn hs(nonce: u8) -> Handshake {
         page_size: WIRE_PAGE_SIZE,
         last_committed: 1,
         nonce: [nonce; 32],
+        ephemeral: [0; 32],
     }
 }
 
@@ -64,10 +65,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let secret = PairingSecret::new([9; 32]);
-    let (h, ack) = (hs(1), hs(2));
-    let keys = derive_session_keys(&secret, &h.nonce, &ack.nonce, &transcript_hash(&h, &ack));
+    let (mut h, mut ack) = (hs(1), hs(2));
+    let mut rng = Drbg::new([5; 32]);
+    let k_active = h.refresh(&mut rng);
+    let k_standby = ack.refresh(&mut rng);
+    let Ok(shared) = k_active.agree(&ack.ephemeral) else { return };
+    let keys = derive_session_keys(&secret, &shared, &transcript_hash(&h, &ack));
     let (mut active, _) = keys.split(Role::Initiator);
-    let standby = Session::establish(&secret, Role::Responder, &h, &ack);
+    let Ok(standby) = Session::establish(&secret, Role::Responder, &h, &ack, k_standby) else { return };
     let mut rx = match StandbyReceiver::new(standby, ZstdConfig::default()) {
         Ok(r) => r,
         Err(_) => return,
