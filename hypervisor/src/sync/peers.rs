@@ -417,7 +417,7 @@ mod tests {
             peers.pump(na, active, &VecMemory::zeroed(0), &|_| false, *now);
             na.poll(*now);
             nb.poll(*now);
-            node.pump(nb);
+            node.pump(nb, *now);
             nb.poll(*now);
             *now += 1;
         };
@@ -511,7 +511,7 @@ mod tests {
             peers.pump(&mut na, &mut active, &guest, &|p| dirty.contains(&p), now);
             na.poll(now);
             nb.poll(now);
-            node.pump(&mut nb);
+            node.pump(&mut nb, now);
             nb.poll(now);
             now += 1;
             torn_seen |= !node.applier.holds_committed_image();

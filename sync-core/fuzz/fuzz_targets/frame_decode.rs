@@ -23,7 +23,7 @@ use sync_core::crypto::{derive_session_keys, Drbg, PairingSecret, Role, Sealer, 
 use sync_core::digest::{PageHashes, VecMemory};
 use sync_core::standby::{Event, StandbyReceiver};
 use sync_core::wire::{
-    transcript_hash, Frame, FrameDecoder, FrameKind, Handshake, RamLayout, Session,
+    transcript_hash, Frame, FrameDecoder, FrameKind, Handshake, Message, RamLayout, Session,
     PROTOCOL_VERSION, WIRE_PAGE_SIZE,
 };
 
@@ -72,7 +72,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(shared) = k_active.agree(&ack.ephemeral) else { return };
     let keys = derive_session_keys(&secret, &shared, &transcript_hash(&h, &ack));
     let (mut active, _) = keys.split(Role::Initiator);
-    let Ok(standby) = Session::establish(&secret, Role::Responder, &h, &ack, k_standby) else { return };
+    let Ok(mut standby) = Session::establish(&secret, Role::Responder, &h, &ack, k_standby) else { return };
+    // Key confirmation first, as on the wire: our Confirm, then the active
+    // side's (sealed with its real key), so the fuzzed frames are opened.
+    if standby.seal_confirm(&mut Vec::new()).is_err() {
+        return;
+    }
+    let mut confirm = Vec::new();
+    if (Message::Confirm { transcript: transcript_hash(&h, &ack) }).encode(&mut confirm).is_err() {
+        return;
+    }
+    if standby.open_confirm(seal_raw(&mut active, &confirm)).is_err() {
+        return;
+    }
     let mut rx = match StandbyReceiver::new(standby, ZstdConfig::default()) {
         Ok(r) => r,
         Err(_) => return,
@@ -140,7 +152,7 @@ fn seal_raw(sealer: &mut Sealer, body: &[u8]) -> Frame {
     let mut header = [0u8; 5];
     header[..4].copy_from_slice(&((body.len() + TAG_LEN) as u32).to_le_bytes());
     header[4] = 0x02;
-    // u16 bodies are far from the AEAD's limits, and the counter starts at 0.
+    // u16 bodies are far from the AEAD's limits; the counter follows the Confirm's.
     let tag = sealer
         .seal(&header, &mut buf)
         .expect("sealing a short body");

@@ -51,15 +51,27 @@ pub fn handshake(pages: u64, active_last: Epoch, standby_committed: Epoch, nonce
     ack.check_peer(&got_hello).unwrap();
     let mut back = Vec::new();
     encode_clear(&Message::HelloAck(ack.clone()), &mut back).unwrap();
-    let standby = Session::establish(&SECRET, Role::Responder, &got_hello, &ack, k_standby).unwrap();
+    let mut standby = Session::establish(&SECRET, Role::Responder, &got_hello, &ack, k_standby).unwrap();
     // Active side.
     let mut dec = FrameDecoder::new();
     let mut input = &back[..];
     let f = dec.decode(&mut input).unwrap().unwrap();
     let Message::HelloAck(got_ack) = decode_clear(&f).unwrap() else { panic!("not a HelloAck") };
     hello.check_peer(&got_ack).unwrap();
-    let active = Session::establish(&SECRET, Role::Initiator, &hello, &got_ack, k_active).unwrap();
+    let mut active = Session::establish(&SECRET, Role::Initiator, &hello, &got_ack, k_active).unwrap();
+    confirm(&mut active, &mut standby);
     (active, standby)
+}
+
+/// Key confirmation: each side's first sealed frame opened by the other.
+pub fn confirm(active: &mut Session, standby: &mut Session) {
+    let one = |from: &mut Session| {
+        let mut out = Vec::new();
+        from.seal_confirm(&mut out).unwrap();
+        FrameDecoder::new().decode(&mut &out[..]).unwrap().unwrap()
+    };
+    active.open_confirm(one(standby)).unwrap();
+    standby.open_confirm(one(active)).unwrap();
 }
 
 /// One standby device and its connection (if up).
