@@ -2,8 +2,14 @@
 //!
 //! Keys: one ChaCha20-Poly1305 key per direction, derived with BLAKE3's KDF
 //! (`derive_key`, a distinct context string per direction) from the pairing
-//! secret, both sides' handshake nonces and the hash of the handshake
-//! transcript. Binding the transcript means that tampering with the clear
+//! secret, the X25519 shared secret of both sides' ephemeral keys (fresh
+//! per connection) and the hash of the handshake transcript (which holds
+//! both ephemeral public keys, both nonces and everything else Hello and
+//! HelloAck say). The pairing secret authenticates: without it a
+//! man in the middle who swaps the ephemeral keys derives other keys. The
+//! ephemeral keys give forward secrecy: they are dropped once the session
+//! keys exist, so a pairing secret that leaks later does not open recorded
+//! sessions. Binding the transcript means that tampering with the clear
 //! Hello/HelloAck makes the two sides derive different keys, so the first
 //! sealed frame fails to open and the session dies.
 //!
@@ -23,14 +29,16 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 pub const SECRET_LEN: usize = 32;
 /// Length of each side's handshake nonce (fresh random bytes per session).
 pub const HANDSHAKE_NONCE_LEN: usize = 32;
+/// Length of an X25519 public key (and of the shared secret).
+pub const EPHEMERAL_LEN: usize = 32;
 /// Length of a transcript hash (BLAKE3 output).
 pub const TRANSCRIPT_LEN: usize = 32;
 /// Poly1305 tag appended to every sealed frame.
 pub const TAG_LEN: usize = 16;
 
 // BLAKE3 derive_key contexts: hard-coded, globally unique, one per direction.
-const CONTEXT_I2R: &str = "VMsync wire v1 2025 session key initiator to responder";
-const CONTEXT_R2I: &str = "VMsync wire v1 2025 session key responder to initiator";
+const CONTEXT_I2R: &str = "VMsync wire v2 2025 session key initiator to responder";
+const CONTEXT_R2I: &str = "VMsync wire v2 2025 session key responder to initiator";
 
 /// The secret two devices agreed on when they were paired.
 #[derive(Clone)]
@@ -110,6 +118,59 @@ pub enum CryptoError {
     TooLong,
     /// An earlier frame failed; this direction is closed for good.
     Poisoned,
+    /// The peer's ephemeral key is a low-order point: the shared secret
+    /// would be all zero, known to anyone.
+    WeakPeerKey,
+}
+
+/// This side's X25519 key pair for one handshake. The secret half never
+/// leaves this value and is wiped when it is dropped (it is used once, in
+/// `agree`, which consumes it).
+pub struct EphemeralKey {
+    secret: [u8; 32],
+    public: [u8; EPHEMERAL_LEN],
+}
+
+impl EphemeralKey {
+    /// A fresh key pair from `rng`.
+    pub fn generate(rng: &mut Drbg) -> Self {
+        let secret: [u8; 32] = rng.bytes();
+        // `x25519` clamps the scalar itself.
+        let public = x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES);
+        EphemeralKey { secret, public }
+    }
+
+    pub fn public(&self) -> [u8; EPHEMERAL_LEN] {
+        self.public
+    }
+
+    /// The X25519 shared secret with the peer's public key. Consumes the
+    /// key: one handshake, one use.
+    pub fn agree(self, peer: &[u8; EPHEMERAL_LEN]) -> Result<[u8; 32], CryptoError> {
+        let shared = x25519_dalek::x25519(self.secret, *peer);
+        // A low-order point gives all zeros whatever our secret is (RFC 7748, 6.1).
+        if shared.iter().fold(0u8, |a, &b| a | b) == 0 {
+            return Err(CryptoError::WeakPeerKey);
+        }
+        Ok(shared)
+    }
+}
+
+impl Drop for EphemeralKey {
+    fn drop(&mut self) {
+        // Forward secrecy rests on this secret being gone after the handshake.
+        for b in self.secret.iter_mut() {
+            // SAFETY: a valid, aligned, exclusive reference to our own byte;
+            // volatile so the wipe of a dying value is not optimised away.
+            unsafe { core::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+impl core::fmt::Debug for EphemeralKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("EphemeralKey(..)")
+    }
 }
 
 /// Both directions' keys of one session.
@@ -124,21 +185,15 @@ impl core::fmt::Debug for SessionKeys {
     }
 }
 
-/// Derives the session keys. `transcript` is the hash of the clear
-/// handshake (see `wire::transcript_hash`); the nonces are also mixed in
-/// directly so the keys are fresh even if a caller passes a constant
-/// transcript.
-pub fn derive_session_keys(
-    secret: &PairingSecret,
-    initiator_nonce: &[u8; HANDSHAKE_NONCE_LEN],
-    responder_nonce: &[u8; HANDSHAKE_NONCE_LEN],
-    transcript: &[u8; TRANSCRIPT_LEN],
-) -> SessionKeys {
+/// Derives the session keys. `shared` is the X25519 shared secret of the
+/// two ephemeral keys (`EphemeralKey::agree`); `transcript` is the hash of
+/// the clear handshake (see `wire::transcript_hash`), which holds both
+/// ephemeral public keys and both nonces.
+pub fn derive_session_keys(secret: &PairingSecret, shared: &[u8; 32], transcript: &[u8; TRANSCRIPT_LEN]) -> SessionKeys {
     let derive = |context: &str| {
         let mut h = blake3::Hasher::new_derive_key(context);
         h.update(&secret.0);
-        h.update(initiator_nonce);
-        h.update(responder_nonce);
+        h.update(shared);
         h.update(transcript);
         *h.finalize().as_bytes()
     };
@@ -276,9 +331,9 @@ mod tests {
 
     fn pair() -> ((Sealer, Opener), (Sealer, Opener)) {
         let secret = PairingSecret::new([7; 32]);
-        let (ni, nr, t) = ([1; 32], [2; 32], [3; 32]);
-        let a = derive_session_keys(&secret, &ni, &nr, &t).split(Role::Initiator);
-        let b = derive_session_keys(&secret, &ni, &nr, &t).split(Role::Responder);
+        let (dh, t) = ([1; 32], [3; 32]);
+        let a = derive_session_keys(&secret, &dh, &t).split(Role::Initiator);
+        let b = derive_session_keys(&secret, &dh, &t).split(Role::Responder);
         (a, b)
     }
 
@@ -381,14 +436,11 @@ mod tests {
     #[test]
     fn every_input_changes_the_keys() {
         let secret = PairingSecret::new([7; 32]);
-        let base = derive_session_keys(&secret, &[1; 32], &[2; 32], &[3; 32]);
+        let base = derive_session_keys(&secret, &[1; 32], &[3; 32]);
         let variants = [
-            derive_session_keys(&PairingSecret::new([8; 32]), &[1; 32], &[2; 32], &[3; 32]),
-            derive_session_keys(&secret, &[0; 32], &[2; 32], &[3; 32]),
-            derive_session_keys(&secret, &[1; 32], &[0; 32], &[3; 32]),
-            derive_session_keys(&secret, &[1; 32], &[2; 32], &[0; 32]),
-            // Swapped nonces must not give the same keys.
-            derive_session_keys(&secret, &[2; 32], &[1; 32], &[3; 32]),
+            derive_session_keys(&PairingSecret::new([8; 32]), &[1; 32], &[3; 32]),
+            derive_session_keys(&secret, &[0; 32], &[3; 32]),
+            derive_session_keys(&secret, &[1; 32], &[0; 32]),
         ];
         assert_ne!(base.initiator_to_responder, base.responder_to_initiator);
         for v in &variants {
@@ -405,6 +457,32 @@ mod tests {
         assert_eq!(m.len(), TAG_LEN);
         o.open_in_place(b"h", &mut m).unwrap();
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn both_sides_agree_on_the_shared_secret_and_others_do_not() {
+        let mut rng = Drbg::new([3; 32]);
+        let (a, b, c) = (EphemeralKey::generate(&mut rng), EphemeralKey::generate(&mut rng), EphemeralKey::generate(&mut rng));
+        let (pa, pb, pc) = (a.public(), b.public(), c.public());
+        let ab = a.agree(&pb).unwrap();
+        assert_eq!(ab, b.agree(&pa).unwrap());
+        assert_ne!(ab, c.agree(&pb).unwrap());
+        assert_ne!(pa, pc);
+    }
+
+    #[test]
+    fn a_low_order_peer_key_is_refused() {
+        let mut rng = Drbg::new([4; 32]);
+        // The identity and a point of order 8 (RFC 7748 test vectors' low-order set).
+        let order8 = [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd,
+            0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00,
+        ];
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for bad in [[0u8; 32], one, order8] {
+            assert_eq!(EphemeralKey::generate(&mut rng).agree(&bad), Err(CryptoError::WeakPeerKey));
+        }
     }
 
     #[test]

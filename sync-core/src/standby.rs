@@ -180,7 +180,9 @@ impl StandbyReceiver {
                 }
                 Ok(Event::SwitchDone(epoch))
             }
-            Message::Hello(_) | Message::HelloAck(_) | Message::Ack { .. } | Message::SwitchRequest | Message::Resync { .. } => Err(EpochFault::Unexpected),
+            Message::Hello(_) | Message::HelloAck(_) | Message::Ack { .. } | Message::SwitchRequest | Message::Resync { .. } | Message::Confirm { .. } => {
+                Err(EpochFault::Unexpected)
+            }
         }
     }
 }

@@ -8,6 +8,10 @@
 //! - `Sealed` frames carry every other message: body = ChaCha20-Poly1305
 //!   ciphertext of the message ‖ tag, with the 5-byte header as associated
 //!   data and the per-direction frame counter as nonce (see `crypto`).
+//! - Each side's first sealed frame is `Confirm` (key confirmation): a
+//!   `Session` opens nothing else before the peer's Confirm and seals
+//!   nothing else before its own, so nothing a peer said in clear acts
+//!   before the peer proved it holds the session keys.
 //!
 //! Message encoding: a tag byte, then fixed-width little-endian fields;
 //! byte strings are a `u32` length then the bytes. Decoding is strict (no
@@ -17,7 +21,7 @@
 
 use alloc::vec::Vec;
 
-use crate::crypto::{derive_session_keys, CryptoError, Opener, PairingSecret, Role, Sealer, HANDSHAKE_NONCE_LEN, TAG_LEN};
+use crate::crypto::{derive_session_keys, CryptoError, Drbg, EphemeralKey, Opener, PairingSecret, Role, Sealer, EPHEMERAL_LEN, HANDSHAKE_NONCE_LEN, TAG_LEN};
 
 /// Version of this protocol. Hello and HelloAck carry it first (after the
 /// magic) so a peer of another version is recognised before anything else
@@ -31,7 +35,12 @@ use crate::crypto::{derive_session_keys, CryptoError, Opener, PairingSecret, Rol
 /// records sent); Zero and Full records carry no page hash (the standby
 /// computes it; Delta records keep theirs); an epoch's CpuState and
 /// DeviceState (the guest's state at the cut) come before its EpochCommit.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// v2: Hello and HelloAck carry an X25519 ephemeral public key after the
+/// nonce; the session keys derive from the pairing secret, the ephemeral
+/// Diffie-Hellman and the transcript (forward secrecy), under v2 contexts;
+/// each side's first sealed frame is `Confirm` (key confirmation).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of Hello/HelloAck: recognises a stream that is not VMsync.
 pub const MAGIC: [u8; 4] = *b"VMSY";
 /// Page size the protocol speaks (the guest's 4 KiB pages).
@@ -102,6 +111,10 @@ pub enum WireError {
     /// Encoding: no memory for the frame (the caller drops or delays the
     /// link; nothing was appended).
     OutOfMemory,
+    /// Key confirmation: the peer's first sealed frame was not a Confirm of
+    /// this session's transcript, or a frame was sealed or opened before
+    /// the confirmations it must follow.
+    Unconfirmed,
 }
 
 impl From<CryptoError> for WireError {
@@ -129,9 +142,20 @@ pub struct Handshake {
     /// side, the last epoch it cut).
     pub last_committed: Epoch,
     pub nonce: [u8; HANDSHAKE_NONCE_LEN],
+    /// The sender's X25519 ephemeral public key for this connection.
+    pub ephemeral: [u8; EPHEMERAL_LEN],
 }
 
 impl Handshake {
+    /// Fresh nonce and ephemeral key for one connection, drawn from `rng`;
+    /// the key's secret half is returned for `Session::establish`.
+    pub fn refresh(&mut self, rng: &mut Drbg) -> EphemeralKey {
+        self.nonce = rng.bytes();
+        let key = EphemeralKey::generate(rng);
+        self.ephemeral = key.public();
+        key
+    }
+
     /// Checks that the peer's handshake describes the same VM on the same
     /// virtual platform. (The version was checked when it was decoded.)
     pub fn check_peer(&self, peer: &Handshake) -> Result<(), WireError> {
@@ -150,7 +174,7 @@ impl Handshake {
         if peer.page_size != self.page_size || peer.page_size != WIRE_PAGE_SIZE {
             return Err(WireError::PageSizeMismatch);
         }
-        if peer.nonce == self.nonce {
+        if peer.nonce == self.nonce || peer.ephemeral == self.ephemeral {
             return Err(WireError::ReflectedNonce);
         }
         Ok(())
@@ -202,6 +226,12 @@ pub enum Message {
     Resync {
         from_epoch: Epoch,
     },
+    /// Key confirmation: each side's first sealed frame, holding the hash
+    /// of the handshake transcript. That it opens proves the sender holds
+    /// this session's keys (so the pairing secret and its ephemeral key).
+    Confirm {
+        transcript: [u8; 32],
+    },
 }
 
 mod tag {
@@ -216,6 +246,7 @@ mod tag {
     pub const DEVICE_STATE: u8 = 9;
     pub const SWITCH_DONE: u8 = 10;
     pub const RESYNC: u8 = 11;
+    pub const CONFIRM: u8 = 12;
 }
 
 impl Message {
@@ -227,14 +258,15 @@ impl Message {
     pub fn encoded_len(&self) -> usize {
         match self {
             // tag, magic, version, vm, platform, ram (2 × u64), page size,
-            // last committed, nonce.
-            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + crate::crypto::HANDSHAKE_NONCE_LEN,
+            // last committed, nonce, ephemeral key.
+            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + HANDSHAKE_NONCE_LEN + EPHEMERAL_LEN,
             Message::EpochBegin { .. } => 17,
             Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
             Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
             Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } => 9,
             Message::SwitchRequest => 1,
             Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
+            Message::Confirm { .. } => 1 + 32,
         }
     }
 
@@ -286,6 +318,10 @@ impl Message {
                 out.push(tag::RESYNC);
                 out.extend_from_slice(&from_epoch.to_le_bytes());
             }
+            Message::Confirm { transcript } => {
+                out.push(tag::CONFIRM);
+                out.extend_from_slice(transcript);
+            }
         }
         debug_assert!(out.len() - start <= MAX_MESSAGE);
         Ok(())
@@ -315,6 +351,7 @@ impl Message {
             tag::DEVICE_STATE => Message::DeviceState(owned(r.bytes(MAX_STATE)?)?),
             tag::SWITCH_DONE => Message::SwitchDone { epoch: r.u64()? },
             tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
+            tag::CONFIRM => Message::Confirm { transcript: r.array()? },
             other => return Err(WireError::UnknownMessage(other)),
         };
         if r.pos != input.len() {
@@ -349,6 +386,7 @@ fn encode_handshake(t: u8, h: &Handshake, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.page_size.to_le_bytes());
     out.extend_from_slice(&h.last_committed.to_le_bytes());
     out.extend_from_slice(&h.nonce);
+    out.extend_from_slice(&h.ephemeral);
 }
 
 fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
@@ -368,6 +406,7 @@ fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
         page_size: r.u32()?,
         last_committed: r.u64()?,
         nonce: r.array()?,
+        ephemeral: r.array()?,
     })
 }
 
@@ -596,21 +635,85 @@ pub struct Session {
     sealer: Sealer,
     opener: Opener,
     failed: bool,
+    /// What both Confirms hold.
+    transcript: [u8; 32],
+    /// Our Confirm is sealed: other messages may follow it.
+    sent_confirm: bool,
+    /// The peer's Confirm opened: its frames may be opened.
+    peer_confirmed: bool,
 }
 
 impl Session {
-    /// Derives the session from the pairing secret and the two handshake
-    /// messages as exchanged (`hello` from the initiator, `ack` from the
-    /// responder). Call after `check_peer` passed.
-    pub fn establish(secret: &PairingSecret, role: Role, hello: &Handshake, ack: &Handshake) -> Self {
+    /// Derives the session from the pairing secret, this side's ephemeral
+    /// key `ours` (whose public half its handshake carried) and the two
+    /// handshake messages as exchanged (`hello` from the initiator, `ack`
+    /// from the responder). Call after `check_peer` passed. `ours` is used
+    /// up: the next connection needs a new one.
+    pub fn establish(secret: &PairingSecret, role: Role, hello: &Handshake, ack: &Handshake, ours: EphemeralKey) -> Result<Self, WireError> {
+        let (mine, theirs) = match role {
+            Role::Initiator => (hello, ack),
+            Role::Responder => (ack, hello),
+        };
+        // The key must be the one our own handshake announced, or the two
+        // sides would agree on nothing (a caller's mistake, not the peer's).
+        if ours.public() != mine.ephemeral {
+            return Err(WireError::InvalidField);
+        }
+        let shared = ours.agree(&theirs.ephemeral)?;
         let transcript = transcript_hash(hello, ack);
-        let keys = derive_session_keys(secret, &hello.nonce, &ack.nonce, &transcript);
+        let keys = derive_session_keys(secret, &shared, &transcript);
         let (sealer, opener) = keys.split(role);
-        Self { sealer, opener, failed: false }
+        Ok(Self { sealer, opener, failed: false, transcript, sent_confirm: false, peer_confirmed: false })
     }
 
-    /// Appends one sealed frame holding `msg`; returns its length on the wire.
+    /// Appends our Confirm, the first sealed frame of this side (call once,
+    /// right after `establish`); returns its length on the wire.
+    pub fn seal_confirm(&mut self, out: &mut Vec<u8>) -> Result<usize, WireError> {
+        if self.sent_confirm {
+            return Err(WireError::Unconfirmed);
+        }
+        let n = self.seal_any(&Message::Confirm { transcript: self.transcript }, out)?;
+        self.sent_confirm = true;
+        Ok(n)
+    }
+
+    /// Opens the peer's first sealed frame, which must be its Confirm of
+    /// our transcript. Until this succeeds the peer has proved nothing:
+    /// whatever it said in clear must not act yet.
+    pub fn open_confirm(&mut self, frame: Frame) -> Result<(), WireError> {
+        if self.failed {
+            return Err(WireError::Poisoned);
+        }
+        let r = match self.peer_confirmed {
+            true => Err(WireError::Unconfirmed),
+            false => self.open_inner(frame).and_then(|m| match m {
+                // Equal keys imply an equal transcript; checked anyway, it costs nothing.
+                Message::Confirm { transcript } if transcript == self.transcript => Ok(()),
+                _ => Err(WireError::Unconfirmed),
+            }),
+        };
+        match r {
+            Ok(()) => self.peer_confirmed = true,
+            Err(_) => self.failed = true,
+        }
+        r
+    }
+
+    /// The peer's Confirm opened: it holds the keys.
+    pub fn is_confirmed(&self) -> bool {
+        self.peer_confirmed
+    }
+
+    /// Appends one sealed frame holding `msg`; returns its length on the
+    /// wire. Only after our Confirm (`seal_confirm`).
     pub fn seal(&mut self, msg: &Message, out: &mut Vec<u8>) -> Result<usize, WireError> {
+        if !self.sent_confirm || matches!(msg, Message::Confirm { .. }) {
+            return Err(WireError::Unconfirmed);
+        }
+        self.seal_any(msg, out)
+    }
+
+    fn seal_any(&mut self, msg: &Message, out: &mut Vec<u8>) -> Result<usize, WireError> {
         if msg.is_handshake() {
             return Err(WireError::WrongFrameKind);
         }
@@ -638,12 +741,19 @@ impl Session {
         r
     }
 
-    /// Opens and parses one sealed frame.
+    /// Opens and parses one sealed frame; only after the peer's Confirm
+    /// (`open_confirm`), and never another Confirm.
     pub fn open(&mut self, frame: Frame) -> Result<Message, WireError> {
         if self.failed {
             return Err(WireError::Poisoned);
         }
-        let r = self.open_inner(frame);
+        let r = match self.peer_confirmed {
+            false => Err(WireError::Unconfirmed),
+            true => self.open_inner(frame).and_then(|m| match m {
+                Message::Confirm { .. } => Err(WireError::Unconfirmed),
+                m => Ok(m),
+            }),
+        };
         if r.is_err() {
             self.failed = true;
         }
@@ -674,6 +784,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use alloc::vec;
 
@@ -686,7 +797,16 @@ mod tests {
             page_size: WIRE_PAGE_SIZE,
             last_committed: last,
             nonce: [nonce; 32],
+            ephemeral: [nonce ^ 0x80; 32],
         }
+    }
+
+    /// `hs` with a real ephemeral key (deterministic per `nonce`), and its
+    /// secret half.
+    fn keyed(nonce: u8, last: Epoch) -> (Handshake, EphemeralKey) {
+        let mut h = hs(nonce, last);
+        let k = h.refresh(&mut Drbg::new([nonce; 32]));
+        (h, k)
     }
 
     fn all_messages() -> Vec<Message> {
@@ -703,13 +823,36 @@ mod tests {
             Message::DeviceState(vec![]),
             Message::SwitchDone { epoch: 4 },
             Message::Resync { from_epoch: 2 },
+            Message::Confirm { transcript: [6; 32] },
         ]
     }
 
-    fn sessions() -> (Session, Session) {
+    /// Both ends of one session, keys derived, no Confirm exchanged yet.
+    fn fresh() -> (Session, Session) {
         let secret = PairingSecret::new([0x11; 32]);
-        let (h, a) = (hs(1, 0), hs(2, 5));
-        (Session::establish(&secret, Role::Initiator, &h, &a), Session::establish(&secret, Role::Responder, &h, &a))
+        let ((h, kh), (a, ka)) = (keyed(1, 0), keyed(2, 5));
+        (Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap(), Session::establish(&secret, Role::Responder, &h, &a, ka).unwrap())
+    }
+
+    /// Each side's Confirm, sealed by it and opened by the other.
+    fn confirm(i: &mut Session, r: &mut Session) -> Result<(), WireError> {
+        let f = one_confirm(r);
+        i.open_confirm(f)?;
+        let f = one_confirm(i);
+        r.open_confirm(f)
+    }
+
+    fn one_confirm(s: &mut Session) -> Frame {
+        let mut out = Vec::new();
+        s.seal_confirm(&mut out).unwrap();
+        FrameDecoder::new().decode(&mut &out[..]).unwrap().unwrap()
+    }
+
+    /// Both ends of one session, confirmed: ready for any message.
+    fn sessions() -> (Session, Session) {
+        let (mut i, mut r) = fresh();
+        confirm(&mut i, &mut r).unwrap();
+        (i, r)
     }
 
     #[test]
@@ -755,10 +898,11 @@ mod tests {
     fn version_and_magic_checked_first() {
         let mut b = Vec::new();
         Message::Hello(hs(1, 0)).encode(&mut b).unwrap();
-        let mut v2 = b.clone();
-        v2[5..7].copy_from_slice(&2u16.to_le_bytes());
-        // Only magic and version are needed to tell a peer of another version.
-        assert_eq!(Message::decode(&v2[..7]), Err(WireError::UnsupportedVersion(2)));
+        let mut other = b.clone();
+        other[5..7].copy_from_slice(&1u16.to_le_bytes());
+        // Only magic and version are needed to tell a peer of another version
+        // (v1 had no ephemeral key).
+        assert_eq!(Message::decode(&other[..7]), Err(WireError::UnsupportedVersion(1)));
         let mut bad = b.clone();
         bad[1] = b'X';
         assert_eq!(Message::decode(&bad), Err(WireError::BadMagic));
@@ -787,22 +931,27 @@ mod tests {
 
     #[test]
     fn decoder_handles_any_split() {
-        let (mut a, _) = sessions();
+        let (mut a, _) = fresh();
         let mut stream = Vec::new();
-        let msgs = all_messages();
+        let msgs: Vec<Message> = all_messages().into_iter().filter(|m| !matches!(m, Message::Confirm { .. })).collect();
         encode_clear(&msgs[0], &mut stream).unwrap();
         encode_clear(&msgs[1], &mut stream).unwrap();
+        a.seal_confirm(&mut stream).unwrap();
         for m in msgs.iter().filter(|m| !m.is_handshake()) {
             a.seal(m, &mut stream).unwrap();
         }
         for chunk in [1, 2, 3, 5, 7, 64, 4096] {
-            let (_, mut b) = sessions();
+            let (_, mut b) = fresh();
             let mut dec = FrameDecoder::new();
             let mut got = Vec::new();
             for piece in stream.chunks(chunk) {
                 let mut input = piece;
                 while let Some(f) = dec.decode(&mut input).unwrap() {
-                    got.push(if f.kind == FrameKind::Clear { decode_clear(&f).unwrap() } else { b.open(f).unwrap() });
+                    match (f.kind, b.is_confirmed()) {
+                        (FrameKind::Clear, _) => got.push(decode_clear(&f).unwrap()),
+                        (FrameKind::Sealed, false) => b.open_confirm(f).unwrap(),
+                        (FrameKind::Sealed, true) => got.push(b.open(f).unwrap()),
+                    }
                 }
                 assert!(input.is_empty());
             }
@@ -852,6 +1001,17 @@ mod tests {
         f
     }
 
+    /// `one_sealed` without the Confirm rules (to forge what they forbid).
+    fn one_sealed_any(a: &mut Session, m: &Message) -> Frame {
+        let mut out = Vec::new();
+        a.seal_any(m, &mut out).unwrap();
+        let mut dec = FrameDecoder::new();
+        let mut input = &out[..];
+        let f = dec.decode(&mut input).unwrap().unwrap();
+        assert!(input.is_empty());
+        f
+    }
+
     #[test]
     fn sealed_frames_reject_tamper_replay_reorder() {
         let m1 = Message::Ack { epoch: 1 };
@@ -881,19 +1041,120 @@ mod tests {
     #[test]
     fn tampered_handshake_breaks_the_session() {
         let secret = PairingSecret::new([0x11; 32]);
-        let (h, a) = (hs(1, 0), hs(2, 5));
-        let mut i = Session::establish(&secret, Role::Initiator, &h, &a);
+        let ((h, kh), (a, ka)) = (keyed(1, 0), keyed(2, 5));
+        let mut i = Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap();
         // A man in the middle rewrote the standby's last committed epoch.
         let mut a_seen = a.clone();
         a_seen.last_committed = 4;
-        let mut r = Session::establish(&secret, Role::Responder, &h, &a_seen);
-        let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
-        assert_eq!(r.open(f), Err(WireError::Crypto(CryptoError::Authentication)));
+        let mut r = Session::establish(&secret, Role::Responder, &h, &a_seen, ka).unwrap();
+        // The first sealed frame, the Confirm, fails: nothing acts on 4.
+        assert_eq!(confirm(&mut i, &mut r), Err(WireError::Crypto(CryptoError::Authentication)));
+        assert!(!i.is_confirmed() && !r.is_confirmed());
         // A session without the pairing secret cannot talk either.
-        let mut i = Session::establish(&secret, Role::Initiator, &h, &a);
-        let mut r = Session::establish(&PairingSecret::new([0x12; 32]), Role::Responder, &h, &a);
-        let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
-        assert!(r.open(f).is_err());
+        let ((h, kh), (a, ka)) = (keyed(1, 0), keyed(2, 5));
+        let mut i = Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap();
+        let mut r = Session::establish(&PairingSecret::new([0x12; 32]), Role::Responder, &h, &a, ka).unwrap();
+        assert!(confirm(&mut i, &mut r).is_err());
+    }
+
+    /// Key confirmation is enforced by the session: nothing is opened
+    /// before the peer's Confirm, nothing sealed before ours, a Confirm
+    /// comes once, and a Confirm of another transcript is refused.
+    #[test]
+    fn nothing_is_opened_or_sealed_before_the_confirms() {
+        let ack = Message::Ack { epoch: 1 };
+        let (mut i, mut r) = fresh();
+        assert_eq!(i.seal(&ack, &mut Vec::new()), Err(WireError::Unconfirmed), "sealed before our Confirm");
+        let f = one_confirm(&mut i);
+        // A data frame where the Confirm must be: refused.
+        let (_, mut r2) = fresh();
+        let (mut i2, _) = fresh();
+        let data = one_sealed_any(&mut i2, &ack);
+        assert_eq!(r2.open_confirm(data), Err(WireError::Unconfirmed));
+        assert_eq!(r2.open(f.clone()), Err(WireError::Poisoned));
+        // `open` before the Confirm is refused even for the right frame.
+        let (_, mut r3) = fresh();
+        assert_eq!(r3.open(f.clone()), Err(WireError::Unconfirmed));
+        // The right order works; a second Confirm does not.
+        r.open_confirm(f).unwrap();
+        assert!(r.is_confirmed());
+        assert_eq!(i.seal_confirm(&mut Vec::new()), Err(WireError::Unconfirmed));
+        let t = i.transcript;
+        let f2 = one_sealed_any(&mut i, &Message::Confirm { transcript: t });
+        assert_eq!(r.open(f2), Err(WireError::Unconfirmed));
+        // A Confirm of another transcript under the right keys.
+        let (mut i4, mut r4) = fresh();
+        i4.sent_confirm = true;
+        let bad = one_sealed_any(&mut i4, &Message::Confirm { transcript: [0; 32] });
+        assert_eq!(r4.open_confirm(bad), Err(WireError::Unconfirmed));
+        assert!(!r4.is_confirmed());
+    }
+
+    /// A man in the middle swaps both ephemeral keys for its own: it shares
+    /// a Diffie-Hellman secret with each side, but without the pairing
+    /// secret its keys open nothing; with it (the control) they would.
+    #[test]
+    fn swapped_ephemeral_keys_need_the_pairing_secret() {
+        let secret = PairingSecret::new([0x11; 32]);
+        let (hello, k_active) = keyed(1, 0);
+        let (mut hello_to_standby, k_mitm) = (hello.clone(), EphemeralKey::generate(&mut Drbg::new([9; 32])));
+        hello_to_standby.ephemeral = k_mitm.public();
+        let (ack, k_standby) = keyed(2, 5);
+        let mut ack_to_active = ack.clone();
+        let k_mitm2 = EphemeralKey::generate(&mut Drbg::new([8; 32]));
+        ack_to_active.ephemeral = k_mitm2.public();
+        let mut active = Session::establish(&secret, Role::Initiator, &hello, &ack_to_active, k_active).unwrap();
+        let f = one_confirm(&mut active);
+        // The attacker plays responder to the active side with its second key.
+        let guess = PairingSecret::new([0x12; 32]);
+        let mut as_responder = Session::establish(&guess, Role::Responder, &hello, &ack_to_active, k_mitm2).unwrap();
+        assert_eq!(as_responder.open_confirm(f.clone()), Err(WireError::Crypto(CryptoError::Authentication)));
+        // Nor can it forge the Confirm the active side waits for.
+        assert_eq!(active.open_confirm(one_confirm(&mut as_responder)), Err(WireError::Crypto(CryptoError::Authentication)));
+        let k_mitm2 = EphemeralKey::generate(&mut Drbg::new([8; 32]));
+        let mut with_secret = Session::establish(&secret, Role::Responder, &hello, &ack_to_active, k_mitm2).unwrap();
+        assert_eq!(with_secret.open_confirm(f), Ok(()), "control: the secret is what stops it");
+        // And the two real ends, each fed the swapped key, disagree.
+        let mut standby = Session::establish(&secret, Role::Responder, &hello_to_standby, &ack, k_standby).unwrap();
+        let mut active = Session::establish(&secret, Role::Initiator, &hello, &ack_to_active, keyed(1, 0).1).unwrap();
+        assert!(confirm(&mut active, &mut standby).is_err());
+        let _ = k_mitm;
+    }
+
+    /// Same pairing secret, same nonces, same everything but the ephemeral
+    /// keys: the first sealed frames differ (fresh keys per session), over
+    /// 1,000 handshakes, so no (key, nonce) pair repeats.
+    #[test]
+    fn every_handshake_has_fresh_keys() {
+        let secret = PairingSecret::new([0x11; 32]);
+        let mut rng = Drbg::new([0x33; 32]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let (mut h, mut a) = (hs(1, 0), hs(2, 0));
+            let kh = EphemeralKey::generate(&mut rng);
+            let ka = EphemeralKey::generate(&mut rng);
+            h.ephemeral = kh.public();
+            a.ephemeral = ka.public();
+            let mut i = Session::establish(&secret, Role::Initiator, &h, &a, kh).unwrap();
+            let mut r = Session::establish(&secret, Role::Responder, &h, &a, ka).unwrap();
+            confirm(&mut i, &mut r).unwrap();
+            let f = one_sealed(&mut i, &Message::Ack { epoch: 1 });
+            assert!(seen.insert(f.body.clone()), "a frame repeated: its key did");
+            assert_eq!(r.open(f), Ok(Message::Ack { epoch: 1 }));
+        }
+    }
+
+    #[test]
+    fn a_low_order_ephemeral_or_a_foreign_own_key_is_refused() {
+        let secret = PairingSecret::new([0x11; 32]);
+        let (h, kh) = keyed(1, 0);
+        let mut a = hs(2, 0);
+        a.ephemeral = [0; 32];
+        assert_eq!(Session::establish(&secret, Role::Initiator, &h, &a, kh).err(), Some(WireError::Crypto(CryptoError::WeakPeerKey)));
+        // Our key must be the one our handshake carries.
+        let (a, _) = keyed(2, 0);
+        let other = keyed(3, 0).1;
+        assert_eq!(Session::establish(&secret, Role::Initiator, &h, &a, other).err(), Some(WireError::InvalidField));
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn headline(d: &Demo, name: &str) -> String {
 fn images(d: &Demo, hv: &Path, spec: &image::GuestSpec) -> Result<Vec<PathBuf>> {
     let out = image::out_dir();
     let img = out.join("demo.img");
-    let secret = multi::fresh_secret();
+    let secret = crate::pair::fresh_secret()?;
     match &d.mode {
         Mode::One => {
             image::pack(hv, spec, &img)?;

@@ -8,6 +8,7 @@ mod guest;
 mod image;
 mod migration;
 mod multi;
+mod pair;
 mod report;
 mod study;
 mod switching;
@@ -83,6 +84,17 @@ enum Cmd {
     /// (real Debian programs and synthetic ones), then results.csv,
     /// report.md and plots (PNG, SVG) of the bytes each policy sends.
     Study(study::StudyArgs),
+    /// Pair a set of devices: one fresh pairing secret from the OS's
+    /// randomness, written into the guest config (`secret=`) of every boot
+    /// image given, in place (all images are checked before any is
+    /// written). The secret is never printed or logged.
+    Pair {
+        /// The boot images of the devices to pair (at least two), e.g.
+        /// target/vmsync/demo-0.img; each must sync (`peer=` or
+        /// `role=standby` in its config).
+        #[arg(required = true, num_args = 2..)]
+        images: Vec<PathBuf>,
+    },
     /// Measurements, as ratios against a baseline in the same run.
     Bench {
         #[command(subcommand)]
@@ -186,6 +198,7 @@ fn main() -> Result<()> {
             demo::run(&d)
         }
         Cmd::Test { host_only, filter, long } => test::run(host_only, filter.as_deref(), long),
+        Cmd::Pair { images } => pair::run(&images),
         Cmd::Bench { what } => bench::run(what),
         Cmd::Study(a) => study::run(&a),
     }

@@ -8,20 +8,6 @@ use crate::report::StandbyEntry;
 
 pub use qemu_tests::multi::{active_config, standby_config};
 
-/// A pairing secret for this run: both ends get it in their config.
-pub fn fresh_secret() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut x = (t as u64) ^ ((std::process::id() as u64) << 32);
-    (0..32)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!("{:02x}", x as u8)
-        })
-        .collect()
-}
-
 /// The `standbys` entries of the report: committed epoch, whether its
 /// digest equals the active device's at that epoch, the counters, and its
 /// lag (the most bytes it was owed; when it was last back in step, ms

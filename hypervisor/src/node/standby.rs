@@ -115,7 +115,7 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
     let t = p.now_ms();
     if let Some(n) = p.net.as_mut() {
         n.poll(t);
-        s.node.pump(n);
+        s.node.pump(n, t);
         n.poll(t);
     }
     while let Some(b) = p.arch.console_read() {

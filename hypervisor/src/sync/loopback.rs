@@ -1,14 +1,14 @@
 //! A standby in the same hypervisor, reached through the real sealed wire
 //! format: what `--verify` compares the guest against. The handshake is
-//! the one two devices make (Hello, HelloAck, keys from the pairing secret
-//! and both nonces), run in memory.
+//! the one two devices make (Hello, HelloAck, keys from the pairing secret,
+//! an X25519 exchange and the transcript, both Confirms), run in memory.
 use alloc::vec::Vec;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::crypto::{PairingSecret, Role};
+use sync_core::crypto::{Drbg, PairingSecret, Role};
 use sync_core::digest::{PageHashes, PageMemoryMut};
 use sync_core::standby::{Event, StandbyReceiver};
-use sync_core::wire::{decode_clear, encode_clear, FrameDecoder, Handshake, Message, RamLayout, Session, WireError, PROTOCOL_VERSION, WIRE_PAGE_SIZE};
+use sync_core::wire::{decode_clear, encode_clear, Frame, FrameDecoder, Handshake, Message, RamLayout, Session, WireError, PROTOCOL_VERSION, WIRE_PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoopbackError {
@@ -38,6 +38,7 @@ pub fn handshake(ram: RamLayout, nonce: [u8; 32]) -> Handshake {
         page_size: WIRE_PAGE_SIZE,
         last_committed: 0,
         nonce,
+        ephemeral: [0; 32],
     }
 }
 
@@ -48,20 +49,37 @@ fn one_frame(bytes: &[u8]) -> Result<Message, LoopbackError> {
     Ok(decode_clear(&frame)?)
 }
 
-/// Runs Hello/HelloAck in memory; returns (active session, standby session).
+/// The one sealed frame in `bytes`.
+fn one_sealed(bytes: &[u8]) -> Result<Frame, LoopbackError> {
+    FrameDecoder::new().decode(&mut &bytes[..])?.ok_or(LoopbackError::NotAHandshake)
+}
+
+/// Runs Hello/HelloAck and both Confirms in memory; returns (active session, standby session).
 pub fn session_pair(ram: RamLayout, nonce_a: [u8; 32], nonce_b: [u8; 32]) -> Result<(Session, Session), LoopbackError> {
-    let hello = handshake(ram, nonce_a);
+    // Fixed seeds: this pair never leaves the machine.
+    let mut hello = handshake(ram, nonce_a);
+    let k_active = hello.refresh(&mut Drbg::new(nonce_a));
+    hello.nonce = nonce_a;
     let mut wire = Vec::new();
     encode_clear(&Message::Hello(hello.clone()), &mut wire)?;
     let Message::Hello(got_hello) = one_frame(&wire)? else { return Err(LoopbackError::NotAHandshake) };
-    let ack = handshake(ram, nonce_b);
+    let mut ack = handshake(ram, nonce_b);
+    let k_standby = ack.refresh(&mut Drbg::new(nonce_b));
+    ack.nonce = nonce_b;
     ack.check_peer(&got_hello)?;
-    let standby = Session::establish(&LOCAL_SECRET, Role::Responder, &got_hello, &ack);
+    let mut standby = Session::establish(&LOCAL_SECRET, Role::Responder, &got_hello, &ack, k_standby)?;
     wire.clear();
     encode_clear(&Message::HelloAck(ack), &mut wire)?;
     let Message::HelloAck(got_ack) = one_frame(&wire)? else { return Err(LoopbackError::NotAHandshake) };
     hello.check_peer(&got_ack)?;
-    let active = Session::establish(&LOCAL_SECRET, Role::Initiator, &hello, &got_ack);
+    let mut active = Session::establish(&LOCAL_SECRET, Role::Initiator, &hello, &got_ack, k_active)?;
+    // Key confirmation, as over a wire: each side's Confirm opened by the other.
+    wire.clear();
+    standby.seal_confirm(&mut wire)?;
+    active.open_confirm(one_sealed(&wire)?)?;
+    wire.clear();
+    active.seal_confirm(&mut wire)?;
+    standby.open_confirm(one_sealed(&wire)?)?;
     Ok((active, standby))
 }
 

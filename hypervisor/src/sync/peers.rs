@@ -104,8 +104,8 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// `hello` is our handshake template (its nonce is replaced per
-    /// connection with fresh bytes of `rng`).
+    /// `hello` is our handshake template (its nonce and ephemeral key are
+    /// drawn fresh from `rng` for each connection).
     pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, rng: Drbg, budget: usize) -> Self {
         let list = addrs
             .iter()
@@ -262,10 +262,9 @@ impl Peers {
             }
             if self.list[i].session.is_none() {
                 let mut hello = self.hello.clone();
-                hello.nonce = self.rng.bytes();
                 hello.last_committed = active.tracker().last_cut();
                 let id = self.list[i].id;
-                match ActivePeer::connect(id, hello) {
+                match ActivePeer::connect(id, hello, &mut self.rng) {
                     Ok(mut s) => {
                         s.budget = self.budget;
                         let p = &mut self.list[i];
@@ -418,7 +417,7 @@ mod tests {
             peers.pump(na, active, &VecMemory::zeroed(0), &|_| false, *now);
             na.poll(*now);
             nb.poll(*now);
-            node.pump(nb);
+            node.pump(nb, *now);
             nb.poll(*now);
             *now += 1;
         };
@@ -512,7 +511,7 @@ mod tests {
             peers.pump(&mut na, &mut active, &guest, &|p| dirty.contains(&p), now);
             na.poll(now);
             nb.poll(now);
-            node.pump(&mut nb);
+            node.pump(&mut nb, now);
             nb.poll(now);
             now += 1;
             torn_seen |= !node.applier.holds_committed_image();

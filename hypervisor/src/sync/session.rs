@@ -1,14 +1,19 @@
 //! One sync connection as a state machine over a byte stream (sans I/O):
 //! bytes in from the transport, bytes out in `outbox`. The active side
 //! opens with Hello; the standby answers HelloAck naming its committed
-//! epoch; both derive the session keys from the pairing secret and both
-//! nonces; everything after is sealed. The same code runs over smoltcp in
-//! the hypervisor and over in-memory pipes in host tests.
+//! epoch; both derive the session keys from the pairing secret, an
+//! ephemeral X25519 exchange and the transcript; everything after is
+//! sealed. Key confirmation: the standby seals its Confirm right after the
+//! HelloAck; the active side acts on the HelloAck (the standby's epoch)
+//! only once that Confirm opened, then seals its own Confirm before any
+//! epoch; the standby counts the connection as its active device's only
+//! once that Confirm opened. The same code runs over smoltcp in the
+//! hypervisor and over in-memory pipes in host tests.
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::crypto::{PairingSecret, Role};
+use sync_core::crypto::{Drbg, EphemeralKey, PairingSecret, Role};
 use sync_core::digest::PageMemoryMut;
 use sync_core::epoch::{ActiveEvent, ActiveSync, EpochError, Link};
 use sync_core::resume::StandbyId;
@@ -42,7 +47,12 @@ impl From<StandbyError> for SessionError {
 }
 
 enum ActiveState {
-    AwaitHelloAck { hello: Handshake },
+    // The key is taken (used up) when the HelloAck arrives. Boxed: the
+    // handshake and key outweigh the established state's box.
+    AwaitHelloAck { hello: Box<Handshake>, key: Option<EphemeralKey> },
+    // Keys derived; the standby's epoch (said in clear) waits for its
+    // Confirm to open before it acts.
+    AwaitConfirm { session: Option<Box<Session>>, last_committed: Epoch },
     // Boxed: a link (session keys, zstd stream, queue, catch-up) is far
     // larger than a handshake.
     Established { link: Box<Link> },
@@ -61,12 +71,19 @@ pub struct ActivePeer {
 }
 
 impl ActivePeer {
-    /// Starts a connection to standby `id` with our handshake (its nonce
-    /// fresh for this connection).
-    pub fn connect(id: StandbyId, hello: Handshake) -> Result<Self, SessionError> {
+    /// Starts a connection to standby `id` with our handshake `hello`,
+    /// whose nonce and ephemeral key are drawn fresh from `rng`.
+    pub fn connect(id: StandbyId, mut hello: Handshake, rng: &mut Drbg) -> Result<Self, SessionError> {
+        let key = hello.refresh(rng);
         let mut outbox = Vec::new();
         encode_clear(&Message::Hello(hello.clone()), &mut outbox)?;
-        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello }, decoder: FrameDecoder::new(), outbox, budget: usize::MAX })
+        Ok(ActivePeer {
+            id,
+            state: ActiveState::AwaitHelloAck { hello: Box::new(hello), key: Some(key) },
+            decoder: FrameDecoder::new(),
+            outbox,
+            budget: usize::MAX,
+        })
     }
 
     pub fn link_mut(&mut self) -> Option<&mut Link> {
@@ -135,15 +152,24 @@ impl ActivePeer {
         let mut events = Vec::new();
         while let Some(frame) = self.decoder.decode(&mut bytes)? {
             match &mut self.state {
-                ActiveState::AwaitHelloAck { hello } => {
+                ActiveState::AwaitHelloAck { hello, key } => {
                     let Message::HelloAck(ack) = decode_clear(&frame)? else { return Err(SessionError::Protocol) };
                     hello.check_peer(&ack)?;
-                    let session = Session::establish(secret, Role::Initiator, hello, &ack);
-                    active.connect(self.id, ack.last_committed)?;
-                    let mut link = Link::new(self.id, session, ZstdConfig::default())?;
+                    let key = key.take().ok_or(SessionError::Protocol)?;
+                    let session = Session::establish(secret, Role::Initiator, hello, &ack, key)?;
+                    self.state = ActiveState::AwaitConfirm { session: Some(Box::new(session)), last_committed: ack.last_committed };
+                }
+                ActiveState::AwaitConfirm { session, last_committed } => {
+                    let mut session = session.take().ok_or(SessionError::Protocol)?;
+                    // The standby proves the key; only now does its epoch count.
+                    session.open_confirm(frame)?;
+                    session.seal_confirm(&mut self.outbox)?;
+                    let last = *last_committed;
+                    active.connect(self.id, last)?;
+                    let mut link = Link::new(self.id, *session, ZstdConfig::default())?;
                     link.set_budget(self.budget);
                     self.state = ActiveState::Established { link: Box::new(link) };
-                    events.push(ActiveEvent::Resync(ack.last_committed));
+                    events.push(ActiveEvent::Resync(last));
                 }
                 ActiveState::Established { link } => events.push(active.on_frame(link, frame)?),
             }
@@ -154,6 +180,9 @@ impl ActivePeer {
 
 enum StandbyState {
     AwaitHello,
+    // HelloAck and our Confirm sent; the active side's Confirm must open
+    // before anything it sends reaches the applier.
+    AwaitConfirm { session: Option<Box<Session>> },
     Established { rx: StandbyReceiver },
 }
 
@@ -163,24 +192,51 @@ pub struct StandbyPeer {
     decoder: FrameDecoder,
     pub outbox: Vec<u8>,
     ours: Handshake,
+    /// Our ephemeral key, until the Hello arrives.
+    key: Option<EphemeralKey>,
+    /// Bytes that came after the active side's Confirm in the same read,
+    /// held until the next `on_bytes` (see there).
+    backlog: Vec<u8>,
     /// Each commit with the image's digest right after it (several epochs
     /// may commit in one `on_bytes`).
     pub commits: Vec<(Epoch, sync_core::wire::Digest)>,
 }
 
 impl StandbyPeer {
-    /// `ours`: our handshake (fresh nonce, our committed epoch).
-    pub fn accept(ours: Handshake) -> Self {
-        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, commits: Vec::new() }
+    /// `ours`: our handshake; its nonce and ephemeral key are drawn fresh
+    /// from `rng` (the committed epoch is filled in when the Hello comes).
+    pub fn accept(mut ours: Handshake, rng: &mut Drbg) -> Self {
+        let key = Some(ours.refresh(rng));
+        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, key, backlog: Vec::new(), commits: Vec::new() }
     }
 
+    /// The active side proved the key (its Confirm opened).
     pub fn is_established(&self) -> bool {
         matches!(self.state, StandbyState::Established { .. })
     }
 
+    /// Bytes held after the Confirm, for the next `on_bytes`.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
     /// Bytes from the active device; epochs go into `applier`. On an error
     /// the connection must be dropped; the committed image is untouched.
-    pub fn on_bytes<M: PageMemoryMut>(&mut self, mut bytes: &[u8], secret: &PairingSecret, applier: &mut Applier<M>) -> Result<Vec<Event>, SessionError> {
+    /// Until the connection is established only the handshake is read
+    /// (`applier` is not changed); the call that establishes it returns
+    /// right after the Confirm and keeps the bytes after it for the next
+    /// call (with any input, even none), so the caller can first make this
+    /// connection the one it serves (dropping another's staged epoch).
+    pub fn on_bytes<M: PageMemoryMut>(&mut self, bytes: &[u8], secret: &PairingSecret, applier: &mut Applier<M>) -> Result<Vec<Event>, SessionError> {
+        let held;
+        let mut bytes = match self.backlog.is_empty() {
+            true => bytes,
+            false => {
+                self.backlog.extend_from_slice(bytes);
+                held = core::mem::take(&mut self.backlog);
+                &held[..]
+            }
+        };
         let mut events = Vec::new();
         while let Some(frame) = self.decoder.decode(&mut bytes)? {
             match &mut self.state {
@@ -190,9 +246,18 @@ impl StandbyPeer {
                     ack.last_committed = applier.committed_epoch();
                     ack.check_peer(&hello)?;
                     encode_clear(&Message::HelloAck(ack.clone()), &mut self.outbox)?;
-                    let session = Session::establish(secret, Role::Responder, &hello, &ack);
-                    let rx = StandbyReceiver::new(session, ZstdConfig::default())?;
+                    let key = self.key.take().ok_or(SessionError::Protocol)?;
+                    let mut session = Session::establish(secret, Role::Responder, &hello, &ack, key)?;
+                    session.seal_confirm(&mut self.outbox)?;
+                    self.state = StandbyState::AwaitConfirm { session: Some(Box::new(session)) };
+                }
+                StandbyState::AwaitConfirm { session } => {
+                    let mut session = session.take().ok_or(SessionError::Protocol)?;
+                    session.open_confirm(frame)?;
+                    let rx = StandbyReceiver::new(*session, ZstdConfig::default())?;
                     self.state = StandbyState::Established { rx };
+                    self.backlog.extend_from_slice(bytes);
+                    return Ok(events);
                 }
                 StandbyState::Established { rx } => {
                     let ev = rx.on_frame(frame, applier, &mut self.outbox);
@@ -246,6 +311,7 @@ mod tests {
             page_size: WIRE_PAGE_SIZE,
             last_committed: 0,
             nonce: [nonce; 32],
+            ephemeral: [0; 32],
         }
     }
 
@@ -262,7 +328,7 @@ mod tests {
             let mut to_s = Vec::new();
             a.take_output(&mut to_s);
             let to_a = core::mem::take(&mut s.outbox);
-            if to_s.is_empty() && to_a.is_empty() {
+            if to_s.is_empty() && to_a.is_empty() && !s.has_backlog() {
                 return Ok(());
             }
             s.on_bytes(&to_s, ss, applier)?;
@@ -284,8 +350,8 @@ mod tests {
         let mut g = guest();
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
         let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1)).unwrap();
-        let mut s = StandbyPeer::accept(hs(2));
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
         pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
         assert!(a.is_established() && s.is_established());
@@ -302,31 +368,94 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_is_refused_and_nothing_is_committed() {
-        let g = guest();
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
         let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1)).unwrap();
-        let mut s = StandbyPeer::accept(hs(2));
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
         let (right, wrong) = (PairingSecret::new([9; 32]), PairingSecret::new([8; 32]));
         // The handshake itself is in clear; the keys differ, so the first
-        // sealed frame fails to open.
-        pump(&mut a, &mut s, &right, &wrong, &mut active, &mut applier).unwrap();
-        let link = a.link_mut().unwrap();
-        active.cut([0u64], &g, &mut [link]).unwrap();
+        // sealed frame (the standby's Confirm) fails to open.
         let r = pump(&mut a, &mut s, &right, &wrong, &mut active, &mut applier);
-        assert!(matches!(r, Err(SessionError::Standby(_)) | Err(SessionError::Wire(_))), "{r:?}");
+        assert_eq!(r.err(), Some(SessionError::Wire(WireError::Crypto(sync_core::crypto::CryptoError::Authentication))));
+        assert!(!a.is_established() && !s.is_established());
         assert_eq!(applier.committed_epoch(), 0);
         assert!(applier.image().page(0).unwrap().iter().all(|&b| b == 0));
     }
 
+    /// Key confirmation: a HelloAck from a peer without the key (here one
+    /// that claims epoch 40 of a guest whose active side cut 50) acts on
+    /// nothing: the active side never takes the epoch as the standby's
+    /// base, never counts the session, never seals an epoch for it.
+    /// Before the Confirm existed the HelloAck alone set the base.
+    #[test]
+    fn a_helloack_without_the_key_acts_on_nothing() {
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let g = guest();
+        for _ in 0..50 {
+            active.cut([0u64], &g, &mut []).unwrap();
+        }
+        let id = active.add_standby();
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 40, PageHashes::zeroed(PAGES));
+        let mut to_s = Vec::new();
+        a.take_output(&mut to_s);
+        s.on_bytes(&to_s, &PairingSecret::new([8; 32]), &mut applier).unwrap();
+        // The intruder's HelloAck alone, then with its Confirm.
+        let reply = core::mem::take(&mut s.outbox);
+        let ack_len = 5 + u32::from_le_bytes(reply[..4].try_into().unwrap()) as usize;
+        let events = a.on_bytes(&reply[..ack_len], &PairingSecret::new([9; 32]), &mut active).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        assert!(!active.tracker().standby(id).unwrap().connected, "the clear HelloAck set the standby's base");
+        assert!(a.on_bytes(&reply[ack_len..], &PairingSecret::new([9; 32]), &mut active).is_err());
+        assert!(!active.tracker().standby(id).unwrap().connected);
+        assert!(!a.is_established() && a.output().is_empty(), "nothing sealed for a peer without the key");
+    }
+
+    /// The standby's side: a peer that sends a Hello but no Confirm (or a
+    /// forged one) is never established and its bytes never reach the
+    /// applier; with the key, bytes after the Confirm wait for the caller.
+    #[test]
+    fn the_standby_waits_for_the_confirm_and_holds_what_follows() {
+        let secret = PairingSecret::new([9; 32]);
+        let mut g = guest();
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let id = active.add_standby();
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let mut to_s = Vec::new();
+        a.take_output(&mut to_s);
+        s.on_bytes(&to_s, &secret, &mut applier).unwrap();
+        assert!(!s.is_established(), "a Hello proves nothing");
+        // A forged Confirm (a Hello's bytes where the sealed frame goes).
+        let mut forged = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        forged.on_bytes(&to_s, &secret, &mut applier).unwrap();
+        assert!(forged.on_bytes(&to_s, &secret, &mut applier).is_err());
+        assert!(!forged.is_established());
+        // The real one: its Confirm and an epoch in one read.
+        a.on_bytes(&core::mem::take(&mut s.outbox), &secret, &mut active).unwrap();
+        assert!(a.is_established());
+        g.pages_mut()[3][100] = 7;
+        active.cut([3u64], &g, &mut [a.link_mut().unwrap()]).unwrap();
+        let mut to_s = Vec::new();
+        a.take_output(&mut to_s);
+        let events = s.on_bytes(&to_s, &secret, &mut applier).unwrap();
+        assert!(s.is_established() && s.has_backlog() && events.is_empty());
+        assert_eq!(applier.committed_epoch(), 0, "the epoch waited for the caller");
+        s.on_bytes(&[], &secret, &mut applier).unwrap();
+        assert_eq!(applier.committed_epoch(), 1);
+        assert!(!s.has_backlog());
+    }
+
     #[test]
     fn garbage_instead_of_a_hello_is_an_error_not_a_panic() {
-        let mut s = StandbyPeer::accept(hs(2));
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
         let secret = PairingSecret::new([9; 32]);
         for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xff; 64], &[0u8; 5]] {
-            let mut s2 = StandbyPeer::accept(hs(2));
+            let mut s2 = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
             let _ = s2.on_bytes(junk, &secret, &mut applier);
         }
         assert!(s.on_bytes(&[0xff; 64], &secret, &mut applier).is_err());

@@ -1,7 +1,11 @@
 //! A standby device: no guest runs; it listens for the active device,
 //! applies each epoch into staging and commits it atomically into its
 //! image, and acknowledges. One active device at a time: a new connection
-//! (the active device reconnecting) replaces the old one.
+//! (the active device reconnecting) replaces the served one, but only once
+//! it proved the key (its Confirm opened). Several sockets listen, each
+//! with a handshake deadline, and the served connection has an idle
+//! deadline, so a host that connects and stays silent, or goes slowly,
+//! holds a socket for a few seconds and never the served connection.
 use alloc::vec::Vec;
 use log::{info, warn};
 use sync_core::applier::Applier;
@@ -15,6 +19,16 @@ use super::session::StandbyPeer;
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
 
 const READ_CHUNK: usize = 512 << 10;
+/// Sockets listening or in a handshake at once (beside the served one):
+/// silent hosts take these, never the session, and only for a while.
+const BACKLOG: usize = 3;
+/// A connection that has not proved the key this long after it opened is
+/// dropped (the active side's own limit is the same).
+pub const HANDSHAKE_MS: u64 = 5_000;
+/// The served connection is dropped after this long without a byte: a
+/// running guest's epochs come many times a second, and an active device
+/// that was only quiet reconnects and resumes from the committed epoch.
+pub const IDLE_MS: u64 = 30_000;
 /// Heap a standby keeps beyond staging for the rest of its receive path:
 /// the read buffer, frames being decoded and opened (each up to a batch of
 /// 1 MiB), the decompressed batch, the zstd context and its window, state
@@ -61,10 +75,28 @@ pub enum SwitchError {
     Session,
 }
 
+/// A socket listening, or a connection that has not proved the key yet.
+struct Slot {
+    h: Handle,
+    /// When it left the listening state.
+    since_ms: Option<u64>,
+    peer: Option<StandbyPeer>,
+    /// The peer's address, for logs (a closed socket no longer knows it).
+    from: Option<(core::net::Ipv4Addr, u16)>,
+}
+
+/// The connection served: its peer proved the key.
+struct Conn {
+    h: Handle,
+    peer: StandbyPeer,
+    /// When its last byte arrived.
+    heard_ms: u64,
+}
+
 pub struct StandbyNode {
     port: u16,
-    listener: Option<Handle>,
-    conn: Option<(Handle, StandbyPeer)>,
+    slots: Vec<Slot>,
+    conn: Option<Conn>,
     pub applier: Applier<RawPages>,
     secret: PairingSecret,
     ours: Handshake,
@@ -81,6 +113,8 @@ pub struct StandbyNode {
     switch_done: Option<Epoch>,
     /// The image was seen torn (an epoch past the staging budget in place).
     torn: bool,
+    /// The time of the last pump (for the resets `close` sends).
+    now_ms: u64,
 }
 
 /// Hex of a digest, for the log line the tools compare.
@@ -122,7 +156,7 @@ impl StandbyNode {
         }
         StandbyNode {
             port,
-            listener: None,
+            slots: Vec::new(),
             conn: None,
             applier,
             secret,
@@ -135,16 +169,14 @@ impl StandbyNode {
             committed_state,
             switch_done: None,
             torn: false,
+            now_ms: 0,
         }
     }
 
     /// Asks the active device on the current connection for the guest.
     pub fn request_switch<D: NetDevice>(&mut self, net: &mut Stack<D>) -> Result<(), SwitchError> {
-        let Some((_, peer)) = self.conn.as_mut() else { return Err(SwitchError::NotConnected) };
-        if !peer.is_established() {
-            return Err(SwitchError::NotConnected);
-        }
-        peer.request_switch().map_err(|_| SwitchError::Session)?;
+        let Some(c) = self.conn.as_mut() else { return Err(SwitchError::NotConnected) };
+        c.peer.request_switch().map_err(|_| SwitchError::Session)?;
         self.flush(net);
         Ok(())
     }
@@ -156,7 +188,7 @@ impl StandbyNode {
 
     /// The active device's address on the current connection.
     pub fn active_addr<D: NetDevice>(&self, net: &Stack<D>) -> Option<core::net::Ipv4Addr> {
-        self.conn.as_ref().and_then(|(h, _)| net.remote(*h)).map(|(ip, _)| ip)
+        self.conn.as_ref().and_then(|c| net.remote(c.h)).map(|(ip, _)| ip)
     }
 
     /// Drops the current connection (a switch request that went
@@ -170,26 +202,20 @@ impl StandbyNode {
     /// the socket is released: it tells the old active device that its
     /// handover arrived (a refusal would be a reset).
     pub fn shutdown<D: NetDevice>(&mut self, net: &mut Stack<D>, now_ms: u64) {
-        if let Some((h, _)) = self.conn.take() {
-            net.close(h);
+        if let Some(c) = self.conn.take() {
+            net.close(c.h);
             net.poll(now_ms);
-            net.release(h);
+            net.release(c.h);
         }
-        if let Some(l) = self.listener.take() {
-            net.abort(l);
-            net.release(l);
+        for s in self.slots.drain(..) {
+            net.abort(s.h);
+            net.release(s.h);
         }
     }
 
     fn flush<D: NetDevice>(&mut self, net: &mut Stack<D>) {
-        let Some((h, peer)) = self.conn.as_mut() else { return };
-        while !peer.outbox.is_empty() {
-            let sent = net.send(*h, &peer.outbox);
-            if sent == 0 {
-                break;
-            }
-            peer.outbox.drain(..sent);
-        }
+        let Some(c) = self.conn.as_mut() else { return };
+        send_out(net, c.h, &mut c.peer.outbox);
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -233,9 +259,8 @@ impl StandbyNode {
     }
 
     fn close<D: NetDevice>(&mut self, net: &mut Stack<D>, why: &str) {
-        if let Some((h, _)) = self.conn.take() {
-            net.abort(h);
-            net.release(h);
+        if let Some(c) = self.conn.take() {
+            reset(net, c.h, self.now_ms);
             // Whatever was staged is dropped; the committed image stays.
             self.applier.abort();
             self.staged = (None, None);
@@ -243,47 +268,34 @@ impl StandbyNode {
         }
     }
 
-    /// Accepts, reads, applies, replies. Never waits.
-    pub fn pump<D: NetDevice>(&mut self, net: &mut Stack<D>) {
-        if self.listener.is_none() {
-            match net.tcp_listen(self.port) {
-                Ok(h) => self.listener = Some(h),
-                Err(e) => {
-                    warn!("standby: listen on port {}: {e:?}", self.port);
-                    return;
-                }
-            }
-        }
-        // A listener that got a connection becomes it.
-        if let Some(l) = self.listener {
-            if net.is_established(l) {
-                self.close(net, "the active device connected again");
-                self.listener = None;
-                self.connections += 1;
-                let mut ours = self.ours.clone();
-                ours.nonce = self.rng.bytes();
-                let from = net.remote(l);
-                info!("standby: connection {} from {:?}, holding epoch {}", self.connections, from, self.applier.committed_epoch());
-                self.conn = Some((l, StandbyPeer::accept(ours)));
-            }
-        }
-        let Some((h, _)) = self.conn.as_ref() else { return };
-        let h = *h;
+    /// Accepts, handshakes, reads, applies, replies. Never waits.
+    pub fn pump<D: NetDevice>(&mut self, net: &mut Stack<D>, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.listen(net);
+        self.handshakes(net, now_ms);
+        let Some(c) = self.conn.as_ref() else { return };
+        let h = c.h;
         if matches!(net.state(h), TcpState::Closed | TcpState::CloseWait | TcpState::TimeWait | TcpState::Closing | TcpState::LastAck) {
             self.close(net, "closed by the peer or the network");
             return;
         }
+        let mut first = true;
         loop {
             self.scratch.clear();
             let n = net.recv(h, &mut self.scratch, READ_CHUNK);
-            if n == 0 {
+            let Some(c) = self.conn.as_mut() else { return };
+            // Bytes held from the read that proved the key go first.
+            if n == 0 && !(first && c.peer.has_backlog()) {
                 break;
             }
+            first = false;
+            if n > 0 {
+                c.heard_ms = now_ms;
+            }
             self.bytes_received += n as u64;
-            let Some((_, peer)) = self.conn.as_mut() else { return };
-            match peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
+            match c.peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
                 Ok(events) => {
-                    for (e, d) in peer.commits.drain(..) {
+                    for (e, d) in c.peer.commits.drain(..) {
                         info!("standby committed epoch={e} digest={}", hex(&d));
                     }
                     for ev in events {
@@ -298,6 +310,328 @@ impl StandbyNode {
                 }
             }
         }
+        if self.conn.as_ref().is_some_and(|c| now_ms.saturating_sub(c.heard_ms) > IDLE_MS) {
+            self.close(net, "nothing received for 30000 ms");
+            return;
+        }
         self.flush(net);
+    }
+
+    /// Keeps `BACKLOG` sockets listening or in a handshake.
+    fn listen<D: NetDevice>(&mut self, net: &mut Stack<D>) {
+        while self.slots.len() < BACKLOG {
+            match net.tcp_listen(self.port) {
+                Ok(h) => self.slots.push(Slot { h, since_ms: None, peer: None, from: None }),
+                Err(e) => {
+                    warn!("standby: listen on port {}: {e:?}", self.port);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the handshakes of new connections; the first to prove the key
+    /// becomes the served connection (the one before it is closed then,
+    /// not earlier: a stranger cannot cut the active device off).
+    fn handshakes<D: NetDevice>(&mut self, net: &mut Stack<D>, now_ms: u64) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            match self.handshake(net, i, now_ms) {
+                Ok(false) => i += 1,
+                Ok(true) => {
+                    let s = self.slots.swap_remove(i);
+                    let Some(peer) = s.peer else { continue };
+                    self.close(net, "the active device connected again");
+                    self.connections += 1;
+                    info!("standby: connection {} from {:?}, holding epoch {}", self.connections, s.from, self.applier.committed_epoch());
+                    self.conn = Some(Conn { h: s.h, peer, heard_ms: now_ms });
+                }
+                Err(why) => {
+                    let s = self.slots.swap_remove(i);
+                    if let Some((ip, port)) = s.from {
+                        warn!("standby: handshake from {ip}:{port} failed: {why}");
+                    }
+                    reset(net, s.h, now_ms);
+                }
+            }
+        }
+    }
+
+    /// One slot's turn: Ok(true) when its peer just proved the key,
+    /// Err(why) when the slot must go.
+    fn handshake<D: NetDevice>(&mut self, net: &mut Stack<D>, i: usize, now_ms: u64) -> Result<bool, &'static str> {
+        let s = &mut self.slots[i];
+        let state = net.state(s.h);
+        if state == TcpState::Listen {
+            return Ok(false);
+        }
+        let since = *s.since_ms.get_or_insert(now_ms);
+        if !matches!(state, TcpState::SynReceived | TcpState::Established) {
+            return Err("closed before it proved the key");
+        }
+        if now_ms.saturating_sub(since) > HANDSHAKE_MS {
+            return Err("the key not proved within 5000 ms");
+        }
+        if state != TcpState::Established {
+            return Ok(false);
+        }
+        if s.from.is_none() {
+            s.from = net.remote(s.h);
+        }
+        let peer = s.peer.get_or_insert_with(|| StandbyPeer::accept(self.ours.clone(), &mut self.rng));
+        self.scratch.clear();
+        let n = net.recv(s.h, &mut self.scratch, READ_CHUNK);
+        if n > 0 {
+            if let Err(e) = peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
+                warn!("standby: {e:?}");
+                return Err("bad input in the handshake");
+            }
+        }
+        send_out(net, s.h, &mut peer.outbox);
+        Ok(peer.is_established())
+    }
+}
+
+/// Ends a connection with a reset the peer gets now (a released socket
+/// sends none, and a quiet peer would learn it only when it next sends).
+fn reset<D: NetDevice>(net: &mut Stack<D>, h: Handle, now_ms: u64) {
+    net.abort(h);
+    net.poll(now_ms);
+    net.release(h);
+}
+
+/// Queues as much of `outbox` as the socket takes.
+fn send_out<D: NetDevice>(net: &mut Stack<D>, h: Handle, outbox: &mut Vec<u8>) {
+    while !outbox.is_empty() {
+        let sent = net.send(h, outbox);
+        if sent == 0 {
+            break;
+        }
+        outbox.drain(..sent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::net::test_link::{pair, Link as Cable};
+    use crate::sync::loopback::handshake;
+    use crate::sync::peers::{PeerAddr, Peers};
+    use crate::sync::session::ActivePeer;
+    use core::net::Ipv4Addr;
+    use sync_core::digest::{PageMemory, VecMemory};
+    use sync_core::epoch::{ActiveSync, Link};
+    use sync_core::shadow::Budget;
+    use sync_core::wire::RamLayout;
+
+    const PAGES: u64 = 16;
+    const B_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+    const SECRET: [u8; 32] = [3; 32];
+
+    /// An active device (its `Peers`) and a standby over an in-memory
+    /// cable; other hosts' sockets are opened on the active device's stack
+    /// (the same address, other ports: to the standby they are other hosts).
+    struct World {
+        na: Stack<Cable>,
+        nb: Stack<Cable>,
+        active: ActiveSync,
+        peers: Peers,
+        node: StandbyNode,
+        guest: VecMemory,
+        now: u64,
+        epoch: u8,
+    }
+
+    fn ram() -> RamLayout {
+        RamLayout { base: 0x4000_0000, size: PAGES * 4096 }
+    }
+
+    impl World {
+        fn new() -> Self {
+            let (la, lb) = pair();
+            let mut na = Stack::new(la, Ipv4Addr::new(169, 254, 0, 1), 16, 1, 0).unwrap();
+            let nb = Stack::new(lb, B_IP, 16, 2, 0).unwrap();
+            let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+            let peers = Peers::new(
+                &[PeerAddr { ip: B_IP, port: 7000 }],
+                &mut active,
+                PairingSecret::new(SECRET),
+                handshake(ram(), [0; 32]),
+                Drbg::new([5; 32]),
+                usize::MAX,
+            );
+            let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
+            // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
+            let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
+            let node = StandbyNode::new(7000, image, PairingSecret::new(SECRET), handshake(ram(), [0; 32]), Drbg::new([9; 32]));
+            na.poll(0);
+            World { na, nb, active, peers, node, guest: VecMemory::zeroed(PAGES as usize), now: 0, epoch: 0 }
+        }
+
+        /// `ms` milliseconds of both devices (the active one's pump too,
+        /// unless `active_quiet`), in steps of `step` ms.
+        fn run(&mut self, ms: u64, step: u64, active_quiet: bool) {
+            let end = self.now + ms;
+            while self.now < end {
+                self.na.poll(self.now);
+                if !active_quiet {
+                    self.peers.pump(&mut self.na, &mut self.active, &VecMemory::zeroed(0), &|_| false, self.now);
+                }
+                self.na.poll(self.now);
+                self.nb.poll(self.now);
+                self.node.pump(&mut self.nb, self.now);
+                self.nb.poll(self.now);
+                self.now += step;
+            }
+        }
+
+        /// Cuts an epoch and runs until the standby commits it.
+        fn epoch_commits(&mut self) -> bool {
+            self.epoch += 1;
+            self.guest.pages_mut()[(self.epoch as usize) % PAGES as usize][7] = self.epoch;
+            let mut links: Vec<&mut Link> = self.peers.links().collect();
+            let (e, _) = self.active.cut(0..PAGES, &self.guest, &mut links).unwrap();
+            for _ in 0..500 {
+                self.run(1, 1, false);
+                if self.node.applier.committed_epoch() == e && self.peers.list[0].acked == e {
+                    return self.node.applier.image().page(3) == self.guest.page(3);
+                }
+            }
+            false
+        }
+
+        fn connected(&mut self) {
+            for _ in 0..300 {
+                self.run(1, 1, false);
+                if self.peers.links().count() == 1 && self.node.active_addr(&self.nb).is_some() {
+                    return;
+                }
+            }
+            panic!("no session after 300 ms");
+        }
+    }
+
+    /// Another host's connection to the standby: raw socket on `na`, with
+    /// a session state machine of its own (or none: it says nothing).
+    struct Stranger {
+        h: Handle,
+        peer: Option<(ActivePeer, ActiveSync, PairingSecret)>,
+    }
+
+    impl Stranger {
+        fn connect(w: &mut World, secret: Option<[u8; 32]>) -> Self {
+            let h = w.na.tcp_connect(B_IP, 7000).unwrap();
+            let peer = secret.map(|s| {
+                let mut a = ActiveSync::new(PAGES, Budget::Full).unwrap();
+                // As far as the real active device (its epochs are cut
+                // from the same guest: a reconnect of it).
+                for _ in 0..w.active.tracker().last_cut() {
+                    a.cut([0u64], &w.guest, &mut []).unwrap();
+                }
+                let id = a.add_standby();
+                (ActivePeer::connect(id, handshake(ram(), [0; 32]), &mut Drbg::new([s[0] ^ 0x77; 32])).unwrap(), a, PairingSecret::new(s))
+            });
+            Stranger { h, peer }
+        }
+
+        /// Sends what its session has and reads what came; Err once its
+        /// session failed (a Confirm that did not open).
+        fn talk(&mut self, w: &mut World) -> Result<(), crate::sync::session::SessionError> {
+            let Some((p, a, s)) = self.peer.as_mut() else { return Ok(()) };
+            if !w.na.is_established(self.h) {
+                return Ok(());
+            }
+            let mut out = Vec::new();
+            p.take_output(&mut out);
+            w.na.send(self.h, &out);
+            let mut got = Vec::new();
+            w.na.recv(self.h, &mut got, usize::MAX);
+            p.on_bytes(&got, s, a).map(|_| ())
+        }
+    }
+
+    /// Hosts that connect and never speak hold a listening socket each for
+    /// the handshake deadline, then are reset; the active device is never
+    /// cut off, and a host that arrives after them still gets a socket.
+    /// (Before: the first connection to the listener replaced the session.)
+    #[test]
+    fn silent_hosts_cut_nobody_off_and_are_reset_at_the_deadline() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        let silent: Vec<Stranger> = (0..BACKLOG).map(|_| Stranger::connect(&mut w, None)).collect();
+        w.run(50, 1, false);
+        assert!(silent.iter().all(|s| w.na.is_established(s.h)), "every backlog socket took one");
+        for _ in 0..3 {
+            assert!(w.epoch_commits(), "the active device was cut off");
+        }
+        w.run(HANDSHAKE_MS + 200, 10, false);
+        assert!(silent.iter().all(|s| w.na.state(s.h) == TcpState::Closed), "a silent host outlived the handshake deadline");
+        assert!(w.epoch_commits());
+        assert_eq!(w.peers.list[0].reconnects, 0);
+        assert_eq!(w.node.connections, 1);
+        // The sockets listen again: a new host is taken (and dropped).
+        let late = Stranger::connect(&mut w, None);
+        w.run(50, 1, false);
+        assert!(w.na.is_established(late.h));
+    }
+
+    /// A host with a Hello but not the key: it gets HelloAck and the
+    /// standby's Confirm, cannot answer with its own, and replaces nothing.
+    #[test]
+    fn a_hello_without_the_key_replaces_nothing() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        let mut s = Stranger::connect(&mut w, Some([4; 32]));
+        let mut failed = false;
+        for _ in 0..200 {
+            w.run(1, 1, false);
+            failed |= s.talk(&mut w).is_err();
+        }
+        assert!(failed, "the stranger opened the standby's Confirm without the key");
+        // It keeps the socket open and silent: the deadline ends it.
+        w.run(HANDSHAKE_MS + 200, 10, false);
+        assert_eq!(w.na.state(s.h), TcpState::Closed);
+        assert!(w.epoch_commits());
+        assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
+    }
+
+    /// A connection that proves the key (the active device reconnecting
+    /// while its old connection still looks open) replaces the served one.
+    #[test]
+    fn a_connection_that_proves_the_key_replaces_the_served_one() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        let mut s = Stranger::connect(&mut w, Some(SECRET));
+        for _ in 0..200 {
+            w.run(1, 1, false);
+            s.talk(&mut w).unwrap();
+        }
+        assert!(s.peer.as_ref().unwrap().0.is_established());
+        assert_eq!(w.node.connections, 2, "the standby serves the new connection");
+        // The old one was reset: the active device's pump notices.
+        assert!(w.peers.list[0].bytes_sent > 0);
+        w.run(100, 1, false);
+        assert!(w.peers.list[0].reconnects >= 1 || w.peers.links().count() == 0);
+    }
+
+    /// A served connection that goes quiet (an active device that died
+    /// without a FIN) is dropped at the idle deadline; until then it stays.
+    /// (Before: it held the standby for ever.)
+    #[test]
+    fn a_quiet_served_connection_ends_at_the_idle_deadline() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        w.run(IDLE_MS - 1_000, 50, true);
+        assert!(w.node.active_addr(&w.nb).is_some(), "dropped before the deadline");
+        w.run(2_000, 50, true);
+        assert!(w.node.active_addr(&w.nb).is_none(), "a quiet connection outlived the idle deadline");
+        // The active device reconnects and resumes.
+        w.run(1_000, 1, false);
+        assert!(w.epoch_commits());
     }
 }

@@ -19,11 +19,11 @@
 use libfuzzer_sys::fuzz_target;
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::crypto::{derive_session_keys, PairingSecret, Role, Sealer, TAG_LEN};
+use sync_core::crypto::{derive_session_keys, Drbg, PairingSecret, Role, Sealer, TAG_LEN};
 use sync_core::digest::{PageHashes, VecMemory};
 use sync_core::standby::{Event, StandbyReceiver};
 use sync_core::wire::{
-    transcript_hash, Frame, FrameDecoder, FrameKind, Handshake, RamLayout, Session,
+    transcript_hash, Frame, FrameDecoder, FrameKind, Handshake, Message, RamLayout, Session,
     PROTOCOL_VERSION, WIRE_PAGE_SIZE,
 };
 
@@ -41,6 +41,7 @@ fn hs(nonce: u8) -> Handshake {
         page_size: WIRE_PAGE_SIZE,
         last_committed: 1,
         nonce: [nonce; 32],
+        ephemeral: [0; 32],
     }
 }
 
@@ -64,10 +65,26 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let secret = PairingSecret::new([9; 32]);
-    let (h, ack) = (hs(1), hs(2));
-    let keys = derive_session_keys(&secret, &h.nonce, &ack.nonce, &transcript_hash(&h, &ack));
+    let (mut h, mut ack) = (hs(1), hs(2));
+    let mut rng = Drbg::new([5; 32]);
+    let k_active = h.refresh(&mut rng);
+    let k_standby = ack.refresh(&mut rng);
+    let Ok(shared) = k_active.agree(&ack.ephemeral) else { return };
+    let keys = derive_session_keys(&secret, &shared, &transcript_hash(&h, &ack));
     let (mut active, _) = keys.split(Role::Initiator);
-    let standby = Session::establish(&secret, Role::Responder, &h, &ack);
+    let Ok(mut standby) = Session::establish(&secret, Role::Responder, &h, &ack, k_standby) else { return };
+    // Key confirmation first, as on the wire: our Confirm, then the active
+    // side's (sealed with its real key), so the fuzzed frames are opened.
+    if standby.seal_confirm(&mut Vec::new()).is_err() {
+        return;
+    }
+    let mut confirm = Vec::new();
+    if (Message::Confirm { transcript: transcript_hash(&h, &ack) }).encode(&mut confirm).is_err() {
+        return;
+    }
+    if standby.open_confirm(seal_raw(&mut active, &confirm)).is_err() {
+        return;
+    }
     let mut rx = match StandbyReceiver::new(standby, ZstdConfig::default()) {
         Ok(r) => r,
         Err(_) => return,
@@ -135,7 +152,7 @@ fn seal_raw(sealer: &mut Sealer, body: &[u8]) -> Frame {
     let mut header = [0u8; 5];
     header[..4].copy_from_slice(&((body.len() + TAG_LEN) as u32).to_le_bytes());
     header[4] = 0x02;
-    // u16 bodies are far from the AEAD's limits, and the counter starts at 0.
+    // u16 bodies are far from the AEAD's limits; the counter follows the Confirm's.
     let tag = sealer
         .seal(&header, &mut buf)
         .expect("sealing a short body");

@@ -4,7 +4,7 @@
 
 use sync_core::applier::Applier;
 use sync_core::compress::ZstdConfig;
-use sync_core::crypto::{PairingSecret, Role};
+use sync_core::crypto::{Drbg, PairingSecret, Role};
 use sync_core::digest::{content_digest, PageHashes, PageMemory, VecMemory};
 use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
 use sync_core::resume::StandbyId;
@@ -23,6 +23,7 @@ pub fn handshake_for(pages: u64, last_committed: Epoch, nonce: [u8; 32]) -> Hand
         page_size: WIRE_PAGE_SIZE,
         last_committed,
         nonce,
+        ephemeral: [0; 32],
     }
 }
 
@@ -33,7 +34,10 @@ pub fn handshake(pages: u64, active_last: Epoch, standby_committed: Epoch, nonce
     let mut n2 = [1u8; 32];
     n1[..8].copy_from_slice(&nonce_seed.to_le_bytes());
     n2[..8].copy_from_slice(&nonce_seed.to_le_bytes());
-    let hello = handshake_for(pages, active_last, n1);
+    let mut hello = handshake_for(pages, active_last, n1);
+    let mut rng = Drbg::new(n1);
+    let k_active = hello.refresh(&mut rng);
+    hello.nonce = n1;
     let mut wire = Vec::new();
     encode_clear(&Message::Hello(hello.clone()), &mut wire).unwrap();
     // Standby side.
@@ -41,19 +45,33 @@ pub fn handshake(pages: u64, active_last: Epoch, standby_committed: Epoch, nonce
     let mut input = &wire[..];
     let f = dec.decode(&mut input).unwrap().unwrap();
     let Message::Hello(got_hello) = decode_clear(&f).unwrap() else { panic!("not a Hello") };
-    let ack = handshake_for(pages, standby_committed, n2);
+    let mut ack = handshake_for(pages, standby_committed, n2);
+    let k_standby = ack.refresh(&mut rng);
+    ack.nonce = n2;
     ack.check_peer(&got_hello).unwrap();
     let mut back = Vec::new();
     encode_clear(&Message::HelloAck(ack.clone()), &mut back).unwrap();
-    let standby = Session::establish(&SECRET, Role::Responder, &got_hello, &ack);
+    let mut standby = Session::establish(&SECRET, Role::Responder, &got_hello, &ack, k_standby).unwrap();
     // Active side.
     let mut dec = FrameDecoder::new();
     let mut input = &back[..];
     let f = dec.decode(&mut input).unwrap().unwrap();
     let Message::HelloAck(got_ack) = decode_clear(&f).unwrap() else { panic!("not a HelloAck") };
     hello.check_peer(&got_ack).unwrap();
-    let active = Session::establish(&SECRET, Role::Initiator, &hello, &got_ack);
+    let mut active = Session::establish(&SECRET, Role::Initiator, &hello, &got_ack, k_active).unwrap();
+    confirm(&mut active, &mut standby);
     (active, standby)
+}
+
+/// Key confirmation: each side's first sealed frame opened by the other.
+pub fn confirm(active: &mut Session, standby: &mut Session) {
+    let one = |from: &mut Session| {
+        let mut out = Vec::new();
+        from.seal_confirm(&mut out).unwrap();
+        FrameDecoder::new().decode(&mut &out[..]).unwrap().unwrap()
+    };
+    active.open_confirm(one(standby)).unwrap();
+    standby.open_confirm(one(active)).unwrap();
 }
 
 /// One standby device and its connection (if up).

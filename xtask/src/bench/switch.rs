@@ -77,7 +77,7 @@ fn vmsync_switch(a: &SwitchArgs, profile: Profile, kernel: &std::path::Path, ini
     use qemu_tests::devices::{device_config, Devices, SwitchOutcome};
     let hv = image::build_hypervisor()?;
     let spec = image::GuestSpec { kernel, initrd: Some(initrd), cmdline: append, mem_mib: a.mem, policy: Some("interval:200ms"), verify: false, shadow: None };
-    let secret = crate::multi::fresh_secret();
+    let secret = crate::pair::fresh_secret()?;
     let imgs: Vec<std::path::PathBuf> = (0..2).map(|i| image::out_dir().join(format!("bench-switch-{i}.img"))).collect();
     for (i, p) in imgs.iter().enumerate() {
         image::pack_extra(&hv, &spec, &device_config(i, 2, 0, &secret), p)?;
