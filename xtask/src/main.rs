@@ -90,9 +90,9 @@ enum Cmd {
     /// written). The secret is never printed or logged.
     Pair {
         /// The boot images of the devices to pair (at least two), e.g.
-        /// target/vmsync/demo-0.img; each must sync (`peer=` or
-        /// `role=standby` in its config).
-        #[arg(required = true, num_args = 2..)]
+        /// target/vmsync/demo.img target/vmsync/demo-1.img; each must sync
+        /// (`peer=` or `role=standby` in its config).
+        #[arg(required = true, num_args = 2.., value_name = "IMAGE")]
         images: Vec<PathBuf>,
     },
     /// Measurements, as ratios against a baseline in the same run.

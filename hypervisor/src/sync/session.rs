@@ -449,6 +449,49 @@ mod tests {
         assert!(!s.has_backlog());
     }
 
+    /// A recording of a whole session (Hello, Confirm, epochs) replayed to
+    /// the standby after it rebooted (so a fresh ephemeral key, whatever
+    /// its nonce generator did): the recorded Confirm does not open under
+    /// the new keys, nothing commits, and the connection is dropped.
+    #[test]
+    fn a_replayed_session_commits_nothing_after_a_reboot() {
+        let secret = PairingSecret::new([9; 32]);
+        let mut g = guest();
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let id = active.add_standby();
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let mut recording = Vec::new();
+        let mut to_s = Vec::new();
+        a.take_output(&mut to_s);
+        recording.extend_from_slice(&to_s);
+        s.on_bytes(&to_s, &secret, &mut applier).unwrap();
+        a.on_bytes(&core::mem::take(&mut s.outbox), &secret, &mut active).unwrap();
+        g.pages_mut()[3][100] = 7;
+        active.cut([3u64], &g, &mut [a.link_mut().unwrap()]).unwrap();
+        let mut to_s = Vec::new();
+        a.take_output(&mut to_s);
+        recording.extend_from_slice(&to_s);
+        s.on_bytes(&to_s, &secret, &mut applier).unwrap();
+        s.on_bytes(&[], &secret, &mut applier).unwrap();
+        assert_eq!(applier.committed_epoch(), 1, "the recorded session worked");
+        // Rebooted: a new image, a generator seeded anew from the board.
+        let mut fresh = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let mut again = StandbyPeer::accept(hs(2), &mut Drbg::new([3; 32]));
+        assert!(again.on_bytes(&recording, &secret, &mut fresh).is_err());
+        assert!(!again.is_established());
+        assert_eq!(fresh.committed_epoch(), 0);
+        // Even a generator that repeats its nonce (the same seed) draws the
+        // same ephemeral key only with it: the control shows the replay
+        // would pass then, so it is the fresh key that stops it.
+        let mut same = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        let mut control = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        same.on_bytes(&recording, &secret, &mut control).unwrap();
+        same.on_bytes(&[], &secret, &mut control).unwrap();
+        assert_eq!(control.committed_epoch(), 1);
+    }
+
     #[test]
     fn garbage_instead_of_a_hello_is_an_error_not_a_panic() {
         let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
