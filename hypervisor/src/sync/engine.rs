@@ -173,13 +173,16 @@ impl Engine {
         let last = self.active.tracker().last_cut();
         let tracker = self.active.tracker();
         let in_step = |l: &Link| tracker.standby(l.id()).is_some_and(|s| s.connected && s.base == last);
+        let has_peers = self.peers.is_some();
         let mut peer_links: Vec<&mut Link> = self.peers.as_mut().map(|p| p.links().collect()).unwrap_or_default();
         // The local link is encoded only when something needs it: verify
-        // applies it; without a standby in step its figures describe the
-        // epoch. Otherwise a standby in step gets the same bytes and its
-        // figures serve, and the pause does not pay for a second encoding.
+        // applies it; a single device measures its epochs with it. With
+        // standbys, one in step gets the same bytes and its figures serve;
+        // while none is in step the epoch goes to nobody, and the guest's
+        // pause does not pay for encoding it just to count it (a catch-up
+        // of a large guest lasts minutes on a slow link).
         let pick = peer_links.iter().position(|l| in_step(l));
-        let local = self.verify.is_some() || pick.is_none();
+        let local = self.verify.is_some() || (pick.is_none() && !has_peers);
         if local != self.local_on {
             if local {
                 // Nobody applies the local link without verify: it may
@@ -195,10 +198,13 @@ impl Engine {
         if local {
             links.push(&mut self.link);
         }
-        let pick = if local { 0 } else { pick.unwrap_or(0) };
+        // Whose figures describe the epoch: the local link's, a standby's in
+        // step, or nobody's (zeros).
+        let pick = if local { Some(0) } else { pick };
         links.append(&mut peer_links);
         let (epoch, stats) = self.active.cut_with_state(dirty.iter().copied(), guest, &mut links, state)?;
-        let mut st = stats.into_iter().nth(pick).unwrap_or_else(|| EpochStats::new(epoch));
+        let mut st = pick.and_then(|i| stats.into_iter().nth(i)).unwrap_or_else(|| EpochStats::new(epoch));
+        st.dirty_pages = dirty.len() as u64;
         st.write_faults = core::mem::take(&mut self.faults_open);
         Ok(st)
     }
