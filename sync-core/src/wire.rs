@@ -18,6 +18,7 @@
 use alloc::vec::Vec;
 
 use crate::crypto::{derive_session_keys, CryptoError, Drbg, EphemeralKey, Opener, PairingSecret, Role, Sealer, EPHEMERAL_LEN, HANDSHAKE_NONCE_LEN, TAG_LEN};
+use crate::fence::{Standing, Term};
 
 /// Version of this protocol. Hello and HelloAck carry it first (after the
 /// magic) so a peer of another version is recognised before anything else
@@ -35,6 +36,9 @@ use crate::crypto::{derive_session_keys, CryptoError, Drbg, EphemeralKey, Opener
 /// v2: Hello and HelloAck carry an X25519 ephemeral public key after the
 /// nonce; the session keys derive from the pairing secret, the ephemeral
 /// Diffie-Hellman and the transcript (forward secrecy), under v2 contexts.
+/// Then: Hello and HelloAck end with the sender's `Standing` (lineage,
+/// term, digest of `last_committed`, where the term began), and a standby
+/// ends a lower term with the sealed `Fenced` (`fence`).
 pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of Hello/HelloAck: recognises a stream that is not VMsync.
 pub const MAGIC: [u8; 4] = *b"VMSY";
@@ -135,6 +139,9 @@ pub struct Handshake {
     pub nonce: [u8; HANDSHAKE_NONCE_LEN],
     /// The sender's X25519 ephemeral public key for this connection.
     pub ephemeral: [u8; EPHEMERAL_LEN],
+    /// Which guest and term the sender holds (see `fence`); its `digest`
+    /// is the image digest at `last_committed`.
+    pub standing: Standing,
 }
 
 impl Handshake {
@@ -217,6 +224,11 @@ pub enum Message {
     Resync {
         from_epoch: Epoch,
     },
+    /// A standby holds `term` of the guest, above the active device's: the
+    /// active device's term is over (it stops the guest; see `fence`).
+    Fenced {
+        term: Term,
+    },
 }
 
 mod tag {
@@ -231,6 +243,7 @@ mod tag {
     pub const DEVICE_STATE: u8 = 9;
     pub const SWITCH_DONE: u8 = 10;
     pub const RESYNC: u8 = 11;
+    pub const FENCED: u8 = 12;
 }
 
 impl Message {
@@ -242,12 +255,13 @@ impl Message {
     pub fn encoded_len(&self) -> usize {
         match self {
             // tag, magic, version, vm, platform, ram (2 × u64), page size,
-            // last committed, nonce, ephemeral key.
-            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + HANDSHAKE_NONCE_LEN + EPHEMERAL_LEN,
+            // last committed, nonce, ephemeral key, standing (lineage,
+            // term, digest, prior term, took over at).
+            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + HANDSHAKE_NONCE_LEN + EPHEMERAL_LEN + 16 + 8 + 32 + 8 + 8,
             Message::EpochBegin { .. } => 17,
             Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
             Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
-            Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } => 9,
+            Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } | Message::Fenced { .. } => 9,
             Message::SwitchRequest => 1,
             Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
         }
@@ -301,6 +315,10 @@ impl Message {
                 out.push(tag::RESYNC);
                 out.extend_from_slice(&from_epoch.to_le_bytes());
             }
+            Message::Fenced { term } => {
+                out.push(tag::FENCED);
+                out.extend_from_slice(&term.to_le_bytes());
+            }
         }
         debug_assert!(out.len() - start <= MAX_MESSAGE);
         Ok(())
@@ -330,6 +348,7 @@ impl Message {
             tag::DEVICE_STATE => Message::DeviceState(owned(r.bytes(MAX_STATE)?)?),
             tag::SWITCH_DONE => Message::SwitchDone { epoch: r.u64()? },
             tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
+            tag::FENCED => Message::Fenced { term: r.u64()? },
             other => return Err(WireError::UnknownMessage(other)),
         };
         if r.pos != input.len() {
@@ -365,6 +384,12 @@ fn encode_handshake(t: u8, h: &Handshake, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.last_committed.to_le_bytes());
     out.extend_from_slice(&h.nonce);
     out.extend_from_slice(&h.ephemeral);
+    let st = &h.standing;
+    out.extend_from_slice(&st.lineage);
+    out.extend_from_slice(&st.term.to_le_bytes());
+    out.extend_from_slice(&st.digest);
+    out.extend_from_slice(&st.prior_term.to_le_bytes());
+    out.extend_from_slice(&st.took_over_at.to_le_bytes());
 }
 
 fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
@@ -385,6 +410,7 @@ fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
         last_committed: r.u64()?,
         nonce: r.array()?,
         ephemeral: r.array()?,
+        standing: Standing { lineage: r.array()?, term: r.u64()?, digest: r.array()?, prior_term: r.u64()?, took_over_at: r.u64()? },
     })
 }
 
@@ -717,6 +743,7 @@ mod tests {
             last_committed: last,
             nonce: [nonce; 32],
             ephemeral: [nonce ^ 0x80; 32],
+            standing: Standing { lineage: [nonce; 16], term: 3 << 16, digest: [last as u8; 32], prior_term: 2 << 16, took_over_at: 1 },
         }
     }
 
@@ -742,6 +769,7 @@ mod tests {
             Message::DeviceState(vec![]),
             Message::SwitchDone { epoch: 4 },
             Message::Resync { from_epoch: 2 },
+            Message::Fenced { term: 5 << 16 | 9 },
         ]
     }
 

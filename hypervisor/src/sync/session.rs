@@ -11,6 +11,7 @@ use sync_core::compress::ZstdConfig;
 use sync_core::crypto::{Drbg, EphemeralKey, PairingSecret, Role};
 use sync_core::digest::PageMemoryMut;
 use sync_core::epoch::{ActiveEvent, ActiveSync, EpochError, Link};
+use sync_core::fence::{judge, Standing, Term, Unrelated, Verdict};
 use sync_core::resume::StandbyId;
 use sync_core::standby::{Event, StandbyError, StandbyReceiver};
 use sync_core::wire::{decode_clear, encode_clear, Epoch, FrameDecoder, Handshake, Message, Session, WireError};
@@ -23,6 +24,14 @@ pub enum SessionError {
     Standby(StandbyError),
     /// The peer's first message was not the handshake it owed us.
     Protocol,
+    /// The other side holds another guest or an unrelated history of this
+    /// one (`fence`): a standby keeps its image until its user allows.
+    Unrelated(Unrelated),
+    /// A standby proved (in a sealed frame) that it holds `term` of this
+    /// guest, above ours: this device's term is over.
+    Fenced {
+        term: Term,
+    },
 }
 
 impl From<WireError> for SessionError {
@@ -44,10 +53,21 @@ impl From<StandbyError> for SessionError {
 enum ActiveState {
     // The key is taken (used up) when the HelloAck arrives. Boxed: the
     // handshake and key outweigh the established state's box.
-    AwaitHelloAck { hello: Box<Handshake>, key: Option<EphemeralKey> },
+    AwaitHelloAck {
+        hello: Box<Handshake>,
+        key: Option<EphemeralKey>,
+    },
     // Boxed: a link (session keys, zstd stream, queue, catch-up) is far
     // larger than a handshake.
-    Established { link: Box<Link> },
+    Established {
+        link: Box<Link>,
+    },
+    /// The standby's HelloAck named a higher term; its sealed `Fenced`,
+    /// which proves the key, ends our term.
+    Fencing {
+        session: Box<Session>,
+        ours: Term,
+    },
 }
 
 /// The active device's end of one standby connection.
@@ -69,7 +89,13 @@ impl ActivePeer {
         let key = hello.refresh(rng);
         let mut outbox = Vec::new();
         encode_clear(&Message::Hello(hello.clone()), &mut outbox)?;
-        Ok(ActivePeer { id, state: ActiveState::AwaitHelloAck { hello: Box::new(hello), key: Some(key) }, decoder: FrameDecoder::new(), outbox, budget: usize::MAX })
+        Ok(ActivePeer {
+            id,
+            state: ActiveState::AwaitHelloAck { hello: Box::new(hello), key: Some(key) },
+            decoder: FrameDecoder::new(),
+            outbox,
+            budget: usize::MAX,
+        })
     }
 
     pub fn link_mut(&mut self) -> Option<&mut Link> {
@@ -143,13 +169,30 @@ impl ActivePeer {
                     hello.check_peer(&ack)?;
                     let key = key.take().ok_or(SessionError::Protocol)?;
                     let session = Session::establish(secret, Role::Initiator, hello, &ack, key)?;
-                    active.connect(self.id, ack.last_committed)?;
+                    // The standby judges the same pair (`fence`).
+                    let base = match judge(&hello.standing, hello.last_committed, &ack.standing, ack.last_committed) {
+                        Verdict::Follow { base } => base,
+                        Verdict::Rewind => 0,
+                        Verdict::Fence { .. } => {
+                            let ours = hello.standing.term;
+                            self.state = ActiveState::Fencing { session: Box::new(session), ours };
+                            continue;
+                        }
+                        Verdict::Unrelated(why) => return Err(SessionError::Unrelated(why)),
+                    };
+                    active.connect(self.id, base)?;
                     let mut link = Link::new(self.id, session, ZstdConfig::default())?;
                     link.set_budget(self.budget);
                     self.state = ActiveState::Established { link: Box::new(link) };
-                    events.push(ActiveEvent::Resync(ack.last_committed));
+                    events.push(ActiveEvent::Resync(base));
                 }
                 ActiveState::Established { link } => events.push(active.on_frame(link, frame)?),
+                ActiveState::Fencing { session, ours } => {
+                    return match session.open(frame)? {
+                        Message::Fenced { term } if term > *ours => Err(SessionError::Fenced { term }),
+                        _ => Err(SessionError::Protocol),
+                    };
+                }
             }
         }
         Ok(events)
@@ -158,7 +201,12 @@ impl ActivePeer {
 
 enum StandbyState {
     AwaitHello,
-    Established { rx: StandbyReceiver },
+    // Boxed: a receiver (session, zstd context) outweighs the others.
+    Established {
+        rx: Box<StandbyReceiver>,
+    },
+    /// We told a lower term it is over (`Fenced`); nothing more is read.
+    Fenced,
 }
 
 /// The standby device's end of the connection from the active device.
@@ -172,6 +220,14 @@ pub struct StandbyPeer {
     /// Each commit with the image's digest right after it (several epochs
     /// may commit in one `on_bytes`).
     pub commits: Vec<(Epoch, sync_core::wire::Digest)>,
+    /// The image may be replaced by another guest or an unrelated history
+    /// (the user's explicit choice; `fence`).
+    pub adopt_unrelated: bool,
+    /// What the handshake decided, and the active side's standing and last
+    /// cut as its Hello said (for the standby's log).
+    pub verdict: Option<(Verdict, Standing, Epoch)>,
+    /// The active side's term, as its Hello said (proven once a frame opens).
+    pub peer_term: Term,
 }
 
 impl StandbyPeer {
@@ -179,7 +235,17 @@ impl StandbyPeer {
     /// from `rng` (the committed epoch is filled in when the Hello comes).
     pub fn accept(mut ours: Handshake, rng: &mut Drbg) -> Self {
         let key = Some(ours.refresh(rng));
-        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, key, commits: Vec::new() }
+        StandbyPeer {
+            state: StandbyState::AwaitHello,
+            decoder: FrameDecoder::new(),
+            outbox: Vec::new(),
+            ours,
+            key,
+            commits: Vec::new(),
+            adopt_unrelated: false,
+            verdict: None,
+            peer_term: 0,
+        }
     }
 
     pub fn is_established(&self) -> bool {
@@ -196,13 +262,42 @@ impl StandbyPeer {
                     let Message::Hello(hello) = decode_clear(&frame)? else { return Err(SessionError::Protocol) };
                     let mut ack = self.ours.clone();
                     ack.last_committed = applier.committed_epoch();
+                    let (lineage, term) = applier.lineage();
+                    ack.standing = Standing { lineage, term, digest: applier.digest(), ..Standing::default() };
                     ack.check_peer(&hello)?;
+                    let verdict = judge(&hello.standing, hello.last_committed, &ack.standing, ack.last_committed);
+                    self.verdict = Some((verdict, hello.standing, hello.last_committed));
+                    self.peer_term = hello.standing.term;
+                    let forget = match verdict {
+                        Verdict::Follow { .. } => false,
+                        Verdict::Rewind => true,
+                        Verdict::Fence { .. } => false,
+                        Verdict::Unrelated(_) if self.adopt_unrelated => {
+                            // As a standby holding nothing: the active side
+                            // sends the whole image.
+                            ack.last_committed = 0;
+                            ack.standing = Standing::default();
+                            true
+                        }
+                        Verdict::Unrelated(why) => {
+                            // The HelloAck goes out so the active side learns why.
+                            encode_clear(&Message::HelloAck(ack), &mut self.outbox)?;
+                            return Err(SessionError::Unrelated(why));
+                        }
+                    };
                     encode_clear(&Message::HelloAck(ack.clone()), &mut self.outbox)?;
                     let key = self.key.take().ok_or(SessionError::Protocol)?;
                     let session = Session::establish(secret, Role::Responder, &hello, &ack, key)?;
-                    let rx = StandbyReceiver::new(session, ZstdConfig::default())?;
-                    self.state = StandbyState::Established { rx };
+                    let mut rx = StandbyReceiver::new(session, ZstdConfig::default())?;
+                    if let Verdict::Fence { term } = verdict {
+                        rx.send(&Message::Fenced { term }, &mut self.outbox)?;
+                        self.state = StandbyState::Fenced;
+                        continue;
+                    }
+                    rx.set_lineage(hello.standing.lineage, hello.standing.term, forget);
+                    self.state = StandbyState::Established { rx: Box::new(rx) };
                 }
+                StandbyState::Fenced => {}
                 StandbyState::Established { rx } => {
                     let ev = rx.on_frame(frame, applier, &mut self.outbox);
                     if ev.is_err() {
@@ -256,6 +351,7 @@ mod tests {
             last_committed: 0,
             nonce: [nonce; 32],
             ephemeral: [0; 32],
+            standing: Default::default(),
         }
     }
 

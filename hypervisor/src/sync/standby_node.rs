@@ -11,8 +11,9 @@ use sync_core::standby::Event;
 use sync_core::wire::{Epoch, Handshake};
 
 use super::raw_pages::RawPages;
-use super::session::StandbyPeer;
+use super::session::{SessionError, StandbyPeer};
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
+use sync_core::fence::{term_count, Standing, Unrelated, Verdict};
 
 const READ_CHUNK: usize = 512 << 10;
 /// Heap a standby keeps beyond staging for the rest of its receive path:
@@ -81,6 +82,16 @@ pub struct StandbyNode {
     switch_done: Option<Epoch>,
     /// The image was seen torn (an epoch past the staging budget in place).
     torn: bool,
+    /// The highest term of this guest seen in a session that proved its
+    /// key (`fence`): a take-over starts a term above it.
+    pub term_seen: sync_core::fence::Term,
+    /// Another guest, or a history that does not include the committed
+    /// epoch, may replace the image (config `unrelated=resync`).
+    pub adopt_unrelated: bool,
+    /// The same, once (console `resync`).
+    pub adopt_once: bool,
+    /// Refusals of an unrelated active device in a row (logged sparsely).
+    refusals: u32,
 }
 
 /// Hex of a digest, for the log line the tools compare.
@@ -135,6 +146,10 @@ impl StandbyNode {
             committed_state,
             switch_done: None,
             torn: false,
+            term_seen: 0,
+            adopt_unrelated: false,
+            adopt_once: false,
+            refusals: 0,
         }
     }
 
@@ -243,6 +258,53 @@ impl StandbyNode {
         }
     }
 
+    /// Says on the console what the handshake decided (`fence`).
+    fn on_verdict(&mut self, verdict: Verdict, theirs: &Standing, last: Epoch, went_on: bool) {
+        let (lineage, term) = self.applier.lineage();
+        let held = self.applier.committed_epoch();
+        match verdict {
+            Verdict::Follow { .. } => self.refusals = 0,
+            Verdict::Rewind => warn!(
+                "fence: the active device's term {} took over at epoch {} of term {}; our epochs up to {held} of term {} are not on its history (lost by that take-over): resyncing whole",
+                term_count(theirs.term),
+                theirs.took_over_at,
+                term_count(theirs.prior_term),
+                term_count(term)
+            ),
+            Verdict::Fence { .. } => warn!(
+                "fence: an active device of term {} connected, but this standby holds term {}: told it its term is over",
+                term_count(theirs.term),
+                term_count(term)
+            ),
+            Verdict::Unrelated(why) if went_on => {
+                self.adopt_once = false;
+                self.refusals = 0;
+                warn!(
+                    "standby: replacing the image of epoch {held} (guest {}) with guest {} (term {}, epoch {last}), as allowed: {why:?}; resyncing whole",
+                    hex(&lineage),
+                    hex(&theirs.lineage),
+                    term_count(theirs.term)
+                );
+            }
+            Verdict::Unrelated(why) => {
+                if self.refusals.is_multiple_of(20) {
+                    warn!(
+                        "standby: keeping the image of epoch {held} (guest {}, term {}): the active device offers {} (guest {}, term {}, epoch {last}); to replace this image with it, type Ctrl-] resync here or set unrelated=resync in the config",
+                        hex(&lineage),
+                        term_count(term),
+                        match why {
+                            Unrelated::OtherLineage => "another guest",
+                            Unrelated::Diverged => "a history of this guest that does not include our epoch",
+                        },
+                        hex(&theirs.lineage),
+                        term_count(theirs.term)
+                    );
+                }
+                self.refusals += 1;
+            }
+        }
+    }
+
     /// Accepts, reads, applies, replies. Never waits.
     pub fn pump<D: NetDevice>(&mut self, net: &mut Stack<D>) {
         if self.listener.is_none() {
@@ -263,7 +325,9 @@ impl StandbyNode {
                 let ours = self.ours.clone();
                 let from = net.remote(l);
                 info!("standby: connection {} from {:?}, holding epoch {}", self.connections, from, self.applier.committed_epoch());
-                self.conn = Some((l, StandbyPeer::accept(ours, &mut self.rng)));
+                let mut peer = StandbyPeer::accept(ours, &mut self.rng);
+                peer.adopt_unrelated = self.adopt_unrelated || self.adopt_once;
+                self.conn = Some((l, peer));
             }
         }
         let Some((h, _)) = self.conn.as_ref() else { return };
@@ -280,8 +344,17 @@ impl StandbyNode {
             }
             self.bytes_received += n as u64;
             let Some((_, peer)) = self.conn.as_mut() else { return };
-            match peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
+            let r = peer.on_bytes(&self.scratch, &self.secret, &mut self.applier);
+            if let Some((verdict, theirs, last)) = peer.verdict.take() {
+                self.on_verdict(verdict, &theirs, last, r.is_ok());
+            }
+            let Some((_, peer)) = self.conn.as_mut() else { return };
+            match r {
                 Ok(events) => {
+                    if !events.is_empty() {
+                        // A frame opened: the Hello's term is proven.
+                        self.term_seen = self.term_seen.max(peer.peer_term);
+                    }
                     for (e, d) in peer.commits.drain(..) {
                         info!("standby committed epoch={e} digest={}", hex(&d));
                     }
@@ -289,6 +362,11 @@ impl StandbyNode {
                         self.on_event(ev);
                     }
                     self.note_torn();
+                }
+                Err(SessionError::Unrelated(_)) => {
+                    self.flush(net);
+                    self.close(net, "the active device's guest is not ours");
+                    return;
                 }
                 Err(e) => {
                     self.close(net, "bad or tampered input");
