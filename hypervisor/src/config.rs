@@ -43,6 +43,10 @@ pub struct GuestConfig {
 /// secret=<64 hex digits>       # the pairing secret both devices share
 /// link_budget=16MiB            # most bytes queued for one standby (bytes, or
 ///                              # KiB/MiB suffixed; default `default_link_budget`)
+/// unrelated=keep               # a standby keeps its committed image when an
+///                              # active device offers another guest or a history
+///                              # without its epoch (default); `resync` lets it
+///                              # be replaced (also console `resync`, once)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRole {
@@ -52,6 +56,9 @@ pub struct SyncRole {
     pub secret: Option<[u8; 32]>,
     /// Most bytes one standby link holds; None: `default_link_budget`.
     pub link_budget: Option<u64>,
+    /// An unrelated active device may replace the standby's image
+    /// (`unrelated=resync`; `sync_core::fence`).
+    pub adopt_unrelated: bool,
 }
 
 pub const MAX_PEERS: usize = 4;
@@ -86,7 +93,7 @@ pub const DEFAULT_SYNC_PORT: u16 = 7000;
 
 impl SyncRole {
     const fn new() -> Self {
-        SyncRole { standby: false, peers: heapless::Vec::new(), listen: DEFAULT_SYNC_PORT, secret: None, link_budget: None }
+        SyncRole { standby: false, peers: heapless::Vec::new(), listen: DEFAULT_SYNC_PORT, secret: None, link_budget: None, adopt_unrelated: false }
     }
 
     /// Applies one key; false when the value is malformed.
@@ -106,6 +113,11 @@ impl SyncRole {
             }
             "link_budget" => match parse_bytes(value) {
                 Some(b @ MIN_LINK_BUDGET..=MAX_LINK_BUDGET) => self.link_budget = Some(b),
+                _ => return false,
+            },
+            "unrelated" => match value {
+                "keep" => self.adopt_unrelated = false,
+                "resync" => self.adopt_unrelated = true,
                 _ => return false,
             },
             "listen" => match value.parse() {
@@ -299,7 +311,7 @@ pub enum ConfigError {
     },
     /// `net_test` without `net_ip`: the test needs an address.
     NetTestWithoutIp,
-    /// A malformed `role`, `peer`, `listen`, `secret` or `link_budget`.
+    /// A malformed `role`, `peer`, `listen`, `secret`, `link_budget` or `unrelated`.
     BadSync {
         line: usize,
     },
@@ -359,7 +371,7 @@ impl GuestConfig {
                         return Err(ConfigError::BadNet { line: line_no });
                     }
                 }
-                k @ ("role" | "peer" | "listen" | "secret" | "link_budget") => {
+                k @ ("role" | "peer" | "listen" | "secret" | "link_budget" | "unrelated") => {
                     if !cfg.sync.set(k, value.trim()) {
                         return Err(ConfigError::BadSync { line: line_no });
                     }
@@ -441,6 +453,9 @@ mod tests {
         assert_eq!(GuestConfig::parse(b"peer=nowhere"), Err(ConfigError::BadSync { line: 1 }));
         assert_eq!(GuestConfig::parse(b"secret=abc"), Err(ConfigError::BadSync { line: 1 }));
         assert_eq!(GuestConfig::parse(b"role=boss"), Err(ConfigError::BadSync { line: 1 }));
+        assert!(!s.sync.adopt_unrelated, "a standby keeps its image by default");
+        assert!(GuestConfig::parse(b"unrelated=resync").unwrap().sync.adopt_unrelated);
+        assert_eq!(GuestConfig::parse(b"unrelated=maybe"), Err(ConfigError::BadSync { line: 1 }));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! Ctrl-]) starts one, so guest input is never mistaken for a command:
 //! `ESC switch` + Enter asks the active device for the guest, `ESC
 //! failover` + Enter takes it over from this device's last committed
-//! epoch. `ESC ESC` is one literal 0x1d for the guest.
+//! epoch, `ESC resync` + Enter lets the next active device of another
+//! guest (or of a history that does not include this standby's epoch)
+//! replace its image. `ESC ESC` is one literal 0x1d for the guest.
 
 pub const ESCAPE: u8 = 0x1d;
 const MAX_WORD: usize = 16;
@@ -11,6 +13,7 @@ const MAX_WORD: usize = 16;
 pub enum Command {
     Switch,
     Failover,
+    Resync,
     Unknown(heapless::String<MAX_WORD>),
 }
 
@@ -54,6 +57,7 @@ impl ConsoleCommands {
                 Input::Command(match (w.as_str(), self.overlong) {
                     ("switch", false) => Command::Switch,
                     ("failover", false) => Command::Failover,
+                    ("resync", false) => Command::Resync,
                     _ => Command::Unknown(w),
                 })
             }
@@ -85,6 +89,7 @@ mod tests {
         assert_eq!(feed_all(&mut c, b"ls\n"), [Input::Guest(b'l'), Input::Guest(b's'), Input::Guest(b'\n')]);
         assert_eq!(feed_all(&mut c, b"\x1dswitch\n"), [Input::Command(Command::Switch)]);
         assert_eq!(feed_all(&mut c, b"\x1dfailover\r"), [Input::Command(Command::Failover)]);
+        assert_eq!(feed_all(&mut c, b"\x1dresync\r"), [Input::Command(Command::Resync)]);
         assert_eq!(feed_all(&mut c, b"\x1d\x1dx"), [Input::Guest(ESCAPE), Input::Guest(b'x')]);
         let Input::Command(Command::Unknown(w)) = feed_all(&mut c, b"\x1dreboot\n")[0].clone() else { panic!() };
         assert_eq!(w.as_str(), "reboot");

@@ -47,6 +47,7 @@ use alloc::vec::Vec;
 
 use crate::delta::{self, DeltaError};
 use crate::digest::{PageHashes, PageMemoryMut};
+use crate::fence::{LineageId, Term, NO_LINEAGE};
 use crate::page::{Page, PAGE_SIZE};
 use crate::wire::{Digest, Epoch};
 
@@ -115,6 +116,9 @@ pub struct Applier<M: PageMemoryMut> {
     max_staged: usize,
     /// The image is no committed epoch's (see the module doc).
     torn: bool,
+    /// The guest and term of the committed epoch (`fence`); none for the
+    /// all-zero image of epoch 0.
+    lineage: (LineageId, Term),
 }
 
 /// Most page buffers kept for reuse (4 MiB).
@@ -131,7 +135,7 @@ impl<M: PageMemoryMut> Applier<M> {
     /// As `new`, with the page hashes known (e.g. `PageHashes::zeroed`
     /// for a zeroed image, which spares hashing it).
     pub fn with_hashes(image: M, committed: Epoch, hashes: PageHashes) -> Self {
-        Self { image, hashes, committed, staging: None, slot: Vec::new(), pool: Vec::new(), max_staged: usize::MAX, torn: false }
+        Self { image, hashes, committed, staging: None, slot: Vec::new(), pool: Vec::new(), max_staged: usize::MAX, torn: false, lineage: (NO_LINEAGE, 0) }
     }
 
     /// Staging (page buffers, kept ones included) may use at most `bytes`
@@ -170,6 +174,29 @@ impl<M: PageMemoryMut> Applier<M> {
     /// Digest of the committed image (as in EpochCommit).
     pub fn digest(&self) -> Digest {
         self.hashes.digest()
+    }
+
+    /// The lineage and term of the committed epoch (`fence`).
+    pub fn lineage(&self) -> (LineageId, Term) {
+        self.lineage
+    }
+
+    /// The committed epoch is of `term` of guest `lineage` (set by the
+    /// receiver at each commit, and by whoever makes an applier over an
+    /// image it holds).
+    pub fn set_lineage(&mut self, lineage: LineageId, term: Term) {
+        self.lineage = (lineage, term);
+    }
+
+    /// Gives the committed image up (its user chose to let another guest,
+    /// or a history that does not include it, replace it): from now on it
+    /// is no committed epoch's, exactly as an image torn by an epoch in
+    /// place, and is resynced whole from epoch 0.
+    pub fn forget(&mut self) {
+        self.abort();
+        self.torn = true;
+        self.committed = 0;
+        self.lineage = (NO_LINEAGE, 0);
     }
 
     /// The epoch being staged, if any.

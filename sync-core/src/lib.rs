@@ -23,6 +23,7 @@ pub mod catchup;
 pub mod crypto;
 pub mod digest;
 pub mod epoch;
+pub mod fence;
 pub mod lag;
 pub mod outq;
 pub mod policy;

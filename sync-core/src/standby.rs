@@ -20,6 +20,7 @@ use alloc::vec::Vec;
 use crate::applier::{Applier, ApplyError};
 use crate::compress::{Decompressor, ZstdConfig, ZstdError};
 use crate::digest::PageMemoryMut;
+use crate::fence::{LineageId, Term};
 use crate::wire::{Epoch, Frame, Message, Session, WireError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +42,9 @@ pub enum EpochFault {
     BadRawLength,
     /// A message the active side must not send here.
     Unexpected,
+    /// The epoch is of a lower term than the committed one: never
+    /// committed (`fence`).
+    StaleTerm,
 }
 
 /// What a frame did.
@@ -75,13 +79,28 @@ pub struct StandbyReceiver {
     state: State,
     scratch: Vec<u8>,
     dead: bool,
+    /// The guest and term of the active side, as its Hello said: every
+    /// epoch of this session is of that term (`fence`).
+    lineage: Option<(LineageId, Term)>,
+    /// Give the committed image up once the first frame proves the key
+    /// (the handshake decided a whole resync; clear text alone never
+    /// costs the image).
+    forget_on_open: bool,
 }
 
 impl StandbyReceiver {
     /// A receiver for an established session; the zstd stream starts fresh.
     pub fn new(session: Session, zstd: ZstdConfig) -> Result<Self, StandbyError> {
         let decompressor = Decompressor::new(zstd).map_err(StandbyError::Zstd)?;
-        Ok(Self { session, decompressor, state: State::Idle, scratch: Vec::new(), dead: false })
+        Ok(Self { session, decompressor, state: State::Idle, scratch: Vec::new(), dead: false, lineage: None, forget_on_open: false })
+    }
+
+    /// The session's epochs are of `term` of guest `lineage`; with
+    /// `forget`, the committed image is given up (`Applier::forget`) when
+    /// the first frame opens.
+    pub fn set_lineage(&mut self, lineage: LineageId, term: Term, forget: bool) {
+        self.lineage = Some((lineage, term));
+        self.forget_on_open = forget;
     }
 
     /// Seals a message of ours (SwitchRequest, Ack, Resync) onto `out`.
@@ -98,6 +117,9 @@ impl StandbyReceiver {
             Ok(m) => m,
             Err(e) => return Err(self.die(applier, e)),
         };
+        if core::mem::take(&mut self.forget_on_open) {
+            applier.forget();
+        }
         match self.on_message(msg, applier) {
             Ok(ev) => {
                 if let Event::Committed(epoch) = ev {
@@ -168,7 +190,18 @@ impl StandbyReceiver {
                 if !matches!(self.state, State::Receiving { epoch: cur, .. } if epoch >= cur) {
                     return Err(EpochFault::BadBatch);
                 }
+                // Never an epoch of a lower term over a higher one's (the
+                // handshake refuses such a session; this holds regardless).
+                let (held, held_term) = applier.lineage();
+                if let Some((lineage, term)) = self.lineage {
+                    if lineage == held && term < held_term {
+                        return Err(EpochFault::StaleTerm);
+                    }
+                }
                 applier.commit(epoch, &digest, page_count).map_err(EpochFault::Apply)?;
+                if let Some((lineage, term)) = self.lineage {
+                    applier.set_lineage(lineage, term);
+                }
                 self.state = State::Idle;
                 Ok(Event::Committed(epoch))
             }
@@ -180,9 +213,13 @@ impl StandbyReceiver {
                 }
                 Ok(Event::SwitchDone(epoch))
             }
-            Message::Hello(_) | Message::HelloAck(_) | Message::Ack { .. } | Message::SwitchRequest | Message::Resync { .. } | Message::Confirm { .. } => {
-                Err(EpochFault::Unexpected)
-            }
+            Message::Hello(_)
+            | Message::HelloAck(_)
+            | Message::Ack { .. }
+            | Message::SwitchRequest
+            | Message::Resync { .. }
+            | Message::Confirm { .. }
+            | Message::Fenced { .. } => Err(EpochFault::Unexpected),
         }
     }
 }

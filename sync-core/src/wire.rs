@@ -22,6 +22,7 @@
 use alloc::vec::Vec;
 
 use crate::crypto::{derive_session_keys, CryptoError, Drbg, EphemeralKey, Opener, PairingSecret, Role, Sealer, EPHEMERAL_LEN, HANDSHAKE_NONCE_LEN, TAG_LEN};
+use crate::fence::{Standing, Term};
 
 /// Version of this protocol. Hello and HelloAck carry it first (after the
 /// magic) so a peer of another version is recognised before anything else
@@ -39,7 +40,10 @@ use crate::crypto::{derive_session_keys, CryptoError, Drbg, EphemeralKey, Opener
 /// v2: Hello and HelloAck carry an X25519 ephemeral public key after the
 /// nonce; the session keys derive from the pairing secret, the ephemeral
 /// Diffie-Hellman and the transcript (forward secrecy), under v2 contexts;
-/// each side's first sealed frame is `Confirm` (key confirmation).
+/// each side's first sealed frame is `Confirm` (key confirmation). Hello
+/// and HelloAck end with the sender's `Standing` (lineage, term, digest of
+/// `last_committed`, where the term began), and a standby ends a lower term
+/// with the sealed `Fenced` (`fence`).
 pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of Hello/HelloAck: recognises a stream that is not VMsync.
 pub const MAGIC: [u8; 4] = *b"VMSY";
@@ -144,6 +148,9 @@ pub struct Handshake {
     pub nonce: [u8; HANDSHAKE_NONCE_LEN],
     /// The sender's X25519 ephemeral public key for this connection.
     pub ephemeral: [u8; EPHEMERAL_LEN],
+    /// Which guest and term the sender holds (see `fence`); its `digest`
+    /// is the image digest at `last_committed`.
+    pub standing: Standing,
 }
 
 impl Handshake {
@@ -232,6 +239,11 @@ pub enum Message {
     Confirm {
         transcript: [u8; 32],
     },
+    /// A standby holds `term` of the guest, above the active device's: the
+    /// active device's term is over (it stops the guest; see `fence`).
+    Fenced {
+        term: Term,
+    },
 }
 
 mod tag {
@@ -247,6 +259,7 @@ mod tag {
     pub const SWITCH_DONE: u8 = 10;
     pub const RESYNC: u8 = 11;
     pub const CONFIRM: u8 = 12;
+    pub const FENCED: u8 = 13;
 }
 
 impl Message {
@@ -258,12 +271,13 @@ impl Message {
     pub fn encoded_len(&self) -> usize {
         match self {
             // tag, magic, version, vm, platform, ram (2 × u64), page size,
-            // last committed, nonce, ephemeral key.
-            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + HANDSHAKE_NONCE_LEN + EPHEMERAL_LEN,
+            // last committed, nonce, ephemeral key, standing (lineage,
+            // term, digest, prior term, took over at).
+            Message::Hello(_) | Message::HelloAck(_) => 1 + 4 + 2 + 16 + 32 + 16 + 4 + 8 + HANDSHAKE_NONCE_LEN + EPHEMERAL_LEN + 16 + 8 + 32 + 8 + 8,
             Message::EpochBegin { .. } => 17,
             Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
             Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
-            Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } => 9,
+            Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } | Message::Fenced { .. } => 9,
             Message::SwitchRequest => 1,
             Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
             Message::Confirm { .. } => 1 + 32,
@@ -322,6 +336,10 @@ impl Message {
                 out.push(tag::CONFIRM);
                 out.extend_from_slice(transcript);
             }
+            Message::Fenced { term } => {
+                out.push(tag::FENCED);
+                out.extend_from_slice(&term.to_le_bytes());
+            }
         }
         debug_assert!(out.len() - start <= MAX_MESSAGE);
         Ok(())
@@ -352,6 +370,7 @@ impl Message {
             tag::SWITCH_DONE => Message::SwitchDone { epoch: r.u64()? },
             tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
             tag::CONFIRM => Message::Confirm { transcript: r.array()? },
+            tag::FENCED => Message::Fenced { term: r.u64()? },
             other => return Err(WireError::UnknownMessage(other)),
         };
         if r.pos != input.len() {
@@ -387,6 +406,12 @@ fn encode_handshake(t: u8, h: &Handshake, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.last_committed.to_le_bytes());
     out.extend_from_slice(&h.nonce);
     out.extend_from_slice(&h.ephemeral);
+    let st = &h.standing;
+    out.extend_from_slice(&st.lineage);
+    out.extend_from_slice(&st.term.to_le_bytes());
+    out.extend_from_slice(&st.digest);
+    out.extend_from_slice(&st.prior_term.to_le_bytes());
+    out.extend_from_slice(&st.took_over_at.to_le_bytes());
 }
 
 fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
@@ -407,6 +432,7 @@ fn decode_handshake(r: &mut Reader<'_>) -> Result<Handshake, WireError> {
         last_committed: r.u64()?,
         nonce: r.array()?,
         ephemeral: r.array()?,
+        standing: Standing { lineage: r.array()?, term: r.u64()?, digest: r.array()?, prior_term: r.u64()?, took_over_at: r.u64()? },
     })
 }
 
@@ -798,6 +824,7 @@ mod tests {
             last_committed: last,
             nonce: [nonce; 32],
             ephemeral: [nonce ^ 0x80; 32],
+            standing: Standing { lineage: [nonce; 16], term: 3 << 16, digest: [last as u8; 32], prior_term: 2 << 16, took_over_at: 1 },
         }
     }
 
@@ -824,6 +851,7 @@ mod tests {
             Message::SwitchDone { epoch: 4 },
             Message::Resync { from_epoch: 2 },
             Message::Confirm { transcript: [6; 32] },
+            Message::Fenced { term: 5 << 16 | 9 },
         ]
     }
 

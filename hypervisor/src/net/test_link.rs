@@ -1,32 +1,50 @@
-//! Host tests only: two ends of an in-memory Ethernet cable, each a
-//! `NetDevice`, so the stack and the test mode run without a NIC.
+//! Host tests only: an in-memory Ethernet medium with two ends (a cable,
+//! `pair`) or more (a hub, `hub`), each a `NetDevice`, so the stack and the
+//! test mode run without a NIC. A hub delivers every frame to every other
+//! end (smoltcp drops what is not for its MAC); an end can be isolated, a
+//! cable's direction cut.
 extern crate std;
 
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::stack::NetDevice;
 
-type Queues = Rc<RefCell<[VecDeque<Vec<u8>>; 2]>>;
-/// Per direction (by receiving side): frames toward it are dropped.
-type Cuts = Rc<[core::cell::Cell<bool>; 2]>;
+/// Per end: the frames on their way to it.
+type Queues = Rc<RefCell<Vec<VecDeque<Vec<u8>>>>>;
+
+/// What stops frames, shared by every end of one medium.
+struct Gates {
+    /// Per end (receiving): frames toward it are dropped.
+    cut_to: Vec<Cell<bool>>,
+    /// Per end: frames from or to it are dropped (a partition).
+    isolated: Vec<Cell<bool>>,
+}
 
 pub struct Link {
     queues: Queues,
-    cuts: Cuts,
+    gates: Rc<Gates>,
     side: usize,
     pub mac: [u8; 6],
 }
 
+/// `n` ends on one medium (MACs 52:54:00:00:00:01, :02, ...).
+pub fn hub(n: usize) -> Vec<Link> {
+    let q: Queues = Rc::new(RefCell::new((0..n).map(|_| VecDeque::new()).collect()));
+    let g = Rc::new(Gates { cut_to: (0..n).map(|_| Cell::new(false)).collect(), isolated: (0..n).map(|_| Cell::new(false)).collect() });
+    (0..n).map(|side| Link { queues: q.clone(), gates: g.clone(), side, mac: [0x52, 0x54, 0, 0, 0, 1 + side as u8] }).collect()
+}
+
 /// Two connected ends (MACs 52:54:00:00:00:01 and :02).
 pub fn pair() -> (Link, Link) {
-    let q: Queues = Rc::new(RefCell::new([VecDeque::new(), VecDeque::new()]));
-    let c: Cuts = Rc::new(Default::default());
-    (Link { queues: q.clone(), cuts: c.clone(), side: 0, mac: [0x52, 0x54, 0, 0, 0, 1] }, Link { queues: q, cuts: c, side: 1, mac: [0x52, 0x54, 0, 0, 0, 2] })
+    let mut ends = hub(2);
+    let b = ends.pop().expect("two ends");
+    let a = ends.pop().expect("two ends");
+    (a, b)
 }
 
 impl Link {
@@ -35,15 +53,33 @@ impl Link {
         self.queues.borrow_mut()[self.side].push_back(frame);
     }
 
-    /// Drops (or lets through again) every frame this end sends: a
-    /// one-way partition.
+    /// Drops (or lets through again) every frame this end sends to the
+    /// other end of a cable: a one-way partition.
     pub fn cut_outgoing(&self, cut: bool) {
-        self.cuts[1 - self.side].set(cut);
+        for (j, c) in self.gates.cut_to.iter().enumerate() {
+            if j != self.side {
+                c.set(cut);
+            }
+        }
     }
 
-    /// The frames on their way to the other end.
+    /// Cuts this end off the medium both ways (or joins it again).
+    pub fn isolate(&self, isolated: bool) {
+        self.gates.isolated[self.side].set(isolated);
+    }
+
+    /// The frames on their way to the other end of a cable.
     pub fn peer_queue_snapshot(&self) -> Vec<Vec<u8>> {
         self.queues.borrow()[1 - self.side].iter().cloned().collect()
+    }
+
+    /// Another handle on this end (to cut it while a stack owns it).
+    pub fn clone_end(&self) -> Link {
+        Link { queues: self.queues.clone(), gates: self.gates.clone(), side: self.side, mac: self.mac }
+    }
+
+    fn tx(&self) -> Tx {
+        Tx { queues: self.queues.clone(), gates: self.gates.clone(), from: self.side }
     }
 }
 
@@ -51,8 +87,8 @@ pub struct Rx(Vec<u8>);
 
 pub struct Tx {
     queues: Queues,
-    cuts: Cuts,
-    to: usize,
+    gates: Rc<Gates>,
+    from: usize,
 }
 
 impl phy::RxToken for Rx {
@@ -65,8 +101,14 @@ impl phy::TxToken for Tx {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut frame = alloc::vec![0u8; len];
         let r = f(&mut frame);
-        if !self.cuts[self.to].get() {
-            self.queues.borrow_mut()[self.to].push_back(frame);
+        let g = &self.gates;
+        if !g.isolated[self.from].get() {
+            let mut q = self.queues.borrow_mut();
+            for (to, queue) in q.iter_mut().enumerate() {
+                if to != self.from && !g.cut_to[to].get() && !g.isolated[to].get() {
+                    queue.push_back(frame.clone());
+                }
+            }
         }
         r
     }
@@ -78,11 +120,11 @@ impl phy::Device for Link {
 
     fn receive(&mut self, _: Instant) -> Option<(Rx, Tx)> {
         let frame = self.queues.borrow_mut()[self.side].pop_front()?;
-        Some((Rx(frame), Tx { queues: self.queues.clone(), cuts: self.cuts.clone(), to: 1 - self.side }))
+        Some((Rx(frame), self.tx()))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<Tx> {
-        Some(Tx { queues: self.queues.clone(), cuts: self.cuts.clone(), to: 1 - self.side })
+        Some(self.tx())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -96,12 +138,5 @@ impl phy::Device for Link {
 impl NetDevice for Link {
     fn mac(&self) -> [u8; 6] {
         self.mac
-    }
-}
-
-impl Link {
-    /// Another handle on this end (to cut it while a stack owns it).
-    pub fn clone_end(&self) -> Link {
-        Link { queues: self.queues.clone(), cuts: self.cuts.clone(), side: self.side, mac: self.mac }
     }
 }

@@ -137,7 +137,7 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
             let now = parts.arch.now_ns();
             match epochs::start(spec, config.shadow.budget(size), verify_image, &mut mem, &mut parts.s2, now) {
                 Ok(mut e) => {
-                    super::add_peers(&mut parts, &mut e);
+                    super::add_peers(&mut parts, &mut e, super::Reign::FirstBoot);
                     Some(e)
                 }
                 Err(e) => fail!("starting sync: {e:?}"),

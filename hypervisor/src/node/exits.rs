@@ -16,6 +16,8 @@ pub enum Next {
     Stop(Stop),
     /// Standby `0` (an index into the engine's peers) asked for the guest.
     HandOver(usize),
+    /// A standby proved a higher term of this guest: stop it here.
+    StepDown(sync_core::fence::Term),
 }
 
 pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>) -> Next {
@@ -24,6 +26,11 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>
         return Next::Stop(stop);
     }
     p.arch.inject(&mut vm.platform);
+    // Fenced: the guest runs elsewhere under a higher term. Checked before
+    // a cut, so no epoch of the old term follows.
+    if let Some(term) = vm.sync.as_ref().and_then(|e| e.peers()?.fenced()) {
+        return Next::StepDown(term);
+    }
     epochs::cut_if_due(p, vm);
     match vm.switch_to.take() {
         Some(target) => Next::HandOver(target),
@@ -135,8 +142,8 @@ fn console_input<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Plat
             }
             Input::Held => {}
             Input::Command(c) => match c {
-                Command::Switch | Command::Failover => info!("console: {c:?} is for a standby; this device runs the guest"),
-                Command::Unknown(w) => info!("console: unknown command '{w}' (commands: switch, failover)"),
+                Command::Switch | Command::Failover | Command::Resync => info!("console: {c:?} is for a standby; this device runs the guest"),
+                Command::Unknown(w) => info!("console: unknown command '{w}' (commands: switch, failover, resync)"),
             },
         }
     }

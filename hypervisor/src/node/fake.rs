@@ -254,12 +254,20 @@ pub fn ip(i: usize) -> Ipv4Addr {
 /// Node `me`'s config: `peer` is the other device, `verify` adds the
 /// local standby check.
 pub fn config(me: usize, standby: bool, peer: Option<usize>, verify: bool) -> GuestConfig {
+    config_with(me, standby, peer.as_slice(), verify)
+}
+
+/// Node `me`'s config with `peers`.
+pub fn config_with(me: usize, standby: bool, peers: &[usize], verify: bool) -> GuestConfig {
     let mut text = alloc::format!("mem_mib=64\npolicy=interval:20ms\nsecret={SECRET}\nlisten=7000\n");
     if standby {
         text.push_str("role=standby\n");
     }
-    if let Some(p) = peer {
-        text.push_str(&alloc::format!("net_ip={}/16\npeer={}:7000\n", ip(me), ip(p)));
+    if !peers.is_empty() {
+        text.push_str(&alloc::format!("net_ip={}/16\n", ip(me)));
+    }
+    for p in peers {
+        text.push_str(&alloc::format!("peer={}:7000\n", ip(*p)));
     }
     if verify {
         text.push_str("verify=on\n");
@@ -310,7 +318,9 @@ impl World {
             running: false,
         };
         let now_ms = self.clock.get() / 1_000_000;
-        let net = link.map(|l| Stack::new(l, ip(me), 16, 1 + me as u64, now_ms).expect("stack"));
+        // The config's address: a device that reboots keeps its own.
+        let addr = config.net.ip.unwrap_or(ip(me));
+        let net = link.map(|l| Stack::new(l, addr, 16, 1 + me as u64, now_ms).expect("stack"));
         // Deterministic per node: a test run repeats exactly.
         let rng = crate::rng::Randomness::new(alloc::vec![alloc::boxed::Box::new(crate::rng::FakeEntropy(100 + me as u64))]);
         Parts { arch, s2: FakeStage2 { writable }, net, rng, machine: Machine { config, backing, spare_heap: 64 << 20 }, started_ns: None }
@@ -368,6 +378,33 @@ impl World {
     pub fn pc(&self, j: usize) -> u64 {
         self.node(j).borrow().parts.arch.pc
     }
+
+    /// Node `j`'s standby: committed epoch, digest, lineage and term.
+    pub fn held(&self, j: usize) -> Option<(u64, sync_core::wire::Digest, sync_core::fence::LineageId, sync_core::fence::Term)> {
+        let n = self.node(j);
+        let n = n.borrow();
+        let a = &n.standby()?.node.applier;
+        let (l, t) = a.lineage();
+        Some((a.committed_epoch(), a.digest(), l, t))
+    }
+
+    /// Node `j`'s running guest: last cut, digest there, lineage and term.
+    pub fn runs(&self, j: usize) -> Option<(u64, sync_core::wire::Digest, sync_core::fence::LineageId, sync_core::fence::Term)> {
+        let n = self.node(j);
+        let n = n.borrow();
+        let e = n.vm()?.sync.as_ref()?;
+        Some((e.last_cut(), e.digest(), e.standing.lineage, e.standing.term))
+    }
+}
+
+std::thread_local! {
+    /// This test's log lines (each test runs on its own thread).
+    static LINES: RefCell<Vec<std::string::String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many of this test's log lines contain `text`.
+pub fn logged(text: &str) -> usize {
+    LINES.with(|l| l.borrow().iter().filter(|line| line.contains(text)).count())
 }
 
 /// The fresh guest of an active node: zeroed RAM, tracking on.
@@ -385,7 +422,7 @@ pub fn active_vm(parts: &mut Parts<FakeArch, Link>, verify: bool) -> super::vm::
     let shadows = parts.machine.config.shadow.budget(size);
     let now = parts.arch.now_ns();
     let mut engine = super::epochs::start(spec, shadows, verify_image, &mut mem, &mut parts.s2, now).expect("tracking starts");
-    super::add_peers(parts, &mut engine);
+    super::add_peers(parts, &mut engine, super::Reign::FirstBoot);
     let mut vm = super::vm::Vm::new(mem, <ArmPlatform as crate::vplatform::Platform>::fresh());
     vm.sync = Some(engine);
     vm.sync_start_ns = now;
@@ -400,7 +437,9 @@ impl log::Log for TestLog {
         true
     }
     fn log(&self, r: &log::Record) {
-        std::println!("vmsync: {}", r.args());
+        let line = std::format!("{}", r.args());
+        std::println!("vmsync: {line}");
+        LINES.with(|l| l.borrow_mut().push(line));
     }
     fn flush(&self) {}
 }

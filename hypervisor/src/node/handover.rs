@@ -127,6 +127,11 @@ fn final_epoch<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platfo
     // From here the guest belongs to the target: SwitchDone goes out and
     // this device never resumes it on its own.
     let sent = vm.sync.as_mut().and_then(|e| e.peers_mut()).and_then(|p| p.send_to(target, &Message::SwitchDone { epoch }));
+    // The target runs the guest from now on, under the next term: it must
+    // not meet this device as another active one.
+    if let (Some(n), Some(peers)) = (p.net.as_mut(), vm.sync.as_mut().and_then(|e| e.peers_mut())) {
+        peers.stop_listening(n);
+    }
     // Confirmed when TCP acknowledged SwitchDone, or the target closed the
     // connection with a FIN (it does so only once it took the guest over).
     let confirmed = |p: &Parts<A, D>, vm: &Vm<A::Platform>| {
@@ -172,6 +177,7 @@ fn become_standby<A: Arch, D: NetDevice>(
         peers.shutdown(n);
     }
     let hashes = engine.hashes().clone();
+    let standing = engine.standing;
     // The shadows go; the heap they used holds the standby's staging.
     drop(engine);
     p.arch.quiesce();
@@ -185,14 +191,57 @@ fn become_standby<A: Arch, D: NetDevice>(
     // SAFETY: the guest no longer runs here (it was paused for good and
     // its `Vm` is gone): from now on the standby image alone uses the backing.
     let image = unsafe { m.image() };
-    let node = StandbyNode::with_applier(
-        m.config.sync.listen,
-        Applier::with_hashes(image, epoch, hashes),
-        state,
-        PairingSecret::new(secret),
-        m.handshake(A::RAM_BASE),
-        rng,
-    );
+    let mut applier = Applier::with_hashes(image, epoch, hashes);
+    // The final epoch is of our term; the target's starts above it.
+    applier.set_lineage(standing.lineage, standing.term);
+    let mut node = StandbyNode::with_applier(m.config.sync.listen, applier, state, PairingSecret::new(secret), m.handshake(A::RAM_BASE), rng);
+    node.term_seen = standing.term;
+    node.adopt_unrelated = m.config.sync.adopt_unrelated;
     info!("standby: holding epoch {epoch}, listening on port {}", m.config.sync.listen);
+    Outcome::Gone(Box::new(Standby::new(node)))
+}
+
+/// A standby proved that term `term` of this guest runs elsewhere (a
+/// failover while this device was cut off): the guest stops here at once,
+/// without another epoch, and this device becomes a standby. Its image
+/// (guest RAM as the guest left it, past the last cut) is no committed
+/// epoch's: it is resynced whole by the device of the higher term, and
+/// this device cannot run the guest again before it commits one of that
+/// term's epochs and a new take-over asks (`sync_core::fence`).
+pub fn step_down<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut vm: Box<Vm<A::Platform>>, term: sync_core::fence::Term) -> Outcome<A::Platform> {
+    p.arch.stop_tick();
+    p.arch.quiesce();
+    let Some(mut engine) = vm.sync.take() else { return Outcome::Failed };
+    let standing = engine.standing;
+    warn!(
+        "fence: term {} of this guest runs on another device (ours is {}): the guest stopped here at epoch {} (not committed past the other term's take-over); this device is a standby now",
+        sync_core::fence::term_count(term),
+        sync_core::fence::term_count(standing.term),
+        engine.last_cut()
+    );
+    if let (Some(n), Some(peers)) = (p.net.as_mut(), engine.peers_mut()) {
+        peers.shutdown(n);
+    }
+    let hashes = engine.hashes().clone();
+    drop(engine);
+    let rng = match p.rng.drbg() {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("fence: no randomness for the standby's sessions ({e:?}): this device stops");
+            return Outcome::Failed;
+        }
+    };
+    let m = &p.machine;
+    let Some(secret) = m.config.sync.secret else { return Outcome::Failed };
+    drop(vm);
+    // SAFETY: the guest stopped for good (quiesced, its `Vm` gone): from
+    // now on the standby image alone uses the backing.
+    let image = unsafe { m.image() };
+    let mut applier = Applier::with_hashes(image, 0, hashes);
+    applier.forget();
+    let mut node = StandbyNode::with_applier(m.config.sync.listen, applier, None, PairingSecret::new(secret), m.handshake(A::RAM_BASE), rng);
+    node.term_seen = term;
+    node.adopt_unrelated = m.config.sync.adopt_unrelated;
+    info!("standby: holding no committed epoch, listening on port {}", m.config.sync.listen);
     Outcome::Gone(Box::new(Standby::new(node)))
 }

@@ -161,6 +161,13 @@ impl<A: Arch, D: NetDevice> Node<A, D> {
                         self.role = Role::Active(vm);
                         return Some(s);
                     }
+                    exits::Next::StepDown(term) => {
+                        self.role = match handover::step_down(&mut self.parts, vm, term) {
+                            handover::Outcome::Stayed(vm) => Role::Active(vm),
+                            handover::Outcome::Gone(s) => Role::Standby(s),
+                            handover::Outcome::Failed => return Some(Stop::PowerOff),
+                        }
+                    }
                     exits::Next::HandOver(target) => {
                         self.role = match handover::hand_over(&mut self.parts, vm, target) {
                             handover::Outcome::Stayed(vm) => Role::Active(vm),
@@ -201,12 +208,36 @@ pub(crate) fn format_ip(ip: core::net::Ipv4Addr) -> heapless::String<16> {
     s
 }
 
-/// The standbys named in the config, connected by the engine. Without
-/// randomness for their sessions' nonces and keys none are (logged).
-pub fn add_peers<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, e: &mut crate::sync::engine::Engine) {
+/// Which guest and term the guest runs under here (`sync_core::fence`).
+pub enum Reign {
+    /// A new guest: a new lineage, its first term.
+    FirstBoot,
+    /// A take-over at `from` (committed epoch of term `prior` of guest
+    /// `lineage`); `seen` is the highest term this device knows of.
+    TakeOver { lineage: sync_core::fence::LineageId, prior: sync_core::fence::Term, from: sync_core::wire::Epoch, seen: sync_core::fence::Term },
+}
+
+impl Reign {
+    /// The standing of the term that starts now, random bits from `rng`.
+    fn start(&self, rng: &mut sync_core::crypto::Drbg) -> sync_core::fence::Standing {
+        use sync_core::fence::{next_term, Standing};
+        let random = u16::from_le_bytes(rng.bytes());
+        match *self {
+            Reign::FirstBoot => Standing { lineage: rng.bytes(), term: next_term(0, random), ..Standing::default() },
+            Reign::TakeOver { lineage, prior, from, seen } => {
+                Standing { lineage, term: next_term(seen.max(prior), random), prior_term: prior, took_over_at: from, ..Standing::default() }
+            }
+        }
+    }
+}
+
+/// The standbys named in the config, connected by the engine, under the
+/// term `reign` starts. Without randomness for their sessions' nonces and
+/// keys none are (logged).
+pub fn add_peers<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, e: &mut crate::sync::engine::Engine, reign: Reign) {
     let config = &p.machine.config;
     let Some(secret) = config.sync.secret else { return };
-    let rng = match p.rng.drbg() {
+    let mut rng = match p.rng.drbg() {
         Ok(r) => r,
         Err(err) => {
             log::error!("sync: refused to start: no randomness for session keys ({err:?}); the standbys get nothing");
@@ -215,7 +246,18 @@ pub fn add_peers<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, e: &mut crate::sync
     };
     let peers: Vec<_> = config.sync.peers.iter().map(|&(ip, port)| crate::sync::peers::PeerAddr { ip, port }).collect();
     let budget = config.sync.link_budget.unwrap_or_else(|| crate::config::default_link_budget(p.machine.spare_heap, peers.len()));
-    let hello = p.machine.handshake(A::RAM_BASE);
-    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, rng, budget as usize);
+    let mut hello = p.machine.handshake(A::RAM_BASE);
+    hello.standing = reign.start(&mut rng);
+    info!(
+        "fence: guest {} term {} (took over at epoch {} of term {})",
+        hex(&hello.standing.lineage),
+        sync_core::fence::term_count(hello.standing.term),
+        hello.standing.took_over_at,
+        sync_core::fence::term_count(hello.standing.prior_term)
+    );
+    // The sync port stays ours while the guest runs here: another device
+    // running it (after a partition and a failover) meets us there.
+    let listen = Some(config.sync.listen);
+    e.add_peers(&peers, sync_core::crypto::PairingSecret::new(secret), hello, rng, budget as usize, listen);
     info!("sync: {} standby peer(s) configured, link budget {} KiB", peers.len(), budget >> 10);
 }

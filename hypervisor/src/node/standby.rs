@@ -103,7 +103,8 @@ impl Standby {
             core::ptr::write_bytes(m.backing, 0, size as usize);
             m.image()
         };
-        let node = StandbyNode::new(m.config.sync.listen, image, PairingSecret::new(secret), m.handshake(ram_base), rng);
+        let mut node = StandbyNode::new(m.config.sync.listen, image, PairingSecret::new(secret), m.handshake(ram_base), rng);
+        node.adopt_unrelated = m.config.sync.adopt_unrelated;
         info!("standby: no guest here; keeping a {} MiB image, listening on port {}", size >> 20, m.config.sync.listen);
         Ok(Standby::new(node))
     }
@@ -146,7 +147,11 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
                 let asked_ms = p.now_ms();
                 return Next::TakeOver(Takeover::Failover { asked_ms });
             }
-            Command::Unknown(w) => info!("console: unknown command '{w}' (commands: switch, failover)"),
+            Command::Resync => {
+                s.node.adopt_once = true;
+                info!("console: resync: the next active device may replace this image even if its guest or history is not ours (a whole resync)");
+            }
+            Command::Unknown(w) => info!("console: unknown command '{w}' (commands: switch, failover, resync)"),
         }
     }
     // A handover, asked for or not (the active device gave the guest up:

@@ -93,6 +93,8 @@ fn run<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut s: Box<Standby>, how: Tak
     if let Some(n) = p.net.as_mut() {
         s.node.shutdown(n, now);
     }
+    let (lineage, prior) = s.node.applier.lineage();
+    let seen = s.node.term_seen;
     let (_image, hashes, committed) = s.node.applier.into_parts();
     let digest = hashes.digest();
     // SAFETY: the backing that held the standby image is guest RAM again;
@@ -102,7 +104,8 @@ fn run<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut s: Box<Standby>, how: Tak
     let spec = spec.ok_or(StartError::NoPolicy)?;
     let now_ns = p.arch.now_ns();
     let mut engine = epochs::start_after_switch(spec, shadows, hashes, committed, &mut mem, &mut p.s2, now_ns)?;
-    super::add_peers(p, &mut engine);
+    // A new term, above every one this device has seen.
+    super::add_peers(p, &mut engine, super::Reign::TakeOver { lineage, prior, from: committed, seen });
     // The image was written as data: no stale translation or instruction
     // may survive.
     p.s2.flush();

@@ -68,6 +68,9 @@ pub struct Engine {
     /// Host tests only: the next `cut` fails before doing anything.
     #[cfg(test)]
     pub fail_next_cut: bool,
+    /// Which guest and term this device runs (`sync_core::fence`); set
+    /// with the peers.
+    pub standing: sync_core::fence::Standing,
 }
 
 impl Engine {
@@ -115,6 +118,7 @@ impl Engine {
             #[cfg(test)]
             fail_next_cut: false,
             workload_start: Default::default(),
+            standing: Default::default(),
         })
     }
 
@@ -224,8 +228,10 @@ impl Engine {
         hello: sync_core::wire::Handshake,
         rng: sync_core::crypto::Drbg,
         link_budget: usize,
+        listen: Option<u16>,
     ) {
-        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, rng, link_budget));
+        self.standing = hello.standing;
+        self.peers = Some(super::peers::Peers::new(addrs, &mut self.active, secret, hello, rng, link_budget, listen));
     }
 
     /// Every connected standby has acknowledged the last cut.

@@ -39,6 +39,7 @@ pub fn handshake(ram: RamLayout, nonce: [u8; 32]) -> Handshake {
         last_committed: 0,
         nonce,
         ephemeral: [0; 32],
+        standing: Default::default(),
     }
 }
 

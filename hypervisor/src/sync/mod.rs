@@ -2,6 +2,7 @@
 //! be sent, through `sync-core`. Until the network lands, the sealed frames
 //! go to an in-process standby (with `--verify`) or are counted and dropped.
 pub mod engine;
+pub mod fence_listener;
 pub mod loopback;
 pub mod peers;
 pub mod raw_pages;

@@ -18,11 +18,14 @@ use sync_core::lag::{LagLog, LagNow};
 use sync_core::resume::StandbyId;
 use sync_core::wire::{Epoch, Handshake};
 
-use super::session::ActivePeer;
+use super::session::{ActivePeer, SessionError};
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
 
 /// Wait this long before connecting again after a failure.
 const RETRY_MS: u64 = 500;
+/// Wait this long before asking a standby that keeps an unrelated image
+/// again (its user may allow it meanwhile).
+const REFUSED_RETRY_MS: u64 = 2_000;
 /// A connection that has not finished its handshake by then is dropped.
 const HANDSHAKE_MS: u64 = 5_000;
 /// Bytes read from one socket per pump (bounds the work per tick).
@@ -59,6 +62,8 @@ pub struct Peer {
     catching_up: bool,
     /// When its lag is next worth a `lag` line.
     lag: LagLog,
+    /// Its last handshake found an unrelated image (logged once).
+    refused: bool,
 }
 
 impl Peer {
@@ -101,12 +106,18 @@ pub struct Peers {
     switch_held: bool,
     /// Each link's budget (bytes).
     budget: usize,
+    /// A standby proved a higher term of this guest (`fence`): ours is over.
+    fenced: Option<sync_core::fence::Term>,
+    /// Where another device running this guest finds us (`fence_listener`).
+    listener: Option<super::fence_listener::FenceListener>,
 }
 
 impl Peers {
     /// `hello` is our handshake template (its nonce and ephemeral key are
     /// drawn fresh from `rng` for each connection).
-    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, rng: Drbg, budget: usize) -> Self {
+    /// With `listen`, another device running this guest may connect there
+    /// and compare terms (`fence_listener`).
+    pub fn new(addrs: &[PeerAddr], active: &mut ActiveSync, secret: PairingSecret, hello: Handshake, rng: Drbg, budget: usize, listen: Option<u16>) -> Self {
         let list = addrs
             .iter()
             .map(|&addr| Peer {
@@ -126,9 +137,21 @@ impl Peers {
                 catchup_past: CatchUpStats::default(),
                 catching_up: false,
                 lag: LagLog::default(),
+                refused: false,
             })
             .collect();
-        Peers { list, secret, hello, rng, scratch: Vec::new(), switch_request: None, switch_held: false, budget }
+        Peers {
+            list,
+            secret,
+            hello,
+            rng,
+            scratch: Vec::new(),
+            switch_request: None,
+            switch_held: false,
+            budget,
+            fenced: None,
+            listener: listen.map(super::fence_listener::FenceListener::new),
+        }
     }
 
     /// The standby (index into `list`) that asked for the guest, once. A
@@ -156,6 +179,17 @@ impl Peers {
         self.switch_request.take()
     }
 
+    /// The higher term a standby proved, if one did: this device's term
+    /// is over and its guest must stop (`fence`).
+    pub fn fenced(&self) -> Option<sync_core::fence::Term> {
+        self.fenced
+    }
+
+    /// Our handshake's standing: which guest and term this device runs.
+    pub fn standing(&self) -> sync_core::fence::Standing {
+        self.hello.standing
+    }
+
     /// A standby's switch request waits for it to be in step.
     pub fn switch_held(&self) -> bool {
         self.switch_held && self.switch_request.is_some()
@@ -179,8 +213,17 @@ impl Peers {
         }
     }
 
+    /// Stops listening for other devices that run this guest (the guest is
+    /// being handed over: the target connects to this port once it runs it).
+    pub fn stop_listening<D: NetDevice>(&mut self, net: &mut Stack<D>) {
+        if let Some(mut l) = self.listener.take() {
+            l.shutdown(net);
+        }
+    }
+
     /// Ends every connection (this device stops being active).
     pub fn shutdown<D: NetDevice>(&mut self, net: &mut Stack<D>) {
+        self.stop_listening(net);
         for p in self.list.iter_mut() {
             if let Some(h) = p.tcp.take() {
                 net.abort(h);
@@ -221,6 +264,14 @@ impl Peers {
     /// the queues of standbys that catch up with pages of `guest` (skipping
     /// those `dirty_now` says are written in the open epoch). Never waits.
     pub fn pump<D: NetDevice, G: PageMemory>(&mut self, net: &mut Stack<D>, active: &mut ActiveSync, guest: &G, dirty_now: &dyn Fn(u64) -> bool, now_ms: u64) {
+        if let Some(l) = self.listener.as_mut() {
+            let mut ours = self.hello.clone();
+            ours.last_committed = active.tracker().last_cut();
+            ours.standing.digest = active.digest();
+            if let Some(term) = l.pump(net, &ours, &self.secret, &mut self.rng, now_ms) {
+                self.fenced = Some(self.fenced.map_or(term, |t| t.max(term)));
+            }
+        }
         for i in 0..self.list.len() {
             if self.list[i].tcp.is_none() {
                 if now_ms < self.list[i].next_try_ms {
@@ -263,6 +314,7 @@ impl Peers {
             if self.list[i].session.is_none() {
                 let mut hello = self.hello.clone();
                 hello.last_committed = active.tracker().last_cut();
+                hello.standing.digest = active.digest();
                 let id = self.list[i].id;
                 match ActivePeer::connect(id, hello, &mut self.rng) {
                     Ok(mut s) => {
@@ -295,6 +347,7 @@ impl Peers {
                                     info!("ack standby={} epoch={e} at_ms={now_ms}", p.id);
                                 }
                                 ActiveEvent::Resync(e) if !was => {
+                                    p.refused = false;
                                     p.connections += 1;
                                     if p.connections > 1 {
                                         p.reconnects += 1;
@@ -314,6 +367,29 @@ impl Peers {
                                 }
                             }
                         }
+                    }
+                    Err(SessionError::Fenced { term }) => {
+                        self.fenced = Some(self.fenced.map_or(term, |t| t.max(term)));
+                        self.drop_conn(i, net, active, now_ms, "it holds a higher term of this guest");
+                        continue;
+                    }
+                    Err(SessionError::Unrelated(why)) => {
+                        // Logged once per run of refusals: the standby keeps
+                        // its image until its user chooses.
+                        if !self.list[i].refused {
+                            warn!(
+                                "sync: standby {} keeps an image of {}: it is not sent this guest until its user allows it (console resync, or unrelated=resync)",
+                                self.list[i].addr.ip,
+                                match why {
+                                    sync_core::fence::Unrelated::OtherLineage => "another guest",
+                                    sync_core::fence::Unrelated::Diverged => "a history of this guest that ours does not include",
+                                }
+                            );
+                        }
+                        self.list[i].refused = true;
+                        self.drop_conn(i, net, active, now_ms, "it holds an unrelated image");
+                        self.list[i].next_try_ms = now_ms + REFUSED_RETRY_MS;
+                        continue;
                     }
                     Err(e) => {
                         self.drop_conn(i, net, active, now_ms, "bad input from the standby");
@@ -405,7 +481,8 @@ mod tests {
         let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
         let secret = PairingSecret::new([3; 32]);
         let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), Drbg::new([5; 32]), usize::MAX);
+        let mut peers =
+            Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), Drbg::new([5; 32]), usize::MAX, None);
         let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
         // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
         let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
@@ -473,7 +550,8 @@ mod tests {
         let ram = RamLayout { base: 0x4000_0000, size: pages * 4096 };
         let secret = PairingSecret::new([3; 32]);
         let mut active = ActiveSync::new(pages, Budget::Full).unwrap();
-        let mut peers = Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), Drbg::new([5; 32]), BUDGET);
+        let mut peers =
+            Peers::new(&[PeerAddr { ip: b_ip, port: 7000 }], &mut active, secret.clone(), handshake(ram, [0; 32]), Drbg::new([5; 32]), BUDGET, None);
         let backing: &'static mut [u8] = std::vec![0u8; (pages * 4096) as usize].leak();
         // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
         let image = unsafe { RawPages::new(backing.as_mut_ptr(), pages) };

@@ -16,6 +16,7 @@ use sync_core::compress::ZstdConfig;
 use sync_core::crypto::{Drbg, EphemeralKey, PairingSecret, Role};
 use sync_core::digest::PageMemoryMut;
 use sync_core::epoch::{ActiveEvent, ActiveSync, EpochError, Link};
+use sync_core::fence::{judge, Standing, Term, Unrelated, Verdict};
 use sync_core::resume::StandbyId;
 use sync_core::standby::{Event, StandbyError, StandbyReceiver};
 use sync_core::wire::{decode_clear, encode_clear, Epoch, FrameDecoder, Handshake, Message, Session, WireError};
@@ -28,6 +29,14 @@ pub enum SessionError {
     Standby(StandbyError),
     /// The peer's first message was not the handshake it owed us.
     Protocol,
+    /// The other side holds another guest or an unrelated history of this
+    /// one (`fence`): a standby keeps its image until its user allows.
+    Unrelated(Unrelated),
+    /// A standby proved (in a sealed frame) that it holds `term` of this
+    /// guest, above ours: this device's term is over.
+    Fenced {
+        term: Term,
+    },
 }
 
 impl From<WireError> for SessionError {
@@ -49,13 +58,28 @@ impl From<StandbyError> for SessionError {
 enum ActiveState {
     // The key is taken (used up) when the HelloAck arrives. Boxed: the
     // handshake and key outweigh the established state's box.
-    AwaitHelloAck { hello: Box<Handshake>, key: Option<EphemeralKey> },
-    // Keys derived; the standby's epoch (said in clear) waits for its
-    // Confirm to open before it acts.
-    AwaitConfirm { session: Option<Box<Session>>, last_committed: Epoch },
+    AwaitHelloAck {
+        hello: Box<Handshake>,
+        key: Option<EphemeralKey>,
+    },
+    // Keys derived; what the standby's HelloAck said in clear (its epoch
+    // and standing, judged by `fence`) acts only once its Confirm opened.
+    AwaitConfirm {
+        session: Option<Box<Session>>,
+        verdict: Verdict,
+        ours: Term,
+    },
     // Boxed: a link (session keys, zstd stream, queue, catch-up) is far
     // larger than a handshake.
-    Established { link: Box<Link> },
+    Established {
+        link: Box<Link>,
+    },
+    /// The standby's HelloAck named a higher term; its sealed `Fenced`,
+    /// which proves the key, ends our term.
+    Fencing {
+        session: Box<Session>,
+        ours: Term,
+    },
 }
 
 /// The active device's end of one standby connection.
@@ -157,21 +181,45 @@ impl ActivePeer {
                     hello.check_peer(&ack)?;
                     let key = key.take().ok_or(SessionError::Protocol)?;
                     let session = Session::establish(secret, Role::Initiator, hello, &ack, key)?;
-                    self.state = ActiveState::AwaitConfirm { session: Some(Box::new(session)), last_committed: ack.last_committed };
+                    // The standby judges the same pair (`fence`). An unrelated
+                    // standby sends no Confirm: dropping the connection is all
+                    // this acts on, which anyone on the path could do anyway.
+                    let verdict = judge(&hello.standing, hello.last_committed, &ack.standing, ack.last_committed);
+                    if let Verdict::Unrelated(why) = verdict {
+                        return Err(SessionError::Unrelated(why));
+                    }
+                    let ours = hello.standing.term;
+                    self.state = ActiveState::AwaitConfirm { session: Some(Box::new(session)), verdict, ours };
                 }
-                ActiveState::AwaitConfirm { session, last_committed } => {
+                ActiveState::AwaitConfirm { session, verdict, ours } => {
                     let mut session = session.take().ok_or(SessionError::Protocol)?;
-                    // The standby proves the key; only now does its epoch count.
+                    // The standby proves the key; only now does what it said count.
                     session.open_confirm(frame)?;
+                    let base = match *verdict {
+                        Verdict::Follow { base } => base,
+                        Verdict::Rewind => 0,
+                        Verdict::Fence { .. } => {
+                            // Its sealed `Fenced` comes next and ends our term.
+                            let ours = *ours;
+                            self.state = ActiveState::Fencing { session, ours };
+                            continue;
+                        }
+                        Verdict::Unrelated(why) => return Err(SessionError::Unrelated(why)),
+                    };
                     session.seal_confirm(&mut self.outbox)?;
-                    let last = *last_committed;
-                    active.connect(self.id, last)?;
+                    active.connect(self.id, base)?;
                     let mut link = Link::new(self.id, *session, ZstdConfig::default())?;
                     link.set_budget(self.budget);
                     self.state = ActiveState::Established { link: Box::new(link) };
-                    events.push(ActiveEvent::Resync(last));
+                    events.push(ActiveEvent::Resync(base));
                 }
                 ActiveState::Established { link } => events.push(active.on_frame(link, frame)?),
+                ActiveState::Fencing { session, ours } => {
+                    return match session.open(frame)? {
+                        Message::Fenced { term } if term > *ours => Err(SessionError::Fenced { term }),
+                        _ => Err(SessionError::Protocol),
+                    };
+                }
             }
         }
         Ok(events)
@@ -181,9 +229,19 @@ impl ActivePeer {
 enum StandbyState {
     AwaitHello,
     // HelloAck and our Confirm sent; the active side's Confirm must open
-    // before anything it sends reaches the applier.
-    AwaitConfirm { session: Option<Box<Session>> },
-    Established { rx: StandbyReceiver },
+    // before anything it sends reaches the applier (then `lineage` and
+    // `forget` apply: see `StandbyReceiver::set_lineage`).
+    AwaitConfirm {
+        session: Option<Box<Session>>,
+        lineage: Standing,
+        forget: bool,
+    },
+    // Boxed: a receiver (session, zstd context) outweighs the others.
+    Established {
+        rx: Box<StandbyReceiver>,
+    },
+    /// We told a lower term it is over (`Fenced`); nothing more is read.
+    Fenced,
 }
 
 /// The standby device's end of the connection from the active device.
@@ -200,6 +258,14 @@ pub struct StandbyPeer {
     /// Each commit with the image's digest right after it (several epochs
     /// may commit in one `on_bytes`).
     pub commits: Vec<(Epoch, sync_core::wire::Digest)>,
+    /// The image may be replaced by another guest or an unrelated history
+    /// (the user's explicit choice; `fence`).
+    pub adopt_unrelated: bool,
+    /// What the handshake decided, and the active side's standing and last
+    /// cut as its Hello said (for the standby's log).
+    pub verdict: Option<(Verdict, Standing, Epoch)>,
+    /// The active side's term, as its Hello said (proven once a frame opens).
+    pub peer_term: Term,
 }
 
 impl StandbyPeer {
@@ -207,7 +273,18 @@ impl StandbyPeer {
     /// from `rng` (the committed epoch is filled in when the Hello comes).
     pub fn accept(mut ours: Handshake, rng: &mut Drbg) -> Self {
         let key = Some(ours.refresh(rng));
-        StandbyPeer { state: StandbyState::AwaitHello, decoder: FrameDecoder::new(), outbox: Vec::new(), ours, key, backlog: Vec::new(), commits: Vec::new() }
+        StandbyPeer {
+            state: StandbyState::AwaitHello,
+            decoder: FrameDecoder::new(),
+            outbox: Vec::new(),
+            ours,
+            key,
+            backlog: Vec::new(),
+            commits: Vec::new(),
+            adopt_unrelated: false,
+            verdict: None,
+            peer_term: 0,
+        }
     }
 
     /// The active side proved the key (its Confirm opened).
@@ -244,21 +321,52 @@ impl StandbyPeer {
                     let Message::Hello(hello) = decode_clear(&frame)? else { return Err(SessionError::Protocol) };
                     let mut ack = self.ours.clone();
                     ack.last_committed = applier.committed_epoch();
+                    let (lineage, term) = applier.lineage();
+                    ack.standing = Standing { lineage, term, digest: applier.digest(), ..Standing::default() };
                     ack.check_peer(&hello)?;
+                    let verdict = judge(&hello.standing, hello.last_committed, &ack.standing, ack.last_committed);
+                    self.verdict = Some((verdict, hello.standing, hello.last_committed));
+                    self.peer_term = hello.standing.term;
+                    let forget = match verdict {
+                        Verdict::Follow { .. } => false,
+                        Verdict::Rewind => true,
+                        Verdict::Fence { .. } => false,
+                        Verdict::Unrelated(_) if self.adopt_unrelated => {
+                            // As a standby holding nothing: the active side
+                            // sends the whole image.
+                            ack.last_committed = 0;
+                            ack.standing = Standing::default();
+                            true
+                        }
+                        Verdict::Unrelated(why) => {
+                            // The HelloAck goes out so the active side learns why.
+                            encode_clear(&Message::HelloAck(ack), &mut self.outbox)?;
+                            return Err(SessionError::Unrelated(why));
+                        }
+                    };
                     encode_clear(&Message::HelloAck(ack.clone()), &mut self.outbox)?;
                     let key = self.key.take().ok_or(SessionError::Protocol)?;
                     let mut session = Session::establish(secret, Role::Responder, &hello, &ack, key)?;
                     session.seal_confirm(&mut self.outbox)?;
-                    self.state = StandbyState::AwaitConfirm { session: Some(Box::new(session)) };
+                    if let Verdict::Fence { term } = verdict {
+                        // Sealed, so the active side can trust it once it
+                        // opens: its term is over.
+                        session.seal(&Message::Fenced { term }, &mut self.outbox)?;
+                        self.state = StandbyState::Fenced;
+                        continue;
+                    }
+                    self.state = StandbyState::AwaitConfirm { session: Some(Box::new(session)), lineage: hello.standing, forget };
                 }
-                StandbyState::AwaitConfirm { session } => {
+                StandbyState::AwaitConfirm { session, lineage, forget } => {
                     let mut session = session.take().ok_or(SessionError::Protocol)?;
                     session.open_confirm(frame)?;
-                    let rx = StandbyReceiver::new(*session, ZstdConfig::default())?;
-                    self.state = StandbyState::Established { rx };
+                    let mut rx = StandbyReceiver::new(*session, ZstdConfig::default())?;
+                    rx.set_lineage(lineage.lineage, lineage.term, *forget);
+                    self.state = StandbyState::Established { rx: Box::new(rx) };
                     self.backlog.extend_from_slice(bytes);
                     return Ok(events);
                 }
+                StandbyState::Fenced => {}
                 StandbyState::Established { rx } => {
                     let ev = rx.on_frame(frame, applier, &mut self.outbox);
                     if ev.is_err() {
@@ -312,6 +420,7 @@ mod tests {
             last_committed: 0,
             nonce: [nonce; 32],
             ephemeral: [0; 32],
+            standing: Default::default(),
         }
     }
 
@@ -396,9 +505,15 @@ mod tests {
             active.cut([0u64], &g, &mut []).unwrap();
         }
         let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        // One guest and term on both sides: the standby's epoch 40 is on the
+        // active device's history (`fence`).
+        let (lineage, term) = ([7; 16], 1 << 16);
+        let mut hello = hs(1);
+        (hello.last_committed, hello.standing.lineage, hello.standing.term) = (50, lineage, term);
+        let mut a = ActivePeer::connect(id, hello, &mut Drbg::new([1; 32])).unwrap();
         let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
         let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 40, PageHashes::zeroed(PAGES));
+        applier.set_lineage(lineage, term);
         let mut to_s = Vec::new();
         a.take_output(&mut to_s);
         s.on_bytes(&to_s, &PairingSecret::new([8; 32]), &mut applier).unwrap();

@@ -15,8 +15,9 @@ use sync_core::standby::Event;
 use sync_core::wire::{Epoch, Handshake};
 
 use super::raw_pages::RawPages;
-use super::session::StandbyPeer;
+use super::session::{SessionError, StandbyPeer};
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
+use sync_core::fence::{term_count, Standing, Unrelated, Verdict};
 
 const READ_CHUNK: usize = 512 << 10;
 /// Sockets listening or in a handshake at once (beside the served one):
@@ -115,6 +116,16 @@ pub struct StandbyNode {
     torn: bool,
     /// The time of the last pump (for the resets `close` sends).
     now_ms: u64,
+    /// The highest term of this guest seen in a session that proved its
+    /// key (`fence`): a take-over starts a term above it.
+    pub term_seen: sync_core::fence::Term,
+    /// Another guest, or a history that does not include the committed
+    /// epoch, may replace the image (config `unrelated=resync`).
+    pub adopt_unrelated: bool,
+    /// The same, once (console `resync`).
+    pub adopt_once: bool,
+    /// Refusals of an unrelated active device in a row (logged sparsely).
+    refusals: u32,
 }
 
 /// Hex of a digest, for the log line the tools compare.
@@ -170,6 +181,10 @@ impl StandbyNode {
             switch_done: None,
             torn: false,
             now_ms: 0,
+            term_seen: 0,
+            adopt_unrelated: false,
+            adopt_once: false,
+            refusals: 0,
         }
     }
 
@@ -268,6 +283,54 @@ impl StandbyNode {
         }
     }
 
+    /// Says on the console what a handshake decided (`fence`); `went_on`:
+    /// the connection continued.
+    fn on_verdict(&mut self, verdict: Verdict, theirs: &Standing, last: Epoch, went_on: bool) {
+        let (lineage, term) = self.applier.lineage();
+        let held = self.applier.committed_epoch();
+        match verdict {
+            Verdict::Follow { .. } => self.refusals = 0,
+            Verdict::Rewind => warn!(
+                "fence: the active device's term {} took over at epoch {} of term {}; our epochs up to {held} of term {} are not on its history (lost by that take-over): resyncing whole",
+                term_count(theirs.term),
+                theirs.took_over_at,
+                term_count(theirs.prior_term),
+                term_count(term)
+            ),
+            Verdict::Fence { .. } => warn!(
+                "fence: an active device of term {} connected, but this standby holds term {}: told it its term is over",
+                term_count(theirs.term),
+                term_count(term)
+            ),
+            Verdict::Unrelated(why) if went_on => {
+                self.adopt_once = false;
+                self.refusals = 0;
+                warn!(
+                    "standby: replacing the image of epoch {held} (guest {}) with guest {} (term {}, epoch {last}), as allowed: {why:?}; resyncing whole",
+                    hex(&lineage),
+                    hex(&theirs.lineage),
+                    term_count(theirs.term)
+                );
+            }
+            Verdict::Unrelated(why) => {
+                if self.refusals.is_multiple_of(20) {
+                    warn!(
+                        "standby: keeping the image of epoch {held} (guest {}, term {}): the active device offers {} (guest {}, term {}, epoch {last}); to replace this image with it, type Ctrl-] resync here or set unrelated=resync in the config",
+                        hex(&lineage),
+                        term_count(term),
+                        match why {
+                            Unrelated::OtherLineage => "another guest",
+                            Unrelated::Diverged => "a history of this guest that does not include our epoch",
+                        },
+                        hex(&theirs.lineage),
+                        term_count(theirs.term)
+                    );
+                }
+                self.refusals += 1;
+            }
+        }
+    }
+
     /// Accepts, handshakes, reads, applies, replies. Never waits.
     pub fn pump<D: NetDevice>(&mut self, net: &mut Stack<D>, now_ms: u64) {
         self.now_ms = now_ms;
@@ -341,6 +404,8 @@ impl StandbyNode {
                 Ok(true) => {
                     let s = self.slots.swap_remove(i);
                     let Some(peer) = s.peer else { continue };
+                    // Its Confirm opened: the term its Hello named is proven.
+                    self.term_seen = self.term_seen.max(peer.peer_term);
                     self.close(net, "the active device connected again");
                     self.connections += 1;
                     info!("standby: connection {} from {:?}, holding epoch {}", self.connections, s.from, self.applier.committed_epoch());
@@ -348,7 +413,8 @@ impl StandbyNode {
                 }
                 Err(why) => {
                     let s = self.slots.swap_remove(i);
-                    if let Some((ip, port)) = s.from {
+                    // A refused guest was said once already (`on_verdict`, sparsely).
+                    if let (Some((ip, port)), false) = (s.from, why == NOT_OURS) {
                         warn!("standby: handshake from {ip}:{port} failed: {why}");
                     }
                     reset(net, s.h, now_ms);
@@ -378,19 +444,36 @@ impl StandbyNode {
         if s.from.is_none() {
             s.from = net.remote(s.h);
         }
-        let peer = s.peer.get_or_insert_with(|| StandbyPeer::accept(self.ours.clone(), &mut self.rng));
+        let adopt = self.adopt_unrelated || self.adopt_once;
+        let peer = s.peer.get_or_insert_with(|| {
+            let mut p = StandbyPeer::accept(self.ours.clone(), &mut self.rng);
+            p.adopt_unrelated = adopt;
+            p
+        });
         self.scratch.clear();
         let n = net.recv(s.h, &mut self.scratch, READ_CHUNK);
-        if n > 0 {
-            if let Err(e) = peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
+        let r = if n > 0 { peer.on_bytes(&self.scratch, &self.secret, &mut self.applier).map(|_| ()) } else { Ok(()) };
+        // The HelloAck (and a Fenced) go out whatever the verdict: the
+        // active device learns why.
+        send_out(net, s.h, &mut peer.outbox);
+        let established = peer.is_established();
+        if let Some((verdict, theirs, last)) = peer.verdict.take() {
+            self.on_verdict(verdict, &theirs, last, r.is_ok());
+        }
+        match r {
+            Ok(()) => Ok(established),
+            Err(SessionError::Unrelated(_)) => Err(NOT_OURS),
+            Err(e) => {
                 warn!("standby: {e:?}");
-                return Err("bad input in the handshake");
+                Err("bad input in the handshake")
             }
         }
-        send_out(net, s.h, &mut peer.outbox);
-        Ok(peer.is_established())
     }
 }
+
+/// Why a handshake ended when the active device runs another guest or an
+/// unrelated history (`fence`).
+const NOT_OURS: &str = "the active device's guest is not ours";
 
 /// Ends a connection with a reset the peer gets now (a released socket
 /// sends none, and a quiet peer would learn it only when it next sends).
@@ -427,6 +510,15 @@ mod tests {
 
     const PAGES: u64 = 16;
     const B_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+
+    /// The active device's Hello: a guest of one lineage and term, so a
+    /// reconnect after commits is the same history (`fence`).
+    fn active_hello() -> Handshake {
+        let mut h = handshake(ram(), [0; 32]);
+        h.standing.lineage = [7; 16];
+        h.standing.term = 1 << 16;
+        h
+    }
     const SECRET: [u8; 32] = [3; 32];
 
     /// An active device (its `Peers`) and a standby over an in-memory
@@ -453,14 +545,8 @@ mod tests {
             let mut na = Stack::new(la, Ipv4Addr::new(169, 254, 0, 1), 16, 1, 0).unwrap();
             let nb = Stack::new(lb, B_IP, 16, 2, 0).unwrap();
             let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-            let peers = Peers::new(
-                &[PeerAddr { ip: B_IP, port: 7000 }],
-                &mut active,
-                PairingSecret::new(SECRET),
-                handshake(ram(), [0; 32]),
-                Drbg::new([5; 32]),
-                usize::MAX,
-            );
+            let peers =
+                Peers::new(&[PeerAddr { ip: B_IP, port: 7000 }], &mut active, PairingSecret::new(SECRET), active_hello(), Drbg::new([5; 32]), usize::MAX, None);
             let backing: &'static mut [u8] = std::vec![0u8; (PAGES * 4096) as usize].leak();
             // SAFETY: a leaked, page-sized-multiple buffer used by this image alone.
             let image = unsafe { RawPages::new(backing.as_mut_ptr(), PAGES) };
@@ -530,7 +616,11 @@ mod tests {
                     a.cut([0u64], &w.guest, &mut []).unwrap();
                 }
                 let id = a.add_standby();
-                (ActivePeer::connect(id, handshake(ram(), [0; 32]), &mut Drbg::new([s[0] ^ 0x77; 32])).unwrap(), a, PairingSecret::new(s))
+                // Its Hello names a cut past the standby's commits, as the
+                // active device's next one would (the same history: `fence`).
+                let mut hello = active_hello();
+                hello.last_committed = a.tracker().last_cut() + 1;
+                (ActivePeer::connect(id, hello, &mut Drbg::new([s[0] ^ 0x77; 32])).unwrap(), a, PairingSecret::new(s))
             });
             Stranger { h, peer }
         }

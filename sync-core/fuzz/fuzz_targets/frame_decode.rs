@@ -42,6 +42,7 @@ fn hs(nonce: u8) -> Handshake {
         last_committed: 1,
         nonce: [nonce; 32],
         ephemeral: [0; 32],
+        standing: Default::default(),
     }
 }
 

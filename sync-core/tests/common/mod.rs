@@ -24,6 +24,7 @@ pub fn handshake_for(pages: u64, last_committed: Epoch, nonce: [u8; 32]) -> Hand
         last_committed,
         nonce,
         ephemeral: [0; 32],
+        standing: Default::default(),
     }
 }
 
