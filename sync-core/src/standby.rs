@@ -205,6 +205,8 @@ impl StandbyReceiver {
                 self.state = State::Idle;
                 Ok(Event::Committed(epoch))
             }
+            // The connection is alive; the caller saw bytes arrive.
+            Message::KeepAlive => Ok(Event::None),
             Message::CpuState(b) => Ok(Event::CpuState(b)),
             Message::DeviceState(b) => Ok(Event::DeviceState(b)),
             Message::SwitchDone { epoch } => {

@@ -244,6 +244,10 @@ pub enum Message {
     Fenced {
         term: Term,
     },
+    /// The active device has sent nothing for a while (no epoch: a quiet
+    /// guest, or the switch-only policy): this tells the standby the
+    /// connection is alive, so its idle deadline does not end it.
+    KeepAlive,
 }
 
 mod tag {
@@ -260,6 +264,7 @@ mod tag {
     pub const RESYNC: u8 = 11;
     pub const CONFIRM: u8 = 12;
     pub const FENCED: u8 = 13;
+    pub const KEEP_ALIVE: u8 = 14;
 }
 
 impl Message {
@@ -278,7 +283,7 @@ impl Message {
             Message::PageRecords { data, .. } => 1 + 8 + 4 + 4 + 4 + data.len(),
             Message::EpochCommit { .. } => 1 + 8 + 32 + 8,
             Message::Ack { .. } | Message::SwitchDone { .. } | Message::Resync { .. } | Message::Fenced { .. } => 9,
-            Message::SwitchRequest => 1,
+            Message::SwitchRequest | Message::KeepAlive => 1,
             Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
             Message::Confirm { .. } => 1 + 32,
         }
@@ -316,6 +321,7 @@ impl Message {
                 out.extend_from_slice(&epoch.to_le_bytes());
             }
             Message::SwitchRequest => out.push(tag::SWITCH_REQUEST),
+            Message::KeepAlive => out.push(tag::KEEP_ALIVE),
             Message::CpuState(b) | Message::DeviceState(b) => {
                 if b.len() > MAX_STATE {
                     return Err(WireError::MessageTooLarge);
@@ -371,6 +377,7 @@ impl Message {
             tag::RESYNC => Message::Resync { from_epoch: r.u64()? },
             tag::CONFIRM => Message::Confirm { transcript: r.array()? },
             tag::FENCED => Message::Fenced { term: r.u64()? },
+            tag::KEEP_ALIVE => Message::KeepAlive,
             other => return Err(WireError::UnknownMessage(other)),
         };
         if r.pos != input.len() {
@@ -852,6 +859,7 @@ mod tests {
             Message::Resync { from_epoch: 2 },
             Message::Confirm { transcript: [6; 32] },
             Message::Fenced { term: 5 << 16 | 9 },
+            Message::KeepAlive,
         ]
     }
 

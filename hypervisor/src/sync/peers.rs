@@ -16,7 +16,7 @@ use sync_core::digest::PageMemory;
 use sync_core::epoch::{ActiveEvent, ActiveSync, Link};
 use sync_core::lag::{LagLog, LagNow};
 use sync_core::resume::StandbyId;
-use sync_core::wire::{Epoch, Handshake};
+use sync_core::wire::{Epoch, Handshake, Message};
 
 use super::session::{ActivePeer, SessionError};
 use crate::net::stack::{Handle, NetDevice, Stack, TcpState};
@@ -28,6 +28,9 @@ const RETRY_MS: u64 = 500;
 const REFUSED_RETRY_MS: u64 = 2_000;
 /// A connection that has not finished its handshake by then is dropped.
 const HANDSHAKE_MS: u64 = 5_000;
+/// A connection that sent nothing for this long sends a KeepAlive: well
+/// inside the standby's idle deadline (`standby_node::IDLE_MS`).
+const KEEPALIVE_MS: u64 = 10_000;
 /// Bytes read from one socket per pump (bounds the work per tick).
 const READ_CHUNK: usize = 256 << 10;
 
@@ -64,6 +67,8 @@ pub struct Peer {
     lag: LagLog,
     /// Its last handshake found an unrelated image (logged once).
     refused: bool,
+    /// When bytes last went into its socket.
+    sent_ms: u64,
 }
 
 impl Peer {
@@ -132,6 +137,7 @@ impl Peers {
                 full_resyncs: 0,
                 acked: 0,
                 bytes_sent: 0,
+                sent_ms: 0,
                 finished_by_peer: false,
                 peak_queued: 0,
                 catchup_past: CatchUpStats::default(),
@@ -441,6 +447,14 @@ impl Peers {
                     info!("{line}");
                 }
             }
+            // A quiet connection says it is alive (no epoch for a while).
+            if let Some(link) = s.link_mut() {
+                if link.queued() == 0 && now_ms.saturating_sub(p.sent_ms) >= KEEPALIVE_MS {
+                    if let Err(e) = link.send(&Message::KeepAlive) {
+                        warn!("sync: standby {}: keep-alive: {e:?}", p.id);
+                    }
+                }
+            }
             // As much as the socket takes, without waiting.
             loop {
                 let out = s.output();
@@ -450,6 +464,9 @@ impl Peers {
                 let sent = net.send(h, out);
                 s.consume(sent);
                 p.bytes_sent += sent as u64;
+                if sent > 0 {
+                    p.sent_ms = now_ms;
+                }
                 if sent == 0 {
                     break;
                 }

@@ -708,6 +708,20 @@ mod tests {
         assert!(w.peers.list[0].reconnects >= 1 || w.peers.links().count() == 0);
     }
 
+    /// An active device that cuts no epoch for twice the idle deadline (a
+    /// quiet guest, the switch-only policy) keeps its connection: its
+    /// KeepAlives reach the standby. (Before: dropped every 30 s.)
+    #[test]
+    fn a_live_active_device_with_nothing_to_send_keeps_its_connection() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        w.run(2 * IDLE_MS + 1_000, 50, false);
+        assert!(w.node.active_addr(&w.nb).is_some(), "the connection was dropped");
+        assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
+        assert!(w.epoch_commits());
+    }
+
     /// A served connection that goes quiet (an active device that died
     /// without a FIN) is dropped at the idle deadline; until then it stays.
     /// (Before: it held the standby for ever.)
