@@ -258,6 +258,9 @@ pub struct StandbyPeer {
     /// Each commit with the image's digest right after it (several epochs
     /// may commit in one `on_bytes`).
     pub commits: Vec<(Epoch, sync_core::wire::Digest)>,
+    /// Events of the read that ended in an error, decoded before it (see
+    /// `on_bytes`); the caller takes them.
+    pub before_error: Vec<Event>,
     /// The image may be replaced by another guest or an unrelated history
     /// (the user's explicit choice; `fence`).
     pub adopt_unrelated: bool,
@@ -281,6 +284,7 @@ impl StandbyPeer {
             key,
             backlog: Vec::new(),
             commits: Vec::new(),
+            before_error: Vec::new(),
             adopt_unrelated: false,
             verdict: None,
             peer_term: 0,
@@ -304,7 +308,20 @@ impl StandbyPeer {
     /// right after the Confirm and keeps the bytes after it for the next
     /// call (with any input, even none), so the caller can first make this
     /// connection the one it serves (dropping another's staged epoch).
+    /// Events decoded before an error in the same read are not lost: they
+    /// wait in `before_error` (a commit stays a commit, with its state).
     pub fn on_bytes<M: PageMemoryMut>(&mut self, bytes: &[u8], secret: &PairingSecret, applier: &mut Applier<M>) -> Result<Vec<Event>, SessionError> {
+        let mut events = Vec::new();
+        match self.read(bytes, secret, applier, &mut events) {
+            Ok(()) => Ok(events),
+            Err(e) => {
+                self.before_error = events;
+                Err(e)
+            }
+        }
+    }
+
+    fn read<M: PageMemoryMut>(&mut self, bytes: &[u8], secret: &PairingSecret, applier: &mut Applier<M>, events: &mut Vec<Event>) -> Result<(), SessionError> {
         let held;
         let mut bytes = match self.backlog.is_empty() {
             true => bytes,
@@ -314,7 +331,6 @@ impl StandbyPeer {
                 &held[..]
             }
         };
-        let mut events = Vec::new();
         while let Some(frame) = self.decoder.decode(&mut bytes)? {
             match &mut self.state {
                 StandbyState::AwaitHello => {
@@ -364,7 +380,7 @@ impl StandbyPeer {
                     rx.set_lineage(lineage.lineage, lineage.term, *forget);
                     self.state = StandbyState::Established { rx: Box::new(rx) };
                     self.backlog.extend_from_slice(bytes);
-                    return Ok(events);
+                    return Ok(());
                 }
                 StandbyState::Fenced => {}
                 StandbyState::Established { rx } => {
@@ -380,7 +396,7 @@ impl StandbyPeer {
                 }
             }
         }
-        Ok(events)
+        Ok(())
     }
 
     /// The standby asks for the guest (its user picked this device up).
@@ -473,6 +489,34 @@ mod tests {
             assert_eq!(content_digest(applier.image()), content_digest(&g));
         }
         assert_eq!(active.tracker().standby(id).unwrap().acked, 3);
+    }
+
+    /// One read holds a whole epoch with its state, then a bad frame: the
+    /// error ends the connection, but the commit and the state decoded
+    /// before it are handed over (`before_error`), not dropped.
+    #[test]
+    fn events_before_a_bad_frame_in_the_same_read_are_kept() {
+        let secret = PairingSecret::new([9; 32]);
+        let g = guest();
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let id = active.add_standby();
+        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
+        let state = [Message::CpuState(std::vec![1, 2, 3]), Message::DeviceState(std::vec![4])];
+        active.cut_with_state(0..PAGES, &g, &mut [a.link_mut().unwrap()], &state).unwrap();
+        let mut bytes = Vec::new();
+        a.take_output(&mut bytes);
+        // A frame whose tag fails: its length says 4 bytes, its content is junk.
+        bytes.extend_from_slice(&[4, 0, 0, 0, 0xff, 1, 2, 3, 4]);
+        assert!(s.on_bytes(&bytes, &secret, &mut applier).is_err());
+        assert_eq!(applier.committed_epoch(), 1);
+        assert_eq!(
+            s.before_error,
+            std::vec![Event::None, Event::None, Event::CpuState(std::vec![1, 2, 3]), Event::DeviceState(std::vec![4]), Event::Committed(1)],
+            "the epoch's events were dropped with the bad frame"
+        );
     }
 
     #[test]

@@ -356,21 +356,23 @@ impl StandbyNode {
                 c.heard_ms = now_ms;
             }
             self.bytes_received += n as u64;
-            match c.peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
-                Ok(events) => {
-                    for (e, d) in c.peer.commits.drain(..) {
-                        info!("standby committed epoch={e} digest={}", hex(&d));
-                    }
-                    for ev in events {
-                        self.on_event(ev);
-                    }
-                    self.note_torn();
-                }
-                Err(e) => {
-                    self.close(net, "bad or tampered input");
-                    warn!("standby: {e:?}");
-                    return;
-                }
+            // What committed before a bad frame of the same read stays
+            // committed, with its state (a failover resumes from it).
+            let (events, failed) = match c.peer.on_bytes(&self.scratch, &self.secret, &mut self.applier) {
+                Ok(events) => (events, None),
+                Err(e) => (core::mem::take(&mut c.peer.before_error), Some(e)),
+            };
+            for (e, d) in c.peer.commits.drain(..) {
+                info!("standby committed epoch={e} digest={}", hex(&d));
+            }
+            for ev in events {
+                self.on_event(ev);
+            }
+            self.note_torn();
+            if let Some(e) = failed {
+                self.close(net, "bad or tampered input");
+                warn!("standby: {e:?}");
+                return;
             }
         }
         if self.conn.as_ref().is_some_and(|c| now_ms.saturating_sub(c.heard_ms) > IDLE_MS) {
