@@ -461,6 +461,17 @@ mod tests {
         }
     }
 
+    /// A fresh active side with standby `id`, its peer's Hello queued, and
+    /// a standby peer over an all-zero image of epoch 0.
+    fn parties() -> (ActiveSync, StandbyId, ActivePeer, StandbyPeer, Applier<VecMemory>) {
+        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
+        let id = active.add_standby();
+        let a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
+        let s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
+        let applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        (active, id, a, s, applier)
+    }
+
     fn guest() -> VecMemory {
         let mut g = VecMemory::zeroed(PAGES as usize);
         for (i, p) in g.pages_mut().iter_mut().enumerate() {
@@ -473,11 +484,7 @@ mod tests {
     fn handshake_then_epochs_commit_on_the_standby() {
         let secret = PairingSecret::new([9; 32]);
         let mut g = guest();
-        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
-        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
-        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let (mut active, id, mut a, mut s, mut applier) = parties();
         pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
         assert!(a.is_established() && s.is_established());
         for round in 0..3u8 {
@@ -498,11 +505,7 @@ mod tests {
     fn events_before_a_bad_frame_in_the_same_read_are_kept() {
         let secret = PairingSecret::new([9; 32]);
         let g = guest();
-        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
-        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
-        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let (mut active, _, mut a, mut s, mut applier) = parties();
         pump(&mut a, &mut s, &secret, &secret, &mut active, &mut applier).unwrap();
         let state = [Message::CpuState(std::vec![1, 2, 3]), Message::DeviceState(std::vec![4])];
         active.cut_with_state(0..PAGES, &g, &mut [a.link_mut().unwrap()], &state).unwrap();
@@ -521,11 +524,7 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_is_refused_and_nothing_is_committed() {
-        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
-        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
-        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let (mut active, _, mut a, mut s, mut applier) = parties();
         let (right, wrong) = (PairingSecret::new([9; 32]), PairingSecret::new([8; 32]));
         // The handshake itself is in clear; the keys differ, so the first
         // sealed frame (the standby's Confirm) fails to open.
@@ -579,11 +578,7 @@ mod tests {
     fn the_standby_waits_for_the_confirm_and_holds_what_follows() {
         let secret = PairingSecret::new([9; 32]);
         let mut g = guest();
-        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
-        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
-        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let (mut active, _, mut a, mut s, mut applier) = parties();
         let mut to_s = Vec::new();
         a.take_output(&mut to_s);
         s.on_bytes(&to_s, &secret, &mut applier).unwrap();
@@ -616,11 +611,7 @@ mod tests {
     fn a_replayed_session_commits_nothing_after_a_reboot() {
         let secret = PairingSecret::new([9; 32]);
         let mut g = guest();
-        let mut active = ActiveSync::new(PAGES, Budget::Full).unwrap();
-        let id = active.add_standby();
-        let mut a = ActivePeer::connect(id, hs(1), &mut Drbg::new([1; 32])).unwrap();
-        let mut s = StandbyPeer::accept(hs(2), &mut Drbg::new([2; 32]));
-        let mut applier = Applier::with_hashes(VecMemory::zeroed(PAGES as usize), 0, PageHashes::zeroed(PAGES));
+        let (mut active, _, mut a, mut s, mut applier) = parties();
         let mut recording = Vec::new();
         let mut to_s = Vec::new();
         a.take_output(&mut to_s);
