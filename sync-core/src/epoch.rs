@@ -450,16 +450,7 @@ impl ActiveSync {
                 // of the guest (far below MAX_PAGE_NUM).
                 let r = o.batch.encode_next(p, content, shadow, next, &mut o.raw).map_err(|_| EpochError::PageOutOfRange)?;
                 o.records += (r.kind != RecordKind::Same) as u64;
-                let s = &mut o.stats;
-                s.sent_pages += 1;
-                s.changed_bytes += r.changed_bytes as u64;
-                s.encoded_bytes += r.len as u64;
-                match r.kind {
-                    RecordKind::Zero => s.zero_pages += 1,
-                    RecordKind::Same => s.same_pages += 1,
-                    RecordKind::Full => s.full_pages += 1,
-                    RecordKind::Delta => s.delta_pages += 1,
-                }
+                o.stats.add_record(&r);
                 sent_hash = Some(r.hash);
             }
             // Shadows change only after every link encoded the page, so all

@@ -17,7 +17,8 @@ pub mod xbzrle;
 
 // The protocol around them: sealing, wire messages and framing, the image
 // digest, the standby's applier and receiver, resume bookkeeping, the
-// active side's epoch encoder, cut policies, stats and lag lines.
+// active side's epoch encoder and its shadow probes, cut policies, stats
+// and lag lines.
 pub mod applier;
 pub mod catchup;
 pub mod crypto;
@@ -27,6 +28,7 @@ pub mod fence;
 pub mod lag;
 pub mod outq;
 pub mod policy;
+pub mod probe;
 pub mod resume;
 pub mod standby;
 pub mod stats;

@@ -9,6 +9,8 @@
 
 use core::fmt;
 
+use crate::delta::{EncodeOutcome, RecordKind};
+
 const PAGE_BYTES: u64 = 4096;
 
 /// What the hypervisor logs (after its `vmsync: ` prefix) right after the
@@ -51,6 +53,20 @@ pub struct EpochStats {
 impl EpochStats {
     pub fn new(epoch: u64) -> Self {
         Self { epoch, ..Self::default() }
+    }
+
+    /// Counts one encoded page: the link's epoch and a shadow probe's
+    /// (`probe`) count alike, so their figures compare.
+    pub fn add_record(&mut self, r: &EncodeOutcome) {
+        self.sent_pages += 1;
+        self.changed_bytes += r.changed_bytes as u64;
+        self.encoded_bytes += r.len as u64;
+        match r.kind {
+            RecordKind::Zero => self.zero_pages += 1,
+            RecordKind::Same => self.same_pages += 1,
+            RecordKind::Full => self.full_pages += 1,
+            RecordKind::Delta => self.delta_pages += 1,
+        }
     }
 
     /// What sending every dirty page whole would have moved.
