@@ -6,6 +6,7 @@
 //! policy=interval:200ms
 //! verify=on
 //! shadow=25%
+//! shadow_probes=full,50,10
 //! net_ip=169.254.0.1/16
 //! ```
 use alloc::string::String;
@@ -23,6 +24,10 @@ pub struct GuestConfig {
     pub verify: bool,
     /// How much of guest RAM the active device keeps as shadow pages.
     pub shadow: ShadowShare,
+    /// `shadow_probes=full,50,10`: other budgets counted at every cut in
+    /// the same run (`sync_core::probe`), for the study; a single device
+    /// with a policy only.
+    pub shadow_probes: heapless::Vec<ShadowShare, MAX_PROBES>,
     /// The sync NIC (`net_*` keys).
     pub net: NetConfig,
     /// Who this device is in sync (`role`, `peer`, `listen`, `secret`).
@@ -62,6 +67,9 @@ pub struct SyncRole {
 }
 
 pub const MAX_PEERS: usize = 4;
+/// Most budgets `shadow_probes=` names (each costs its shadows in heap and
+/// an encode of every cut).
+pub const MAX_PROBES: usize = 4;
 /// A link budget must hold an epoch's frames and a few whole pages.
 pub const MIN_LINK_BUDGET: u64 = 256 << 10;
 pub const MAX_LINK_BUDGET: u64 = 1 << 30;
@@ -243,6 +251,15 @@ impl ShadowShare {
         }
     }
 
+    /// `full,50,10`: 1 to `MAX_PROBES` budgets.
+    fn parse_list(v: &str) -> Option<heapless::Vec<Self, MAX_PROBES>> {
+        let mut list = heapless::Vec::new();
+        for b in v.split(',') {
+            list.push(Self::parse(b.trim())?).ok()?;
+        }
+        Some(list)
+    }
+
     /// Pages that may have a shadow for a guest of `mem_bytes`.
     pub fn pages(self, mem_bytes: u64) -> u64 {
         let pages = mem_bytes / 4096;
@@ -303,6 +320,14 @@ pub enum ConfigError {
     BadShadow {
         line: usize,
     },
+    /// `shadow_probes` is 1 to `MAX_PROBES` shadow budgets, comma-separated.
+    BadShadowProbes {
+        line: usize,
+    },
+    /// `shadow_probes` on a device with peers or a standby role, or without
+    /// a policy: probes measure a single device's epochs (the link that
+    /// measures them, `sync::engine`, runs there only).
+    ShadowProbesNeedOneDevice,
     /// `verify=on` without a policy: there would be no epochs to check.
     VerifyWithoutSync,
     /// A malformed `net_*` value.
@@ -333,6 +358,7 @@ impl GuestConfig {
             policy: None,
             verify: false,
             shadow: ShadowShare::DEFAULT,
+            shadow_probes: heapless::Vec::new(),
             net: NetConfig::new(),
             sync: SyncRole::new(),
         };
@@ -366,6 +392,7 @@ impl GuestConfig {
                     }
                 }
                 "shadow" => cfg.shadow = ShadowShare::parse(value.trim()).ok_or(ConfigError::BadShadow { line: line_no })?,
+                "shadow_probes" => cfg.shadow_probes = ShadowShare::parse_list(value).ok_or(ConfigError::BadShadowProbes { line: line_no })?,
                 k @ ("net_ip" | "net_test" | "net_test_mib") => {
                     if !cfg.net.set(k, value.trim()) {
                         return Err(ConfigError::BadNet { line: line_no });
@@ -391,6 +418,9 @@ impl GuestConfig {
         }
         if cfg.verify && cfg.policy.is_none() {
             return Err(ConfigError::VerifyWithoutSync);
+        }
+        if !cfg.shadow_probes.is_empty() && (networked || cfg.policy.is_none()) {
+            return Err(ConfigError::ShadowProbesNeedOneDevice);
         }
         if cfg.net.test.is_some() && cfg.net.ip.is_none() {
             return Err(ConfigError::NetTestWithoutIp);
@@ -496,6 +526,25 @@ mod tests {
             assert_eq!(with(bad), Err(ConfigError::BadShadow { line: 2 }), "{bad}");
         }
         assert_eq!(format!("{} {}", ShadowShare::Full, ShadowShare::Percent(25)), "full 25%");
+    }
+
+    /// `shadow_probes=`: up to four budgets, on a single device with a
+    /// policy; anywhere else the config is refused.
+    #[test]
+    fn shadow_probes() {
+        let with = |extra: &str| GuestConfig::parse(format!("policy=interval:200ms\n{extra}").as_bytes()).map(|c| c.shadow_probes);
+        assert_eq!(with("").unwrap().as_slice(), &[]);
+        let p = with("shadow_probes=full, 50%,10,25").unwrap();
+        assert_eq!(p.as_slice(), &[ShadowShare::Full, ShadowShare::Percent(50), ShadowShare::Percent(10), ShadowShare::Percent(25)]);
+        for bad in ["", "full,,10", "5,10,20,30,40", "0", "half"] {
+            assert_eq!(with(&format!("shadow_probes={bad}")), Err(ConfigError::BadShadowProbes { line: 2 }), "{bad}");
+        }
+        assert_eq!(GuestConfig::parse(b"shadow_probes=full"), Err(ConfigError::ShadowProbesNeedOneDevice), "no policy");
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let peers = format!("net_ip=169.254.0.1\npeer=169.254.0.2:7000\nsecret={secret}\nshadow_probes=full");
+        assert_eq!(with(&peers), Err(ConfigError::ShadowProbesNeedOneDevice), "with a standby");
+        let standby = format!("role=standby\nnet_ip=169.254.0.2\nsecret={secret}\nshadow_probes=full");
+        assert_eq!(with(&standby), Err(ConfigError::ShadowProbesNeedOneDevice), "on a standby");
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::vplatform::Platform;
 /// Sync heap beyond the shadows for the bookkeeping: link queues, the
 /// standby's staging reserve, page hashes and indexes.
 const SYNC_HEAP_EXTRA: u64 = 32 << 20;
+/// Per shadow probe (`shadow_probes=`) beyond its shadows: a zstd context
+/// and a batch's records and compressed bytes.
+const PROBE_HEAP_EXTRA: u64 = 8 << 20;
 
 macro_rules! fail {
     ($($t:tt)*) => {{
@@ -137,6 +140,12 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
             let now = parts.arch.now_ns();
             match epochs::start(spec, config.shadow.budget(size), verify_image, &mut mem, &mut parts.s2, now) {
                 Ok(mut e) => {
+                    for &share in &config.shadow_probes {
+                        match e.add_probe(alloc::format!("{share}"), share.budget(size)) {
+                            Ok(()) => info!("sync: shadow probe {share}: each cut also counted at a {share} shadow budget (not sent)"),
+                            Err(err) => error!("sync: shadow probe {share} not started: {err:?}"),
+                        }
+                    }
                     super::add_peers(&mut parts, &mut e, super::Reign::FirstBoot);
                     Some(e)
                 }
@@ -162,7 +171,10 @@ fn sync_heap_size(config: &GuestConfig) -> u64 {
     let size = config.mem_bytes;
     let pages = size / 4096;
     // Shadow content in 128 KiB chunks, and each shadow's slot (16 bytes).
-    let own = config.shadow.pages(size).div_ceil(32) * 32 * (4096 + 16);
+    let store = |share: crate::config::ShadowShare| share.pages(size).div_ceil(32) * 32 * (4096 + 16);
+    // Each shadow probe: its own store with its page index, its zstd
+    // stream and batch buffers.
+    let probes: u64 = config.shadow_probes.iter().map(|&p| store(p) + pages * 4 + PROBE_HEAP_EXTRA).sum();
     // The shadow store's page index (4 bytes a page) is there in every role.
-    own + pages * 4 + if config.verify { size } else { 0 } + SYNC_HEAP_EXTRA
+    store(config.shadow) + pages * 4 + if config.verify { size } else { 0 } + SYNC_HEAP_EXTRA + probes
 }

@@ -195,12 +195,6 @@ pub fn cut_epoch<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Plat
             return None;
         }
     };
-    // The state sent with the epoch is kept (moved, not copied) for a
-    // hand-over, where it becomes this device's standby state.
-    vm.last_state = match <[Message; 2]>::try_from(msgs) {
-        Ok([Message::CpuState(cpu), Message::DeviceState(devices)]) => Some(GuestState { epoch: st.epoch, cpu, devices }),
-        _ => None,
-    };
     p.s2.write_protect(&mut reprotect_set(&dirty));
     st.pause_us = p.arch.now_ns().saturating_sub(start) / 1000;
     if engine.peers().is_some() {
@@ -208,6 +202,19 @@ pub fn cut_epoch<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Plat
     }
     st.at_ms = start.saturating_sub(vm.sync_start_ns) / 1_000_000;
     info!("epoch {st}");
+    // Shadow probes count the cut again at other budgets, after its pause
+    // was measured (they add nothing to it) and with the guest still paused
+    // (memory as at the cut).
+    engine.probe(&vm.mem, &dirty, &msgs, &st, |label, r| match r {
+        Ok(ps) => info!("shadow probe {label} {ps}"),
+        Err(e) => warn!("shadow probe {label} failed at epoch {}: {e:?}; dropped", st.epoch),
+    });
+    // The state sent with the epoch is kept (moved, not copied) for a
+    // hand-over, where it becomes this device's standby state.
+    vm.last_state = match <[Message; 2]>::try_from(msgs) {
+        Ok([Message::CpuState(cpu), Message::DeviceState(devices)]) => Some(GuestState { epoch: st.epoch, cpu, devices }),
+        _ => None,
+    };
     let base = vm.mem.ipa_base();
     match engine.verify(&vm.mem, st.epoch) {
         Ok(None) => {}

@@ -1,12 +1,16 @@
 //! The epoch engine of the active device: asks the policy when to cut,
 //! encodes, compresses and seals each epoch through `sync-core` exactly as
 //! it will go to a standby, and with `verify` applies it to an in-process
-//! standby whose committed image must equal guest RAM at every cut.
+//! standby whose committed image must equal guest RAM at every cut. Its
+//! shadow probes count each cut again at other shadow budgets
+//! (`sync_core::probe`).
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
 use sync_core::digest::{PageHashes, PageMemory};
 use sync_core::epoch::{ActiveSync, EpochError, Link};
 use sync_core::policy::{DirtyEstimate, EpochPolicy, PolicySpec};
+use sync_core::probe::ShadowProbe;
 use sync_core::shadow::Budget;
 use sync_core::standby::Event;
 use sync_core::stats::{EpochStats, TotalStats};
@@ -71,6 +75,8 @@ pub struct Engine {
     /// Which guest and term this device runs (`sync_core::fence`); set
     /// with the peers.
     pub standing: sync_core::fence::Standing,
+    /// Shadow probes (`add_probe`), each with its budget's name.
+    probes: Vec<(String, ShadowProbe)>,
 }
 
 impl Engine {
@@ -119,7 +125,45 @@ impl Engine {
             fail_next_cut: false,
             workload_start: Default::default(),
             standing: Default::default(),
+            probes: Vec::new(),
         })
+    }
+
+    /// Counts every later cut also at a shadow budget of `budget`, named
+    /// `label` (`probe`). A single device's only: its epochs are the local
+    /// link's, which is what a probe reproduces.
+    pub fn add_probe(&mut self, label: String, budget: Budget) -> Result<(), SyncError> {
+        // The local link's zstd setting (`around`): a probe of the engine's
+        // own budget then counts the link's own bytes.
+        let probe = ShadowProbe::new(self.active.tracker().page_count(), budget, sync_core::compress::ZstdConfig::default())?;
+        self.probes.push((label, probe));
+        Ok(())
+    }
+
+    /// The cut just made (`st`, over `dirty`, with `state`) counted at each
+    /// probe's budget, guest memory still as at the cut: `report` gets each
+    /// probe's name and figures, those the cut alone knows (faults, pause,
+    /// time) copied from `st`. A probe that fails is reported and dropped
+    /// (its shadows and stream no longer follow the link's).
+    pub fn probe<G: PageMemory>(
+        &mut self,
+        guest: &G,
+        dirty: &[u64],
+        state: &[sync_core::wire::Message],
+        st: &EpochStats,
+        mut report: impl FnMut(&str, Result<&EpochStats, EpochError>),
+    ) {
+        self.probes.retain_mut(|(label, p)| match p.cut(st.epoch, dirty, guest, state) {
+            Ok(mut ps) => {
+                (ps.write_faults, ps.pause_us, ps.at_ms) = (st.write_faults, st.pause_us, st.at_ms);
+                report(label, Ok(&ps));
+                true
+            }
+            Err(e) => {
+                report(label, Err(e));
+                false
+            }
+        });
     }
 
     pub fn verifying(&self) -> bool {
@@ -346,6 +390,54 @@ mod tests {
         assert!(st.sealed_bytes > PAGES * 4000, "the epoch was encoded whole: {} bytes", st.sealed_bytes);
         assert_eq!((e.link.queued(), e.link.peak_queued()), (0, 0), "the local link kept frames");
         assert_eq!(e.verify(&guest, st.epoch).unwrap(), None);
+    }
+
+    /// A probe of the engine's own budget reports each epoch's own figures
+    /// (given the dirty set reversed: the encoder takes pages in order),
+    /// and a probe of a smaller budget sends more on rewrites.
+    #[test]
+    fn a_probe_of_the_engines_budget_reports_its_epochs() {
+        const PAGES: u64 = 2048;
+        let ram = RamLayout { base: 0x4000_0000, size: PAGES * 4096 };
+        let mut e = Engine::new("interval:200ms".parse().unwrap(), ram, Budget::Pages(512), None, 0).unwrap();
+        e.add_probe("25%".into(), Budget::Pages(512)).unwrap();
+        e.add_probe("5%".into(), Budget::Pages(102)).unwrap();
+        let mut guest = VecMemory::zeroed(PAGES as usize);
+        let state = [sync_core::wire::Message::CpuState(alloc::vec![3; 200])];
+        let (mut own, mut small) = (0, 0);
+        for epoch in 1..=8u64 {
+            // A working set of 400 pages written a little each epoch: 1.6 MB,
+            // more than zstd's window, which would otherwise find a page
+            // sent whole in the epoch before.
+            let mut dirty: Vec<u64> = (0..400).map(|i| i * 5).collect();
+            for &p in &dirty {
+                let page = &mut guest.pages_mut()[p as usize];
+                if epoch == 1 {
+                    // Incompressible: sent whole it costs 4 KiB, as a delta a few bytes.
+                    let mut x = p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    for b in page.iter_mut() {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        *b = x as u8;
+                    }
+                }
+                page[(epoch * 97 % 4096) as usize] ^= epoch as u8 | 1;
+            }
+            dirty.sort_unstable();
+            dirty.dedup();
+            dirty.reverse();
+            let mut st = e.cut(&guest, &dirty, &state).unwrap();
+            st.pause_us = 1234;
+            let mut seen = Vec::new();
+            e.probe(&guest, &dirty, &state, &st, |label, r| seen.push((String::from(label), *r.unwrap())));
+            assert_eq!(seen.len(), 2);
+            assert_eq!(seen[0], (String::from("25%"), st), "epoch {epoch}");
+            assert_eq!(seen[1].1.pause_us, 1234);
+            own += st.sealed_bytes;
+            small += seen[1].1.sealed_bytes;
+        }
+        assert!(small > own, "5% of shadows for a working set of 20% sent {small} bytes, 25% {own}");
     }
 
     /// A fresh guest is zero but for what was written: the first cut
