@@ -1,10 +1,12 @@
 //! `cargo xtask study`: the feasibility study (issue 7). How much must be
 //! sent to keep a standby in sync, per workload, sync policy and shadow
-//! budget: one guest run under the hypervisor per workload × policy ×
-//! shadow, in turn, then `results.csv`, `report.md` and the plots in the
-//! output directory.
+//! budget: one guest run under the hypervisor per workload × policy, in
+//! turn, keeping the first shadow budget and counting the others with
+//! shadow probes in the same run (`probes`), then `results.csv`,
+//! `report.md` and the plots in the output directory.
 mod markdown;
 mod plots;
+mod probes;
 pub(crate) mod results;
 
 use anyhow::{bail, Context, Result};
@@ -28,6 +30,11 @@ const DEFAULT_SECONDS: u64 = 20;
 const QUICK_WORKLOADS: &[&str] = &["dav1d", "video"];
 const QUICK_POLICIES: &[&str] = &["interval:200ms", "switch-only"];
 const QUICK_SECONDS: u64 = 4;
+/// Shadow budgets (percent of guest RAM, 100: full): the run's own first,
+/// then those its probes count. The study's: the issue's figure; `--quick`:
+/// the default budget against a full shadow.
+const DEFAULT_SHADOWS: &[u8] = &[cli::DEFAULT_SHADOW, 100, 50, 10];
+const QUICK_SHADOWS: &[u8] = &[cli::DEFAULT_SHADOW, 100];
 /// Per run, on top of the workload's seconds: boot (the study initramfs
 /// unpacks some 50 MiB), the initial copy and the last cut, under TCG.
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(240);
@@ -46,9 +53,10 @@ pub struct StudyArgs {
     /// [default: interval:50ms,interval:200ms,interval:1s,interval:5s,threshold:4MiB,switch-only]
     #[arg(long, value_delimiter = ',', value_parser = cli::policy, value_name = "P[,P...]")]
     policies: Option<Vec<PolicySpec>>,
-    /// Shadow budgets of the active device, comma-separated: percent of
-    /// guest RAM (1 to 100) or full; each is a run of every workload ×
-    /// policy. [default: 25, the hypervisor's default]
+    /// Shadow budgets of the active device, comma-separated, at most 4:
+    /// percent of guest RAM (1 to 100) or full. Each run keeps the first;
+    /// shadow probes count every budget in the same run, checked against
+    /// the run's own. [default: 25,full,50,10; 25,full with --quick]
     #[arg(long, value_delimiter = ',', value_parser = cli::shadow, value_name = "P[,P...]")]
     shadows: Option<Vec<u8>>,
     /// How long each workload runs, in seconds, at least 2. [default: 20; 4 with --quick]
@@ -58,7 +66,8 @@ pub struct StudyArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// The short form for CI: workloads dav1d,video, policies
-    /// interval:200ms,switch-only, 4 s each (other options still apply).
+    /// interval:200ms,switch-only, shadows 25,full, 4 s each (other
+    /// options still apply).
     #[arg(long)]
     quick: bool,
     /// Guest RAM in MiB.
@@ -102,13 +111,14 @@ struct Plan {
 /// every name and policy).
 fn plan(a: &StudyArgs) -> Result<Plan> {
     let (dw, dp, ds) = if a.quick { (QUICK_WORKLOADS, QUICK_POLICIES, QUICK_SECONDS) } else { (DEFAULT_WORKLOADS, DEFAULT_POLICIES, DEFAULT_SECONDS) };
+    let dshadows = if a.quick { QUICK_SHADOWS } else { DEFAULT_SHADOWS };
     let owned = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let workloads = a.workloads.clone().unwrap_or_else(|| owned(dw));
     let policies = match &a.policies {
         Some(p) => p.iter().map(PolicySpec::to_string).collect(),
         None => owned(dp),
     };
-    let mut shadows = a.shadows.clone().unwrap_or_else(|| vec![cli::DEFAULT_SHADOW]);
+    let mut shadows = a.shadows.clone().unwrap_or_else(|| dshadows.to_vec());
     // `full` and `100` are one budget: run it once.
     let mut seen = Vec::new();
     shadows.retain(|s| {
@@ -122,6 +132,9 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     if workloads.is_empty() || policies.is_empty() || shadows.is_empty() {
         bail!("nothing to run: give at least one workload, one policy and one shadow budget");
     }
+    if shadows.len() > MAX_SHADOWS {
+        bail!("at most {MAX_SHADOWS} shadow budgets: each is a shadow probe of the run (the hypervisor's `shadow_probes=`)");
+    }
     let seconds = a.seconds.unwrap_or(ds);
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
     Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem })
@@ -133,17 +146,21 @@ fn file_stem(workload: &str, policy: &str) -> String {
     format!("{workload}_{}", policy.replace([':', '/'], "-"))
 }
 
-/// A run's console log name: `file_stem`, then the shadow budget.
+/// A run's console log name: `file_stem`, then the run's own shadow budget.
 fn log_stem(run: &Run) -> String {
     format!("{}_shadow-{}", file_stem(run.0, run.1), run.2)
 }
 
-/// One guest run: workload, policy, shadow budget (percent of guest RAM).
+/// Most shadow budgets a study compares (the hypervisor's `MAX_PROBES`).
+const MAX_SHADOWS: usize = 4;
+
+/// One row: workload, policy, shadow budget (percent of guest RAM). A
+/// guest run is that of its first budget, whose probes give the others.
 type Run<'a> = (&'a str, &'a str, u8);
 
 /// The tests in qemu-tests/tests/study.rs, which check what `quick` wrote
 /// (`cargo xtask test --filter` runs the quick study when one may run).
-pub const QUICK_TESTS: &[&str] = &["study_quick_files", "study_quick_dav1d_inequality"];
+pub const QUICK_TESTS: &[&str] = &["study_quick_files", "study_quick_dav1d_inequality", "study_quick_shadow_probes"];
 
 /// `cargo xtask study --quick --out <out>`, from `cargo xtask test`. What an
 /// earlier run left in `out` goes first: the tests must see this run's files.
@@ -192,30 +209,36 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
     let img = work.join("guest.img");
 
     let shadows = &plan.shadows;
+    let own = shadows[0];
     let pairs: Vec<Run> =
         plan.workloads.iter().flat_map(|w| plan.policies.iter().flat_map(move |p| shadows.iter().map(move |&s| (w.as_str(), p.as_str(), s)))).collect();
+    let runs: Vec<Run> = pairs.iter().copied().filter(|r| r.2 == own).collect();
+    let probed: Vec<String> = shadows.iter().map(|&s| probes::label(s)).collect();
     eprintln!(
-        "study: {} runs ({} workloads × {} policies × {} shadow budgets, {} s each), console logs in {}",
-        pairs.len(),
+        "study: {} runs ({} workloads × {} policies, {} s each, shadow budget {}{}), console logs in {}",
+        runs.len(),
         plan.workloads.len(),
         plan.policies.len(),
-        plan.shadows.len(),
         plan.seconds,
+        probes::label(own),
+        if shadows.len() > 1 { format!(", shadow probes {}", probed.join(",")) } else { String::new() },
         logs.display()
     );
     let csv = plan.out.join("results.csv");
     let mut rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
-    let todo = pairs.iter().filter(|run| !has_row(&rows, run)).count();
+    let done = |rows: &[results::Row], &(w, p, _): &Run| shadows.iter().all(|&s| has_row(rows, &(w, p, s)));
+    let todo = runs.iter().filter(|run| !done(&rows, run)).count();
     let started = Instant::now();
     let mut ran = 0;
     let mut failed: Vec<(String, String, String)> = Vec::new();
-    for (i, run) in pairs.iter().enumerate() {
+    for (i, run) in runs.iter().enumerate() {
         let &(w, policy, shadow) = run;
-        eprint!("study: [{}/{}] {w} × {policy} × shadow {shadow} % ... ", i + 1, pairs.len());
-        if has_row(&rows, run) {
+        eprint!("study: [{}/{}] {w} × {policy} × shadow {shadow} % ... ", i + 1, runs.len());
+        if done(&rows, run) {
             eprintln!("kept from {} (--resume)", csv.display());
             continue;
         }
+        rows.retain(|r| !(r.workload == w && r.policy == policy));
         let _ = std::io::stderr().flush();
         let t = Instant::now();
         let log = logs.join(format!("{}.log", log_stem(run)));
@@ -224,14 +247,16 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
         let left = started.elapsed().as_secs_f64() / ran as f64 * (todo - ran) as f64;
         let timing = format!("{:.0} s; about {:.0} min left", t.elapsed().as_secs_f64(), left / 60.0);
         match outcome {
-            Ok(row) => {
+            Ok(got) => {
+                let row = &got[0];
                 eprintln!(
-                    "{:.2} MB wire, dirty pages / changed {}, dirty pages / wire {} ({timing})",
+                    "{:.2} MB wire, dirty pages / changed {}, dirty pages / wire {}{} ({timing})",
                     row.wire_bytes as f64 / 1e6,
                     markdown::ratio(row.dirty_page_bytes, row.changed_bytes),
-                    markdown::ratio(row.dirty_page_bytes, row.wire_bytes)
+                    markdown::ratio(row.dirty_page_bytes, row.wire_bytes),
+                    got[1..].iter().map(|r| format!("; {}: {:.2} MB", probes::label(r.shadow), r.wire_bytes as f64 / 1e6)).collect::<String>()
                 );
-                rows.push(row);
+                rows.extend(got);
             }
             Err(e) => {
                 eprintln!("FAILED: {e:#} ({timing})");
@@ -364,8 +389,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// One guest run of `w` under `policy` with `shadow` percent of guest RAM
-/// as shadows, its console kept in `log`.
-fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow): &Run, img: &Path, log: &Path) -> Result<results::Row> {
+/// as shadows, its console kept in `log`: its row, then (with more than one
+/// budget) a row per other budget of the plan from the run's probes.
+fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow): &Run, img: &Path, log: &Path) -> Result<Vec<results::Row>> {
     let (cmdline, initrd, _) = demo::workload_guest(w, None, plan.seconds, &g.initrd)?;
     // No verify: it hashes all of guest RAM at every cut.
     let spec = image::GuestSpec {
@@ -377,7 +403,10 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow)
         verify: false,
         shadow: Some(shadow),
     };
-    image::pack(hv, &spec, img)?;
+    // Every budget probed, the run's own too: its probe is checked against
+    // the link (`probes::rows`).
+    let extra = if plan.shadows.len() > 1 { probes::config_line(&plan.shadows) } else { String::new() };
+    image::pack_extra(hv, &spec, &extra, img)?;
     let deadline = Duration::from_secs(plan.seconds) + BOOT_ALLOWANCE;
     let cmd = qemu_tests::qemu_command(img, qemu_tests::host_mem_mib(plan.mem));
     let out = qemu_tests::run(cmd, deadline, &[], false).context("starting QEMU")?;
@@ -393,7 +422,13 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow)
         Some(rc) => bail!("the workload exited with {rc}; console in {}", log.display()),
         None => bail!("the workload never finished; console in {}", log.display()),
     }
-    results::row(w, policy, shadow, vmsync_workloads::progress_field(w), &out.output).with_context(|| format!("console in {}", log.display()))
+    let progress = vmsync_workloads::progress_field(w);
+    let rows = if plan.shadows.len() > 1 {
+        probes::rows(w, policy, &plan.shadows, progress, &out.output)
+    } else {
+        results::row(w, policy, shadow, progress, &out.output).map(|r| vec![r])
+    };
+    rows.with_context(|| format!("console in {}", log.display()))
 }
 
 #[cfg(test)]
@@ -440,6 +475,10 @@ mod tests {
         assert_eq!(p.workloads, ["dav1d", "video"]);
         assert_eq!(p.policies, ["interval:200ms", "switch-only"]);
         assert_eq!(p.seconds, 4);
+        assert_eq!(p.shadows, [25, 100]);
+        assert_eq!(plan_of(&[]).shadows, [25, 100, 50, 10]);
+        assert_eq!(plan_of(&["--shadows", "10,full,100"]).shadows, [10, 100], "full and 100 are one budget");
+        assert!(plan(&parse(&["--shadows", "5,10,20,30,40"]).unwrap()).unwrap_err().to_string().contains("at most 4 shadow budgets"));
         let p = plan_of(&["--quick", "--seconds", "3", "--out", "x"]);
         assert_eq!((p.seconds, p.out), (3, PathBuf::from("x")));
     }
@@ -473,6 +512,10 @@ mod tests {
         let help = Study::command().render_long_help().to_string();
         for list in [DEFAULT_WORKLOADS, DEFAULT_POLICIES, QUICK_WORKLOADS, QUICK_POLICIES] {
             assert!(help.contains(&list.join(",")), "{} not in\n{help}", list.join(","));
+        }
+        for list in [DEFAULT_SHADOWS, QUICK_SHADOWS] {
+            let names: Vec<String> = list.iter().map(|&s| if s == 100 { "full".into() } else { s.to_string() }).collect();
+            assert!(help.contains(&names.join(",")), "{} not in\n{help}", names.join(","));
         }
         assert!(help.contains(&format!("[default: {DEFAULT_SECONDS}; {QUICK_SECONDS} with --quick]")), "{help}");
         for w in cli::STUDY_WORKLOADS.iter().chain(cli::SYNTHETIC_WORKLOADS) {

@@ -67,6 +67,14 @@ pub fn row(workload: &str, policy: &str, shadow: u8, progress_field: Option<&str
     let (before, after) = output.split_at(at);
     let start = report::epochs(before).pop().context("no epoch was cut at the workload's first progress line")?;
     let steady = report::epochs(after);
+    let mut row = row_of(workload, policy, shadow, &start, &steady)?;
+    row.progress_rate = progress_field.and_then(|f| progress_rate(output, f));
+    Ok(row)
+}
+
+/// The row of the `steady` epochs after the `start` cut (no progress rate:
+/// the caller's, from the console).
+pub fn row_of(workload: &str, policy: &str, shadow: u8, start: &EpochStats, steady: &[EpochStats]) -> Result<Row> {
     let seconds = match steady.last() {
         Some(last) => {
             if last.at_ms == 0 {
@@ -94,7 +102,7 @@ pub fn row(workload: &str, policy: &str, shadow: u8, progress_field: Option<&str
         write_faults: sum(|e| e.write_faults),
         pause_us_median: report::median(steady.iter().map(|e| e.pause_us).collect()),
         pause_us_max: steady.iter().map(|e| e.pause_us).max().unwrap_or(0),
-        progress_rate: progress_field.and_then(|f| progress_rate(output, f)),
+        progress_rate: None,
     })
 }
 
