@@ -407,7 +407,10 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow)
     // the link (`probes::rows`).
     let extra = if plan.shadows.len() > 1 { probes::config_line(&plan.shadows) } else { String::new() };
     image::pack_extra(hv, &spec, &extra, img)?;
-    let deadline = Duration::from_secs(plan.seconds) + BOOT_ALLOWANCE;
+    // Each probe encodes every cut again, the initial copy too (tens of MB
+    // under TCG) with the guest paused: the boot's allowance once more each.
+    let probes = if plan.shadows.len() > 1 { plan.shadows.len() as u32 } else { 0 };
+    let deadline = Duration::from_secs(plan.seconds) + BOOT_ALLOWANCE * (1 + probes);
     let cmd = qemu_tests::qemu_command(img, qemu_tests::host_mem_mib(plan.mem));
     let out = qemu_tests::run(cmd, deadline, &[], false).context("starting QEMU")?;
     write(log, &out.output)?;
