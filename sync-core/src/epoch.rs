@@ -169,6 +169,12 @@ pub enum ActiveEvent {
     /// The standby rolled back to this epoch; the next cut resumes from it.
     Resync(Epoch),
     SwitchRequested,
+    /// The standby took the guest over at `epoch` under `term` (its answer
+    /// to SwitchDone).
+    SwitchTaken {
+        epoch: Epoch,
+        term: crate::fence::Term,
+    },
 }
 
 /// The active side's sync state, shared by all standby links.
@@ -347,6 +353,7 @@ impl ActiveSync {
                 Ok(ActiveEvent::Resync(from_epoch))
             }
             Message::SwitchRequest => Ok(ActiveEvent::SwitchRequested),
+            Message::SwitchTaken { epoch, term } => Ok(ActiveEvent::SwitchTaken { epoch, term }),
             _ => Err(EpochError::Unexpected),
         }
     }

@@ -221,7 +221,8 @@ impl StandbyReceiver {
             | Message::SwitchRequest
             | Message::Resync { .. }
             | Message::Confirm { .. }
-            | Message::Fenced { .. } => Err(EpochFault::Unexpected),
+            | Message::Fenced { .. }
+            | Message::SwitchTaken { .. } => Err(EpochFault::Unexpected),
         }
     }
 }

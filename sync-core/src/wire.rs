@@ -248,6 +248,14 @@ pub enum Message {
     /// guest, or the switch-only policy): this tells the standby the
     /// connection is alive, so its idle deadline does not end it.
     KeepAlive,
+    /// The answer to `SwitchDone { epoch }`: the standby took the guest
+    /// over at `epoch` and runs it under `term` (above the sender's of
+    /// SwitchDone). Until it arrives, the old active device keeps the
+    /// guest paused, ready to resume it.
+    SwitchTaken {
+        epoch: Epoch,
+        term: Term,
+    },
 }
 
 mod tag {
@@ -265,6 +273,7 @@ mod tag {
     pub const CONFIRM: u8 = 12;
     pub const FENCED: u8 = 13;
     pub const KEEP_ALIVE: u8 = 14;
+    pub const SWITCH_TAKEN: u8 = 15;
 }
 
 impl Message {
@@ -286,6 +295,7 @@ impl Message {
             Message::SwitchRequest | Message::KeepAlive => 1,
             Message::CpuState(b) | Message::DeviceState(b) => 5 + b.len(),
             Message::Confirm { .. } => 1 + 32,
+            Message::SwitchTaken { .. } => 17,
         }
     }
 
@@ -346,6 +356,11 @@ impl Message {
                 out.push(tag::FENCED);
                 out.extend_from_slice(&term.to_le_bytes());
             }
+            Message::SwitchTaken { epoch, term } => {
+                out.push(tag::SWITCH_TAKEN);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&term.to_le_bytes());
+            }
         }
         debug_assert!(out.len() - start <= MAX_MESSAGE);
         Ok(())
@@ -378,6 +393,7 @@ impl Message {
             tag::CONFIRM => Message::Confirm { transcript: r.array()? },
             tag::FENCED => Message::Fenced { term: r.u64()? },
             tag::KEEP_ALIVE => Message::KeepAlive,
+            tag::SWITCH_TAKEN => Message::SwitchTaken { epoch: r.u64()?, term: r.u64()? },
             other => return Err(WireError::UnknownMessage(other)),
         };
         if r.pos != input.len() {
@@ -867,6 +883,7 @@ pub(crate) mod tests {
             Message::Confirm { transcript: [6; 32] },
             Message::Fenced { term: 5 << 16 | 9 },
             Message::KeepAlive,
+            Message::SwitchTaken { epoch: 4, term: 2 << 16 | 7 },
         ]
     }
 

@@ -23,6 +23,8 @@ struct Gates {
     cut_to: Vec<Cell<bool>>,
     /// Per end: frames from or to it are dropped (a partition).
     isolated: Vec<Cell<bool>>,
+    /// Per (from, to): frames from one end to the other are dropped.
+    cut_pair: Vec<Vec<Cell<bool>>>,
 }
 
 pub struct Link {
@@ -35,7 +37,8 @@ pub struct Link {
 /// `n` ends on one medium (MACs 52:54:00:00:00:01, :02, ...).
 pub fn hub(n: usize) -> Vec<Link> {
     let q: Queues = Rc::new(RefCell::new((0..n).map(|_| VecDeque::new()).collect()));
-    let g = Rc::new(Gates { cut_to: (0..n).map(|_| Cell::new(false)).collect(), isolated: (0..n).map(|_| Cell::new(false)).collect() });
+    let cells = || (0..n).map(|_| Cell::new(false)).collect::<Vec<_>>();
+    let g = Rc::new(Gates { cut_to: cells(), isolated: cells(), cut_pair: (0..n).map(|_| cells()).collect() });
     (0..n).map(|side| Link { queues: q.clone(), gates: g.clone(), side, mac: [0x52, 0x54, 0, 0, 0, 1 + side as u8] }).collect()
 }
 
@@ -61,6 +64,17 @@ impl Link {
                 c.set(cut);
             }
         }
+    }
+
+    /// Drops (or lets through again) every frame this end sends to end
+    /// `to` alone (the others still get them): a one-way cut on a hub.
+    pub fn cut_toward(&self, to: usize, cut: bool) {
+        self.gates.cut_pair[self.side][to].set(cut);
+    }
+
+    /// Loses the frames on their way to end `to` now (from any end).
+    pub fn lose_in_flight(&self, to: usize) {
+        self.queues.borrow_mut()[to].clear();
     }
 
     /// Cuts this end off the medium both ways (or joins it again).
@@ -105,7 +119,7 @@ impl phy::TxToken for Tx {
         if !g.isolated[self.from].get() {
             let mut q = self.queues.borrow_mut();
             for (to, queue) in q.iter_mut().enumerate() {
-                if to != self.from && !g.cut_to[to].get() && !g.isolated[to].get() {
+                if to != self.from && !g.cut_to[to].get() && !g.isolated[to].get() && !g.cut_pair[self.from][to].get() {
                     queue.push_back(frame.clone());
                 }
             }

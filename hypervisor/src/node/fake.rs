@@ -102,6 +102,9 @@ pub struct FakeArch {
     pending_hypercall: bool,
     /// Whether a guest runs on this CPU (set by `enable_guest`/`restore`).
     pub running: bool,
+    /// `restore` fails though `check_state` passes (a CPU that cannot load
+    /// a state it accepts: the take-over fails after the request).
+    pub refuse_restore: bool,
 }
 
 impl Arch for FakeArch {
@@ -153,7 +156,7 @@ impl Arch for FakeArch {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), BadState> {
-        if bytes.len() != 20 || &bytes[..4] != b"FAKE" {
+        if bytes.len() != 20 || &bytes[..4] != b"FAKE" || self.refuse_restore {
             return Err(BadState);
         }
         self.pc = u64::from_le_bytes(bytes[4..12].try_into().map_err(|_| BadState)?);
@@ -224,6 +227,7 @@ impl FakeArch {
     /// stack already) or frozen takes a step.
     fn others_step(&self) {
         let Some(world) = self.world.upgrade() else { return };
+        world.watch();
         let n = world.nodes.borrow().len();
         for j in (0..n).filter(|&j| j != self.me) {
             world.step_node(j);
@@ -243,6 +247,10 @@ pub struct World {
     pub stopped: RefCell<Vec<Option<Stop>>>,
     pub consoles: RefCell<Vec<Rc<RefCell<VecDeque<u8>>>>>,
     pub stage2s: RefCell<Vec<Rc<RefCell<Vec<bool>>>>>,
+    /// Called whenever a node spins (a blocking wait, such as a hand-over
+    /// with the guest paused) and at each round of `run_until`: a test acts
+    /// there on what it sees, in the middle of another node's step.
+    pub watcher: RefCell<Option<alloc::boxed::Box<dyn FnMut(&World)>>>,
 }
 
 pub const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -292,6 +300,7 @@ impl World {
             stopped: RefCell::new(Vec::new()),
             consoles: RefCell::new(Vec::new()),
             stage2s: RefCell::new(Vec::new()),
+            watcher: RefCell::new(None),
         })
     }
 
@@ -316,6 +325,7 @@ impl World {
             console,
             pending_hypercall: false,
             running: false,
+            refuse_restore: false,
         };
         let now_ms = self.clock.get() / 1_000_000;
         // The config's address: a device that reboots keeps its own.
@@ -324,6 +334,19 @@ impl World {
         // Deterministic per node: a test run repeats exactly.
         let rng = crate::rng::Randomness::new(alloc::vec![alloc::boxed::Box::new(crate::rng::FakeEntropy(100 + me as u64))]);
         Parts { arch, s2: FakeStage2 { writable }, net, rng, machine: Machine { config, backing, spare_heap: 64 << 20 }, started_ns: None }
+    }
+
+    /// Calls `f` whenever a node spins and at each round of `run_until`.
+    pub fn set_watcher(&self, f: impl FnMut(&World) + 'static) {
+        *self.watcher.borrow_mut() = Some(alloc::boxed::Box::new(f));
+    }
+
+    /// Runs the watcher, if any (not from inside itself).
+    pub fn watch(&self) {
+        let Ok(mut w) = self.watcher.try_borrow_mut() else { return };
+        if let Some(f) = w.as_mut() {
+            f(self);
+        }
     }
 
     pub fn add(&self, node: FakeNode) -> usize {
@@ -352,6 +375,7 @@ impl World {
             if done(self) {
                 return;
             }
+            self.watch();
             for j in 0..self.nodes.borrow().len() {
                 self.step_node(j);
             }

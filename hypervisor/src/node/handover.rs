@@ -1,8 +1,11 @@
 //! The active device gives the guest to a standby that asked for it: with
 //! the guest paused it cuts a final epoch (with the vCPU and device state),
-//! waits until the standby has committed it, sends SwitchDone and becomes a
-//! standby of the same image. If the standby does not commit in time the
-//! switch is called off and the guest runs on here.
+//! waits until the standby has committed it, sends SwitchDone, and waits
+//! for the answer: the target's sealed SwitchTaken, or its new term proven
+//! on the sync port. Only then does it become a standby of the same image.
+//! If the standby does not commit, or does not answer, in time the switch
+//! is called off and the guest runs on here: never are both devices
+//! standbys.
 use alloc::boxed::Box;
 use core::fmt;
 use log::{info, warn};
@@ -22,8 +25,10 @@ use crate::sync::standby_node::StandbyNode;
 /// How long the paused guest waits for the target to commit the final
 /// epoch before the switch is called off (and the guest resumes here).
 const COMMIT_WAIT_MS: u64 = 3_000;
-/// How long SwitchDone may take to be acknowledged by the target's TCP.
-const HANDOVER_WAIT_MS: u64 = 3_000;
+/// How long the paused guest waits for the target's answer to SwitchDone
+/// (its SwitchTaken, or its new term proven here) before it resumes here.
+/// TCP retransmits a SwitchDone (or an answer) lost meanwhile.
+pub const ANSWER_WAIT_MS: u64 = 3_000;
 /// A target that goes behind its link budget at the final cut (a burst
 /// just before the switch) gets this long, the guest paused, to stream
 /// what it owes and commit a later (empty) cut; past it the switch is
@@ -58,6 +63,12 @@ pub enum CalledOff {
         to: core::net::Ipv4Addr,
         epoch: Epoch,
     },
+    /// SwitchDone went out but neither SwitchTaken nor the target's new
+    /// term came back (it could not take the guest over, or the link failed).
+    Unanswered {
+        to: core::net::Ipv4Addr,
+        epoch: Epoch,
+    },
 }
 
 impl fmt::Display for CalledOff {
@@ -67,7 +78,30 @@ impl fmt::Display for CalledOff {
             CalledOff::FinalCut => write!(f, "the final epoch could not be cut"),
             CalledOff::CatchingUp { to } => write!(f, "{to} is still catching up after {CATCHUP_WAIT_MS} ms"),
             CalledOff::NotCommitted { to, epoch } => write!(f, "{to} did not commit the final epoch {epoch} within {COMMIT_WAIT_MS} ms"),
+            CalledOff::Unanswered { to, epoch } => {
+                write!(f, "{to} did not answer SwitchDone {{ {epoch} }} within {ANSWER_WAIT_MS} ms (it did not take the guest over, or the link failed)")
+            }
         }
+    }
+}
+
+/// How the target answered SwitchDone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Its sealed SwitchTaken, naming its term.
+    Taken(sync_core::fence::Term),
+    /// A higher term than `ours` proven here (the target connected to our
+    /// sync port, or a standby that follows it told us): the guest runs
+    /// under it elsewhere.
+    Term(sync_core::fence::Term),
+}
+
+/// The answer to SwitchDone { `epoch` } from `target`, if it came.
+fn answer<P>(vm: &Vm<P>, target: usize, epoch: Epoch, ours: sync_core::fence::Term) -> Option<Answer> {
+    let peers = peers_of(vm)?;
+    match peers.list.get(target)?.taken {
+        Some((e, term)) if e == epoch && term > ours => Some(Answer::Taken(term)),
+        _ => peers.fenced().filter(|&t| t > ours).map(Answer::Term),
     }
 }
 
@@ -103,7 +137,8 @@ pub fn hand_over<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut vm: Box<Vm<A::P
 }
 
 /// Cuts the final epoch and waits until the target commits it; sends
-/// SwitchDone. From `Ok` on the guest belongs to the target.
+/// SwitchDone and waits for the answer. From `Ok` on the guest belongs to
+/// the target.
 fn final_epoch<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, target: usize) -> Result<Epoch, CalledOff> {
     let to = peers_of(vm).and_then(|peers| peers.list.get(target)).map(|s| s.addr.ip).ok_or(CalledOff::NoTarget)?;
     let mut epoch = cut_epoch(p, vm, true).ok_or(CalledOff::FinalCut)?;
@@ -124,28 +159,35 @@ fn final_epoch<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platfo
     if !acked(vm) {
         return Err(CalledOff::NotCommitted { to, epoch });
     }
-    // From here the guest belongs to the target: SwitchDone goes out and
-    // this device never resumes it on its own.
+    // SwitchDone goes out; the guest stays paused here, ready to resume,
+    // until the target answers. The sync port stays ours meanwhile: the
+    // target, running the guest, connects there and proves its term.
+    let ours = vm.sync.as_ref().map_or(0, |e| e.standing.term);
     let sent = vm.sync.as_mut().and_then(|e| e.peers_mut()).and_then(|p| p.send_to(target, &Message::SwitchDone { epoch }));
-    // The target runs the guest from now on, under the next term: it must
-    // not meet this device as another active one.
-    if let (Some(n), Some(peers)) = (p.net.as_mut(), vm.sync.as_mut().and_then(|e| e.peers_mut())) {
-        peers.stop_listening(n);
-    }
-    // Confirmed when TCP acknowledged SwitchDone, or the target closed the
-    // connection with a FIN (it does so only once it took the guest over).
-    let confirmed = |p: &Parts<A, D>, vm: &Vm<A::Platform>| {
-        let Some(peers) = peers_of(vm) else { return false };
-        peers.list[target].finished_by_peer || p.net.as_ref().is_some_and(|n| peers.delivered(target, n))
+    info!("switch: SwitchDone epoch={epoch} sent to {to}; the guest stays paused here until it answers");
+    let answer = match sent {
+        Some(_) => {
+            pump_until(p, vm, ANSWER_WAIT_MS, |_, vm| answer(vm, target, epoch, ours).is_some());
+            answer(vm, target, epoch, ours)
+        }
+        None => None,
     };
-    let confirmed = sent.is_some()
-        && pump_until(p, vm, HANDOVER_WAIT_MS, |p, vm| {
-            let gone = !peers_of(vm).is_some_and(|peers| peers.is_established(target));
-            confirmed(p, vm) || gone
-        })
-        && confirmed(p, vm);
-    if !confirmed {
-        warn!("switch: handover to {to} unconfirmed; this device becomes a standby (fail over to {to} if the guest does not resume there)");
+    let Some(answer) = answer else {
+        // Nothing of this hand-over may reach the target later: its
+        // connection, and the request that came on it, end here.
+        let now = p.now_ms();
+        if let (Some(n), Some(e)) = (p.net.as_mut(), vm.sync.as_mut()) {
+            e.drop_peer(target, n, now, "it did not answer SwitchDone");
+        }
+        return Err(CalledOff::Unanswered { to, epoch });
+    };
+    // From here the guest belongs to the target.
+    match answer {
+        Answer::Taken(term) => info!("switch: {to} answered: it runs the guest from epoch {epoch} under term {}", sync_core::fence::term_count(term)),
+        Answer::Term(term) => info!(
+            "switch: term {} of this guest proven here (by {to} on the sync port, or by a standby that follows it): the guest runs there",
+            sync_core::fence::term_count(term)
+        ),
     }
     pump_until(p, vm, OTHERS_WAIT_MS, |_, vm| {
         let Some(peers) = peers_of(vm) else { return true };

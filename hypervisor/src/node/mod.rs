@@ -33,6 +33,8 @@ pub mod vm;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod handoff_tests;
+#[cfg(test)]
 mod tests;
 
 use alloc::boxed::Box;

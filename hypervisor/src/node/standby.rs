@@ -21,6 +21,10 @@ const POLL_MS: u64 = 1;
 /// disagree on a slow link. While bytes arrive (the active device holds the
 /// request until this standby is in step) the request waits on.
 const REQUEST_TIMEOUT_MS: u64 = 6_000;
+/// A switch asked for while no active device is connected (right after a
+/// switch, before the new active device connected here) waits this long
+/// for one, then fails (the link is down).
+const CONNECT_WAIT_MS: u64 = 6_000;
 /// A request still waiting after this long has failed: the catch-up does
 /// not converge (the guest writes faster than the link carries).
 const REQUEST_CAP_MS: u64 = 300_000;
@@ -32,6 +36,8 @@ const PROGRESS_MS: u64 = 1_000;
 pub enum Unable<E> {
     /// No `policy` in its config: it could not sync the others.
     NoPolicy,
+    /// No randomness for the term and the sessions it would start.
+    NoRandomness,
     /// The committed vCPU state is one this CPU cannot restore.
     Cpu(E),
     /// The committed board state does not decode.
@@ -45,6 +51,9 @@ pub enum Unable<E> {
 fn able<A: Arch, D: NetDevice>(p: &Parts<A, D>, s: &Standby) -> Result<(), Unable<A::StateError>> {
     if p.machine.config.policy.is_none() {
         return Err(Unable::NoPolicy);
+    }
+    if !p.rng.is_available() {
+        return Err(Unable::NoRandomness);
     }
     let committed = s.node.applier.committed_epoch();
     if let Some(state) = s.node.committed_state.as_ref().filter(|st| st.epoch == committed) {
@@ -78,6 +87,9 @@ struct Request {
     seen: (u64, u64),
     progress_ms: u64,
     line_ms: u64,
+    /// The connection it was sent on (`StandbyNode::served`); None while it
+    /// waits for an active device to connect. It ends with that connection.
+    sent_on: Option<u32>,
 }
 
 pub enum Next {
@@ -130,15 +142,15 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
                     warn!("switch: failed: this device cannot run the guest ({e:?}); the guest stays where it is");
                     continue;
                 }
-                match p.net.as_mut().map(|n| s.node.request_switch(n)) {
-                    Some(Ok(())) => {
-                        let at = p.now_ms();
-                        info!("switch: request sent at_ms={at}");
-                        let seen = (s.node.bytes_received, s.node.applier.committed_epoch());
-                        s.pending = Some(Request { asked_ms: at, bytes_before: seen.0, seen, progress_ms: at, line_ms: at });
-                    }
-                    Some(Err(e)) => warn!("switch: failed: no session with an active device ({e:?}); the guest stays where it is"),
-                    None => warn!("switch: failed: this device has no network"),
+                if p.net.is_none() {
+                    warn!("switch: failed: this device has no network");
+                    continue;
+                }
+                let at = p.now_ms();
+                let seen = (s.node.bytes_received, s.node.applier.committed_epoch());
+                s.pending = Some(Request { asked_ms: at, bytes_before: seen.0, seen, progress_ms: at, line_ms: at, sent_on: None });
+                if s.node.served().is_none() {
+                    info!("switch: no active device connected yet; the request waits up to {CONNECT_WAIT_MS} ms for one");
                 }
             }
             Command::Failover => {
@@ -160,6 +172,7 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
         let (asked_ms, bytes_before) = s.pending.take().map_or((p.now_ms(), s.node.bytes_received), |r| (r.asked_ms, r.bytes_before));
         return Next::TakeOver(Takeover::Switch { asked_ms, bytes_before, epoch });
     }
+    send_request(p, s);
     if let Some(why) = s.pending.as_mut().and_then(|r| wait_on(r, &s.node, p.now_ms())) {
         warn!("switch: failed: no handover from the active device: {why}; the guest stays there");
         // Nothing of this request may arrive later and move the guest.
@@ -172,9 +185,46 @@ pub fn step<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) -> Next
     Next::Stay
 }
 
+/// Sends a request that waits for a connection once an active device is
+/// connected; ends one whose connection ended (a SwitchDone can only come
+/// on it), and one that waited for a connection too long.
+fn send_request<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) {
+    let Some(r) = s.pending.as_mut() else { return };
+    let now = p.now_ms();
+    match (r.sent_on, s.node.served()) {
+        (Some(on), served) if served != Some(on) => {
+            warn!("switch: failed: the connection the request was sent on ended (the active device dropped it, or the link failed); the guest stays there");
+            s.pending = None;
+        }
+        (Some(_), _) => {}
+        (None, Some(conn)) => match p.net.as_mut().map(|n| s.node.request_switch(n)) {
+            Some(Ok(())) => {
+                info!("switch: request sent at_ms={now}");
+                r.sent_on = Some(conn);
+                // The wait for the handover starts now.
+                let seen = (s.node.bytes_received, s.node.applier.committed_epoch());
+                (r.bytes_before, r.seen, r.progress_ms, r.line_ms) = (seen.0, seen, now, now);
+            }
+            Some(Err(e)) => {
+                warn!("switch: failed: the request could not be sent ({e:?}); the guest stays where it is");
+                s.pending = None;
+            }
+            None => s.pending = None,
+        },
+        (None, None) if now - r.asked_ms > CONNECT_WAIT_MS => {
+            warn!("switch: failed: no active device connected within {CONNECT_WAIT_MS} ms (the link is down); the guest stays where it is");
+            s.pending = None;
+        }
+        (None, None) => {}
+    }
+}
+
 /// A waiting request: progress noted (and shown once a second); why it
 /// failed, if it did.
 fn wait_on(r: &mut Request, node: &StandbyNode, now: u64) -> Option<heapless::String<96>> {
+    if r.sent_on.is_none() {
+        return None;
+    }
     let seen = (node.bytes_received, node.applier.committed_epoch());
     if seen != r.seen {
         (r.seen, r.progress_ms) = (seen, now);

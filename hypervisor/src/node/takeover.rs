@@ -25,6 +25,9 @@ pub enum Takeover {
 pub enum TakeoverError<E> {
     /// No `policy` in this device's config: it could not sync the others.
     NoPolicy,
+    /// No randomness for the new term and its sessions: the guest could
+    /// not be synced, nor its term told to the old active device.
+    NoRandomness,
     /// No vCPU/device state came with the committed epoch.
     NoState {
         committed: Epoch,
@@ -48,11 +51,16 @@ pub enum Outcome<P> {
 }
 
 /// Runs the guest from the standby's committed epoch.
-pub fn take_over<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: Box<Standby>, how: Takeover) -> Outcome<A::Platform> {
+pub fn take_over<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut s: Box<Standby>, how: Takeover) -> Outcome<A::Platform> {
     let platform = match prepare(p, &s, &how) {
         Ok(platform) => platform,
         Err(e) => {
             warn!("switch: failed: cannot take the guest over here: {e:?}; this device stays a standby");
+            // No SwitchTaken comes: the old active device resumes the
+            // guest. Its SwitchDone ends with the connection it came on.
+            if let (Takeover::Switch { .. }, Some(n)) = (&how, p.net.as_mut()) {
+                s.node.drop_connection(n, "the guest cannot be taken over here");
+            }
             return Outcome::Stayed(s);
         }
     };
@@ -72,6 +80,9 @@ fn prepare<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &Standby, how: &Takeov
     if p.machine.config.policy.is_none() {
         return Err(TakeoverError::NoPolicy);
     }
+    if !p.rng.is_available() {
+        return Err(TakeoverError::NoRandomness);
+    }
     let committed = s.node.applier.committed_epoch();
     if let Takeover::Switch { epoch, .. } = how {
         if *epoch != committed {
@@ -89,10 +100,9 @@ fn run<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut s: Box<Standby>, how: Tak
     let (spec, shadows, size) = (config.policy, config.shadow.budget(config.mem_bytes), config.mem_bytes);
     let from = p.net.as_ref().and_then(|n| s.node.active_addr(n));
     let bytes_received = s.node.bytes_received;
-    let now = p.now_ms();
-    if let Some(n) = p.net.as_mut() {
-        s.node.shutdown(n, now);
-    }
+    // The listening sockets go now; the connection that brought the
+    // handover stays until the guest runs here (it carries the answer).
+    let served = p.net.as_mut().and_then(|n| s.node.detach(n));
     let (lineage, prior) = s.node.applier.lineage();
     let seen = s.node.term_seen;
     let (_image, hashes, committed) = s.node.applier.into_parts();
@@ -103,9 +113,31 @@ fn run<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut s: Box<Standby>, how: Tak
     // `prepare` checked the policy.
     let spec = spec.ok_or(StartError::NoPolicy)?;
     let now_ns = p.arch.now_ns();
-    let mut engine = epochs::start_after_switch(spec, shadows, hashes, committed, &mut mem, &mut p.s2, now_ns)?;
+    let engine = epochs::start_after_switch(spec, shadows, hashes, committed, &mut mem, &mut p.s2, now_ns);
+    let mut engine = match engine {
+        Ok(e) => e,
+        Err(e) => {
+            let now = p.now_ms();
+            if let (Some(n), Some(c)) = (p.net.as_mut(), served) {
+                c.close(n, now, None);
+            }
+            return Err(e);
+        }
+    };
     // A new term, above every one this device has seen.
     super::add_peers(p, &mut engine, super::Reign::TakeOver { lineage, prior, from: committed, seen });
+    // The engine runs (before the guest's first instruction): the old
+    // active device learns it may stop waiting, on the same connection,
+    // which then ends with a FIN. Without peers (no randomness) there is
+    // no term to tell.
+    let term = engine.standing.term;
+    let answer = matches!(how, Takeover::Switch { .. }).then_some((committed, term)).filter(|_| engine.peers().is_some());
+    let now = p.now_ms();
+    if let (Some(n), Some(c)) = (p.net.as_mut(), served) {
+        if !c.close(n, now, answer) {
+            warn!("switch: the answer to SwitchDone could not be sent; the old active device learns our term when we connect to it");
+        }
+    }
     // The image was written as data: no stale translation or instruction
     // may survive.
     p.s2.flush();

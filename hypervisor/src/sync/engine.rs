@@ -284,6 +284,13 @@ impl Engine {
         self.peers.as_ref().map(|p| p.list.iter().all(|x| x.acked >= last)).unwrap_or(true)
     }
 
+    /// Ends the connection to standby `i` (`Peers::drop_peer`).
+    pub fn drop_peer<D: crate::net::stack::NetDevice>(&mut self, i: usize, net: &mut crate::net::stack::Stack<D>, now_ms: u64, why: &str) {
+        if let Some(p) = self.peers.as_mut() {
+            p.drop_peer(i, net, &mut self.active, now_ms, why);
+        }
+    }
+
     pub fn peers(&self) -> Option<&super::peers::Peers> {
         self.peers.as_ref()
     }

@@ -69,6 +69,9 @@ pub struct Peer {
     refused: bool,
     /// When bytes last went into its socket.
     sent_ms: u64,
+    /// Its answer to SwitchDone on this connection: it took the guest over
+    /// at this epoch, under this term.
+    pub taken: Option<(Epoch, sync_core::fence::Term)>,
 }
 
 impl Peer {
@@ -144,6 +147,7 @@ impl Peers {
                 catching_up: false,
                 lag: LagLog::default(),
                 refused: false,
+                taken: None,
             })
             .collect();
         Peers {
@@ -244,6 +248,14 @@ impl Peers {
         self.list.iter_mut().filter_map(|p| p.session.as_mut()?.link_mut())
     }
 
+    /// Ends the connection to standby `i` (a hand-over it did not answer:
+    /// nothing of it may arrive there later).
+    pub fn drop_peer<D: NetDevice>(&mut self, i: usize, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64, why: &str) {
+        if self.list.get(i).is_some_and(|p| p.tcp.is_some()) {
+            self.drop_conn(i, net, active, now_ms, why);
+        }
+    }
+
     fn drop_conn<D: NetDevice>(&mut self, i: usize, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64, why: &str) {
         let p = &mut self.list[i];
         p.catchup_past = p.catchup();
@@ -264,6 +276,83 @@ impl Peers {
             self.switch_held = false;
             info!("switch: the request from {} is dropped with its connection", self.list[i].addr.ip);
         }
+    }
+
+    /// Reads what standby `i` sent on socket `h` and acts on it; false when
+    /// the connection was dropped.
+    fn read<D: NetDevice>(&mut self, i: usize, h: Handle, net: &mut Stack<D>, active: &mut ActiveSync, now_ms: u64) -> bool {
+        self.scratch.clear();
+        let n = net.recv(h, &mut self.scratch, READ_CHUNK);
+        if n > 0 {
+            let secret = self.secret.clone();
+            let p = &mut self.list[i];
+            let Some(s) = p.session.as_mut() else { return true };
+            let was = s.is_established();
+            match s.on_bytes(&self.scratch, &secret, active) {
+                Ok(events) => {
+                    for ev in events {
+                        match ev {
+                            ActiveEvent::Acked(e) => {
+                                p.acked = e;
+                                info!("ack standby={} epoch={e} at_ms={now_ms}", p.id);
+                            }
+                            ActiveEvent::Resync(e) if !was => {
+                                p.refused = false;
+                                p.connections += 1;
+                                if p.connections > 1 {
+                                    p.reconnects += 1;
+                                    if e == 0 && active.tracker().last_cut() > 0 {
+                                        p.full_resyncs += 1;
+                                    }
+                                }
+                                info!("sync: standby {} at {}:{} connected holding epoch {e}", p.id, p.addr.ip, p.addr.port);
+                            }
+                            ActiveEvent::Resync(e) => info!("sync: standby {} asks to resync from epoch {e}", p.id),
+                            ActiveEvent::SwitchRequested => {
+                                info!("switch: request from {} at_ms={now_ms}", p.addr.ip);
+                                if p.is_catching_up() {
+                                    info!("switch: {} is catching up; the switch waits until it is in step", p.addr.ip);
+                                }
+                                self.switch_request.get_or_insert(i);
+                            }
+                            ActiveEvent::SwitchTaken { epoch, term } => {
+                                info!("switch: {} took the guest over at epoch {epoch} (term {})", p.addr.ip, sync_core::fence::term_count(term));
+                                p.taken = Some((epoch, term));
+                            }
+                        }
+                    }
+                }
+                Err(SessionError::Fenced { term }) => {
+                    self.fenced = Some(self.fenced.map_or(term, |t| t.max(term)));
+                    self.drop_conn(i, net, active, now_ms, "it holds a higher term of this guest");
+                    return false;
+                }
+                Err(SessionError::Unrelated(why)) => {
+                    // Logged once per run of refusals: the standby keeps
+                    // its image until its user chooses.
+                    if !self.list[i].refused {
+                        warn!(
+                            "sync: standby {} keeps an image of {}: it is not sent this guest until its user allows it (console resync, or unrelated=resync)",
+                            self.list[i].addr.ip,
+                            match why {
+                                sync_core::fence::Unrelated::OtherLineage => "another guest",
+                                sync_core::fence::Unrelated::Diverged => "a history of this guest that ours does not include",
+                            }
+                        );
+                    }
+                    self.list[i].refused = true;
+                    self.drop_conn(i, net, active, now_ms, "it holds an unrelated image");
+                    self.list[i].next_try_ms = now_ms + REFUSED_RETRY_MS;
+                    return false;
+                }
+                Err(e) => {
+                    self.drop_conn(i, net, active, now_ms, "bad input from the standby");
+                    warn!("sync: {e:?}");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Moves bytes both ways on every connection; (re)connects; tops up
@@ -306,7 +395,11 @@ impl Peers {
                 }
                 TcpState::CloseWait | TcpState::TimeWait | TcpState::Closing | TcpState::LastAck => {
                     self.list[i].finished_by_peer = true;
-                    self.drop_conn(i, net, active, now_ms, "closed by the peer");
+                    // What it sent before its FIN counts (a target's
+                    // SwitchTaken comes right before it).
+                    if self.read(i, h, net, active, now_ms) {
+                        self.drop_conn(i, net, active, now_ms, "closed by the peer");
+                    }
                     continue;
                 }
                 _ => {}
@@ -337,72 +430,8 @@ impl Peers {
                 }
             }
             // Replies first: an Ack may be waiting.
-            self.scratch.clear();
-            let n = net.recv(h, &mut self.scratch, READ_CHUNK);
-            if n > 0 {
-                let secret = self.secret.clone();
-                let p = &mut self.list[i];
-                let Some(s) = p.session.as_mut() else { continue };
-                let was = s.is_established();
-                match s.on_bytes(&self.scratch, &secret, active) {
-                    Ok(events) => {
-                        for ev in events {
-                            match ev {
-                                ActiveEvent::Acked(e) => {
-                                    p.acked = e;
-                                    info!("ack standby={} epoch={e} at_ms={now_ms}", p.id);
-                                }
-                                ActiveEvent::Resync(e) if !was => {
-                                    p.refused = false;
-                                    p.connections += 1;
-                                    if p.connections > 1 {
-                                        p.reconnects += 1;
-                                        if e == 0 && active.tracker().last_cut() > 0 {
-                                            p.full_resyncs += 1;
-                                        }
-                                    }
-                                    info!("sync: standby {} at {}:{} connected holding epoch {e}", p.id, p.addr.ip, p.addr.port);
-                                }
-                                ActiveEvent::Resync(e) => info!("sync: standby {} asks to resync from epoch {e}", p.id),
-                                ActiveEvent::SwitchRequested => {
-                                    info!("switch: request from {} at_ms={now_ms}", p.addr.ip);
-                                    if p.is_catching_up() {
-                                        info!("switch: {} is catching up; the switch waits until it is in step", p.addr.ip);
-                                    }
-                                    self.switch_request.get_or_insert(i);
-                                }
-                            }
-                        }
-                    }
-                    Err(SessionError::Fenced { term }) => {
-                        self.fenced = Some(self.fenced.map_or(term, |t| t.max(term)));
-                        self.drop_conn(i, net, active, now_ms, "it holds a higher term of this guest");
-                        continue;
-                    }
-                    Err(SessionError::Unrelated(why)) => {
-                        // Logged once per run of refusals: the standby keeps
-                        // its image until its user chooses.
-                        if !self.list[i].refused {
-                            warn!(
-                                "sync: standby {} keeps an image of {}: it is not sent this guest until its user allows it (console resync, or unrelated=resync)",
-                                self.list[i].addr.ip,
-                                match why {
-                                    sync_core::fence::Unrelated::OtherLineage => "another guest",
-                                    sync_core::fence::Unrelated::Diverged => "a history of this guest that ours does not include",
-                                }
-                            );
-                        }
-                        self.list[i].refused = true;
-                        self.drop_conn(i, net, active, now_ms, "it holds an unrelated image");
-                        self.list[i].next_try_ms = now_ms + REFUSED_RETRY_MS;
-                        continue;
-                    }
-                    Err(e) => {
-                        self.drop_conn(i, net, active, now_ms, "bad input from the standby");
-                        warn!("sync: {e:?}");
-                        continue;
-                    }
-                }
+            if !self.read(i, h, net, active, now_ms) {
+                continue;
             }
             let p = &mut self.list[i];
             let Some(s) = p.session.as_mut() else { continue };

@@ -401,9 +401,14 @@ impl StandbyPeer {
 
     /// The standby asks for the guest (its user picked this device up).
     pub fn request_switch(&mut self) -> Result<(), SessionError> {
+        self.send(&Message::SwitchRequest)
+    }
+
+    /// Seals `msg` (ours: SwitchRequest, SwitchTaken) onto `outbox`.
+    pub fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
         match &mut self.state {
             StandbyState::Established { rx } => {
-                rx.send(&Message::SwitchRequest, &mut self.outbox)?;
+                rx.send(msg, &mut self.outbox)?;
                 Ok(())
             }
             _ => Err(SessionError::Protocol),

@@ -212,20 +212,23 @@ impl StandbyNode {
         self.close(net, why);
     }
 
-    /// Stops serving: the connection and the listener go (this device
-    /// becomes the active one). The connection ends with a FIN, sent before
-    /// the socket is released: it tells the old active device that its
-    /// handover arrived (a refusal would be a reset).
-    pub fn shutdown<D: NetDevice>(&mut self, net: &mut Stack<D>, now_ms: u64) {
-        if let Some(c) = self.conn.take() {
-            net.close(c.h);
-            net.poll(now_ms);
-            net.release(c.h);
-        }
+    /// Stops serving (this device becomes the active one): the listening
+    /// sockets go at once; the served connection is handed back, to be
+    /// ended by `Served::close` once the guest runs here (with the answer
+    /// to SwitchDone).
+    pub fn detach<D: NetDevice>(&mut self, net: &mut Stack<D>) -> Option<Served> {
         for s in self.slots.drain(..) {
             net.abort(s.h);
             net.release(s.h);
         }
+        self.conn.take().map(|c| Served { h: c.h, peer: c.peer })
+    }
+
+    /// The number of the connection served now (each new one counts up),
+    /// if one is: a switch request lives as long as the connection it was
+    /// sent on.
+    pub fn served(&self) -> Option<u32> {
+        self.conn.as_ref().map(|_| self.connections)
     }
 
     fn flush<D: NetDevice>(&mut self, net: &mut Stack<D>) {
@@ -470,6 +473,31 @@ impl StandbyNode {
                 Err("bad input in the handshake")
             }
         }
+    }
+}
+
+/// The connection a standby served, after it took the guest over.
+pub struct Served {
+    h: Handle,
+    peer: StandbyPeer,
+}
+
+impl Served {
+    /// Ends the connection with a FIN, sent before the socket is released;
+    /// with `taken` (epoch, term), a sealed SwitchTaken goes first: the old
+    /// active device keeps the guest until it reads it (or meets our term).
+    /// False if the answer could not be sealed or queued.
+    pub fn close<D: NetDevice>(mut self, net: &mut Stack<D>, now_ms: u64, taken: Option<(Epoch, sync_core::fence::Term)>) -> bool {
+        let mut answered = true;
+        if let Some((epoch, term)) = taken {
+            answered = self.peer.send(&sync_core::wire::Message::SwitchTaken { epoch, term }).is_ok();
+            send_out(net, self.h, &mut self.peer.outbox);
+            answered &= self.peer.outbox.is_empty();
+        }
+        net.close(self.h);
+        net.poll(now_ms);
+        net.release(self.h);
+        answered
     }
 }
 
