@@ -1,5 +1,6 @@
 //! The Debian kernel boots under the hypervisor on its virtual board.
-//! One boot (video workload, an access outside guest RAM, power-off) is
+//! One boot (video workload, an access outside guest RAM, a probe of the
+//! CPU model, power-off) is
 //! shared by the tests that read different parts of its console.
 use qemu_tests::{host_mem_mib, qemu_command, run, Assets, RunOutput};
 use std::sync::OnceLock;
@@ -12,7 +13,7 @@ fn shared_boot() -> &'static RunOutput {
     static BOOT: OnceLock<RunOutput> = OnceLock::new();
     BOOT.get_or_init(|| {
         let a = Assets::from_env();
-        let img = a.image("boot.img", "console=ttyAMA0 vmsync.workload=video vmsync.seconds=3 vmsync.test=badaccess", MEM_MIB);
+        let img = a.image("boot.img", "console=ttyAMA0 vmsync.workload=video vmsync.seconds=3 vmsync.test=badaccess,cpumodel", MEM_MIB);
         run(qemu_command(&img, host_mem_mib(MEM_MIB)), DEADLINE, &["vmsync-guest: init"], false).expect("starting QEMU")
     })
 }
@@ -81,4 +82,33 @@ fn access_outside_guest_ram_is_a_bus_error_and_the_hypervisor_survives() {
     // The guest carried on to its orderly power-off afterwards.
     let bad = out.output.find("vmsync-guest: badaccess").unwrap();
     assert!(out.output[bad..].contains("vmsync-guest: poweroff"));
+}
+
+/// The value of `key=` on `line`.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn guest_programs_see_the_cpu_model_and_dc_zva_is_prohibited() {
+    let out = boot();
+    let regs = out.lines_with("vmsync-cpu: ctr_el0=").next().unwrap_or_else(|| panic!("no probe line:\n{}", out.tail()));
+    // The model's CTR_EL0, not the A57's 0x8444c004 (QEMU's, which a plain
+    // QEMU boot shows).
+    assert_eq!(field(regs, "ctr_el0"), Some("0x80028002"), "{regs}");
+    // DZP (bit 4) set: DC ZVA prohibited; the block size (3:0) is the CPU's.
+    let dczid = u64::from_str_radix(field(regs, "dczid_el0").expect("dczid_el0").trim_start_matches("0x"), 16).expect("hex");
+    assert_ne!(dczid & 1 << 4, 0, "DCZID_EL0 {dczid:#x} does not say prohibited");
+    // A DC ZVA anyway: SIGILL (4), and the guest carried on.
+    assert!(out.output.contains("vmsync-cpu: dc_zva signal=4"), "{}", out.tail());
+    assert!(out.output.contains("vmsync-guest: cpumodel rc=0"), "{}", out.tail());
+    // The hypervisor reports the first trap of each kind, and counts them.
+    for reg in ["(CTR_EL0)", "(CLIDR_EL1)", "(DC ZVA)"] {
+        assert!(out.lines_with("vmsync: guest").any(|l| l.contains("trapped") && l.contains(reg)), "no first-trap line for {reg}:\n{}", out.tail());
+    }
+    let counts = out.lines_with("vmsync: cpu model traps:").next().unwrap_or_else(|| panic!("no trap counters:\n{}", out.tail()));
+    let ctr: u64 = field(counts, "ctr_el0").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{counts}"));
+    let zva: u64 = field(counts, "dc_zva").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{counts}"));
+    assert!(ctr >= 1 && zva >= 1, "{counts}");
 }

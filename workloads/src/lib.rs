@@ -13,6 +13,7 @@
 pub mod browse;
 pub mod burst;
 pub mod counter;
+pub mod cpuprobe;
 pub mod memtouch;
 pub mod player;
 pub mod sqlstore;

@@ -7,9 +7,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmsync_workloads::{browse, burst, counter, format_line, memtouch, player, sqlstore, storage, video};
+use vmsync_workloads::{browse, burst, counter, cpuprobe, format_line, memtouch, player, sqlstore, storage, video};
 
-const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse|burst|dav1d|sqlite> \
+const USAGE: &str = "usage: vmsync-workload <counter|video|idle|memtouch|storage|browse|burst|dav1d|sqlite|cpuprobe> \
 [--seconds S (default 10, 0 = forever)] [--mib N] [--period-ms P] [--dir D] [--clip F] \
 [--start-seconds B] [--write-seconds W] (burst: idles B seconds (default 0), writes W seconds (default half of S), idles)";
 
@@ -305,7 +305,32 @@ fn build(a: &Args) -> Result<Box<dyn Workload>, String> {
     })
 }
 
+/// `cpuprobe`: not a paced workload; see `cpuprobe`.
+fn cpu_probe(zva_child: bool) -> ExitCode {
+    if zva_child {
+        return if cpuprobe::dc_zva() { ExitCode::SUCCESS } else { ExitCode::from(3) };
+    }
+    let (ctr, dczid) = cpuprobe::registers();
+    println!("vmsync-cpu: ctr_el0={ctr:#x} dczid_el0={dczid:#x}");
+    let child = std::env::current_exe().and_then(|exe| std::process::Command::new(exe).args(["cpuprobe", "--zva"]).status());
+    match child {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            println!("vmsync-cpu: dc_zva {}", cpuprobe::describe(st.code(), st.signal()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmsync-workload: cpuprobe: cannot start the DC ZVA child: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("cpuprobe") {
+        return cpu_probe(raw.next().as_deref() == Some("--zva"));
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -10,6 +10,8 @@
 #   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args;
 #                         with a named workload, extra args of vmsync-workload)
 #   vmsync.test=badaccess read an address outside guest RAM through /dev/mem
+#   vmsync.test=cpumodel  print CTR_EL0 and DCZID_EL0 as a program reads them,
+#                         and how a DC ZVA ends (comma-separate several tests)
 
 # First, so boot time can be measured to this line.
 echo "vmsync-guest: init"
@@ -105,6 +107,13 @@ case ",$tests," in
         # (rc 135). Under plain QEMU a virtio-mmio device answers instead.
         devmem 0x0a000000 32
         echo "vmsync-guest: badaccess rc=$?"
+        ;;
+esac
+
+case ",$tests," in
+    *,cpumodel,*)
+        /bin/vmsync-workload cpuprobe
+        echo "vmsync-guest: cpumodel rc=$?"
         ;;
 esac
 

@@ -133,6 +133,10 @@ pub trait Arch {
     /// Whether `restore` would accept `bytes`, changing nothing (a standby
     /// checks before it asks for the guest).
     fn check_state(&self, bytes: &[u8]) -> Result<(), Self::StateError>;
+    /// Logs the arch's own trap counters (what `VmExit` does not tell
+    /// apart, such as which system registers trapped) with the node's at
+    /// power-off.
+    fn report_traps(&self) {}
     /// Makes this CPU ready to run a guest: its traps, its interrupts, its
     /// view of the CPU (first boot, or a take-over).
     fn enable_guest(&mut self);

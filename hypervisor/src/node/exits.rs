@@ -157,5 +157,6 @@ fn report<A: Arch, D: NetDevice>(p: &Parts<A, D>, vm: &Vm<A::Platform>) {
         let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {name}={n}({rate}/s)"));
     }
     info!("traps: total={} elapsed_ms={}{}", vm.stats.total(), us / 1000, line);
+    p.arch.report_traps();
     info!("unmapped guest accesses: {}; vgic unknown register accesses: {}", vm.unmapped_accesses, vm.platform.unknown_accesses());
 }

@@ -7,7 +7,8 @@ use alloc::vec::Vec;
 use super::boot::{GIC, LOGGER};
 use super::esr::DataAbort;
 use super::stage2_mem::GuestStage2;
-use super::vcpu_state::{CpuStateError, GuestCpu};
+use super::sysreg_model::{self, ModelRegs};
+use super::vcpu_state::{CpuStateError, El1, GuestCpu};
 use super::vectors::{self, TrapFrame, VectorKind};
 use super::{board, id_model, power, sysreg, timer, vcpu};
 use crate::arch::seam::{Arch, Completion, GuestPc, VmExit};
@@ -33,6 +34,11 @@ pub struct Aarch64 {
     /// Console bytes read to lower the UART's interrupt line, not yet
     /// taken by the node.
     pub(super) console_rx: heapless::Deque<u8, 256>,
+    /// The guest's registers of the CPU model that the CPU does not hold
+    /// (its CSSELR_EL1): part of its CpuState.
+    pub(super) model: ModelRegs,
+    /// Traps answered from the CPU model, by `sysreg_model::Kind`.
+    pub(super) model_traps: [u64; sysreg_model::KINDS],
 }
 
 /// A hypervisor exception (not the guest's): nothing sensible remains.
@@ -58,7 +64,14 @@ impl Aarch64 {
         LOGGER.enable_rx_irq();
         GIC.enable(board::UART_INTID);
         check_id_model();
-        Aarch64 { frame: TrapFrame::zeroed(), pending: Pending::None, sysregs_reported: heapless::Vec::new(), console_rx: heapless::Deque::new() }
+        Aarch64 {
+            frame: TrapFrame::zeroed(),
+            pending: Pending::None,
+            sysregs_reported: heapless::Vec::new(),
+            console_rx: heapless::Deque::new(),
+            model: ModelRegs::default(),
+            model_traps: [0; sysreg_model::KINDS],
+        }
     }
 
     /// The vCPU at a fresh guest's entry: `pc` with `x0` (the boot
@@ -71,6 +84,10 @@ impl Aarch64 {
         SPSR_EL2.set(0x3c5);
         // EL1 starts with MMU and caches off, little-endian: RES1 bits only.
         SCTLR_EL1.set(0x30D0_0800);
+        // The debug registers are RAZ/WI to the guest (`sysreg_model`):
+        // the one it cannot reach starts, and stays, with debug off.
+        MDSCR_EL1.set(0);
+        self.model = ModelRegs::default();
         CNTVOFF_EL2.set(CNTPCT_EL0.get());
     }
 }
@@ -147,19 +164,31 @@ impl Arch for Aarch64 {
     }
 
     fn capture(&mut self, out: &mut Vec<u8>) {
-        vcpu::capture(&self.frame, &GIC).encode(out);
+        let mut c = vcpu::capture(&self.frame, &GIC);
+        c.el1[El1::Csselr as usize] = self.model.csselr;
+        c.encode(out);
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), CpuStateError> {
         let cpu = GuestCpu::decode(bytes, GIC.list_registers() as u8)?;
         self.enable_guest();
         vcpu::restore(&cpu, &mut self.frame, &GIC);
+        // Decode kept only the bits the model has.
+        self.model = ModelRegs { csselr: cpu.get(El1::Csselr) };
         self.pending = Pending::None;
         Ok(())
     }
 
     fn check_state(&self, bytes: &[u8]) -> Result<(), CpuStateError> {
         GuestCpu::decode(bytes, GIC.list_registers() as u8).map(|_| ())
+    }
+
+    fn report_traps(&self) {
+        let mut line = heapless::String::<256>::new();
+        for k in sysreg_model::Kind::ALL {
+            let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {}={}", k.key(), self.model_traps[k as usize]));
+        }
+        log::info!("cpu model traps:{line}");
     }
 
     fn enable_guest(&mut self) {
@@ -176,8 +205,12 @@ impl Arch for Aarch64 {
         VMPIDR_EL2.set(vboard::GUEST_MPIDR);
         // Stage 2 on; IRQ/FIQ/SError to EL2 so the hypervisor keeps its own
         // interrupts; SMC traps (the guest's PSCI may use it); EL1 is AArch64;
-        // ID register reads trap (TID3) and see the one CPU model
-        // (`id_model`), the same on every device the guest may move to.
+        // ID register reads (TID3, TID1), cache geometry (TID2) and DC ZVA
+        // (TDZ) trap and see the one CPU model (`id_model`,
+        // `sysreg_model`), the same on every device the guest may move to.
+        // TID2 rather than FEAT_EVT's TID4: TID4 leaves CTR_EL0 untrapped,
+        // and its line sizes are what must not change under the guest
+        // (docs/architecture.md, "One CPU model").
         HCR_EL2.write(
             HCR_EL2::VM::Enable
                 + HCR_EL2::SWIO::SET
@@ -186,8 +219,16 @@ impl Arch for Aarch64 {
                 + HCR_EL2::AMO::SET
                 + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
                 + HCR_EL2::RW::EL1IsAarch64
-                + HCR_EL2::TID3::SET,
+                + HCR_EL2::TID3::SET
+                + HCR_EL2::TID2::SET
+                + HCR_EL2::TID1::SET
+                + HCR_EL2::TDZ::SET,
         );
+        // PMU and debug registers trap and read as zero (`sysreg_model`).
+        // HPMN (the counters EL1 may use) is kept: 0 is UNPREDICTABLE
+        // before FEAT_HPMN0, and with TPM set every counter traps anyway.
+        // TDE stays 0: the guest's debug exceptions are its own.
+        MDCR_EL2.modify(MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET + MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET + MDCR_EL2::TDE::CLEAR);
     }
 
     fn quiesce(&mut self) {

@@ -11,7 +11,7 @@ use super::cpu::{Aarch64, Pending};
 use super::esr::{self, DataAbort, Exit, FaultKind};
 use super::vcpu_state::ICH_HCR_UIE;
 use super::vectors::VectorKind;
-use super::{board, id_model, sysreg, timer};
+use super::{board, id_model, sysreg, sysreg_model, timer};
 use crate::arch::seam::{Handled, HostIrqs, VmExit};
 use crate::vplatform::arm::{board as vboard, vgic, ArmPlatform};
 use crate::vplatform::MmioAccess;
@@ -51,8 +51,11 @@ fn lower_sync(cpu: &mut Aarch64, platform: &mut ArmPlatform) -> VmExit {
             hypercall(cpu, true)
         }
         Exit::SysReg(acc) => {
-            sysreg_access(cpu, platform, &acc);
-            step_over();
+            if sysreg_access(cpu, platform, &acc) {
+                step_over();
+            } else {
+                inject_undef();
+            }
             VmExit::Handled(Handled::SysReg)
         }
         Exit::Wfx { .. } => {
@@ -167,7 +170,9 @@ fn inject_undef() {
 /// ICC_SGI1R_EL1: with HCR_EL2.IMO set the guest's SGI writes trap here.
 const SGI1R: (u8, u8, u8, u8, u8) = (3, 0, 12, 11, 5);
 
-fn sysreg_access(cpu: &mut Aarch64, platform: &mut ArmPlatform, acc: &esr::SysRegAccess) {
+/// Emulates a trapped system register access or system instruction;
+/// false if the guest must take it as undefined instead.
+fn sysreg_access(cpu: &mut Aarch64, platform: &mut ArmPlatform, acc: &esr::SysRegAccess) -> bool {
     let key = (acc.op0, acc.op1, acc.crn, acc.crm, acc.op2);
     if key == SGI1R && !acc.is_read {
         let v = cpu.frame.reg(acc.rt);
@@ -178,16 +183,38 @@ fn sysreg_access(cpu: &mut Aarch64, platform: &mut ArmPlatform, acc: &esr::SysRe
         if !irm && aff == 0 && v & 1 != 0 {
             platform.vgic.set_pending(intid);
         }
-        return;
+        return true;
     }
     let enc = id_model::Encoding { op0: acc.op0, op1: acc.op1, crn: acc.crn, crm: acc.crm, op2: acc.op2 };
-    if acc.is_read {
-        // HCR_EL2.TID3: the ID registers answer from the one CPU model
-        // every device shows.
-        if let Some(v) = id_model::value(enc) {
-            cpu.frame.set_reg(acc.rt, v);
-            return;
+    let write = (!acc.is_read).then(|| cpu.frame.reg(acc.rt));
+    // TID1/2/3, TDZ and MDCR_EL2's traps: answered from the one CPU model
+    // every device shows.
+    if let Some((kind, outcome)) = sysreg_model::emulate(enc, write, &mut cpu.model) {
+        let n = &mut cpu.model_traps[kind as usize];
+        if *n == 0 {
+            info!(
+                "guest {} S{}_{}_C{}_C{}_{} trapped ({}): {} (CPU model); further traps of this kind are counted",
+                if acc.is_read { "read of" } else { "write of" },
+                acc.op0,
+                acc.op1,
+                acc.crn,
+                acc.crm,
+                acc.op2,
+                kind.name(),
+                outcome
+            );
         }
+        *n += 1;
+        return match outcome {
+            sysreg_model::Outcome::Read(v) => {
+                cpu.frame.set_reg(acc.rt, v);
+                true
+            }
+            sysreg_model::Outcome::Written => true,
+            sysreg_model::Outcome::Undefined => false,
+        };
+    }
+    if acc.is_read {
         cpu.frame.set_reg(acc.rt, 0);
     }
     let code = (acc.op0 as u32) << 16 | (acc.op1 as u32) << 12 | (acc.crn as u32) << 8 | (acc.crm as u32) << 4 | acc.op2 as u32;
@@ -202,6 +229,7 @@ fn sysreg_access(cpu: &mut Aarch64, platform: &mut ArmPlatform, acc: &esr::SysRe
             acc.op2
         );
     }
+    true
 }
 
 /// Acknowledges every pending physical interrupt: the guest's virtual

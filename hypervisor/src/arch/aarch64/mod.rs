@@ -2,6 +2,7 @@
 //! stage 2, exits decoded into the seam's `VmExit`.
 pub mod esr;
 pub mod id_model;
+pub mod sysreg_model;
 pub mod vcpu_state;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

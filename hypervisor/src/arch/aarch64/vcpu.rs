@@ -10,7 +10,8 @@ use super::vcpu_state::{El1, GuestCpu, EL1_COUNT, MAX_LRS};
 use super::vectors::TrapFrame;
 use crate::vplatform::arm::board as vboard;
 
-/// The vCPU as the guest will resume it: call with the guest paused in a
+/// The vCPU as the guest will resume it (but CSSELR, which the CPU
+/// model holds): call with the guest paused in a
 /// trap, after the list registers were refilled for its return.
 pub fn capture(frame: &TrapFrame, gic: &Gic) -> GuestCpu {
     let mut c = GuestCpu::zeroed();
@@ -39,7 +40,9 @@ pub fn capture(frame: &TrapFrame, gic: &Gic) -> GuestCpu {
         TPIDRRO_EL0.get(),
         TPIDR_EL1.get(),
         CNTKCTL_EL1.get(),
-        CSSELR_EL1.get(),
+        // The guest's CSSELR is the CPU model's, not this CPU's (TID2
+        // traps it): the caller fills it in.
+        0,
         SP_EL0.get(),
         SP_EL1.get(),
         ELR_EL1.get(),
@@ -97,7 +100,6 @@ pub fn restore(c: &GuestCpu, frame: &mut TrapFrame, gic: &Gic) {
     TPIDRRO_EL0.set(c.get(El1::TpidrroEl0));
     TPIDR_EL1.set(c.get(El1::TpidrEl1));
     CNTKCTL_EL1.set(c.get(El1::Cntkctl));
-    CSSELR_EL1.set(c.get(El1::Csselr));
     SP_EL0.set(c.get(El1::SpEl0));
     SP_EL1.set(c.get(El1::SpEl1));
     ELR_EL1.set(c.get(El1::ElrEl1));

@@ -9,11 +9,13 @@
 //! EL2 registers (ELR/SPSR_EL2, the ICH_* registers, CNTVOFF_EL2), so
 //! `decode` sanitises what reaches them: what an honest device cannot
 //! have captured is an error, what one can is masked to what this
-//! hypervisor and the guest's CPU model allow. The EL1 registers are the
+//! hypervisor and the guest's CPU model allow (CSSELR, held by the CPU
+//! model, keeps only the bits the model has). The other EL1 registers are the
 //! guest's own: with HCR_EL2.E2H=0 they act only in its EL1&0 regime,
 //! under stage 2, and they are loaded as they came.
 use alloc::vec::Vec;
 
+use super::sysreg_model::CSSELR_KEPT;
 use crate::vplatform::arm::board as vboard;
 use crate::vplatform::arm::vgic::NR_INTIDS;
 
@@ -280,6 +282,9 @@ impl GuestCpu {
         }
         // The interface is on whenever the guest runs, whatever came.
         self.ich_hcr = ICH_HCR_EN | (self.ich_hcr & ICH_HCR_UIE);
+        // The guest's cache selection, held by the CPU model (TID2): only
+        // the bits the model has.
+        self.el1[El1::Csselr as usize] &= CSSELR_KEPT;
         self.ich_vmcr &= ICH_VMCR_DEFINED;
         self.ich_ap0r0 &= ICH_APR_DEFINED;
         self.ich_ap1r0 &= ICH_APR_DEFINED;
@@ -337,6 +342,8 @@ mod tests {
         for (i, r) in c.el1.iter_mut().enumerate() {
             *r = 0xe100 + i as u64;
         }
+        // A cache selection the CPU model has: L2 (not in CLIDR), data.
+        c.el1[El1::Csselr as usize] = 0b0010;
         c.vcount = 123_456_789;
         c.cntv_ctl = 1;
         c.cntv_cval = 123_999_999;
@@ -505,4 +512,88 @@ mod tests {
     }
 
     const LR_EOI_BIT: u64 = 1 << 41;
+
+    #[test]
+    fn csselr_keeps_only_what_the_cpu_model_has() {
+        // TnD (4, FEAT_MTE2) and RES0 bits go; InD and Level stay. A state
+        // from before TID2 (CSSELR captured from the CPU) carries only
+        // architectural bits, which survive.
+        let mut c = sample();
+        c.el1[El1::Csselr as usize] = 0xffff_0000_0000_0013;
+        assert_eq!(decoded(&c).unwrap().get(El1::Csselr), 0x3);
+        c.el1[El1::Csselr as usize] = 0b0011;
+        assert_eq!(decoded(&c).unwrap(), c);
+    }
+
+    /// xorshift64: deterministic, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Decoding must not panic; what it accepts is a fixed point of
+    /// sanitising (decode(encode(x)) is x) and drives the CPU model's
+    /// registers with its CSSELR.
+    fn check_hostile(input: &[u8]) -> bool {
+        use crate::arch::aarch64::sysreg_model::{self, ModelRegs, Outcome};
+        let Ok(c) = GuestCpu::decode(input, MAX_LRS as u8) else { return false };
+        let mut again = Vec::new();
+        c.encode(&mut again);
+        assert_eq!(GuestCpu::decode(&again, MAX_LRS as u8).as_ref(), Ok(&c), "sanitised state is stable");
+        let mut regs = ModelRegs { csselr: c.get(El1::Csselr) };
+        assert_eq!(regs.csselr & !sysreg_model::CSSELR_KEPT, 0);
+        for e in [sysreg_model::CCSIDR_EL1, sysreg_model::CSSELR_EL1, sysreg_model::CLIDR_EL1, sysreg_model::CTR_EL0] {
+            assert!(matches!(sysreg_model::emulate(e, None, &mut regs), Some((_, Outcome::Read(_)))), "{e:?}");
+        }
+        assert_eq!(
+            sysreg_model::emulate(sysreg_model::CCSIDR_EL1, None, &mut regs).map(|(_, o)| o),
+            Some(Outcome::Read(sysreg_model::ccsidr(c.get(El1::Csselr))))
+        );
+        true
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        let mut b = Vec::new();
+        sample().encode(&mut b);
+        let mut accepted = 0;
+        for bit in 0..b.len() * 8 {
+            let mut f = b.clone();
+            f[bit / 8] ^= 1 << (bit % 8);
+            accepted += check_hostile(&f) as usize;
+        }
+        // Registers take any value; the header, PSTATE, ICH_HCR and the
+        // list registers do not: both paths ran.
+        assert!(accepted > b.len() && accepted < b.len() * 8, "{accepted} of {} flips accepted", b.len() * 8);
+        let csselr_at = ENCODED_LEN - 8 * MAX_LRS - 8 * 7 - 8 * (EL1_COUNT - El1::Csselr as usize);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            // Garbage of any length, and of the right length behind a
+            // valid header so the checks get deep.
+            let n = (rng.next() % (ENCODED_LEN as u64 + 64)) as usize;
+            let mut f: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            check_hostile(&f);
+            if f.len() >= 7 {
+                f[..7].copy_from_slice(&b[..7]);
+                check_hostile(&f);
+            }
+            // A valid state with a few bytes changed, and with any CSSELR.
+            let mut g = b.clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() % b.len() as u64) as usize;
+                g[at] = rng.next() as u8;
+            }
+            check_hostile(&g);
+            let mut h = b.clone();
+            h[csselr_at..csselr_at + 8].copy_from_slice(&rng.next().to_le_bytes());
+            assert!(check_hostile(&h), "any CSSELR is accepted (masked)");
+        }
+        check_hostile(&[0xff; ENCODED_LEN]);
+    }
 }
