@@ -22,6 +22,13 @@
 //!   the new device's own commit of E, if logged.
 //! - `vmsync: warning: switch: failed: <reason>` lines, on any device, are
 //!   [`FailedSwitch`]es: the guest stays where it was.
+//! - A holder that ran on after a failover (cut off from the others, unaware
+//!   of it) until a higher term fenced it (`vmsync: warning: fence: term`,
+//!   after the failover's epoch was cut there): its segment ends at its cut
+//!   of the epoch the failover resumed from (`vmsync: digest epoch=E`, the
+//!   last before the fence line). What it ran past that is a history the
+//!   guest lost, not part of the guest's console; its console is read on
+//!   from the fence line.
 
 pub const SWITCH_REQUEST: &str = "vmsync: switch: request sent";
 pub const SWITCH_IN: &str = "vmsync: switch: in ";
@@ -29,6 +36,9 @@ pub const SWITCH_OUT: &str = "vmsync: switch: out ";
 pub const FAILOVER: &str = "vmsync: switch: failover ";
 pub const SWITCH_FAILED: &str = "vmsync: warning: switch: failed: ";
 pub const POWERED_OFF: &str = "vmsync: guest powered off";
+/// A running guest stopped by a higher term of its lineage (the device is a
+/// standby from here on).
+pub const FENCED: &str = "vmsync: warning: fence: term ";
 
 /// The network address of device `i` in a run (`169.254.0.(i+1)`).
 pub fn device_ip(i: usize) -> String {
@@ -255,6 +265,13 @@ pub fn timeline(outputs: &[String], first_active: usize) -> Timeline {
             .min_by_key(|(_, f)| num(f.rest, "epoch"));
         let Some((d, f)) = failover else { break };
         let epoch = num(f.rest, "epoch").unwrap_or(0);
+        if let Some(fence) = lines_with(out, start, FENCED).next() {
+            let cut = lines_with(&out[..fence.start], start, "vmsync: digest ").filter(|c| num(c.rest, "epoch") == Some(epoch)).last();
+            if let (Some(cut), Some(seg)) = (cut, t.segments.last_mut()) {
+                seg.end = cut.end;
+            }
+            cursor[holder] = fence.end;
+        }
         let digest = kv(f.rest, "digest").unwrap_or("");
         let cut = digest_before(out, out.len(), epoch, true);
         let committed = digest_before(&outputs[d], f.start, epoch, false);

@@ -158,3 +158,93 @@ fn failover_after_the_active_device_dies() {
     assert!(!g.rebooted, "the kernel booted {} times", g.boots);
     assert!(g.counter_continuous && g.time_monotonic, "{:?}", g.problems);
 }
+
+/// `vmsync: standby committed epoch=E digest=D` lines of `out` from `from`
+/// on: (epoch, digest).
+fn commits_from(out: &str, from: usize) -> Vec<(u64, String)> {
+    let text = out.get(from..).unwrap_or("");
+    text.lines()
+        .filter_map(|l| l.split_once("vmsync: standby committed ").map(|(_, r)| r))
+        .filter_map(|r| Some((kv(r, "epoch")?.parse().ok()?, kv(r, "digest")?.to_string())))
+        .collect()
+}
+
+fn kv<'a>(rest: &'a str, key: &str) -> Option<&'a str> {
+    qemu_tests::switching::kv(rest, key)
+}
+
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn a_partition_a_failover_and_the_heal_leave_one_guest() {
+    use qemu_tests::switching::{cut_digests, FAILOVER, FENCED};
+    /// How long A may run the guest after the heal.
+    const FENCE_WITHIN: Duration = Duration::from_secs(30);
+    // A's console length at the heal, and how long its fence took.
+    let at_heal = std::sync::Mutex::new(None::<(usize, Duration)>);
+    let r = run("swsplit", 3, 90, |c| {
+        wait_steady(c, 0, 1);
+        wait_steady(c, 0, 2);
+        c.link().isolate(0).expect("cutting A off");
+        // A runs on, unaware; B takes over from its last commit.
+        assert!(c.sleep(Duration::from_secs(2)));
+        let r = c.failover_and_wait(1, SWITCH_WAIT);
+        assert_eq!(r, SwitchOutcome::In, "failover:\n{}", tail(&c.output(1)));
+        // Both run the guest for a while: A's lines go on past B's resume point.
+        let lines = c.count(0, "vmsync-workload: counter=");
+        assert!(
+            c.wait_for(0, Duration::from_secs(60), |o| o.matches("vmsync-workload: counter=").count() >= lines + 5),
+            "A stopped running its guest while cut off:\n{}",
+            tail(&c.output(0))
+        );
+        let from = c.output(0).len();
+        c.link().rejoin(0).expect("healing");
+        let healed = c.elapsed();
+        assert!(
+            c.wait_for(0, FENCE_WITHIN, |o| o[from..].contains(FENCED)),
+            "A was not fenced within {} s of the heal:\n{}",
+            FENCE_WITHIN.as_secs(),
+            tail(&c.output(0))
+        );
+        *at_heal.lock().unwrap() = Some((from, c.elapsed() - healed));
+        // A is a standby of B's term now: it is resynced and commits.
+        let fence = c.output(0).rfind(FENCED).unwrap_or(0);
+        assert!(c.wait_for(0, Duration::from_secs(180), |o| !commits_from(o, fence).is_empty()), "A commits nothing after its fence:\n{}", tail(&c.output(0)));
+    });
+    let (heal_at, fenced_after) = at_heal.into_inner().unwrap().expect("the script reached the heal");
+    eprintln!("A fenced {:.1} s after the heal", fenced_after.as_secs_f64());
+    let (a, b, cc) = (&r.outputs[0], &r.outputs[1], &r.outputs[2]);
+    let t = r.timeline();
+    assert_eq!(t.holders(), [0, 1], "{t:#?}");
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let s = &t.switches[0];
+    assert!(s.kind == qemu_tests::switching::SwitchKind::Failover && s.digest_match, "{s:?}");
+    assert!(r.powered_off_ok() && r.powered_off == Some(1), "the guest did not power off cleanly on B: {:?} {:?}", r.powered_off, r.statuses);
+
+    // One guest after the heal: nothing on A after its fence line, nothing ever on C.
+    let fence = heal_at + a[heal_at..].find(FENCED).expect("A's fence line");
+    assert_eq!(a[fence..].matches("vmsync-workload:").count(), 0, "A ran its guest after its fence line:\n{}", &a[fence..]);
+    assert_eq!(cc.matches("vmsync-workload:").count(), 0, "C ran a guest");
+    assert!(a[heal_at..fence].matches("vmsync-workload:").count() <= 30, "A ran its guest long after the heal");
+    assert!(t.segments[0].end < heal_at, "A's segment ends at its cut of the failover's epoch, before the heal");
+
+    // B's term: what B cut after it took over. A and C commit it.
+    let b_cuts = cut_digests(&[b[b.find(FAILOVER).expect("B's failover line")..].to_string()]);
+    let a_after = commits_from(a, fence);
+    assert!(!a_after.is_empty() && a_after.iter().all(|c| b_cuts.contains(c)), "A's commits after its fence are not B's cuts: {a_after:?}");
+    let c_last = commits_from(cc, 0).pop().expect("C committed");
+    assert!(b_cuts.contains(&c_last), "C's last commit {c_last:?} is not one of B's cuts");
+    // Every committed digest agrees with a cut of that epoch by the device that was active.
+    let all_cuts = cut_digests(&r.outputs);
+    for (i, o) in r.outputs.iter().enumerate() {
+        for c in commits_from(o, 0) {
+            assert!(all_cuts.contains(&c), "device {i} committed {c:?}, which no active device cut");
+        }
+    }
+
+    // The guest went on across the failover, A's history past it left out.
+    let g = r.guest(Some(WORKLOAD));
+    assert!(!g.rebooted, "the kernel booted {} times", g.boots);
+    assert!(g.counter_continuous && g.time_monotonic, "{:?}", g.problems);
+    assert_eq!(g.checksums_verified, Some(true), "{:?}", g.problems);
+    assert!(g.lines >= 10, "only {} guest lines", g.lines);
+}

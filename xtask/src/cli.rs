@@ -88,6 +88,24 @@ pub fn shadow(s: &str) -> Result<u8, String> {
     }
 }
 
+/// `--partition-at S:I`: at S seconds, device I's links are cut.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PartitionAt {
+    pub at: f64,
+    pub device: usize,
+}
+
+/// `S:I`: a time in seconds and a device index.
+pub fn partition_at(s: &str) -> Result<PartitionAt, String> {
+    let (at, device) = s.split_once(':').ok_or("S:I: the time in seconds, a colon, the device (0-based) to cut off")?;
+    let at: f64 = at.trim().parse().map_err(|_| format!("{at:?} is not a time in seconds (S:I)"))?;
+    if !at.is_finite() || at < 0.0 {
+        return Err(format!("{at} is not a time in seconds (S:I)"));
+    }
+    let device = device.trim().parse().map_err(|_| format!("{device:?} is not a device index (S:I)"))?;
+    Ok(PartitionAt { at, device })
+}
+
 fn renamed(s: &str) -> Option<&'static str> {
     RENAMED.iter().find(|(old, _)| *old == s).map(|&(_, new)| new)
 }

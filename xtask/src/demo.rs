@@ -9,7 +9,7 @@ mod verdict;
 use anyhow::{bail, Context, Result};
 use qemu_tests::devices::{DevicesControl, DevicesRun};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub use args::{Demo, DemoArgs};
@@ -91,8 +91,8 @@ pub fn run(d: &Demo) -> Result<()> {
             );
         }
     }
-    let (run, missed) = start_and_watch(d, &imgs)?;
-    finish(d, &run, missed, &name, &init_name)
+    let (run, driven) = start_and_watch(d, &imgs)?;
+    finish(d, &run, &driven, &name, &init_name)
 }
 
 /// One line for the start: devices, link, workload, policy, plan.
@@ -147,7 +147,7 @@ fn images(d: &Demo, hv: &Path, spec: &image::GuestSpec) -> Result<Vec<PathBuf>> 
 
 /// Boots the devices, names their console files, prints a status line a
 /// second and carries out the switch plan until the guest powers off.
-fn start_and_watch(d: &Demo, imgs: &[PathBuf]) -> Result<(DevicesRun, usize)> {
+fn start_and_watch(d: &Demo, imgs: &[PathBuf]) -> Result<(DevicesRun, switching::Driven)> {
     let host_mem = qemu_tests::host_mem_mib(d.mem);
     let devices = match d.mode {
         // No NIC: the single device of old.
@@ -166,17 +166,17 @@ fn start_and_watch(d: &Demo, imgs: &[PathBuf]) -> Result<(DevicesRun, usize)> {
         Mode::Switch(p) => Some(p),
         _ => None,
     };
-    let missed = AtomicUsize::new(0);
+    let driven = Mutex::new(switching::Driven::default());
     let run = devices.run_script(Duration::from_secs(d.seconds) + SLACK, |c| {
         std::thread::scope(|s| {
             s.spawn(|| status_lines(c));
             match plan {
-                Some(p) => missed.store(switching::drive(c, p), Ordering::Relaxed),
+                Some(p) => *driven.lock().unwrap_or_else(|e| e.into_inner()) = switching::drive(c, p),
                 None => stop_when_device_0_dies(c),
             }
         })
     })?;
-    Ok((run, missed.load(Ordering::Relaxed)))
+    Ok((run, driven.into_inner().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// Without switches device 0 runs the guest throughout: when its QEMU
@@ -198,13 +198,16 @@ fn status_lines(c: &DevicesControl) {
     let mut next = Duration::from_secs(1);
     while c.at(next) {
         let running: Vec<bool> = (0..c.devices()).map(|i| c.running(i)).collect();
-        println!("{}", status::line(&status::status(&c.outputs(), &running), c.elapsed(), c.devices()));
+        let n = c.devices();
+        let link = c.link();
+        let cut_off: String = (0..n).filter(|&i| n > 1 && (0..n).all(|j| j == i || link.is_cut(i, j))).map(|i| format!(" | device-{i} cut off")).collect();
+        println!("{}{cut_off}", status::line(&status::status(&c.outputs(), &running), c.elapsed(), n));
         next = Duration::from_secs(c.elapsed().as_secs() + 1);
     }
 }
 
 /// The report, the summary and the verdict of a finished run.
-fn finish(d: &Demo, run: &DevicesRun, missed: usize, name: &str, init_name: &str) -> Result<()> {
+fn finish(d: &Demo, run: &DevicesRun, driven: &switching::Driven, name: &str, init_name: &str) -> Result<()> {
     let t = run.timeline();
     let console = match d.mode {
         Mode::Switch(_) => t.guest_console(&run.outputs),
@@ -257,6 +260,9 @@ fn finish(d: &Demo, run: &DevicesRun, missed: usize, name: &str, init_name: &str
         for p in &t.problems {
             println!("timeline: {p}");
         }
+        for l in switching::heal_lines(&run.outputs, driven) {
+            println!("{l}");
+        }
         println!("{}", switching::guest_line(v));
         for p in v.problems.iter().take(10) {
             println!("guest: {p}");
@@ -295,8 +301,9 @@ fn finish(d: &Demo, run: &DevicesRun, missed: usize, name: &str, init_name: &str
         timed_out: run.timed_out,
         unclean: unclean(d, run),
         fatal: run.outputs.iter().any(|o| o.contains("vmsync: error: fatal")),
-        missed_switches: missed,
-        planned_switches: planned,
+        missed: driven.missed.clone(),
+        planned,
+        two_at_once: switching::two_at_once(&run.outputs, driven),
         workload: Some(workload),
     };
     let problems = verdict::problems(&r, &facts);

@@ -186,6 +186,43 @@ fn a_failover_resumes_from_the_last_committed_epoch() {
     assert!(v.counter_continuous && !v.time_monotonic, "{v:?}");
 }
 
+/// A cut off from B after epoch 4 (B committed it), B fails over from 4
+/// while A runs on to epoch 9 unaware; after the heal B's term fences A,
+/// which then commits B's epochs as its standby.
+fn split_brain_run(fenced: bool) -> Vec<String> {
+    let fence = if fenced {
+        "vmsync: warning: fence: term 2 of this guest runs on another device (ours is 1): the guest stopped here at epoch 9 (not committed past the other term's take-over); this device is a standby now\n"
+    } else {
+        ""
+    };
+    let a = format!("{BOOT}{}{fence}{}", active(1..=9, 1..=9), if fenced { standby(7..=8) } else { String::new() });
+    let b = format!(
+        "{}vmsync: console: failover requested\nvmsync: switch: failover epoch=4 latency_ms=25 digest={}\n{}vmsync: guest powered off (PSCI SYSTEM_OFF)\n",
+        standby(1..=4),
+        d(4, 0),
+        active(5..=8, 4..=8)
+    );
+    vec![a, b]
+}
+
+#[test]
+fn after_a_partition_a_holder_that_ran_on_until_fenced_ends_at_its_cut_of_the_failover_epoch() {
+    let outs = split_brain_run(true);
+    let t = timeline(&outs, 0);
+    assert_eq!(t.holders(), vec![0, 1]);
+    let cut4 = format!("vmsync: digest epoch=4 d={}\n", d(4, 0));
+    assert_eq!(t.segments[0].end, outs[0].find(&cut4).unwrap() + cut4.len(), "A's segment ends at its cut of epoch 4");
+    assert!(t.switches[0].digest_match && t.switches[0].kind == SwitchKind::Failover, "{:?}", t.switches);
+    let v = verdict(&outs, &t, Some("counter"));
+    assert!(v.counter_continuous && v.time_monotonic && !v.rebooted, "{v:?}");
+    assert_eq!((v.lines, v.last_counter), (8, Some(8)), "A's lines 5 to 9 ran on a lost history");
+    // Unfenced, A still runs the guest: its lines past epoch 4 are the guest's, and B's go back too far.
+    let outs = split_brain_run(false);
+    let t = timeline(&outs, 0);
+    assert_eq!(t.segments[0].end, outs[0].len());
+    assert!(!verdict(&outs, &t, Some("counter")).counter_continuous);
+}
+
 #[test]
 fn a_second_boot_banner_is_a_reboot_and_a_reset_counter_breaks_continuity() {
     let a = format!("{BOOT}{}{}", active(1..=3, 1..=3), out_line(3, 1));

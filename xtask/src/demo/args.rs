@@ -72,13 +72,29 @@ pub struct DemoArgs {
     #[arg(long, value_delimiter = ',', value_name = "I[,I...]", requires = "switch_at")]
     pub switch_to: Vec<usize>,
     /// At this time (seconds since the start) kill the QEMU of the device
-    /// running the guest and tell the next device (round robin) to take
-    /// over from its last committed epoch (Ctrl-] "failover").
+    /// running the guest (unless --partition-at cut it off: then it runs
+    /// on) and tell the next device (round robin) that is not cut off to
+    /// take over from its last committed epoch (Ctrl-] "failover").
     #[arg(long, value_name = "S")]
     pub failover_at: Option<f64>,
+    /// At S seconds (since the start) the link emulator cuts every link of
+    /// device I (0-based), both ways. A --failover-at while I runs the
+    /// guest leaves it running, unaware, as a real one would be (its QEMU
+    /// is not killed), and hands the guest to a device that can still
+    /// reach the others; then --heal-at is needed. A partition or a
+    /// failover first waits for every standby it needs to commit its first
+    /// epoch (the steps after it move by that wait).
+    #[arg(long, value_parser = cli::partition_at, value_name = "S:I")]
+    pub partition_at: Option<cli::PartitionAt>,
+    /// At S seconds restore the links --partition-at cut. A device that ran
+    /// the guest cut off must then stop it within 30 s (fenced by the
+    /// higher term) and never run it again: the command fails if two
+    /// devices ran the guest at once after the heal.
+    #[arg(long, value_name = "S")]
+    pub heal_at: Option<f64>,
     /// With 2 or more devices: no switch; the guest stays on device 0 and
     /// the others follow it as standbys (the report gains `standbys`).
-    #[arg(long, conflicts_with_all = ["switch_at", "switch_to", "failover_at"])]
+    #[arg(long, conflicts_with_all = ["switch_at", "switch_to", "failover_at", "partition_at", "heal_at"])]
     pub no_switch: bool,
     /// Show the devices' consoles here as they come, each line prefixed
     /// [dK] (they always go to target/vmsync/demo-device-K.log).
@@ -148,10 +164,16 @@ impl DemoArgs {
     /// Everything the parsers could not see on their own; a clap error
     /// (exit code 2) for the first problem.
     pub fn check(self) -> Result<Demo, clap::Error> {
-        let explicit = !self.switch_at.is_empty() || self.failover_at.is_some();
+        let explicit = !self.switch_at.is_empty() || self.failover_at.is_some() || self.partition_at.is_some() || self.heal_at.is_some();
         let mode = if explicit {
-            let actions =
-                switching::plan(self.devices, &self.switch_at, &self.switch_to, self.failover_at).map_err(|e| refuse(ErrorKind::ValueValidation, e))?;
+            let steps = switching::Steps {
+                switch_at: &self.switch_at,
+                switch_to: &self.switch_to,
+                failover_at: self.failover_at,
+                partition_at: self.partition_at,
+                heal_at: self.heal_at,
+            };
+            let actions = switching::plan(self.devices, &steps).map_err(|e| refuse(ErrorKind::ValueValidation, e))?;
             Mode::Switch(switching::Plan { actions, clock: switching::Clock::DevicesStart })
         } else if self.devices == 1 {
             Mode::One
@@ -315,6 +337,11 @@ mod tests {
         assert_eq!(checked(&["--devices", "3", "--no-switch"]).unwrap().mode, Mode::Follow);
         let Mode::Switch(p) = checked(&["--devices", "3", "--switch-at", "30,40", "--switch-to", "2,0"]).unwrap().mode else { panic!("a switching run") };
         assert_eq!(p.clock, switching::Clock::DevicesStart);
+        let Mode::Switch(p) = checked(&["--devices", "3", "--partition-at", "20:0", "--failover-at", "22", "--heal-at", "35"]).unwrap().mode else {
+            panic!("a switching run")
+        };
+        assert_eq!(p.actions.len(), 3);
+        assert_eq!(p.clock, switching::Clock::DevicesStart);
         assert_eq!(checked(&["--devices", "1", "--policy", "off"]).unwrap().policy, None);
     }
 
@@ -341,7 +368,21 @@ mod tests {
             e
         };
         let e = one_line(refused(&["--devices", "1", "--switch-at", "10"]));
-        assert_eq!(e, "error: --switch-at and --failover-at need --devices 2 or more\n");
+        assert_eq!(e, "error: --switch-at, --failover-at and --partition-at need --devices 2 or more\n");
+        let e = one_line(refused(&["--devices", "3", "--heal-at", "30"]));
+        assert_eq!(e, "error: --heal-at restores the links --partition-at cuts: it needs --partition-at\n");
+        let e = one_line(refused(&["--devices", "3", "--partition-at", "20:0", "--failover-at", "22"]));
+        assert!(e.contains("device 0 running the guest cut off to the end: --heal-at must end the partition"), "{e}");
+        let e = one_line(refused(&["--devices", "3", "--partition-at", "20:3", "--heal-at", "30"]));
+        assert!(e.contains("--partition-at 20:3: devices are 0 to 2"), "{e}");
+        let e = one_line(refused(&["--devices", "3", "--partition-at", "20:0", "--heal-at", "10"]));
+        assert!(e.contains("--heal-at 10 must come after the partition at 20 s"), "{e}");
+        // The value parser's own errors, as clap words them.
+        let e = refused(&["--devices", "3", "--partition-at", "20"]);
+        assert!(e.starts_with("error: invalid value '20' for '--partition-at <S:I>': S:I"), "{e}");
+        let e = refused(&["--devices", "3", "--partition-at", "soon:1"]);
+        assert!(e.contains("not a time in seconds"), "{e}");
+        assert_eq!(parse(&["--no-switch", "--partition-at", "20:0"]).unwrap_err().exit_code(), 2);
         let e = one_line(refused(&["--devices", "1", "--failover-at", "10"]));
         assert!(e.contains("need --devices 2 or more"), "{e}");
         let e = one_line(refused(&["--switch-at", "10", "--switch-to", "0"]));

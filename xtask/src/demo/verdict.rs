@@ -1,6 +1,6 @@
 //! Whether a demo run passed: what went wrong, read from the report and
 //! the run's facts, as sentences for the summary and the error.
-use crate::report::{Report, WorkloadRc};
+use crate::report::{Report, Role, WorkloadRc};
 
 use crate::study::results::workload_rc;
 
@@ -55,9 +55,12 @@ pub struct Facts {
     pub unclean: Option<String>,
     /// A device printed `vmsync: error: fatal`.
     pub fatal: bool,
-    /// Planned switches (and failovers) that did not happen, of how many.
-    pub missed_switches: usize,
-    pub planned_switches: usize,
+    /// Planned steps (switches, failovers, the partition and its heal)
+    /// that did not happen, named, of how many.
+    pub missed: Vec<String>,
+    pub planned: usize,
+    /// How two devices ran the guest at once after the heal, if they did.
+    pub two_at_once: Vec<String>,
     pub workload: Option<Workload>,
 }
 
@@ -82,8 +85,15 @@ pub fn problems(r: &Report, f: &Facts) -> Vec<String> {
     if r.switches.iter().flatten().any(|s| !s.digest_match) {
         p.push("a switch's digests do not match".into());
     }
-    if f.missed_switches > 0 {
-        p.push(format!("{} of {} planned switches did not happen", f.missed_switches, f.planned_switches));
+    if !f.missed.is_empty() {
+        p.push(format!("{} of {} planned steps did not happen: {}", f.missed.len(), f.planned, f.missed.join(", ")));
+    }
+    p.extend(f.two_at_once.iter().cloned());
+    if let Some(d) = &r.devices {
+        let active = d.iter().filter(|d| d.role_at_end == Role::Active).count();
+        if active != 1 {
+            p.push(format!("{active} devices were active at the end, not one"));
+        }
     }
     if r.guest.continuity.as_ref().is_some_and(|c| c.rebooted) {
         p.push("the guest rebooted".into());
@@ -112,8 +122,8 @@ mod tests {
         let mut r = Report {
             switches: Some(vec![switch.clone(), switch]),
             devices: Some(vec![
-                DeviceEntry { digest_match: None, ..DeviceEntry::default() },
-                DeviceEntry { digest_match: Some(true), ..DeviceEntry::default() },
+                DeviceEntry { digest_match: None, role_at_end: Role::Active, ..DeviceEntry::default() },
+                DeviceEntry { digest_match: Some(true), role_at_end: Role::Standby, ..DeviceEntry::default() },
             ]),
             ..Report::default()
         };
@@ -146,14 +156,27 @@ mod tests {
 
     #[test]
     fn a_good_run_has_no_problems_and_each_fault_is_named() {
-        let ok = Facts { planned_switches: 2, workload: Some(Workload::Ended("0".into())), ..Facts::default() };
+        let ok = Facts { planned: 2, workload: Some(Workload::Ended("0".into())), ..Facts::default() };
         assert_eq!(problems(&good_report(), &ok), Vec::<String>::new());
         let failed = Facts { workload: Some(Workload::Ended("3".into())), ..ok.clone() };
         assert_eq!(problems(&good_report(), &failed), ["the workload exited with rc=3"]);
-        let never = Facts { workload: Some(Workload::NeverStarted), timed_out: true, missed_switches: 2, ..ok.clone() };
+        let missed = vec!["the failover at 22.0 s".to_string(), "the heal at 35.0 s".to_string()];
+        let never = Facts { workload: Some(Workload::NeverStarted), timed_out: true, missed, ..ok.clone() };
         assert_eq!(
             problems(&good_report(), &never),
-            ["the guest did not power off in time", "the workload never started", "2 of 2 planned switches did not happen"]
+            [
+                "the guest did not power off in time",
+                "the workload never started",
+                "2 of 2 planned steps did not happen: the failover at 22.0 s, the heal at 35.0 s"
+            ]
+        );
+        let split = Facts { two_at_once: vec!["two devices ran the guest at once after the heal: device-0 was not fenced within 30 s".into()], ..ok.clone() };
+        let mut r = good_report();
+        r.devices.as_mut().unwrap()[1].role_at_end = Role::Active;
+        r.devices.as_mut().unwrap()[1].digest_match = None;
+        assert_eq!(
+            problems(&r, &split),
+            ["two devices ran the guest at once after the heal: device-0 was not fenced within 30 s", "2 devices were active at the end, not one"]
         );
         let mut r = good_report();
         r.switches.as_mut().unwrap()[1].digest_match = false;
