@@ -119,7 +119,8 @@ fn until_closed(host: &mut ThirdHost, h: smoltcp::iface::SocketHandle, limit: Du
     while Instant::now() < end {
         host.poll();
         got.extend(host.recv(h));
-        if host.state(h) == TcpState::Closed {
+        // Reset, or closed by the standby (its FIN after a refusal's HelloAck).
+        if matches!(host.state(h), TcpState::Closed | TcpState::CloseWait) {
             return (true, got);
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -322,6 +323,7 @@ fn a_hostile_third_host_commits_nothing_and_cuts_nobody_off() {
     }
     assert!(a.slow_held.iter().all(|d| *d >= HANDSHAKE - Duration::from_millis(500) && *d <= HANDSHAKE + Duration::from_secs(2)), "{:?}", a.slow_held);
     let (stale, forged, bad) = (a.stale_hello.expect("connected"), a.forged_hello.expect("connected"), a.garbage_hello.expect("connected"));
+    assert_eq!(a.stale_answer, HELLO_FRAME, "the stale Hello gets a HelloAck (it hears why), no Confirm");
     assert!(refusals(lives[0], stale).is_empty(), "a refused history is logged as such, not as a failed handshake");
     assert!(lives[0].contains("offers a history of this guest that does not include our epoch"), "the stale Hello's refusal was not logged");
     assert_eq!(a.forged_answer, HELLO_FRAME + CONFIRM_FRAME, "a Hello that follows gets HelloAck and Confirm");

@@ -427,7 +427,16 @@ impl StandbyNode {
                     if let (Some((ip, port)), false) = (s.from, why == NOT_OURS) {
                         warn!("standby: handshake from {ip}:{port} failed: {why}");
                     }
-                    reset(net, s.h, now_ms);
+                    if why == NOT_OURS {
+                        // The HelloAck says why (the active device logs it
+                        // and waits before it asks again): it goes out with
+                        // a FIN. A reset would discard it unsent.
+                        net.close(s.h);
+                        net.poll(now_ms);
+                        net.release(s.h);
+                    } else {
+                        reset(net, s.h, now_ms);
+                    }
                 }
             }
         }
@@ -650,7 +659,8 @@ mod tests {
         /// session failed (a Confirm that did not open).
         fn talk(&mut self, w: &mut World) -> Result<(), crate::sync::session::SessionError> {
             let Some((p, a, s)) = self.peer.as_mut() else { return Ok(()) };
-            if !w.na.is_established(self.h) {
+            // After the standby's FIN what it sent is still to be read.
+            if !matches!(w.na.state(self.h), TcpState::Established | TcpState::CloseWait) {
                 return Ok(());
             }
             let mut out = Vec::new();
@@ -784,6 +794,29 @@ mod tests {
         w.run(HANDSHAKE_MS + 200, 10, false);
         assert!(w.node.adopt_once, "a Hello without the key spent the user's choice");
         assert_eq!(crate::node::fake::logged("as allowed"), 0, "an image replaced by nobody was said to be");
+        assert!(w.epoch_commits());
+        assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
+    }
+
+    /// A device offering another guest is refused, and hears why: the
+    /// HelloAck reaches it before the connection ends. (Before: the reset
+    /// that ended the connection discarded the HelloAck unsent, so the
+    /// active device never learnt why and asked again at once.)
+    #[test]
+    fn a_refused_guest_hears_why() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        let mut s = Stranger::connect_as(&mut w, Some(SECRET), [9; 16]);
+        let mut heard = None;
+        for _ in 0..300 {
+            w.run(1, 1, false);
+            if let Err(e) = s.talk(&mut w) {
+                heard = Some(e);
+                break;
+            }
+        }
+        assert_eq!(heard, Some(SessionError::Unrelated(Unrelated::OtherLineage)));
         assert!(w.epoch_commits());
         assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
     }
