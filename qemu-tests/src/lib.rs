@@ -6,6 +6,7 @@ pub mod guest_check;
 pub mod link;
 pub mod multi;
 pub mod switching;
+pub mod third_host;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

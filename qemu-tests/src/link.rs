@@ -6,7 +6,8 @@
 //! frames between devices by MAC like a learning switch, and passes each
 //! direction of each device pair through its own shaped link (rate, queue,
 //! delay, jitter, loss), with faults (cut, drop, bit flip) on command or at
-//! scheduled times. What it delivers is counted: that is the report's
+//! scheduled times. A tap ([`LinkHandle::tap`]) copies what chosen
+//! directions deliver (a recording to replay). What it delivers is counted: that is the report's
 //! `totals.link_bytes` (docs/report.md).
 //!
 //! [`tcp_proxy`] shapes a TCP byte stream (QEMU's own migration) the same
@@ -48,6 +49,8 @@ pub use frame::{checksums_ok, fix_checksums, tcp_view, TcpView};
 pub use profile::{ParseProfileError, Profile, TCP_FRAME_OVERHEAD, TCP_MSS};
 pub use proxy::{tcp_proxy, ProxySnapshot, StreamStats, TcpProxy};
 pub use stats::{DeviceStats, DirStats, Drops, Series, Snapshot, BUCKET};
+
+pub use engine::Tapped;
 
 use engine::{lock, Engine, Msg, Shared};
 use std::io;
@@ -262,6 +265,24 @@ impl LinkHandle {
     pub fn schedule(&self, at: Duration, cmd: Command) -> io::Result<()> {
         self.check(&cmd)?;
         self.tx.send(Msg::Schedule { at: self.start + at, cmd }).map_err(|_| stopped())
+    }
+
+    /// Copies of every frame delivered on `links` from now on, in delivery
+    /// order (a recording of what the receivers got). Unbounded: the
+    /// caller reads or drops the receiver.
+    pub fn tap(&self, links: Links) -> io::Result<mpsc::Receiver<Tapped>> {
+        if let Some(d) = links.max_device().filter(|&d| d >= self.ports.len()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("device {d} in {links:?}: the link has {} devices", self.ports.len())));
+        }
+        let (to, rx) = mpsc::channel();
+        self.tx.send(Msg::Tap { links, to }).map_err(|_| stopped())?;
+        Ok(rx)
+    }
+
+    /// The emulator's port for `device` (where a host on it sends) and the
+    /// port the emulator sends that device's frames to.
+    pub fn ports_of(&self, device: usize) -> Option<(u16, u16)> {
+        Some((*self.ports.get(device)?, *self.device_ports.get(device)?))
     }
 
     /// Cuts both directions between `a` and `b`.

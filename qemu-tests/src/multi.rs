@@ -78,6 +78,11 @@ impl Control {
         false
     }
 
+    /// Whether the active device has powered off (the run is ending).
+    pub fn finished(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Kills standby `i` and boots it again from its image: it comes back
     /// holding nothing.
     pub fn restart_standby(&self, i: usize) -> std::io::Result<()> {
@@ -110,7 +115,23 @@ pub fn run_scripted(
     echo: bool,
     script: Option<Script>,
 ) -> std::io::Result<MultiRun> {
-    let devices = standby_imgs.len() + 1;
+    run_with_hosts(active_img, standby_imgs, 0, host_mem, profile, deadline, echo, script)
+}
+
+/// `run_scripted` with `hosts` more devices on the link after the standbys
+/// that no QEMU takes: the script plays them (`crate::third_host`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_with_hosts(
+    active_img: &Path,
+    standby_imgs: &[&Path],
+    hosts: usize,
+    host_mem: u64,
+    profile: Profile,
+    deadline: Duration,
+    echo: bool,
+    script: Option<Script>,
+) -> std::io::Result<MultiRun> {
+    let devices = standby_imgs.len() + 1 + hosts;
     let link = Link::start(LinkConfig::new(devices, profile))?;
     let mut table = Vec::new();
     for (k, img) in standby_imgs.iter().enumerate() {

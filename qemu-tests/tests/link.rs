@@ -352,6 +352,33 @@ fn drop_next_n_drops_exactly_n() {
     assert!(got[1].1.ends_with(b"next"));
 }
 
+/// A tap records what one direction delivered, in order, and only that:
+/// not frames dropped before delivery, not other directions.
+#[test]
+fn a_tap_records_one_direction_as_delivered() {
+    let (link, devs) = start(3, quick());
+    learn(&devs);
+    let tap = link.tap(Links::Dir { from: 0, to: 1 }).expect("tap");
+    assert!(link.tap(Links::Device(3)).is_err(), "a tap names devices that exist");
+    link.drop_next(1, Filter::tcp_payload(Links::Dir { from: 0, to: 1 })).expect("command");
+    devs[0].send(&tcp_frame(1, 0, b"dropped"));
+    for s in 0..5 {
+        devs[0].send(&frame(mac(1), 0, s, 100));
+        devs[1].send(&frame(mac(0), 1, 100 + s, 100));
+        devs[0].send(&frame(mac(2), 0, 200 + s, 100));
+    }
+    let got = devs[1].collect(Duration::from_millis(500), Duration::from_secs(5));
+    let recorded: Vec<_> = tap.try_iter().collect();
+    assert_eq!(recorded.iter().map(|t| seq(&t.data)).collect::<Vec<_>>(), (0..5).collect::<Vec<_>>());
+    assert!(recorded.iter().all(|t| (t.from, t.to) == (0, 1)));
+    assert_eq!(recorded.iter().map(|t| t.data.clone()).collect::<Vec<_>>(), got.into_iter().map(|f| f.1).collect::<Vec<_>>());
+    // A tap whose receiver is gone is dropped and costs nothing.
+    drop(tap);
+    devs[0].send(&frame(mac(1), 0, 9, 100));
+    let got = devs[1].collect(Duration::from_millis(500), Duration::from_secs(5));
+    assert_eq!(got.iter().map(|f| seq(&f.1)).collect::<Vec<_>>(), [9]);
+}
+
 #[test]
 fn bit_flip_happens_once_and_can_keep_tcp_checksums_valid() {
     let (link, devs) = start(2, quick());

@@ -31,7 +31,7 @@ pub mod takeover;
 pub mod vm;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod handoff_tests;
 #[cfg(test)]

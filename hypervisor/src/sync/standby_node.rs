@@ -84,6 +84,10 @@ struct Slot {
     peer: Option<StandbyPeer>,
     /// The peer's address, for logs (a closed socket no longer knows it).
     from: Option<(core::net::Ipv4Addr, u16)>,
+    /// Its Hello offers another guest or history that this standby may
+    /// take (`adopt_unrelated`, `adopt_once`): acted on (and said) only
+    /// once the connection proves the key.
+    adopting: Option<(Verdict, Standing, Epoch)>,
 }
 
 /// The connection served: its peer proved the key.
@@ -389,7 +393,7 @@ impl StandbyNode {
     fn listen<D: NetDevice>(&mut self, net: &mut Stack<D>) {
         while self.slots.len() < BACKLOG {
             match net.tcp_listen(self.port) {
-                Ok(h) => self.slots.push(Slot { h, since_ms: None, peer: None, from: None }),
+                Ok(h) => self.slots.push(Slot { h, since_ms: None, peer: None, from: None, adopting: None }),
                 Err(e) => {
                     warn!("standby: listen on port {}: {e:?}", self.port);
                     return;
@@ -409,8 +413,12 @@ impl StandbyNode {
                 Ok(true) => {
                     let s = self.slots.swap_remove(i);
                     let Some(peer) = s.peer else { continue };
-                    // Its Confirm opened: the term its Hello named is proven.
+                    // Its Confirm opened: the term its Hello named is proven,
+                    // and the user's choice to take another guest is spent.
                     self.term_seen = self.term_seen.max(peer.peer_term);
+                    if let Some((verdict, theirs, last)) = s.adopting {
+                        self.on_verdict(verdict, &theirs, last, true);
+                    }
                     self.close(net, "the active device connected again");
                     self.connections += 1;
                     info!("standby: connection {} from {:?}, holding epoch {}", self.connections, s.from, self.applier.committed_epoch());
@@ -422,7 +430,16 @@ impl StandbyNode {
                     if let (Some((ip, port)), false) = (s.from, why == NOT_OURS) {
                         warn!("standby: handshake from {ip}:{port} failed: {why}");
                     }
-                    reset(net, s.h, now_ms);
+                    if why == NOT_OURS {
+                        // The HelloAck says why (the active device logs it
+                        // and waits before it asks again): it goes out with
+                        // a FIN. A reset would discard it unsent.
+                        net.close(s.h);
+                        net.poll(now_ms);
+                        net.release(s.h);
+                    } else {
+                        reset(net, s.h, now_ms);
+                    }
                 }
             }
         }
@@ -437,6 +454,10 @@ impl StandbyNode {
             return Ok(false);
         }
         let since = *s.since_ms.get_or_insert(now_ms);
+        // Known from the SYN on: a half-open connection's refusal names it too.
+        if s.from.is_none() {
+            s.from = net.remote(s.h);
+        }
         if !matches!(state, TcpState::SynReceived | TcpState::Established) {
             return Err("closed before it proved the key");
         }
@@ -445,9 +466,6 @@ impl StandbyNode {
         }
         if state != TcpState::Established {
             return Ok(false);
-        }
-        if s.from.is_none() {
-            s.from = net.remote(s.h);
         }
         let adopt = self.adopt_unrelated || self.adopt_once;
         let peer = s.peer.get_or_insert_with(|| {
@@ -462,8 +480,12 @@ impl StandbyNode {
         // active device learns why.
         send_out(net, s.h, &mut peer.outbox);
         let established = peer.is_established();
-        if let Some((verdict, theirs, last)) = peer.verdict.take() {
-            self.on_verdict(verdict, &theirs, last, r.is_ok());
+        match peer.verdict.take() {
+            // Taking another guest waits for the key (a stranger's Hello
+            // must not spend the user's choice).
+            Some((verdict @ Verdict::Unrelated(_), theirs, last)) if r.is_ok() => self.slots[i].adopting = Some((verdict, theirs, last)),
+            Some((verdict, theirs, last)) => self.on_verdict(verdict, &theirs, last, r.is_ok()),
+            None => {}
         }
         match r {
             Ok(()) => Ok(established),
@@ -637,6 +659,11 @@ mod tests {
 
     impl Stranger {
         fn connect(w: &mut World, secret: Option<[u8; 32]>) -> Self {
+            Self::connect_as(w, secret, active_hello().standing.lineage)
+        }
+
+        /// `connect`, its Hello naming the guest `lineage`.
+        fn connect_as(w: &mut World, secret: Option<[u8; 32]>, lineage: [u8; 16]) -> Self {
             let h = w.na.tcp_connect(B_IP, 7000).unwrap();
             let peer = secret.map(|s| {
                 let mut a = ActiveSync::new(PAGES, Budget::Full).unwrap();
@@ -649,6 +676,7 @@ mod tests {
                 // Its Hello names a cut past the standby's commits, as the
                 // active device's next one would (the same history: `fence`).
                 let mut hello = active_hello();
+                hello.standing.lineage = lineage;
                 hello.last_committed = a.tracker().last_cut() + 1;
                 (ActivePeer::connect(id, hello, &mut Drbg::new([s[0] ^ 0x77; 32])).unwrap(), a, PairingSecret::new(s))
             });
@@ -659,7 +687,8 @@ mod tests {
         /// session failed (a Confirm that did not open).
         fn talk(&mut self, w: &mut World) -> Result<(), crate::sync::session::SessionError> {
             let Some((p, a, s)) = self.peer.as_mut() else { return Ok(()) };
-            if !w.na.is_established(self.h) {
+            // After the standby's FIN what it sent is still to be read.
+            if !matches!(w.na.state(self.h), TcpState::Established | TcpState::CloseWait) {
                 return Ok(());
             }
             let mut out = Vec::new();
@@ -697,6 +726,58 @@ mod tests {
         assert!(w.na.is_established(late.h));
     }
 
+    /// A SYN from an address nobody answers ARP for (a SYN flood's): the
+    /// socket it takes stays half-open until the handshake deadline, then
+    /// is reset, and its refusal is logged with the address like any
+    /// other. (Before: reset without a word; the address was read only
+    /// once TCP was established.)
+    #[test]
+    fn a_half_open_connection_is_refused_at_the_deadline_and_logged() {
+        crate::node::fake::init_log();
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        w.nb.device_mut().inject(syn_from_nowhere(Ipv4Addr::new(169, 254, 200, 1), 20_000));
+        w.run(50, 1, false);
+        assert!(w.node.slots.iter().any(|s| w.nb.state(s.h) == TcpState::SynReceived), "the SYN took a listening socket");
+        assert!(w.epoch_commits(), "the active device was cut off");
+        w.run(HANDSHAKE_MS + 200, 10, false);
+        assert!(w.node.slots.iter().all(|s| w.nb.state(s.h) == TcpState::Listen), "a half-open socket outlived the deadline");
+        assert_eq!(crate::node::fake::logged("standby: handshake from 169.254.200.1:20000 failed: the key not proved within 5000 ms"), 1);
+        assert!(w.epoch_commits());
+        assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
+    }
+
+    /// A bare SYN to the standby's port 7000 from `ip:port`, as a frame
+    /// on the standby's wire.
+    fn syn_from_nowhere(ip: Ipv4Addr, port: u16) -> Vec<u8> {
+        use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber};
+        let mut f = std::vec![0u8; 14 + 20 + 20];
+        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+        eth.set_dst_addr(EthernetAddress([0x52, 0x54, 0, 0, 0, 2]));
+        eth.set_src_addr(EthernetAddress([0x02, 0x5e, 0x10, 0, 0, 1]));
+        eth.set_ethertype(EthernetProtocol::Ipv4);
+        let mut ip4 = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip4.set_version(4);
+        ip4.set_header_len(20);
+        ip4.set_total_len(40);
+        ip4.set_hop_limit(64);
+        ip4.set_next_header(IpProtocol::Tcp);
+        ip4.set_src_addr(ip);
+        ip4.set_dst_addr(B_IP);
+        ip4.fill_checksum();
+        let mut tcp = TcpPacket::new_unchecked(&mut f[34..]);
+        tcp.set_src_port(port);
+        tcp.set_dst_port(7000);
+        tcp.set_seq_number(TcpSeqNumber(1000));
+        tcp.set_header_len(20);
+        tcp.clear_flags();
+        tcp.set_syn(true);
+        tcp.set_window_len(64240);
+        tcp.fill_checksum(&IpAddress::Ipv4(ip), &IpAddress::Ipv4(B_IP));
+        f
+    }
+
     /// A host with a Hello but not the key: it gets HelloAck and the
     /// standby's Confirm, cannot answer with its own, and replaces nothing.
     #[test]
@@ -714,6 +795,56 @@ mod tests {
         // It keeps the socket open and silent: the deadline ends it.
         w.run(HANDSHAKE_MS + 200, 10, false);
         assert_eq!(w.na.state(s.h), TcpState::Closed);
+        assert!(w.epoch_commits());
+        assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
+    }
+
+    /// The user's one-time choice to take another guest (console
+    /// `resync`) is spent only by a connection that proves the key: a
+    /// Hello of another guest from a host without the key neither spends
+    /// it nor is said to replace the image. (Before: its clear-text Hello
+    /// spent it and logged "replacing the image", so the device the user
+    /// meant was refused afterwards.)
+    #[test]
+    fn a_strangers_hello_does_not_spend_the_users_choice() {
+        crate::node::fake::init_log();
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        w.node.adopt_once = true;
+        let mut s = Stranger::connect_as(&mut w, Some([4; 32]), [9; 16]);
+        let mut failed = false;
+        for _ in 0..200 {
+            w.run(1, 1, false);
+            failed |= s.talk(&mut w).is_err();
+        }
+        assert!(failed, "the stranger opened the standby's Confirm without the key");
+        w.run(HANDSHAKE_MS + 200, 10, false);
+        assert!(w.node.adopt_once, "a Hello without the key spent the user's choice");
+        assert_eq!(crate::node::fake::logged("as allowed"), 0, "an image replaced by nobody was said to be");
+        assert!(w.epoch_commits());
+        assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
+    }
+
+    /// A device offering another guest is refused, and hears why: the
+    /// HelloAck reaches it before the connection ends. (Before: the reset
+    /// that ended the connection discarded the HelloAck unsent, so the
+    /// active device never learnt why and asked again at once.)
+    #[test]
+    fn a_refused_guest_hears_why() {
+        let mut w = World::new();
+        w.connected();
+        assert!(w.epoch_commits());
+        let mut s = Stranger::connect_as(&mut w, Some(SECRET), [9; 16]);
+        let mut heard = None;
+        for _ in 0..300 {
+            w.run(1, 1, false);
+            if let Err(e) = s.talk(&mut w) {
+                heard = Some(e);
+                break;
+            }
+        }
+        assert_eq!(heard, Some(SessionError::Unrelated(Unrelated::OtherLineage)));
         assert!(w.epoch_commits());
         assert_eq!((w.peers.list[0].reconnects, w.node.connections), (0, 1));
     }

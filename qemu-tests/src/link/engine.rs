@@ -1,7 +1,7 @@
 //! The emulator's one scheduling thread: takes frames from the receive
 //! threads and commands from handles, switches, shapes, injects faults, and
 //! sends each frame on when its time comes.
-use super::command::{Command, Filter, FlipAt};
+use super::command::{Command, Filter, FlipAt, Links};
 use super::frame;
 use super::profile::Profile;
 use super::rng::Rng;
@@ -31,7 +31,21 @@ pub(crate) enum Msg {
         at: Instant,
         cmd: Command,
     },
+    /// Copy every frame delivered on `links` to `to` from now on, until
+    /// its receiver hangs up.
+    Tap {
+        links: Links,
+        to: Sender<Tapped>,
+    },
     Stop,
+}
+
+/// A frame as delivered on the tapped direction `from` → `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tapped {
+    pub from: usize,
+    pub to: usize,
+    pub data: Vec<u8>,
 }
 
 /// Counters the engine writes and handles read. Directions are indexed
@@ -79,6 +93,7 @@ pub(crate) struct Engine {
     flips: Vec<PendingFlip>,
     /// Scheduled commands, sorted by time (ties in the order given).
     schedule: Vec<(Instant, Command)>,
+    taps: Vec<(Links, Sender<Tapped>)>,
     rng: Rng,
     /// Each device's emulator-side socket (sends to that device come from
     /// the address its QEMU was told) and its QEMU's address.
@@ -99,6 +114,7 @@ impl Engine {
             drops: Vec::new(),
             flips: Vec::new(),
             schedule: Vec::new(),
+            taps: Vec::new(),
             rng: Rng::new(seed),
             socks,
             peers,
@@ -133,6 +149,7 @@ impl Engine {
                     let i = self.schedule.partition_point(|(t, _)| *t <= at);
                     self.schedule.insert(i, (at, cmd));
                 }
+                Ok(Msg::Tap { links, to }) => self.taps.push((links, to)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -282,6 +299,9 @@ impl Engine {
                 st.flipped += u64::from(flipped);
                 // The model's arrival time, not when this thread got to it.
                 add_to_series(&mut sh.series[i], at.saturating_duration_since(self.start), data.len() as u64);
+                let from = i / self.n;
+                // A tap whose receiver hung up goes.
+                self.taps.retain(|(links, tx)| !links.contains(from, to) || tx.send(Tapped { from, to, data: data.clone() }).is_ok());
             }
         }
     }
