@@ -237,6 +237,9 @@ impl FakeArch {
 
 pub type FakeNode = Node<FakeArch, Link>;
 
+/// A test's look at the world in the middle of a step (`World::watcher`).
+pub type Watcher = alloc::boxed::Box<dyn FnMut(&World)>;
+
 /// The devices of one test, on one simulated clock.
 pub struct World {
     pub clock: Rc<Cell<u64>>,
@@ -250,7 +253,7 @@ pub struct World {
     /// Called whenever a node spins (a blocking wait, such as a hand-over
     /// with the guest paused) and at each round of `run_until`: a test acts
     /// there on what it sees, in the middle of another node's step.
-    pub watcher: RefCell<Option<alloc::boxed::Box<dyn FnMut(&World)>>>,
+    pub watcher: RefCell<Option<Watcher>>,
 }
 
 pub const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

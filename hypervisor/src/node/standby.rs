@@ -222,9 +222,8 @@ fn send_request<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &mut Standby) {
 /// A waiting request: progress noted (and shown once a second); why it
 /// failed, if it did.
 fn wait_on(r: &mut Request, node: &StandbyNode, now: u64) -> Option<heapless::String<96>> {
-    if r.sent_on.is_none() {
-        return None;
-    }
+    // Not sent yet: `send_request` bounds that wait.
+    r.sent_on?;
     let seen = (node.bytes_received, node.applier.committed_epoch());
     if seen != r.seen {
         (r.seen, r.progress_ms) = (seen, now);
