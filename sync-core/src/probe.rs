@@ -161,8 +161,8 @@ mod tests {
         if e == 1 {
             // The working set starts incompressible: a page of it sent
             // whole costs 4 KiB, as a delta a few bytes.
-            for p in 0..200 {
-                for b in pages[p].iter_mut() {
+            for (p, page) in pages[..200].iter_mut().enumerate() {
+                for b in page.iter_mut() {
                     *b = rng.next() as u8;
                 }
                 dirty.push(p as u64);
