@@ -7,6 +7,7 @@
 //! the guest's device tree).
 pub mod arm;
 pub mod snapshot;
+pub mod virtio;
 
 /// One trapped MMIO access, already decoded from the syndrome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
