@@ -45,6 +45,19 @@ pub fn qemu_command(image: &Path, mem_mib: u64) -> Command {
     c
 }
 
+/// Attaches the raw disk image `image` to the board as a virtio-blk device
+/// on virtio-mmio (under the hypervisor: the device's own storage, which
+/// the hypervisor drives; under a plain run: the guest's disk). Each call
+/// adds one more disk with a drive id of its own.
+pub fn attach_disk(cmd: &mut Command, image: &Path) {
+    let n = cmd.get_args().filter(|a| *a == "-drive").count();
+    // QEMU's option syntax doubles a comma inside a value.
+    let path = image.to_string_lossy().replace(',', ",,");
+    let drive = format!("file={path},if=none,format=raw,id=vmsync-disk{n}");
+    cmd.arg("-drive").arg(drive);
+    cmd.args(["-device", &format!("virtio-blk-device,drive=vmsync-disk{n}")]);
+}
+
 /// A plain QEMU run of a Linux kernel, the baseline the hypervisor is
 /// compared with: same machine and CPU, no EL2.
 pub fn plain_command(kernel: &Path, initrd: &Path, append: &str, mem_mib: u64) -> Command {
@@ -349,4 +362,30 @@ pub fn peer_stat(output: &str, n: usize, key: &str) -> Option<u64> {
     let prefix = format!("vmsync: peer standby={n} ");
     let line = output.lines().find_map(|l| l.split_once(prefix.as_str()).map(|(_, r)| r))?;
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_attached_disk_gets_a_drive_of_its_own() {
+        let mut cmd = Command::new("qemu-system-aarch64");
+        attach_disk(&mut cmd, Path::new("/t/a,b.img"));
+        attach_disk(&mut cmd, Path::new("/t/state.img"));
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "-drive",
+                "file=/t/a,,b.img,if=none,format=raw,id=vmsync-disk0",
+                "-device",
+                "virtio-blk-device,drive=vmsync-disk0",
+                "-drive",
+                "file=/t/state.img,if=none,format=raw,id=vmsync-disk1",
+                "-device",
+                "virtio-blk-device,drive=vmsync-disk1",
+            ]
+        );
+    }
 }

@@ -23,6 +23,15 @@ mount -t proc proc /proc || echo "vmsync-guest: warning: cannot mount proc on /p
 mount -t sysfs sys /sys || echo "vmsync-guest: warning: cannot mount sysfs on /sys"
 mount -t tmpfs tmp /tmp || echo "vmsync-guest: warning: cannot mount tmpfs on /tmp"
 
+# The virtio disk's modules, in load order (the cloud kernel builds them as
+# modules): a guest given a disk finds /dev/vda once virtio_blk is in. Ones
+# already loaded (an init run again after switch_root) are skipped.
+for m in virtio virtio_ring virtio_mmio virtio_blk; do
+    if [ -f /lib/modules/$m.ko ] && [ ! -d /sys/module/$m ]; then
+        insmod /lib/modules/$m.ko || echo "vmsync-guest: warning: cannot load the $m module"
+    fi
+done
+
 workload=counter
 seconds=5
 exec_path=

@@ -27,7 +27,14 @@ const WORKLOAD_TARGET: &str = "aarch64-unknown-linux-musl";
 const WORKLOAD_BIN: &str = "vmsync-workload";
 const INIT_SCRIPT: &str = include_str!("../guest/init.sh");
 /// Bump when the initramfs layout changes, to invalidate cached ones.
-const INITRD_LAYOUT: u64 = 1;
+const INITRD_LAYOUT: u64 = 2;
+/// The kernel modules a virtio disk needs, in load order (each needs the
+/// ones before it): the Debian cloud kernel builds virtio and its block
+/// driver as modules, and ext4 in. They go into every initramfs under
+/// `lib/modules/`; `/init` loads them, so a guest given a disk finds
+/// `/dev/vda` (a guest without one loads them for nothing: a few ms).
+const DISK_MODULES: &[&str] =
+    &["kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio_mmio.ko", "kernel/drivers/block/virtio_blk.ko"];
 
 pub struct GuestAssets {
     /// Raw arm64 `Image` (magic `ARM\x64` at offset 56).
@@ -54,7 +61,7 @@ pub fn prepare(force: bool) -> Result<GuestAssets> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let debian = debian_parts(&dir, force)?;
     let workload = build_workloads()?;
-    let initrd = initramfs(&dir, &debian.busybox, &workload, force)?;
+    let initrd = initramfs(&dir, &debian.busybox, &workload, &debian.modules, force)?;
     Ok(GuestAssets { kernel: debian.kernel, initrd, kernel_release: debian.kernel_release })
 }
 
@@ -89,6 +96,25 @@ struct DebianParts {
     kernel: PathBuf,
     busybox: PathBuf,
     kernel_release: String,
+    /// The directory holding [`DISK_MODULES`] by file name.
+    modules: PathBuf,
+}
+
+/// A module's file name (`virtio_blk.ko`) from its path in `DISK_MODULES`.
+fn module_file(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The disk modules as (initramfs path, bytes), in load order.
+fn read_modules(modules: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    DISK_MODULES
+        .iter()
+        .map(|m| {
+            let f = modules.join(module_file(m));
+            let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            Ok((format!("lib/modules/{}", module_file(m)), bytes))
+        })
+        .collect()
 }
 
 /// The stamp records what the cache holds. It is valid for the pinned
@@ -97,12 +123,14 @@ fn debian_parts(dir: &Path, force: bool) -> Result<DebianParts> {
     let stamp_path = dir.join("debian.stamp");
     let kernel = dir.join("Image");
     let busybox = dir.join("busybox");
-    if !force && kernel.exists() && busybox.exists() {
+    let modules = dir.join("modules");
+    let have_modules = DISK_MODULES.iter().all(|m| modules.join(module_file(m)).exists());
+    if !force && kernel.exists() && busybox.exists() && have_modules {
         if let Ok(stamp) = std::fs::read_to_string(&stamp_path) {
             if stamp_field(&stamp, "pinned") == Some(KERNEL_PACKAGE) {
                 if let Some(release) = stamp_field(&stamp, "kernel-release") {
                     println!("xtask: guest: using the cached kernel {release} and busybox in {} (--force refreshes)", dir.display());
-                    return Ok(DebianParts { kernel, busybox, kernel_release: release.to_string() });
+                    return Ok(DebianParts { kernel, busybox, kernel_release: release.to_string(), modules });
                 }
             }
         }
@@ -116,7 +144,7 @@ fn debian_parts(dir: &Path, force: bool) -> Result<DebianParts> {
     let debs = dir.join("debs");
     let files = download(&debs, &[&kernel_pkg, BUSYBOX_PACKAGE])?;
 
-    let (release, image) = extract_kernel(&files[0], &dir.join("extract"))?;
+    let (release, image) = extract_kernel(&files[0], &dir.join("extract"), &modules)?;
     write_atomically(&kernel, &image)?;
     let bb = extract_file(&files[1], &dir.join("extract"), "bin/busybox")?;
     ensure!(is_aarch64_elf(&bb), "{} holds no arm64 bin/busybox", files[1].display());
@@ -130,7 +158,7 @@ fn debian_parts(dir: &Path, force: bool) -> Result<DebianParts> {
     // The .debs are only needed again with --force, which downloads anew.
     let _ = std::fs::remove_dir_all(&debs);
     println!("xtask: guest: kernel {release} ({} MiB Image), busybox in {}", image.len() >> 20, dir.display());
-    Ok(DebianParts { kernel, busybox, kernel_release: release })
+    Ok(DebianParts { kernel, busybox, kernel_release: release, modules })
 }
 
 fn stamp_field<'a>(stamp: &'a str, key: &str) -> Option<&'a str> {
@@ -234,8 +262,9 @@ fn apt_download(debs: &Path, pkgs: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Unpacks the kernel package and returns (release, raw arm64 Image).
-fn extract_kernel(deb: &Path, scratch: &Path) -> Result<(String, Vec<u8>)> {
+/// Unpacks the kernel package, copies [`DISK_MODULES`] into `modules` and
+/// returns (release, raw arm64 Image).
+fn extract_kernel(deb: &Path, scratch: &Path, modules: &Path) -> Result<(String, Vec<u8>)> {
     dpkg_extract(deb, scratch)?;
     let boot = scratch.join("boot");
     let vmlinuz = std::fs::read_dir(&boot)
@@ -245,6 +274,14 @@ fn extract_kernel(deb: &Path, scratch: &Path) -> Result<(String, Vec<u8>)> {
         .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
     let release = vmlinuz.file_name().unwrap().to_str().unwrap().trim_start_matches("vmlinuz-").to_string();
     let bytes = std::fs::read(&vmlinuz)?;
+    std::fs::create_dir_all(modules).with_context(|| format!("creating {}", modules.display()))?;
+    for m in DISK_MODULES {
+        let from = scratch.join("lib/modules").join(&release).join(m);
+        // A kernel with compressed modules (.ko.xz) would need them
+        // unpacked first; the pinned one has plain ones.
+        std::fs::copy(&from, modules.join(module_file(m)))
+            .with_context(|| format!("{} has no lib/modules/{release}/{m}: the guest needs it to see a virtio disk", deb.display()))?;
+    }
     let _ = std::fs::remove_dir_all(scratch);
     let image = raw_image(bytes).with_context(|| format!("{}", vmlinuz.display()))?;
     Ok((release, image))
@@ -315,14 +352,16 @@ fn build_workloads() -> Result<PathBuf> {
 /// Where cargo puts build output: `CARGO_TARGET_DIR` when set (relative to
 /// where we were started, as cargo reads it), else the workspace's target/.
 /// Builds `initrd.cpio.gz` unless one made from the same inputs is cached.
-fn initramfs(dir: &Path, busybox: &Path, workload: &Path, force: bool) -> Result<PathBuf> {
+fn initramfs(dir: &Path, busybox: &Path, workload: &Path, modules: &Path, force: bool) -> Result<PathBuf> {
     let out = dir.join("initrd.cpio.gz");
     let stamp_path = dir.join("initrd.stamp");
     let busybox_bytes = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let workload_bytes = std::fs::read(workload).with_context(|| format!("reading {}", workload.display()))?;
+    let module_bytes = read_modules(modules)?;
     let mut h = Fnv::default();
     h.write(&INITRD_LAYOUT.to_le_bytes());
-    for part in [INIT_SCRIPT.as_bytes(), &busybox_bytes, &workload_bytes] {
+    let parts = [INIT_SCRIPT.as_bytes(), &busybox_bytes, &workload_bytes].into_iter().chain(module_bytes.iter().map(|(_, b)| &b[..]));
+    for part in parts {
         h.write(&(part.len() as u64).to_le_bytes());
         h.write(part);
     }
@@ -331,7 +370,7 @@ fn initramfs(dir: &Path, busybox: &Path, workload: &Path, force: bool) -> Result
         println!("xtask: guest: using the cached initramfs {}", out.display());
         return Ok(out);
     }
-    let cpio = initramfs_cpio(&busybox_bytes, &workload_bytes)?;
+    let cpio = initramfs_cpio(&busybox_bytes, &workload_bytes, &module_bytes)?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&cpio)?;
     let gz = gz.finish()?;
@@ -343,19 +382,19 @@ fn initramfs(dir: &Path, busybox: &Path, workload: &Path, force: bool) -> Result
 
 /// The initramfs: busybox (its applet links are made by `/init` with
 /// `busybox --install -s`; only /bin/sh must exist beforehand), `/init`,
-/// the workload binary, and /dev/console, which the kernel opens for init's
-/// stdio before anything is mounted.
-fn initramfs_cpio(busybox: &[u8], workload: &[u8]) -> Result<Vec<u8>> {
+/// the workload binary, the disk modules, and /dev/console, which the
+/// kernel opens for init's stdio before anything is mounted.
+fn initramfs_cpio(busybox: &[u8], workload: &[u8], modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     let mut w = CpioWriter::new(Vec::new());
-    base_entries(&mut w, busybox, workload)?;
+    base_entries(&mut w, busybox, workload, modules)?;
     Ok(w.finish()?)
 }
 
 /// The directories of the base initramfs (the study one adds to them).
-const BASE_DIRS: [&str; 13] = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt", "run"];
+const BASE_DIRS: [&str; 15] = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt", "run", "lib", "lib/modules"];
 
 /// Every entry of the base initramfs, without the trailer.
-fn base_entries<W: Write>(w: &mut CpioWriter<W>, busybox: &[u8], workload: &[u8]) -> Result<()> {
+fn base_entries<W: Write>(w: &mut CpioWriter<W>, busybox: &[u8], workload: &[u8], modules: &[(String, Vec<u8>)]) -> Result<()> {
     for d in BASE_DIRS {
         w.dir(d, 0o755)?;
     }
@@ -364,6 +403,9 @@ fn base_entries<W: Write>(w: &mut CpioWriter<W>, busybox: &[u8], workload: &[u8]
     w.symlink("bin/sh", "busybox")?;
     w.file("init", 0o755, INIT_SCRIPT.as_bytes())?;
     w.file(&format!("bin/{WORKLOAD_BIN}"), 0o755, workload)?;
+    for (path, bytes) in modules {
+        w.file(path, 0o644, bytes)?;
+    }
     Ok(())
 }
 
@@ -437,10 +479,19 @@ mod tests {
     }
 
     #[test]
+    fn module_files_are_named_by_their_last_component() {
+        assert_eq!(module_file("kernel/drivers/block/virtio_blk.ko"), "virtio_blk.ko");
+        // Load order: the core before the ring, the transport and the driver.
+        let names: Vec<_> = DISK_MODULES.iter().map(|m| module_file(m)).collect();
+        assert_eq!(names, ["virtio.ko", "virtio_ring.ko", "virtio_mmio.ko", "virtio_blk.ko"]);
+    }
+
+    #[test]
     fn initramfs_has_init_console_and_shell() {
-        let cpio = initramfs_cpio(b"\x7fELF-busybox", b"\x7fELF-workload").unwrap();
+        let modules = vec![("lib/modules/virtio_blk.ko".to_string(), b"\x7fELF-module".to_vec())];
+        let cpio = initramfs_cpio(b"\x7fELF-busybox", b"\x7fELF-workload", &modules).unwrap();
         let text = String::from_utf8_lossy(&cpio);
-        for name in ["init\0", "dev/console\0", "bin/sh\0", "bin/busybox\0", "bin/vmsync-workload\0"] {
+        for name in ["init\0", "dev/console\0", "bin/sh\0", "bin/busybox\0", "bin/vmsync-workload\0", "lib/modules/virtio_blk.ko\0"] {
             assert!(text.contains(name), "no {name}");
         }
         assert!(INIT_SCRIPT.starts_with("#!/bin/sh\n"));
@@ -452,7 +503,7 @@ mod tests {
         std::fs::create_dir_all(&tmp).unwrap();
         let base = tmp.join("base.cpio.gz");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&initramfs_cpio(b"bb", b"wl").unwrap()).unwrap();
+        gz.write_all(&initramfs_cpio(b"bb", b"wl", &[]).unwrap()).unwrap();
         std::fs::write(&base, gz.finish().unwrap()).unwrap();
         let prog = tmp.join("prog");
         std::fs::write(&prog, b"\x7fELF-prog").unwrap();

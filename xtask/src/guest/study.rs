@@ -14,8 +14,8 @@
 //! (`target/guest/study-root/`, cached with a stamp of the pins).
 
 use super::{
-    base_entries, build_workloads, cache_dir, candidate, debian_parts, download, dpkg_extract, ensure_arm64_architecture, output, write_atomically, Fnv,
-    GuestAssets, ARCH, BASE_DIRS,
+    base_entries, build_workloads, cache_dir, candidate, debian_parts, download, dpkg_extract, ensure_arm64_architecture, output, read_modules,
+    write_atomically, Fnv, GuestAssets, ARCH, BASE_DIRS,
 };
 use super::{clip, elf};
 use crate::apt;
@@ -73,7 +73,8 @@ pub fn prepare_study(force: bool) -> Result<GuestAssets> {
     let workload = build_workloads()?;
     let root = staged_root(&dir, force)?;
     let clip = clip::clip(&dir, force)?;
-    let initrd = study_initramfs(&dir, &debian.busybox, &workload, &root, &clip)?;
+    let modules = read_modules(&debian.modules)?;
+    let initrd = study_initramfs(&dir, &debian.busybox, &workload, &modules, &root, &clip)?;
     Ok(GuestAssets { kernel: debian.kernel, initrd, kernel_release: debian.kernel_release })
 }
 
@@ -273,11 +274,11 @@ fn tree_size(dir: &Path) -> Result<u64> {
 /// Builds `initrd-study.cpio.gz` unless the cached one holds the same
 /// archive (the key is a hash of the uncompressed archive itself, which is
 /// quick to assemble; compressing is the slow part).
-fn study_initramfs(dir: &Path, busybox: &Path, workload: &Path, root: &Path, clip: &Path) -> Result<PathBuf> {
+fn study_initramfs(dir: &Path, busybox: &Path, workload: &Path, modules: &[(String, Vec<u8>)], root: &Path, clip: &Path) -> Result<PathBuf> {
     let out = dir.join("initrd-study.cpio.gz");
     let stamp_path = dir.join("initrd-study.stamp");
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let cpio = study_cpio(&read(busybox)?, &read(workload)?, root, &read(clip)?)?;
+    let cpio = study_cpio(&read(busybox)?, &read(workload)?, modules, root, &read(clip)?)?;
     ensure!(
         cpio.len() <= MAX_UNPACKED,
         "the study initramfs unpacks to {} MiB, over the {} MiB budget (the guest unpacks it into its RAM)",
@@ -307,10 +308,10 @@ fn study_initramfs(dir: &Path, busybox: &Path, workload: &Path, root: &Path, cli
 
 /// The base initramfs's entries, then the clip, the script and the staged
 /// Debian root.
-fn study_cpio(busybox: &[u8], workload: &[u8], root: &Path, clip: &[u8]) -> Result<Vec<u8>> {
+fn study_cpio(busybox: &[u8], workload: &[u8], modules: &[(String, Vec<u8>)], root: &Path, clip: &[u8]) -> Result<Vec<u8>> {
     use std::os::unix::fs::PermissionsExt;
     let mut w = CpioWriter::new(Vec::new());
-    base_entries(&mut w, busybox, workload)?;
+    base_entries(&mut w, busybox, workload, modules)?;
     let mut dirs: Vec<String> = BASE_DIRS.iter().map(|d| d.to_string()).collect();
     let mut dir = |w: &mut CpioWriter<Vec<u8>>, d: &str| -> Result<()> {
         if !dirs.iter().any(|x| x == d) {
@@ -376,7 +377,7 @@ mod tests {
         std::fs::create_dir_all(root.join("lib/aarch64-linux-gnu")).unwrap();
         std::fs::write(root.join("usr/bin/python3.11"), b"\x7fELF").unwrap();
         symlink(&root.join("usr/bin/python3"), "python3.11").unwrap();
-        let cpio = study_cpio(b"\x7fELF-busybox", b"\x7fELF-workload", &root, b"DKIF").unwrap();
+        let cpio = study_cpio(b"\x7fELF-busybox", b"\x7fELF-workload", &[], &root, b"DKIF").unwrap();
         let text = String::from_utf8_lossy(&cpio);
         for name in ["init\0", "bin/vmsync-workload\0", "usr/share/vmsync/clip.ivf\0", "usr/share/vmsync/browse.py\0"] {
             assert!(text.contains(name), "no {name}");
