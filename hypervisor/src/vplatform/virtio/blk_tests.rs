@@ -404,6 +404,21 @@ fn reads_and_writes_multi_segment() {
 }
 
 #[test]
+fn runs_on_trait_objects() {
+    // The node holds the backend as Box<dyn BlockBackend + Send>.
+    let mut d = Driver::new();
+    let mut disk: std::boxed::Box<dyn BlockBackend + Send> = std::boxed::Box::new(Disk::new());
+    let mem: &mut dyn GuestDma = &mut d.mem;
+    mem.write(BUFS, &[0; 16]).unwrap();
+    d.submit(&[(BUFS, 16, false), (BUFS + 512, 512, true), (BUFS + 64, 1, true)]);
+    assert_eq!(d.set(R_QUEUE_NOTIFY, 0), Some(0));
+    let mem: &mut dyn GuestDma = &mut d.mem;
+    let r = d.dev.process(mem, disk.as_mut());
+    assert_eq!((r.completed, r.failed), (1, 0));
+    assert_eq!(d.mem.get(BUFS + 512, 512), &Disk::new().data[..512]);
+}
+
+#[test]
 fn large_requests_go_through_the_bounce_buffer() {
     let mut d = Driver::new();
     let len = 3 * BOUNCE_LEN + 4096;
