@@ -252,7 +252,8 @@ impl MmioTransport {
             // The driver reads Status back and gives up (§3.1.1).
             new &= !STATUS_FEATURES_OK;
         }
-        if v & !STATUS_DRIVER_BITS != 0 {
+        // Drivers write back what they read, NEEDS_RESET included: fine.
+        if v & !(STATUS_DRIVER_BITS | STATUS_NEEDS_RESET) != 0 {
             self.unknown_accesses = self.unknown_accesses.wrapping_add(1);
         }
         self.status = new;

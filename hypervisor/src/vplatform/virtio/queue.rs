@@ -193,3 +193,103 @@ fn read_u16(mem: &(impl GuestDma + ?Sized), gpa: u64) -> Result<u16, DmaError> {
     mem.read(gpa, &mut b)?;
     Ok(u16::from_le_bytes(b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// 64 KiB of guest RAM at 0 on a vector.
+    struct Ram(Vec<u8>);
+
+    impl GuestDma for Ram {
+        fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), DmaError> {
+            let err = DmaError { gpa, len: out.len() as u64 };
+            let src = self.0.get(gpa as usize..).and_then(|s| s.get(..out.len())).ok_or(err)?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+
+        fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), DmaError> {
+            let err = DmaError { gpa, len: bytes.len() as u64 };
+            let dst = self.0.get_mut(gpa as usize..).and_then(|s| s.get_mut(..bytes.len())).ok_or(err)?;
+            dst.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    const Q: SplitQueue = SplitQueue { size: 4, ready: true, desc: 0x100, driver: 0x200, device: 0x300, last_avail: 0, used_idx: 0 };
+
+    fn desc(ram: &mut Ram, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = (Q.desc + 16 * i) as usize;
+        ram.0[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+        ram.0[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+        ram.0[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+        ram.0[at + 14..at + 16].copy_from_slice(&next.to_le_bytes());
+    }
+
+    fn avail(ram: &mut Ram, idx: u16, ring: &[u16]) {
+        let at = Q.driver as usize;
+        ram.0[at + 2..at + 4].copy_from_slice(&idx.to_le_bytes());
+        for (i, h) in ring.iter().enumerate() {
+            ram.0[at + 4 + 2 * i..at + 6 + 2 * i].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn pops_chains_and_pushes_used_entries() {
+        let mut ram = Ram(vec![0; 0x1_0000]);
+        let mut q = Q;
+        let mut out = Vec::with_capacity(4);
+        assert_eq!(q.pop(&ram, &mut out), Ok(None));
+        desc(&mut ram, 2, 0x1000, 16, VIRTQ_DESC_F_NEXT, 0);
+        desc(&mut ram, 0, 0x2000, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 3);
+        desc(&mut ram, 3, 0x3000, 1, VIRTQ_DESC_F_WRITE, 0);
+        desc(&mut ram, 1, 0x4000, 8, 0, 0);
+        avail(&mut ram, 2, &[2, 1]);
+        assert_eq!(q.pop(&ram, &mut out), Ok(Some(ChainHead { head: 2, readable: 1 })));
+        assert_eq!(
+            out,
+            [Desc { addr: 0x1000, len: 16, write: false }, Desc { addr: 0x2000, len: 512, write: true }, Desc { addr: 0x3000, len: 1, write: true }]
+        );
+        assert_eq!(q.pop(&ram, &mut out), Ok(Some(ChainHead { head: 1, readable: 1 })));
+        assert_eq!(out.len(), 1);
+        assert_eq!(q.pop(&ram, &mut out), Ok(None));
+        q.push_used(&mut ram, 2, 513).unwrap();
+        q.push_used(&mut ram, 1, 0).unwrap();
+        assert_eq!(&ram.0[0x302..0x304], &2u16.to_le_bytes());
+        assert_eq!(&ram.0[0x304..0x30c], &[2, 0, 0, 0, 1, 2, 0, 0]);
+        assert_eq!(&ram.0[0x30c..0x314], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(out.capacity(), 4, "no allocation");
+    }
+
+    #[test]
+    fn indices_wrap_onto_the_ring() {
+        let mut ram = Ram(vec![0; 0x1_0000]);
+        let mut q = SplitQueue { last_avail: u16::MAX, used_idx: u16::MAX, ..Q };
+        desc(&mut ram, 1, 0x1000, 16, 0, 0);
+        // Entry u16::MAX sits in slot 3, entry 0 in slot 0.
+        avail(&mut ram, 1, &[1, 0, 0, 1]);
+        let mut out = Vec::new();
+        assert_eq!(q.pop(&ram, &mut out).unwrap().map(|c| c.head), Some(1));
+        assert_eq!(q.pop(&ram, &mut out).unwrap().map(|c| c.head), Some(1));
+        assert_eq!(q.last_avail, 1);
+        q.push_used(&mut ram, 1, 0).unwrap();
+        assert_eq!(&ram.0[0x304 + 8 * 3..0x304 + 8 * 3 + 4], &[1, 0, 0, 0]);
+        assert_eq!(q.used_idx, 0);
+    }
+
+    #[test]
+    fn interrupts_follow_the_avail_flags() {
+        let mut ram = Ram(vec![0; 0x1_0000]);
+        assert!(Q.wants_interrupt(&ram));
+        ram.0[0x200] = VIRTQ_AVAIL_F_NO_INTERRUPT as u8;
+        assert!(!Q.wants_interrupt(&ram));
+        let outside = SplitQueue { driver: 0x2_0000, ..Q };
+        assert!(outside.wants_interrupt(&ram), "unreadable flags: interrupt");
+        assert_eq!(SplitQueue::default().pop(&ram, &mut Vec::new()), Err(QueueError::NotReady));
+        assert!(!SplitQueue { desc: 0x108, ..Q }.layout_ok());
+        assert!(Q.layout_ok());
+        assert!(!valid_size(0) && !valid_size(3) && !valid_size(256) && valid_size(128) && valid_size(1));
+    }
+}
