@@ -419,6 +419,32 @@ fn runs_on_trait_objects() {
 }
 
 #[test]
+fn device_writes_into_guest_memory_are_dirty() {
+    use crate::memory::guest::GuestMemory;
+    // The driver's rings and request in a Mem, copied into real guest
+    // memory before tracking starts; then only the device writes.
+    let mut d = Driver::new();
+    let mut h = [0u8; 16];
+    h[8..16].copy_from_slice(&9u64.to_le_bytes());
+    d.mem.put(BUFS, &h);
+    let data_at = BUFS + 0x5000;
+    d.submit(&[(BUFS, 16, false), (data_at, 4096, true), (BUFS + 0x40, 1, true)]);
+    let mut backing = d.mem.bytes.clone();
+    // SAFETY: the vector outlives `gm` and nothing else touches it meanwhile.
+    let mut gm = unsafe { GuestMemory::new(RAM, RAM_LEN, backing.as_mut_ptr()) };
+    gm.start_tracking().unwrap();
+    assert_eq!(d.set(R_QUEUE_NOTIFY, 0), Some(0));
+    let r = d.dev.process(&mut gm, &mut d.disk);
+    assert_eq!((r.completed, r.failed), (1, 0));
+    let mut dirty: Vec<u64> = gm.cut().unwrap().iter().collect();
+    dirty.sort();
+    let page = |gpa: u64| (gpa - RAM) / 4096;
+    assert_eq!(dirty, [page(USED), page(BUFS), page(data_at)], "used ring, status byte, data");
+    drop(gm);
+    assert_eq!(&backing[(data_at - RAM) as usize..][..4096], &d.disk.data[9 * 512..9 * 512 + 4096]);
+}
+
+#[test]
 fn large_requests_go_through_the_bounce_buffer() {
     let mut d = Driver::new();
     let len = 3 * BOUNCE_LEN + 4096;
