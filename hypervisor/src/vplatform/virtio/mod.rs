@@ -13,6 +13,8 @@ pub mod mmio;
 pub mod queue;
 
 #[cfg(test)]
+mod blk_hostile_tests;
+#[cfg(test)]
 mod blk_tests;
 
 /// Bytes of one virtio-blk sector, the unit of request addresses.
