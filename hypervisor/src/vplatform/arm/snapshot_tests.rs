@@ -325,7 +325,7 @@ fn rejects_wrong_lengths() {
 }
 
 /// xorshift64: deterministic, so a failure reproduces. Shared with the
-/// other device models' hostile-input tests (`virtio/blk_tests.rs`).
+/// other device models' hostile-input tests (`virtio/blk_hostile_tests.rs`).
 pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
