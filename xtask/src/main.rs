@@ -34,6 +34,11 @@ enum Cmd {
         /// Rebuild even when the cache is complete.
         #[arg(long)]
         force: bool,
+        /// Also build the root disk target/guest/root.ext4 (ext4: busybox,
+        /// the workloads, the study's Debian programs), which the guest
+        /// boots with `root=/dev/vda`.
+        #[arg(long)]
+        root_disk: bool,
     },
     /// Build the hypervisor and pack a boot image with a guest
     /// (default: the prepared Debian guest) into target/vmsync/vmsync.img.
@@ -184,9 +189,17 @@ fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Guest { force } => {
-            let g = guest::prepare(force)?;
+        Cmd::Guest { force, root_disk } => {
+            let (g, disk) = if root_disk {
+                let d = guest::prepare_root_disk(force)?;
+                (d.guest, Some(d.image))
+            } else {
+                (guest::prepare(force)?, None)
+            };
             println!("kernel {} ({})\ninitrd {}", g.kernel.display(), g.kernel_release, g.initrd.display());
+            if let Some(disk) = disk {
+                println!("root disk {} (boot with root=/dev/vda)", disk.display());
+            }
             Ok(())
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
