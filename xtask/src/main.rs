@@ -61,6 +61,15 @@ enum Cmd {
         /// Kill QEMU after this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
         timeout: u64,
+        /// Attach this raw disk image as the guest's virtio disk (written
+        /// to in place).
+        #[arg(long, conflicts_with = "root_disk")]
+        disk: Option<PathBuf>,
+        /// Boot from the root disk: a fresh copy of target/guest/root.ext4
+        /// (built when needed) as target/vmsync/run-root.ext4, and
+        /// `root=/dev/vda` added to the command line.
+        #[arg(long)]
+        root_disk: bool,
     },
     /// The VMsync demo: a guest kept in sync and moved between devices.
     ///
@@ -158,7 +167,7 @@ fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
+fn run(g: &ResolvedGuest, plain: bool, timeout: u64, disk: Option<&std::path::Path>) -> Result<()> {
     apt::ensure_qemu_aarch64()?;
     let mut cmd = if plain {
         let Some(initrd) = &g.initrd else { anyhow::bail!("--plain needs an initrd") };
@@ -168,6 +177,9 @@ fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
         build_image(g, &img)?;
         qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(g.mem))
     };
+    if let Some(disk) = disk {
+        qemu_tests::attach_disk(&mut cmd, disk);
+    }
     eprintln!("xtask: starting {cmd:?}");
     if timeout == 0 {
         let status = cmd.status()?;
@@ -203,7 +215,19 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
-        Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
+        Cmd::Run { guest, plain, timeout, disk, root_disk } => {
+            let mut g = guest.resolve()?;
+            let disk = if root_disk {
+                let base = guest::prepare_root_disk(false)?.image;
+                std::fs::create_dir_all(image::out_dir())?;
+                let copy = qemu_tests::disk_copy(&base, &image::out_dir(), "run-root.ext4")?;
+                g.append.push_str(" root=/dev/vda");
+                Some(copy)
+            } else {
+                disk
+            };
+            run(&g, plain, timeout, disk.as_deref())
+        }
         Cmd::Demo(a) => {
             // Bad input exits here with clap's error (code 2), before
             // anything is built or booted.

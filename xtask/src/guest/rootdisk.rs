@@ -289,10 +289,22 @@ mod tests {
         stage(&staging, &files.join("busybox"), &files.join("workload"), &study_root, &files.join("clip")).unwrap();
         let h = tree_hash(&staging).unwrap();
         assert_eq!(h, tree_hash(&staging).unwrap());
+        // A file of a user's, as every file is when the host runs as one.
+        if is_root() {
+            std::os::unix::fs::lchown(staging.join("init"), Some(1000), Some(1000)).unwrap();
+        }
         let image = tmp.join("root.ext4");
         run(Command::new(mke2fs).args(mke2fs_args(&staging, &image))).unwrap();
         assert_eq!(std::fs::metadata(&image).unwrap().len(), ROOT_DISK_MIB << 20);
         let debugfs = apt::sbin_program("debugfs").unwrap();
+        let owner = || {
+            let o = Command::new(&debugfs).args(["-R", "stat /init"]).arg(&image).output().unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines().find_map(|l| l.split("User:").nth(1)?.split_whitespace().next()?.parse::<u32>().ok()).unwrap()
+        };
+        assert_ne!(owner(), 0);
+        chown_to_root(&staging, &image).unwrap();
+        assert_eq!(owner(), 0);
         let ls = |dir: &str| {
             let o = Command::new(&debugfs).args(["-R", &format!("ls {dir}")]).arg(&image).output().unwrap();
             String::from_utf8_lossy(&o.stdout).into_owned()
