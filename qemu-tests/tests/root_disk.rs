@@ -2,8 +2,9 @@
 //! the virtio modules, mounts `/dev/vda` (ext4) and switch_roots into it;
 //! the disk's init runs sqlite, which keeps its database on the disk. The
 //! run boots a copy of the base image, as each device does, and the host
-//! checks the copy afterwards with e2fsprogs. Keep the test names in step
-//! with `ROOT_DISK_TESTS` in xtask/src/test.rs.
+//! checks the copy afterwards with e2fsprogs; without a disk the guest
+//! stays in its initramfs. Keep the test names in step with
+//! `ROOT_DISK_TESTS` in xtask/src/test.rs.
 use qemu_tests::{attach_disk, disk_copy, e2fs_program, host_mem_mib, plain_command, qemu_command, run, Assets};
 use std::path::Path;
 use std::process::Command;
@@ -20,14 +21,16 @@ const SECONDS: u64 = 5;
 const DEADLINE: Duration = Duration::from_secs(150);
 
 /// The device booting the kernel with `cmdline` and `disk` attached.
-fn command(a: &Assets, disk: &Path, cmdline: &str) -> Command {
+fn command(a: &Assets, name: &str, disk: Option<&Path>, cmdline: &str) -> Command {
     let mut cmd = if UNDER_HYPERVISOR {
-        let img = a.image("root_disk.img", cmdline, MEM_MIB);
+        let img = a.image(&format!("{name}.img"), cmdline, MEM_MIB);
         qemu_command(&img, host_mem_mib(MEM_MIB))
     } else {
         plain_command(&a.kernel, &a.initrd, cmdline, MEM_MIB)
     };
-    attach_disk(&mut cmd, disk);
+    if let Some(disk) = disk {
+        attach_disk(&mut cmd, disk);
+    }
     cmd
 }
 
@@ -44,7 +47,7 @@ fn sqlite_runs_on_a_copy_of_the_root_disk() {
     let a = Assets::from_env();
     let disk = disk_copy(a.root_disk(), &a.workdir, "root_disk-sqlite.ext4").expect("copying the root disk");
     let cmdline = format!("console=ttyAMA0 root=/dev/vda vmsync.workload=sqlite vmsync.seconds={SECONDS}");
-    let out = run(command(&a, &disk, &cmdline), DEADLINE, &[], false).expect("starting QEMU");
+    let out = run(command(&a, "root_disk-sqlite", Some(&disk), &cmdline), DEADLINE, &[], false).expect("starting QEMU");
     assert!(!out.timed_out(), "the guest did not power off within {DEADLINE:?}:\n{}", out.tail());
     let o = &out.output;
     // The initramfs's init, then the disk's.
@@ -70,4 +73,20 @@ fn sqlite_runs_on_a_copy_of_the_root_disk() {
     let (clean, fsck) = e2fs("e2fsck", &["-fn"], &disk);
     assert!(clean, "e2fsck -fn finds problems:\n{fsck}");
     let _ = std::fs::remove_file(&disk);
+}
+
+/// `root=` with no disk attached: the initramfs's init waits for it (10 s),
+/// says so and runs the workload from the initramfs, as without `root=`.
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn without_its_root_disk_the_guest_stays_in_the_initramfs() {
+    let a = Assets::from_env();
+    let cmdline = "console=ttyAMA0 root=/dev/vda vmsync.workload=counter vmsync.seconds=1";
+    let out = run(command(&a, "root_disk-missing", None, cmdline), DEADLINE, &[], false).expect("starting QEMU");
+    assert!(!out.timed_out(), "the guest did not power off within {DEADLINE:?}:\n{}", out.tail());
+    let o = &out.output;
+    assert!(o.contains("vmsync-guest: warning: root /dev/vda: no such disk; staying in the initramfs"), "{}", out.tail());
+    assert!(!o.contains("vmsync-guest: root-disk"), "{}", out.tail());
+    assert_eq!(out.lines_with("vmsync-guest: init").count(), 1, "{}", out.tail());
+    assert!(o.contains("vmsync-guest: workload counter end rc=0") && out.exited_ok(), "{}", out.tail());
 }
