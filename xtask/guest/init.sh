@@ -7,7 +7,7 @@
 # parameters never reach init's argv or environment):
 #   vmsync.workload=NAME  counter (default) | video | idle | memtouch | storage | burst |
 #                         browse | none | shell, and with the study initramfs
-#                         the real programs: dav1d | sqlite | python
+#                         or the root disk the real programs: dav1d | sqlite | python
 #   vmsync.seconds=S      how long the workload runs (default 5)
 #   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args;
 #                         with a named workload, extra args of vmsync-workload)
@@ -151,12 +151,12 @@ run_workload() {
         # hash seed gives the same dict layouts on every run.
         name=python
         if [ ! -x /usr/bin/python3 ]; then
-            echo "vmsync-guest: no /usr/bin/python3: the python workload needs the study initramfs"
+            echo "vmsync-guest: no /usr/bin/python3: the python workload needs the study initramfs or the root disk"
         fi
         set -- env PYTHONHASHSEED=0 /usr/bin/python3 -B -S /usr/share/vmsync/browse.py --seconds "$seconds"
     else
         # dav1d and sqlite are drivers in vmsync-workload around Debian's
-        # dav1d and sqlite3 (study initramfs only).
+        # dav1d and sqlite3 (study initramfs and root disk only).
         name=$workload
         set -- /bin/vmsync-workload "$workload" --seconds "$seconds"
         case "$workload" in
