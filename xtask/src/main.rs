@@ -216,17 +216,20 @@ fn main() -> Result<()> {
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
         Cmd::Run { guest, plain, timeout, disk, root_disk } => {
-            let mut g = guest.resolve()?;
-            let disk = if root_disk {
-                let base = guest::prepare_root_disk(false)?.image;
-                std::fs::create_dir_all(image::out_dir())?;
-                let copy = qemu_tests::disk_copy(&base, &image::out_dir(), "run-root.ext4")?;
-                g.append.push_str(" root=/dev/vda");
-                Some(copy)
-            } else {
-                disk
+            if !root_disk {
+                return run(&guest.resolve()?, plain, timeout, disk.as_deref());
+            }
+            // The prepared initramfs unless one is given: it mounts the disk.
+            let d = guest::prepare_root_disk(false)?;
+            let g = ResolvedGuest {
+                kernel: guest.kernel.unwrap_or(d.guest.kernel),
+                initrd: Some(guest.initrd.unwrap_or(d.guest.initrd)),
+                append: format!("{} root=/dev/vda", guest.append),
+                mem: guest.mem,
             };
-            run(&g, plain, timeout, disk.as_deref())
+            std::fs::create_dir_all(image::out_dir())?;
+            let copy = qemu_tests::disk_copy(&d.image, &image::out_dir(), "run-root.ext4")?;
+            run(&g, plain, timeout, Some(&copy))
         }
         Cmd::Demo(a) => {
             // Bad input exits here with clap's error (code 2), before
