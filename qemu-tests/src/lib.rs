@@ -58,6 +58,31 @@ pub fn attach_disk(cmd: &mut Command, image: &Path) {
     cmd.args(["-device", &format!("virtio-blk-device,drive=vmsync-disk{n}")]);
 }
 
+/// A device's own disk: a copy of `base` (the root disk every device
+/// starts from, so blocks never written since are the same everywhere) at
+/// `dir/name`. `cp --reflink=auto` shares the blocks where the filesystem
+/// can (btrfs, XFS) and `--sparse=always` keeps the unwritten ones holes.
+pub fn disk_copy(base: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let out = dir.join(name);
+    // cp writes into an existing file in place: start afresh.
+    match std::fs::remove_file(&out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let st = Command::new("cp").args(["--reflink=auto", "--sparse=always"]).arg(base).arg(&out).status()?;
+    if !st.success() {
+        return Err(std::io::Error::other(format!("cp {} {} failed ({st})", base.display(), out.display())));
+    }
+    Ok(out)
+}
+
+/// An e2fsprogs program (`e2fsck`, `debugfs`) for checking a disk after a
+/// run: on PATH, else in /usr/sbin or /sbin, which a user's PATH may lack.
+pub fn e2fs_program(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()));
+    on_path.or_else(|| ["/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file())).unwrap_or_else(|| name.into())
+}
+
 /// A plain QEMU run of a Linux kernel, the baseline the hypervisor is
 /// compared with: same machine and CPU, no EL2.
 pub fn plain_command(kernel: &Path, initrd: &Path, append: &str, mem_mib: u64) -> Command {
@@ -206,6 +231,10 @@ pub struct Assets {
     pub initrd: PathBuf,
     pub kernel_release: String,
     pub workdir: PathBuf,
+    /// The base root disk (`target/guest/root.ext4`), when `cargo xtask
+    /// test` built it (for the tests named in its `ROOT_DISK_TESTS`). Boot
+    /// a copy of it ([`disk_copy`]) with `root=/dev/vda`.
+    pub root_disk: Option<PathBuf>,
 }
 
 impl Assets {
@@ -220,7 +249,15 @@ impl Assets {
             initrd: get("VMSYNC_TEST_INITRD").into(),
             kernel_release: get("VMSYNC_TEST_KERNEL_RELEASE").to_string_lossy().into_owned(),
             workdir: get("VMSYNC_TEST_WORKDIR").into(),
+            root_disk: std::env::var_os("VMSYNC_TEST_ROOT_DISK").map(PathBuf::from),
         }
+    }
+
+    /// The base root disk; panics naming the command when it was not built.
+    pub fn root_disk(&self) -> &Path {
+        self.root_disk.as_deref().unwrap_or_else(|| {
+            panic!("VMSYNC_TEST_ROOT_DISK is not set: `cargo xtask test` builds the root disk for the tests in ROOT_DISK_TESTS (xtask/src/test.rs)")
+        })
     }
 
     /// Packs a boot image for a guest with this command line and RAM size
@@ -367,6 +404,22 @@ pub fn peer_stat(output: &str, n: usize, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_copy_has_the_base_bytes_and_replaces_an_old_copy() {
+        let tmp = std::env::temp_dir().join(format!("vmsync-disk-copy-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let base = tmp.join("base.img");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[4096..4100].copy_from_slice(b"ext4");
+        std::fs::write(&base, &bytes).unwrap();
+        std::fs::write(tmp.join("a.img"), b"an older, longer disk than the base one".repeat(40_000)).unwrap();
+        let a = disk_copy(&base, &tmp, "a.img").unwrap();
+        assert_eq!(a, tmp.join("a.img"));
+        assert_eq!(std::fs::read(&a).unwrap(), bytes);
+        assert!(disk_copy(&tmp.join("none.img"), &tmp, "b.img").is_err());
+        std::fs::remove_dir_all(tmp).unwrap();
+    }
 
     #[test]
     fn each_attached_disk_gets_a_drive_of_its_own() {

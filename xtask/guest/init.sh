@@ -1,22 +1,32 @@
 #!/bin/sh
-# VMsync guest init: PID 1 of the initramfs that `cargo xtask guest` builds.
+# VMsync guest init: PID 1 of the initramfs that `cargo xtask guest` builds,
+# and again of the root disk (`cargo xtask guest --root-disk`), which holds
+# this same script as /init and the marker /etc/vmsync-root-disk.
 # Tests read the "vmsync-guest:" markers from the serial console: keep their
 # wording. Kernel command line (read from /proc/cmdline, since dotted
 # parameters never reach init's argv or environment):
 #   vmsync.workload=NAME  counter (default) | video | idle | memtouch | storage | burst |
 #                         browse | none | shell, and with the study initramfs
-#                         the real programs: dav1d | sqlite | python
+#                         or the root disk the real programs: dav1d | sqlite | python
 #   vmsync.seconds=S      how long the workload runs (default 5)
 #   vmsync.exec=/path     run this program instead (vmsync.args=a,b,c: its args;
 #                         with a named workload, extra args of vmsync-workload)
 #   vmsync.test=badaccess read an address outside guest RAM through /dev/mem
 #   vmsync.test=cpumodel  print CTR_EL0 and DCZID_EL0 as a program reads them,
 #                         and how a DC ZVA ends (comma-separate several tests)
+#   root=/dev/vda         boot from the root disk: the initramfs's init loads the
+#                         virtio modules, mounts the disk (ext4) and switch_roots
+#                         into it; its init runs the workload, and the storage and
+#                         sqlite workloads keep their files on it (/var/lib/vmsync).
+#                         The kernel itself ignores root= when an initramfs has an
+#                         /init, and could not mount the disk anyway (virtio_blk
+#                         is a module), so this script reads it.
 
 # First, so boot time can be measured to this line.
 echo "vmsync-guest: init"
 
-/bin/busybox --install -s
+# The root disk has its applet links already (made when it is built).
+[ -e /bin/mount ] || /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t devtmpfs dev /dev || echo "vmsync-guest: warning: cannot mount devtmpfs on /dev"
 mount -t proc proc /proc || echo "vmsync-guest: warning: cannot mount proc on /proc"
@@ -37,6 +47,7 @@ seconds=5
 exec_path=
 exec_args=
 tests=
+root=
 for arg in $(cat /proc/cmdline 2>/dev/null); do
     case "$arg" in
         vmsync.workload=*) workload=${arg#*=} ;;
@@ -44,8 +55,58 @@ for arg in $(cat /proc/cmdline 2>/dev/null); do
         vmsync.exec=*) exec_path=${arg#*=} ;;
         vmsync.args=*) exec_args=$(echo "${arg#*=}" | tr ',' ' ') ;;
         vmsync.test=*) tests=${arg#*=} ;;
+        root=*) root=${arg#*=} ;;
     esac
 done
+
+# Where the storage and sqlite workloads keep their files: on the root
+# disk, under /var/lib/vmsync; without one, their defaults in the tmpfs.
+on_disk=
+data_dir=
+if [ -e /etc/vmsync-root-disk ]; then
+    on_disk=1
+    data_dir=/var/lib/vmsync
+fi
+
+# Mounts the disk $1 and continues from its /init; returns (and the guest
+# runs from the initramfs) only when it cannot.
+switch_to_disk() {
+    # virtio_blk finds the disk asynchronously: wait up to 10 s for its node.
+    n=0
+    while [ ! -b "$1" ] && [ $n -lt 100 ]; do
+        usleep 100000
+        n=$((n + 1))
+    done
+    if [ ! -b "$1" ]; then
+        echo "vmsync-guest: warning: root $1: no such disk; staying in the initramfs"
+        return
+    fi
+    # noatime: reading a program must not write the disk (every block
+    # written is sent to the standbys).
+    if ! mount -t ext4 -o noatime "$1" /mnt; then
+        echo "vmsync-guest: warning: root $1: cannot mount it as ext4; staying in the initramfs"
+        return
+    fi
+    if [ ! -x /mnt/init ] || [ ! -e /mnt/etc/vmsync-root-disk ]; then
+        umount /mnt
+        echo "vmsync-guest: warning: root $1 is not a VMsync root disk (no /init or /etc/vmsync-root-disk); staying in the initramfs"
+        return
+    fi
+    echo "vmsync-guest: root $1 mounted; switching to it"
+    # The disk's init mounts its own; our stdio stays open on the
+    # initramfs's /dev/console.
+    umount /tmp /sys /proc /dev
+    exec switch_root /mnt /init
+}
+
+if [ -n "$root" ] && [ -z "$on_disk" ]; then
+    switch_to_disk "$root"
+fi
+if [ -n "$on_disk" ]; then
+    # The tests read where / is and that it is writable.
+    echo "vmsync-guest: root-disk $(grep ' / ' /proc/mounts)"
+    mkdir -p "$data_dir"
+fi
 
 echo "vmsync-guest: uname $(uname -r)"
 
@@ -90,14 +151,19 @@ run_workload() {
         # hash seed gives the same dict layouts on every run.
         name=python
         if [ ! -x /usr/bin/python3 ]; then
-            echo "vmsync-guest: no /usr/bin/python3: the python workload needs the study initramfs"
+            echo "vmsync-guest: no /usr/bin/python3: the python workload needs the study initramfs or the root disk"
         fi
         set -- env PYTHONHASHSEED=0 /usr/bin/python3 -B -S /usr/share/vmsync/browse.py --seconds "$seconds"
     else
         # dav1d and sqlite are drivers in vmsync-workload around Debian's
-        # dav1d and sqlite3 (study initramfs only).
+        # dav1d and sqlite3 (study initramfs and root disk only).
         name=$workload
-        set -- /bin/vmsync-workload "$workload" --seconds "$seconds" $exec_args
+        set -- /bin/vmsync-workload "$workload" --seconds "$seconds"
+        case "$workload" in
+            storage | sqlite) [ -n "$data_dir" ] && set -- "$@" --dir "$data_dir/$workload" ;;
+        esac
+        # Last, so a --dir among them wins.
+        set -- "$@" $exec_args
     fi
     echo "vmsync-guest: workload $name start"
     "$@"
@@ -125,6 +191,14 @@ case ",$tests," in
         echo "vmsync-guest: cpumodel rc=$?"
         ;;
 esac
+
+if [ -n "$on_disk" ]; then
+    # poweroff -f unmounts nothing: write everything out and leave the
+    # filesystem clean (e2fsck finds no journal to replay).
+    sync
+    mount -o remount,ro / || echo "vmsync-guest: warning: cannot remount / read-only"
+    echo "vmsync-guest: root-disk clean"
+fi
 
 echo "vmsync-guest: poweroff"
 poweroff -f

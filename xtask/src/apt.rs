@@ -50,6 +50,22 @@ pub fn ensure_clang() -> Result<()> {
     ensure_debian_packages(&[("clang-14", "clang-14"), ("llvm-14", "llvm-ar-14")])
 }
 
+/// e2fsprogs, which makes the guest's root disk (`mke2fs -d`). Returns
+/// mke2fs's path: it lives in /sbin, which a user's PATH may lack.
+pub fn ensure_e2fsprogs() -> Result<PathBuf> {
+    if let Some(p) = sbin_program("mke2fs") {
+        return Ok(p);
+    }
+    // /sbin/mke2fs: where e2fsprogs puts it, with or without merged /usr.
+    ensure_debian_packages(&[("e2fsprogs", "/sbin/mke2fs")])?;
+    sbin_program("mke2fs").context("e2fsprogs is installed but mke2fs cannot be found")
+}
+
+/// An administrator's program: on PATH, else in /usr/sbin or /sbin.
+pub fn sbin_program(name: &str) -> Option<PathBuf> {
+    find_in_path(name).or_else(|| ["/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file()))
+}
+
 /// `apt-get update`, at most once per run.
 pub fn update_once() -> Result<()> {
     if updated() {
@@ -215,5 +231,11 @@ mod tests {
         assert!(is_present("/proc/self"));
         assert!(!is_present("vmsync-no-such-binary"));
         assert!(!is_present("/vmsync/no/such/file"));
+    }
+
+    #[test]
+    fn sbin_programs_are_found_off_path_too() {
+        assert!(sbin_program("sh").is_some());
+        assert!(sbin_program("vmsync-no-such-binary").is_none());
     }
 }

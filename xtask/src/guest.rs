@@ -7,7 +7,10 @@
 mod clip;
 mod elf;
 mod study;
+// The root disk (issue 18), `cargo xtask guest --root-disk`.
+mod rootdisk;
 
+pub use rootdisk::prepare_root_disk;
 pub use study::prepare_study;
 
 use crate::apt;
@@ -57,12 +60,17 @@ pub fn cache_dir() -> PathBuf {
 /// Downloads (or reuses) the kernel and busybox, builds the workloads and the
 /// initramfs. `force` ignores every cache.
 pub fn prepare(force: bool) -> Result<GuestAssets> {
+    Ok(prepare_with_workload(force)?.0)
+}
+
+/// `prepare`, and the workload binary it built (the root disk holds it too).
+fn prepare_with_workload(force: bool) -> Result<(GuestAssets, PathBuf)> {
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let debian = debian_parts(&dir, force)?;
     let workload = build_workloads()?;
     let initrd = initramfs(&dir, &debian.busybox, &workload, &debian.modules, force)?;
-    Ok(GuestAssets { kernel: debian.kernel, initrd, kernel_release: debian.kernel_release })
+    Ok((GuestAssets { kernel: debian.kernel, initrd, kernel_release: debian.kernel_release }, workload))
 }
 
 /// Copies `base` (an initrd from `prepare`) to `out` and appends a second,

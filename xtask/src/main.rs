@@ -34,6 +34,11 @@ enum Cmd {
         /// Rebuild even when the cache is complete.
         #[arg(long)]
         force: bool,
+        /// Also build the root disk target/guest/root.ext4 (ext4: busybox,
+        /// the workloads, the study's Debian programs), which the guest
+        /// boots with `root=/dev/vda`.
+        #[arg(long)]
+        root_disk: bool,
     },
     /// Build the hypervisor and pack a boot image with a guest
     /// (default: the prepared Debian guest) into target/vmsync/vmsync.img.
@@ -56,6 +61,15 @@ enum Cmd {
         /// Kill QEMU after this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
         timeout: u64,
+        /// Attach this raw disk image as the guest's virtio disk (written
+        /// to in place).
+        #[arg(long, conflicts_with = "root_disk")]
+        disk: Option<PathBuf>,
+        /// Boot from the root disk: a fresh copy of target/guest/root.ext4
+        /// (built when needed) as target/vmsync/run-root.ext4, and
+        /// `root=/dev/vda` added to the command line.
+        #[arg(long)]
+        root_disk: bool,
     },
     /// The VMsync demo: a guest kept in sync and moved between devices.
     ///
@@ -153,7 +167,7 @@ fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
+fn run(g: &ResolvedGuest, plain: bool, timeout: u64, disk: Option<&std::path::Path>) -> Result<()> {
     apt::ensure_qemu_aarch64()?;
     let mut cmd = if plain {
         let Some(initrd) = &g.initrd else { anyhow::bail!("--plain needs an initrd") };
@@ -163,6 +177,9 @@ fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
         build_image(g, &img)?;
         qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(g.mem))
     };
+    if let Some(disk) = disk {
+        qemu_tests::attach_disk(&mut cmd, disk);
+    }
     eprintln!("xtask: starting {cmd:?}");
     if timeout == 0 {
         let status = cmd.status()?;
@@ -184,13 +201,36 @@ fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Guest { force } => {
-            let g = guest::prepare(force)?;
+        Cmd::Guest { force, root_disk } => {
+            let (g, disk) = if root_disk {
+                let d = guest::prepare_root_disk(force)?;
+                (d.guest, Some(d.image))
+            } else {
+                (guest::prepare(force)?, None)
+            };
             println!("kernel {} ({})\ninitrd {}", g.kernel.display(), g.kernel_release, g.initrd.display());
+            if let Some(disk) = disk {
+                println!("root disk {} (boot with root=/dev/vda)", disk.display());
+            }
             Ok(())
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
-        Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
+        Cmd::Run { guest, plain, timeout, disk, root_disk } => {
+            if !root_disk {
+                return run(&guest.resolve()?, plain, timeout, disk.as_deref());
+            }
+            // The prepared initramfs unless one is given: it mounts the disk.
+            let d = guest::prepare_root_disk(false)?;
+            let g = ResolvedGuest {
+                kernel: guest.kernel.unwrap_or(d.guest.kernel),
+                initrd: Some(guest.initrd.unwrap_or(d.guest.initrd)),
+                append: format!("{} root=/dev/vda", guest.append),
+                mem: guest.mem,
+            };
+            std::fs::create_dir_all(image::out_dir())?;
+            let copy = qemu_tests::disk_copy(&d.image, &image::out_dir(), "run-root.ext4")?;
+            run(&g, plain, timeout, Some(&copy))
+        }
         Cmd::Demo(a) => {
             // Bad input exits here with clap's error (code 2), before
             // anything is built or booted.

@@ -5,6 +5,11 @@ use std::time::Instant;
 
 use crate::{apt, guest, image, study, toolchain};
 
+/// The QEMU tests that boot the root disk (qemu-tests/tests/root_disk.rs):
+/// `cargo xtask test` builds it when its filter selects one of them. Each
+/// name holds "root_disk", so `--filter root_disk` runs them all.
+pub const ROOT_DISK_TESTS: &[&str] = &["sqlite_runs_on_a_copy_of_the_root_disk", "without_its_root_disk_the_guest_stays_in_the_initramfs"];
+
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: == {name} ==");
     Instant::now()
@@ -58,6 +63,17 @@ pub fn run(host_only: bool, filter: Option<&str>, long: bool) -> Result<()> {
         done(t);
     }
 
+    // The root disk only for the tests that boot it: building it the first
+    // time downloads the study's programs.
+    let root_disk = if filter.is_none_or(|f| ROOT_DISK_TESTS.iter().any(|name| name.contains(f))) {
+        let t = step("root disk");
+        let d = guest::prepare_root_disk(false)?;
+        done(t);
+        Some(d.image)
+    } else {
+        None
+    };
+
     let t = step("QEMU tests");
     let work = image::workspace_root().join("target/qemu-tests");
     std::fs::create_dir_all(&work)?;
@@ -77,8 +93,25 @@ pub fn run(host_only: bool, filter: Option<&str>, long: bool) -> Result<()> {
         .env("VMSYNC_TEST_STUDY_DIR", &study_dir)
         // qemu-tests/build.rs turns the long tests on (cfg vmsync_test_long).
         .env("VMSYNC_TEST_LONG", if long { "1" } else { "0" });
+    if let Some(disk) = &root_disk {
+        cmd.env("VMSYNC_TEST_ROOT_DISK", disk);
+    }
     image::run_checked(&mut cmd)?;
     done(t);
     eprintln!("xtask test: all passed in {:.0} s", all.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_disk_tests_exist_and_match_their_filter() {
+        let file = include_str!("../../qemu-tests/tests/root_disk.rs");
+        for name in ROOT_DISK_TESTS {
+            assert!(name.contains("root_disk"), "{name}: `--filter root_disk` must select it");
+            assert!(file.contains(&format!("fn {name}()")), "no test {name} in qemu-tests/tests/root_disk.rs");
+        }
+    }
 }

@@ -55,9 +55,9 @@ const INTERP: &str = "/lib/ld-linux-aarch64.so.1";
 const PYTHON_LIB: &str = "usr/lib/python3.11";
 /// The browse script and where the workloads find it and the clip (the
 /// paths init.sh and workloads/src/player.rs use).
-const SCRIPT: &str = include_str!("../../../workloads/scripts/browse.py");
-const SCRIPT_PATH: &str = "usr/share/vmsync/browse.py";
-const CLIP_PATH: &str = "usr/share/vmsync/clip.ivf";
+pub(super) const SCRIPT: &str = include_str!("../../../workloads/scripts/browse.py");
+pub(super) const SCRIPT_PATH: &str = "usr/share/vmsync/browse.py";
+pub(super) const CLIP_PATH: &str = "usr/share/vmsync/clip.ivf";
 /// Bump when the selection of files changes, to invalidate cached roots.
 const STUDY_LAYOUT: u64 = 1;
 /// The guest unpacks its initramfs into RAM (256 MiB by default).
@@ -88,7 +88,7 @@ fn root_key() -> String {
 
 /// Downloads and unpacks the packages and keeps only what the guest needs,
 /// in `dir/study-root/`, unless a root made from the same pins is there.
-fn staged_root(dir: &Path, force: bool) -> Result<PathBuf> {
+pub(super) fn staged_root(dir: &Path, force: bool) -> Result<PathBuf> {
     let root = dir.join("study-root");
     let stamp_path = dir.join("study-root.stamp");
     let key = root_key();
@@ -209,13 +209,13 @@ fn select(extract: &Path, root: &Path) -> Result<()> {
 
 /// Copies a file's content (through symlinks: the guest needs no
 /// versioned names) with its permissions.
-fn copy_file(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn copy_file(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to.parent().unwrap())?;
     std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 
-fn symlink(at: &Path, target: &str) -> Result<()> {
+pub(super) fn symlink(at: &Path, target: &str) -> Result<()> {
     std::fs::create_dir_all(at.parent().unwrap())?;
     std::os::unix::fs::symlink(target, at).with_context(|| format!("linking {} to {target}", at.display()))
 }
@@ -235,7 +235,7 @@ fn copy_tree(from: &Path, to: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> 
 
 /// Every path under `dir`, relative to it, parents before children, in
 /// name order (so archives are reproducible).
-fn walk(dir: &Path) -> Result<Vec<String>> {
+pub(super) fn walk(dir: &Path) -> Result<Vec<String>> {
     fn go(base: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
         let here = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
         let mut names: Vec<String> = std::fs::read_dir(&here)
@@ -258,7 +258,7 @@ fn walk(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn tree_size(dir: &Path) -> Result<u64> {
+pub(super) fn tree_size(dir: &Path) -> Result<u64> {
     let mut n = 0;
     for rel in walk(dir)? {
         let m = std::fs::symlink_metadata(dir.join(rel))?;
