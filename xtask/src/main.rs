@@ -56,6 +56,13 @@ enum Cmd {
         /// Kill QEMU after this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
         timeout: u64,
+        /// A raw disk image (whole 512-byte sectors) attached to the board
+        /// as a virtio-blk device. The hypervisor drives it and gives the
+        /// guest a virtio disk of the same size over it (/dev/vda once the
+        /// guest loads virtio_blk); its writes land in the file. With
+        /// --plain the guest drives the device itself.
+        #[arg(long, value_name = "RAW_IMAGE")]
+        disk: Option<PathBuf>,
     },
     /// The VMsync demo: a guest kept in sync and moved between devices.
     ///
@@ -153,7 +160,19 @@ fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
+/// Checks `--disk`: a file of whole 512-byte sectors, at least one.
+fn check_disk(path: &std::path::Path) -> Result<()> {
+    let len = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("--disk {}: {e}", path.display()))?.len();
+    if len == 0 || len % 512 != 0 {
+        anyhow::bail!("--disk {}: {len} bytes; a raw disk image is whole 512-byte sectors (e.g. truncate -s 64M disk.img)", path.display());
+    }
+    Ok(())
+}
+
+fn run(g: &ResolvedGuest, plain: bool, timeout: u64, disk: Option<&std::path::Path>) -> Result<()> {
+    if let Some(d) = disk {
+        check_disk(d)?;
+    }
     apt::ensure_qemu_aarch64()?;
     let mut cmd = if plain {
         let Some(initrd) = &g.initrd else { anyhow::bail!("--plain needs an initrd") };
@@ -163,6 +182,9 @@ fn run(g: &ResolvedGuest, plain: bool, timeout: u64) -> Result<()> {
         build_image(g, &img)?;
         qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(g.mem))
     };
+    if let Some(d) = disk {
+        qemu_tests::attach_disk(&mut cmd, d);
+    }
     eprintln!("xtask: starting {cmd:?}");
     if timeout == 0 {
         let status = cmd.status()?;
@@ -190,7 +212,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Build { guest, out } => build_image(&guest.resolve()?, &out),
-        Cmd::Run { guest, plain, timeout } => run(&guest.resolve()?, plain, timeout),
+        Cmd::Run { guest, plain, timeout, disk } => run(&guest.resolve()?, plain, timeout, disk.as_deref()),
         Cmd::Demo(a) => {
             // Bad input exits here with clap's error (code 2), before
             // anything is built or booted.
