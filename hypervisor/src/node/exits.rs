@@ -78,7 +78,7 @@ fn handle<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, 
     None
 }
 
-fn mmio<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, access: MmioAccess) {
+pub(super) fn mmio<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, access: MmioAccess) {
     match vm.platform.mmio(access) {
         Ok(out) => {
             vm.stats.mmio += 1;

@@ -105,6 +105,8 @@ pub struct FakeArch {
     /// `restore` fails though `check_state` passes (a CPU that cannot load
     /// a state it accepts: the take-over fails after the request).
     pub refuse_restore: bool,
+    /// How the last device access a test made was completed.
+    pub last_mmio: Option<Completion>,
 }
 
 impl Arch for FakeArch {
@@ -143,6 +145,8 @@ impl Arch for FakeArch {
     fn complete(&mut self, how: Completion) {
         match how {
             Completion::Hypercall(_) if self.pending_hypercall => self.pending_hypercall = false,
+            // Device accesses a test makes (`node/disk_tests.rs`).
+            Completion::MmioRead(_) | Completion::MmioWritten | Completion::Abort => self.last_mmio = Some(how),
             other => panic!("unexpected completion {other:?}"),
         }
     }
@@ -329,6 +333,7 @@ impl World {
             pending_hypercall: false,
             running: false,
             refuse_restore: false,
+            last_mmio: None,
         };
         let now_ms = self.clock.get() / 1_000_000;
         // The config's address: a device that reboots keeps its own.

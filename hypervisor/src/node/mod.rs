@@ -31,6 +31,8 @@ pub mod takeover;
 pub mod vm;
 
 #[cfg(test)]
+mod disk_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod handoff_tests;
