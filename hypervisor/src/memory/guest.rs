@@ -6,6 +6,8 @@ use sync_core::digest::PageMemory;
 use sync_core::dirty::{DirtyError, DirtySet, DirtyTracker};
 use sync_core::page::{Page, PAGE_SIZE};
 
+use crate::vplatform::virtio::{DmaError, GuestDma};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestMemError {
     /// The range is not inside guest RAM.
@@ -136,6 +138,23 @@ impl PageMemory for GuestMemory {
     }
 }
 
+/// What the virtual devices reach: writes go through `write`, so dirty
+/// tracking sees what a device put into guest RAM.
+impl GuestDma for GuestMemory {
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), DmaError> {
+        GuestMemory::read(self, gpa, out).map_err(dma_error)
+    }
+
+    fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), DmaError> {
+        GuestMemory::write(self, gpa, bytes).map_err(dma_error)
+    }
+}
+
+fn dma_error(e: GuestMemError) -> DmaError {
+    let GuestMemError::OutOfRange { ipa, len } = e;
+    DmaError { gpa: ipa, len }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -177,5 +196,22 @@ mod tests {
         assert_eq!(m.dirty_now(), 0);
         assert_eq!(m.page(1).unwrap()[0xffe], b'x');
         assert!(m.page(4).is_none());
+    }
+
+    #[test]
+    fn device_writes_are_tracked_and_bounded() {
+        let mut backing = vec![0u8; 2 * 4096];
+        // SAFETY: the vector outlives `m` and nothing else touches it meanwhile.
+        let mut m = unsafe { GuestMemory::new(0x4000_0000, 2 * 4096, backing.as_mut_ptr()) };
+        m.start_tracking().unwrap();
+        let dma: &mut dyn GuestDma = &mut m;
+        dma.write(0x4000_1004, b"dev").unwrap();
+        let mut out = [0u8; 3];
+        dma.read(0x4000_1004, &mut out).unwrap();
+        assert_eq!(&out, b"dev");
+        assert_eq!(dma.write(0x4000_1fff, b"ab"), Err(DmaError { gpa: 0x4000_1fff, len: 2 }));
+        assert_eq!(dma.read(0x3fff_fff0, &mut out), Err(DmaError { gpa: 0x3fff_fff0, len: 3 }));
+        assert!(m.is_dirty_now(1));
+        assert!(!m.is_dirty_now(0));
     }
 }

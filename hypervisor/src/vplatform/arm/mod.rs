@@ -35,7 +35,7 @@ pub mod psci;
 pub mod vgic;
 
 #[cfg(test)]
-mod snapshot_tests;
+pub(crate) mod snapshot_tests;
 
 use alloc::vec::Vec;
 

@@ -324,11 +324,12 @@ fn rejects_wrong_lengths() {
     assert_eq!(ArmPlatform::restore(&[], None).err(), Some(SnapshotError::Truncated));
 }
 
-/// xorshift64: deterministic, so a failure reproduces.
-struct Rng(u64);
+/// xorshift64: deterministic, so a failure reproduces. Shared with the
+/// other device models' hostile-input tests (`virtio/blk_hostile_tests.rs`).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

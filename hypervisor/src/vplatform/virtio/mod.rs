@@ -8,6 +8,15 @@
 //! through [`GuestDma`], the blocks through [`BlockBackend`], so the host
 //! tests run them on vectors.
 
+pub mod blk;
+pub mod mmio;
+pub mod queue;
+
+#[cfg(test)]
+mod blk_hostile_tests;
+#[cfg(test)]
+mod blk_tests;
+
 /// Bytes of one virtio-blk sector, the unit of request addresses.
 pub const SECTOR: u64 = 512;
 
