@@ -127,3 +127,37 @@ fn guest_disk_is_the_only_virtio_device_the_guest_sees() {
     let virtio: Vec<_> = dt.lines().filter(|l| l.contains("virtio")).collect();
     assert_eq!(virtio, ["dt-node /virtio_mmio@a000000 compatible=virtio,mmio"], "{dt}");
 }
+
+/// A boot with `extra_config`, a fresh disk image attached.
+fn boot_with_disk(name: &str, extra_config: &str) -> RunOutput {
+    let a = Assets::from_env();
+    let image = a.workdir.join(format!("{name}.raw"));
+    make_image(&image);
+    let img = a.image_with(&format!("{name}.img"), &a.hypervisor, "console=ttyAMA0 vmsync.workload=none vmsync.test=disk", MEM_MIB, extra_config);
+    let mut cmd = qemu_command(&img, host_mem_mib(MEM_MIB));
+    attach_disk(&mut cmd, &image);
+    let out = run(cmd, DEADLINE, &[], false).expect("starting QEMU");
+    assert!(!out.timed_out(), "no power-off within {DEADLINE:?}:\n{}", out.tail());
+    out
+}
+
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn disk_off_hides_the_disk_from_the_guest() {
+    let out = boot_with_disk("disk-off", "disk=off\n");
+    assert!(out.exited_ok(), "QEMU exit status {:?}:\n{}", out.status, out.tail());
+    assert!(out.output.contains("vmsync: disk: hidden from the guest (disk=off)"), "{}", out.tail());
+    assert_eq!(value(&out, "vmsync-guest: virtio-devices "), "0:");
+    assert!(out.output.contains("vmsync-guest: disk none (no /dev/vda)"), "{}", out.tail());
+    assert!(out.lines_with("vmsync: disk: requests ").next().is_none(), "a disk line without a disk:\n{}", out.tail());
+}
+
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn a_disk_with_sync_peers_is_refused_at_boot_naming_disk_off() {
+    let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let out = boot_with_disk("disk-peers", &format!("policy=interval:200ms\nnet_ip=169.254.0.1/16\npeer=169.254.0.2:7000\nsecret={secret}\n"));
+    let line = out.lines_with("vmsync: error: fatal: disk: refused").next().unwrap_or_else(|| panic!("not refused:\n{}", out.tail()));
+    assert!(line.contains("set disk=off"), "{line}");
+    assert!(!out.output.contains("vmsync-guest: init"), "the guest ran:\n{}", out.tail());
+}
