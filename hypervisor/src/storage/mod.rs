@@ -41,11 +41,14 @@ pub fn pieces(offset: u64, len: u64, max: u64) -> impl Iterator<Item = (u64, u64
 }
 
 /// The board's disk when the host device tree has a virtio-blk device (the
-/// DMA pool `dma` set): one boot line saying so, or nothing and one line
-/// saying why.
+/// DMA pool `dma` set): one boot line saying so, or None and one line
+/// saying why not.
 #[cfg(target_os = "none")]
 pub fn board(host_fdt: &fdt::Fdt, device_window: core::ops::Range<u64>, dma: bool) -> Option<Disk> {
-    let (base, size) = crate::net::find_virtio(host_fdt, device_window, DEVICE_ID_BLK)?;
+    let Some((base, size)) = crate::net::find_virtio(host_fdt, device_window, DEVICE_ID_BLK) else {
+        log::info!("disk: no virtio-blk device: the guest has no disk");
+        return None;
+    };
     if !dma {
         log::error!("disk: virtio-blk at {base:#x} left unused: no DMA pool");
         return None;
