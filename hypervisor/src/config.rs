@@ -8,7 +8,11 @@
 //! shadow=25%
 //! shadow_probes=full,50,10
 //! net_ip=169.254.0.1/16
+//! disk=off
 //! ```
+//!
+//! `disk=on` (default) gives the guest a virtio-blk disk when the board has
+//! a block device for it (`storage::`); `disk=off` hides it from the guest.
 use alloc::string::String;
 use core::net::Ipv4Addr;
 use sync_core::policy::PolicySpec;
@@ -32,6 +36,8 @@ pub struct GuestConfig {
     pub net: NetConfig,
     /// Who this device is in sync (`role`, `peer`, `listen`, `secret`).
     pub sync: SyncRole,
+    /// `disk=on|off`: whether the guest gets the board's disk (if any).
+    pub disk: bool,
 }
 
 /// The device's part in sync.
@@ -312,7 +318,7 @@ pub enum ConfigError {
     BadPolicy {
         line: usize,
     },
-    /// `verify` is `on` or `off`.
+    /// `verify` and `disk` are `on` or `off`.
     BadSwitch {
         line: usize,
     },
@@ -361,6 +367,7 @@ impl GuestConfig {
             shadow_probes: heapless::Vec::new(),
             net: NetConfig::new(),
             sync: SyncRole::new(),
+            disk: true,
         };
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -386,6 +393,13 @@ impl GuestConfig {
                 }
                 "verify" => {
                     cfg.verify = match value.trim() {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(ConfigError::BadSwitch { line: line_no }),
+                    }
+                }
+                "disk" => {
+                    cfg.disk = match value.trim() {
                         "on" => true,
                         "off" => false,
                         _ => return Err(ConfigError::BadSwitch { line: line_no }),
@@ -553,6 +567,14 @@ mod tests {
         assert_eq!(c.mem_bytes, DEFAULT_MEM_MIB << 20);
         assert_eq!(c.net, NetConfig::new());
         assert_eq!(c.net.ip, None, "networking is off unless configured");
+        assert!(c.disk, "the guest gets the board's disk unless told not to");
+    }
+
+    #[test]
+    fn disk_switch() {
+        assert!(!GuestConfig::parse(b"disk=off").unwrap().disk);
+        assert!(GuestConfig::parse(b"disk=on").unwrap().disk);
+        assert_eq!(GuestConfig::parse(b"mem_mib=64\ndisk=yes"), Err(ConfigError::BadSwitch { line: 2 }));
     }
 
     #[test]

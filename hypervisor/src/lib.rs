@@ -11,6 +11,7 @@ pub mod net;
 pub mod node;
 pub mod rng;
 pub mod stats;
+pub mod storage;
 pub mod sync;
 pub mod vplatform;
 

@@ -21,6 +21,9 @@
 #                         The kernel itself ignores root= when an initramfs has an
 #                         /init, and could not mount the disk anyway (virtio_blk
 #                         is a module), so this script reads it.
+#   vmsync.test=disk      on /dev/vda: md5 of 1 MiB at 8 MiB, write 1 MiB at
+#                         16 MiB (sync, drop caches, md5 read back), discard
+#                         1 MiB at 24 MiB; list the virtio devices
 
 # First, so boot time can be measured to this line.
 echo "vmsync-guest: init"
@@ -190,6 +193,38 @@ case ",$tests," in
         /bin/vmsync-workload cpuprobe
         echo "vmsync-guest: cpumodel rc=$?"
         ;;
+esac
+
+# The disk test (qemu-tests/tests/disk.rs reads these lines and the image).
+disk_test() {
+    echo "vmsync-guest: virtio-devices $(ls /sys/bus/virtio/devices 2>/dev/null | wc -l):$(for d in /sys/bus/virtio/devices/*; do [ -e "$d/device" ] && printf ' %s=%s' "${d##*/}" "$(cat "$d/device")"; done)"
+    if [ ! -b /dev/vda ]; then
+        echo "vmsync-guest: disk none (no /dev/vda)"
+        return
+    fi
+    echo "vmsync-guest: disk size $(blockdev --getsize64 /dev/vda 2>/dev/null || cat /sys/block/vda/size)"
+    # What the host put at 8 MiB.
+    echo "vmsync-guest: disk host-md5 $(dd if=/dev/vda bs=4096 skip=2048 count=256 2>/dev/null | md5sum | cut -d' ' -f1)"
+    # Our own bytes at 16 MiB, flushed (conv=fsync: a FLUSH to the disk),
+    # then read back from the disk, not the page cache.
+    yes "vmsync guest wrote this line" | head -c 1048576 > /tmp/disk-pattern
+    echo "vmsync-guest: disk wrote-md5 $(md5sum < /tmp/disk-pattern | cut -d' ' -f1)"
+    dd if=/tmp/disk-pattern of=/dev/vda bs=4096 seek=4096 conv=fsync 2>/dev/null
+    echo "vmsync-guest: disk write rc=$?"
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    echo "vmsync-guest: disk readback-md5 $(dd if=/dev/vda bs=4096 skip=4096 count=256 2>/dev/null | md5sum | cut -d' ' -f1)"
+    if command -v blkdiscard > /dev/null; then
+        blkdiscard -o 25165824 -l 1048576 /dev/vda
+        echo "vmsync-guest: disk discard rc=$?"
+    else
+        echo "vmsync-guest: disk discard skipped (no blkdiscard in busybox)"
+    fi
+    sync
+}
+
+case ",$tests," in
+    *,disk,*) disk_test ;;
 esac
 
 if [ -n "$on_disk" ]; then

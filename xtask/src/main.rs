@@ -61,9 +61,12 @@ enum Cmd {
         /// Kill QEMU after this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
         timeout: u64,
-        /// Attach this raw disk image as the guest's virtio disk (written
-        /// to in place).
-        #[arg(long, conflicts_with = "root_disk")]
+        /// A raw disk image (whole 512-byte sectors) attached to the board
+        /// as a virtio-blk device. The hypervisor drives it and gives the
+        /// guest a virtio disk of the same size over it (/dev/vda once the
+        /// guest loads virtio_blk); its writes land in the file. With
+        /// --plain the guest drives the device itself.
+        #[arg(long, value_name = "RAW_IMAGE", conflicts_with = "root_disk")]
         disk: Option<PathBuf>,
         /// Boot from the root disk: a fresh copy of target/guest/root.ext4
         /// (built when needed) as target/vmsync/run-root.ext4, and
@@ -167,7 +170,19 @@ fn build_image(g: &ResolvedGuest, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks `--disk`: a file of whole 512-byte sectors, at least one.
+fn check_disk(path: &std::path::Path) -> Result<()> {
+    let len = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("--disk {}: {e}", path.display()))?.len();
+    if len == 0 || len % 512 != 0 {
+        anyhow::bail!("--disk {}: {len} bytes; a raw disk image is whole 512-byte sectors (e.g. truncate -s 64M disk.img)", path.display());
+    }
+    Ok(())
+}
+
 fn run(g: &ResolvedGuest, plain: bool, timeout: u64, disk: Option<&std::path::Path>) -> Result<()> {
+    if let Some(d) = disk {
+        check_disk(d)?;
+    }
     apt::ensure_qemu_aarch64()?;
     let mut cmd = if plain {
         let Some(initrd) = &g.initrd else { anyhow::bail!("--plain needs an initrd") };
@@ -177,8 +192,8 @@ fn run(g: &ResolvedGuest, plain: bool, timeout: u64, disk: Option<&std::path::Pa
         build_image(g, &img)?;
         qemu_tests::qemu_command(&img, qemu_tests::host_mem_mib(g.mem))
     };
-    if let Some(disk) = disk {
-        qemu_tests::attach_disk(&mut cmd, disk);
+    if let Some(d) = disk {
+        qemu_tests::attach_disk(&mut cmd, d);
     }
     eprintln!("xtask: starting {cmd:?}");
     if timeout == 0 {

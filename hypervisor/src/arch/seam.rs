@@ -171,9 +171,17 @@ pub trait ArchBoot: Arch {
     /// standby that takes the guest over runs it in the same memory.
     fn stage2(&mut self, alloc: &mut crate::memory::phys::PhysAllocator, backing: u64, size: u64) -> Result<Self::Stage2, Self::BootError>;
     /// Loads a fresh guest by the architecture's boot protocol (kernel,
-    /// initrd, command line, the board's description) into `mem`, whose
-    /// RAM is all zero, and sets the vCPU at its entry.
-    fn load_guest(&mut self, mem: &mut crate::memory::guest::GuestMemory, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<(), Self::BootError>;
+    /// initrd, command line, the board's description, which names the
+    /// disk if `disk`) into `mem`, whose RAM is all zero, and sets the vCPU
+    /// at its entry.
+    fn load_guest(
+        &mut self,
+        mem: &mut crate::memory::guest::GuestMemory,
+        kernel: &[u8],
+        initrd: &[u8],
+        cmdline: &str,
+        disk: bool,
+    ) -> Result<(), Self::BootError>;
     /// The CPU's and the firmware's own sources of randomness (aarch64:
     /// RNDR, SMCCC TRNG); the board's devices add theirs in the node.
     fn entropy(&mut self) -> alloc::vec::Vec<alloc::boxed::Box<dyn crate::rng::Entropy>>;

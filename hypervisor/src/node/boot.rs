@@ -56,7 +56,9 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
     // come from the counter: guessable, but sync, which needs secrets, is
     // off then anyway.
     let tcp_seed = rng.u64().unwrap_or(now);
-    let mut net = if dma { crate::net::start(&config.net, host_fdt, device_window, tcp_seed, now / 1_000_000) } else { None };
+    let mut net = if dma { crate::net::start(&config.net, host_fdt, device_window.clone(), tcp_seed, now / 1_000_000) } else { None };
+    // The device's storage (storage/), if the board has a block device.
+    let disk = crate::storage::board(host_fdt, device_window, dma);
     if let Some(role) = config.net.test {
         let clock = || arch.now_ns() / 1_000_000;
         crate::net::run_test(net.as_mut(), role, config.net.test_mib, clock);
@@ -100,7 +102,13 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
         Ok(s2) => s2,
         Err(e) => fail!("stage 2: {e:?}"),
     };
-    let machine = Machine { config, backing: backing as *mut u8, spare_heap: heap_base + SYNC_HEAP_EXTRA };
+    let machine = Machine { config, backing: backing as *mut u8, spare_heap: heap_base + SYNC_HEAP_EXTRA, disk };
+    if let Some(refusal) = machine.disk_refusal() {
+        fail!("{refusal}");
+    }
+    if machine.disk.is_some() && machine.guest_disk().is_none() {
+        info!("disk: hidden from the guest (disk=off)");
+    }
     let mut parts: Parts<A, Nic> = Parts { arch, s2, net: net.take(), rng, machine, started_ns: None };
 
     if parts.machine.config.sync.standby {
@@ -126,7 +134,8 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
         }
     }
     let cmdline = parts.machine.config.cmdline.clone();
-    if let Err(e) = parts.arch.load_guest(&mut mem, kernel, initrd, &cmdline) {
+    let guest_disk = parts.machine.guest_disk();
+    if let Err(e) = parts.arch.load_guest(&mut mem, kernel, initrd, &cmdline, guest_disk.is_some()) {
         fail!("loading the guest: {e:?}");
     }
     info!("guest command line: {cmdline}");
@@ -154,7 +163,7 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
         }
         None => None,
     };
-    let mut vm = Vm::new(mem, A::Platform::fresh());
+    let mut vm = Vm::new(mem, A::Platform::fresh(guest_disk));
     vm.sync = engine;
     vm.sync_start_ns = parts.arch.now_ns();
     Node::active(parts, vm).run()

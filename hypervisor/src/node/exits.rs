@@ -78,7 +78,7 @@ fn handle<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, 
     None
 }
 
-fn mmio<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, access: MmioAccess) {
+pub(super) fn mmio<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, access: MmioAccess) {
     match vm.platform.mmio(access) {
         Ok(out) => {
             vm.stats.mmio += 1;
@@ -90,6 +90,14 @@ fn mmio<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Platform>, ac
                     Completion::MmioWritten
                 }
                 MmioOutcome::Written => Completion::MmioWritten,
+                MmioOutcome::Notify(_) => {
+                    // The board has a disk only when the machine has
+                    // storage for it (`Machine::guest_disk`).
+                    if let Some(disk) = p.machine.disk.as_deref_mut() {
+                        vm.platform.disk_process(&mut vm.mem, disk);
+                    }
+                    Completion::MmioWritten
+                }
             };
             p.arch.complete(done);
         }
@@ -159,4 +167,21 @@ fn report<A: Arch, D: NetDevice>(p: &Parts<A, D>, vm: &Vm<A::Platform>) {
     info!("traps: total={} elapsed_ms={}{}", vm.stats.total(), us / 1000, line);
     p.arch.report_traps();
     info!("unmapped guest accesses: {}; vgic unknown register accesses: {}", vm.unmapped_accesses, vm.platform.unknown_accesses());
+    if let Some(s) = vm.platform.disk_stats() {
+        info!("{}", DiskLine(&s));
+    }
+}
+
+/// The power-off line of the guest's disk.
+pub struct DiskLine<'a>(pub &'a crate::vplatform::virtio::blk::BlkStats);
+
+impl core::fmt::Display for DiskLine<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = self.0;
+        write!(
+            f,
+            "disk: requests read={} write={} flush={} discard={} bytes_read={} bytes_written={} errors={}",
+            s.reads, s.writes, s.flushes, s.discards, s.bytes_read, s.bytes_written, s.errors
+        )
+    }
 }

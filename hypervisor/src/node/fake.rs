@@ -105,6 +105,8 @@ pub struct FakeArch {
     /// `restore` fails though `check_state` passes (a CPU that cannot load
     /// a state it accepts: the take-over fails after the request).
     pub refuse_restore: bool,
+    /// How the last device access a test made was completed.
+    pub last_mmio: Option<Completion>,
 }
 
 impl Arch for FakeArch {
@@ -143,6 +145,8 @@ impl Arch for FakeArch {
     fn complete(&mut self, how: Completion) {
         match how {
             Completion::Hypercall(_) if self.pending_hypercall => self.pending_hypercall = false,
+            // Device accesses a test makes (`node/disk_tests.rs`).
+            Completion::MmioRead(_) | Completion::MmioWritten | Completion::Abort => self.last_mmio = Some(how),
             other => panic!("unexpected completion {other:?}"),
         }
     }
@@ -329,6 +333,7 @@ impl World {
             pending_hypercall: false,
             running: false,
             refuse_restore: false,
+            last_mmio: None,
         };
         let now_ms = self.clock.get() / 1_000_000;
         // The config's address: a device that reboots keeps its own.
@@ -336,7 +341,7 @@ impl World {
         let net = link.map(|l| Stack::new(l, addr, 16, 1 + me as u64, now_ms).expect("stack"));
         // Deterministic per node: a test run repeats exactly.
         let rng = crate::rng::Randomness::new(alloc::vec![alloc::boxed::Box::new(crate::rng::FakeEntropy(100 + me as u64))]);
-        Parts { arch, s2: FakeStage2 { writable }, net, rng, machine: Machine { config, backing, spare_heap: 64 << 20 }, started_ns: None }
+        Parts { arch, s2: FakeStage2 { writable }, net, rng, machine: Machine { config, backing, spare_heap: 64 << 20, disk: None }, started_ns: None }
     }
 
     /// Calls `f` whenever a node spins and at each round of `run_until`.
@@ -450,7 +455,8 @@ pub fn active_vm(parts: &mut Parts<FakeArch, Link>, verify: bool) -> super::vm::
     let now = parts.arch.now_ns();
     let mut engine = super::epochs::start(spec, shadows, verify_image, &mut mem, &mut parts.s2, now).expect("tracking starts");
     super::add_peers(parts, &mut engine, super::Reign::FirstBoot);
-    let mut vm = super::vm::Vm::new(mem, <ArmPlatform as crate::vplatform::Platform>::fresh());
+    let disk = parts.machine.guest_disk();
+    let mut vm = super::vm::Vm::new(mem, <ArmPlatform as crate::vplatform::Platform>::fresh(disk));
     vm.sync = Some(engine);
     vm.sync_start_ns = now;
     vm

@@ -31,6 +31,8 @@ pub mod takeover;
 pub mod vm;
 
 #[cfg(test)]
+mod disk_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod handoff_tests;
@@ -49,9 +51,9 @@ pub enum Stop {
     Reset,
 }
 
-/// What every role of this device shares: its config and the memory that
+/// What every role of this device shares: its config, the memory that
 /// holds guest RAM when it runs the guest and the standby image when it
-/// does not (a switch changes the role, never the memory).
+/// does not (a switch changes the role, never the memory), and its storage.
 pub struct Machine {
     pub config: GuestConfig,
     /// Host address of `config.mem_bytes` bytes, page aligned, used by
@@ -59,6 +61,9 @@ pub struct Machine {
     pub backing: *mut u8,
     /// Heap left beyond the shadows, for the links' default budget.
     pub spare_heap: u64,
+    /// The device's own storage (`storage::`), if the board has one: the
+    /// guest's disk while it runs here (unless `disk=off`).
+    pub disk: Option<crate::storage::Disk>,
 }
 
 impl Machine {
@@ -72,8 +77,41 @@ impl Machine {
         unsafe { RawPages::new(self.backing, self.config.mem_bytes / 4096) }
     }
 
+    /// The capacity of the guest's disk on this device: the storage's,
+    /// unless the config hides it (`disk=off`); None: no disk.
+    pub fn guest_disk(&self) -> Option<u64> {
+        self.disk.as_ref().filter(|_| self.config.disk).map(|d| d.capacity())
+    }
+
+    /// Why this device may not run its guest with a disk, if so: disk
+    /// blocks are not synced yet, so a guest with a disk runs on one device.
+    pub fn disk_refusal(&self) -> Option<DiskRefusal> {
+        let capacity = self.guest_disk()?;
+        let sync = &self.config.sync;
+        (sync.standby || !sync.peers.is_empty()).then_some(DiskRefusal { capacity, standby: sync.standby })
+    }
+
     pub fn handshake(&self, ram_base: u64) -> sync_core::wire::Handshake {
         crate::sync::loopback::handshake(RamLayout { base: ram_base, size: self.config.mem_bytes }, [0; 32])
+    }
+}
+
+/// A guest disk on a device that syncs with others (see
+/// `Machine::disk_refusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskRefusal {
+    pub capacity: u64,
+    pub standby: bool,
+}
+
+impl core::fmt::Display for DiskRefusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "disk: refused: the guest's {} MiB disk is not synced to other devices yet, and this device {}; set disk=off in its config to run without the disk",
+            self.capacity >> 20,
+            if self.standby { "is a standby" } else { "has sync peers" }
+        )
     }
 }
 

@@ -58,7 +58,7 @@ fn able<A: Arch, D: NetDevice>(p: &Parts<A, D>, s: &Standby) -> Result<(), Unabl
     let committed = s.node.applier.committed_epoch();
     if let Some(state) = s.node.committed_state.as_ref().filter(|st| st.epoch == committed) {
         p.arch.check_state(&state.cpu).map_err(Unable::Cpu)?;
-        <A::Platform as crate::vplatform::Platform>::restore(&state.devices).map_err(Unable::Devices)?;
+        <A::Platform as crate::vplatform::Platform>::restore(&state.devices, p.machine.guest_disk()).map_err(Unable::Devices)?;
     }
     Ok(())
 }

@@ -90,7 +90,7 @@ fn prepare<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, s: &Standby, how: &Takeov
         }
     }
     let state = s.node.committed_state.as_ref().filter(|st| st.epoch == committed).ok_or(TakeoverError::NoState { committed })?;
-    let platform = A::Platform::restore(&state.devices).map_err(TakeoverError::Devices)?;
+    let platform = A::Platform::restore(&state.devices, p.machine.guest_disk()).map_err(TakeoverError::Devices)?;
     p.arch.restore(&state.cpu).map_err(TakeoverError::Cpu)?;
     Ok(platform)
 }

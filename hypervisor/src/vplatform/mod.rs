@@ -27,6 +27,9 @@ pub enum MmioOutcome {
     Written,
     /// A store to the UART's data register: one byte for the console.
     Console(u8),
+    /// A store that notified the disk's queue `0`: the node serves its
+    /// requests (`Platform::disk_process`).
+    Notify(u16),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +56,9 @@ pub enum HypercallOutcome {
 /// device accesses, console input, its hypercalls, and its state as bytes
 /// for a switch. Each architecture has one (`ArmPlatform` on aarch64).
 pub trait Platform: Sized {
-    /// A fresh board, as at the guest's first instruction.
-    fn fresh() -> Self;
+    /// A fresh board, as at the guest's first instruction; `disk`: the
+    /// capacity in bytes of the guest's disk, if it has one.
+    fn fresh(disk: Option<u64>) -> Self;
     fn mmio(&mut self, a: MmioAccess) -> Result<MmioOutcome, MmioError>;
     /// One byte typed for the guest's console; false if its FIFO is full.
     fn console_input(&mut self, byte: u8) -> bool;
@@ -62,8 +66,16 @@ pub trait Platform: Sized {
     fn hypercall(&mut self, args: [u64; 4]) -> HypercallOutcome;
     /// Appends the state of every emulated device to `out`.
     fn save(&self, out: &mut alloc::vec::Vec<u8>);
-    /// The board `bytes` (from `save`) describes; never panics on bad input.
-    fn restore(bytes: &[u8]) -> Result<Self, snapshot::SnapshotError>;
+    /// The board `bytes` (from `save`) describes, on a device whose guest
+    /// disk has `disk` bytes (None: none); a snapshot of another disk is an
+    /// error. Never panics on bad input.
+    fn restore(bytes: &[u8], disk: Option<u64>) -> Result<Self, snapshot::SnapshotError>;
     /// Accesses the models did not understand, for the power-off report.
     fn unknown_accesses(&self) -> u64;
+    /// Serves the disk's notified requests from `backend` (the device's
+    /// storage), writing guest memory through `mem` (so it is tracked), and
+    /// sets the disk's interrupt. Nothing happens on a board without a disk.
+    fn disk_process(&mut self, mem: &mut crate::memory::guest::GuestMemory, backend: &mut dyn virtio::BlockBackend);
+    /// The disk's request counters, if the board has a disk.
+    fn disk_stats(&self) -> Option<virtio::blk::BlkStats>;
 }

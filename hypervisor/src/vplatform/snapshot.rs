@@ -7,7 +7,7 @@
 //! Layout (all integers little-endian, fixed width):
 //!
 //! ```text
-//! b"VSDV"  u16 version (1)
+//! b"VSDV"  u16 version (2: the ARM board's DISK section)
 //! section*          the board's sections, in the board's fixed order
 //! section := [u8; 4] tag, u32 payload length, payload
 //! ```
@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 pub const MAGIC: [u8; 4] = *b"VSDV";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotError {
@@ -46,6 +46,12 @@ pub enum SnapshotError {
     },
     /// Bytes after the last section.
     TrailingBytes,
+    /// The state is of a guest whose disk (capacity in bytes; None: no
+    /// disk) is not this device's.
+    DiskMismatch {
+        saved: Option<u64>,
+        here: Option<u64>,
+    },
 }
 
 impl fmt::Display for SnapshotError {
@@ -58,6 +64,10 @@ impl fmt::Display for SnapshotError {
             SnapshotError::SectionLength { section } => write!(f, "device state section {section:?} has the wrong length"),
             SnapshotError::BadValue { field, value } => write!(f, "device state field {field} = {value:#x} is out of range"),
             SnapshotError::TrailingBytes => write!(f, "bytes after the device state"),
+            SnapshotError::DiskMismatch { saved, here } => {
+                let mib = |d: &Option<u64>| d.map_or(alloc::string::String::from("no disk"), |b| alloc::format!("a {} MiB disk ({b} bytes)", b >> 20));
+                write!(f, "the guest had {} where it was saved, this device gives it {}", mib(saved), mib(here))
+            }
         }
     }
 }
@@ -252,7 +262,7 @@ mod tests {
         let bytes = save(&t);
         #[rustfmt::skip]
         let expected = [
-            b'V', b'S', b'D', b'V', 1, 0,
+            b'V', b'S', b'D', b'V', 2, 0,
             b'A', b'A', b'A', b'A', 4, 0, 0, 0, 4, 3, 2, 1,
             b'B', b'B', b'B', b'B', 1, 0, 0, 0, 1,
         ];
@@ -269,7 +279,7 @@ mod tests {
             restore(&c)
         };
         assert_eq!(with(0, b"VSDW"), Err(SnapshotError::BadMagic));
-        assert_eq!(with(4, &[2, 0]), Err(SnapshotError::BadVersion(2)));
+        assert_eq!(with(4, &[1, 0]), Err(SnapshotError::BadVersion(1)));
         assert_eq!(with(6, b"AAAB"), Err(SnapshotError::BadSection { expected: *b"AAAA", found: *b"AAAB" }));
         assert_eq!(with(10, &[3]), Err(SnapshotError::SectionLength { section: *b"AAAA" }), "too short for its fields");
         assert_eq!(with(26, &[2]), Err(SnapshotError::BadValue { field: "toy.b", value: 2 }));

@@ -130,11 +130,14 @@ impl ArchBoot for Aarch64 {
         super::entropy::sources()
     }
 
-    fn load_guest(&mut self, mem: &mut GuestMemory, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<(), BootError> {
+    fn load_guest(&mut self, mem: &mut GuestMemory, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) -> Result<(), BootError> {
         let kernel_header = image::parse(kernel).map_err(BootError::NotAnImage)?;
         let size = mem.size();
         let place = layout::place(vboard::RAM_BASE, size, &kernel_header, kernel.len() as u64, initrd.len() as u64).map_err(BootError::DoesNotFit)?;
         let mut gb = vfdt::GuestBoard::qemu_virt_like(vboard::RAM_BASE, size);
+        if disk {
+            gb = gb.with_disk();
+        }
         gb.cmdline = cmdline.into();
         if !initrd.is_empty() {
             gb.initrd = Some((place.initrd, place.initrd + initrd.len() as u64));

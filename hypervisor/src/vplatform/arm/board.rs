@@ -21,3 +21,8 @@ pub const MAINTENANCE_INTID: u32 = 25;
 pub const GUEST_MIDR: u64 = 0x411F_D070;
 /// The guest's one CPU: affinity 0, uniprocessor bit clear, RES1 bit 31.
 pub const GUEST_MPIDR: u64 = 0x8000_0000;
+/// The guest's disk (virtio-blk on virtio-mmio), when the board has one:
+/// QEMU virt's first virtio-mmio slot, its register block and SPI 16.
+pub const DISK_BASE: u64 = 0x0a00_0000;
+pub const DISK_SIZE: u64 = crate::vplatform::virtio::blk::MMIO_SIZE;
+pub const DISK_INTID: u32 = 48;

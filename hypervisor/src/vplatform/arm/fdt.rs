@@ -31,6 +31,8 @@ pub struct GuestBoard {
     /// MPIDR affinity of the one CPU (its `reg`).
     pub cpu_mpidr: u32,
     pub cpu_compatible: &'static str,
+    /// The disk's virtio-mmio `(base, size, SPI number)`, if the guest has one.
+    pub disk: Option<(u64, u64, u32)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -78,12 +80,19 @@ impl GuestBoard {
             gicr_size: board::GICR_SIZE,
             cpu_mpidr: 0,
             cpu_compatible: "arm,cortex-a57",
+            disk: None,
         }
     }
 
     /// The UART node's path, for `stdout-path`.
     pub fn uart_path(&self) -> String {
         alloc::format!("/pl011@{:x}", self.uart_base)
+    }
+
+    /// This board with the virtual disk at its place on QEMU virt.
+    pub fn with_disk(mut self) -> Self {
+        self.disk = Some((board::DISK_BASE, board::DISK_SIZE, board::DISK_INTID - 32));
+        self
     }
 }
 
@@ -193,6 +202,19 @@ pub fn build(b: &GuestBoard) -> Result<Vec<u8>, FdtError> {
     w.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
     w.end_node(uart)?;
 
+    if let Some((base, size, spi)) = b.disk {
+        // As QEMU virt describes its virtio-mmio slots (edge-triggered
+        // there; the model's interrupt is a level, so level-high here), and
+        // `dma-coherent`: the model reads and writes guest RAM through the
+        // CPU's own caches.
+        let disk = w.begin_node(&alloc::format!("virtio_mmio@{base:x}"))?;
+        w.property_string("compatible", "virtio,mmio")?;
+        w.property_array_u64("reg", &reg(&[(base, size)]))?;
+        w.property_array_u32("interrupts", &[SPI, spi, LEVEL_HIGH])?;
+        w.property_null("dma-coherent")?;
+        w.end_node(disk)?;
+    }
+
     w.end_node(root)?;
     Ok(w.finish()?)
 }
@@ -289,6 +311,22 @@ mod tests {
         assert_eq!(names, ["apb-pclk", "chosen", "cpus", "intc@8000000", "memory@40000000", "pl011@9000000", "psci", "timer"]);
         assert!(fdt.find_compatible(&["virtio,mmio"]).is_none());
         assert_eq!(fdt.all_nodes().filter(|n| n.name.starts_with("pl011")).count(), 1);
+    }
+
+    #[test]
+    fn a_disk_is_one_virtio_node_at_the_first_slot() {
+        let blob = build(&board().with_disk()).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let disks: Vec<_> = fdt.all_nodes().filter(|n| n.compatible().is_some_and(|c| c.all().any(|s| s == "virtio,mmio"))).collect();
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].name, "virtio_mmio@a000000");
+        let r = disks[0].reg().unwrap().next().unwrap();
+        assert_eq!((r.starting_address as u64, r.size), (0x0a00_0000, Some(0x200)));
+        assert_eq!(cells(&fdt, "/virtio_mmio@a000000", "interrupts"), [0, 16, 4]);
+        assert!(disks[0].property("dma-coherent").is_some());
+        let mut names: Vec<_> = fdt.find_node("/").unwrap().children().map(|n| n.name).collect();
+        names.sort();
+        assert_eq!(names, ["apb-pclk", "chosen", "cpus", "intc@8000000", "memory@40000000", "pl011@9000000", "psci", "timer", "virtio_mmio@a000000"]);
     }
 
     #[test]

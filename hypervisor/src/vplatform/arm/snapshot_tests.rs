@@ -183,7 +183,7 @@ fn observe(p: &mut ArmPlatform) -> Vec<u64> {
 fn round_trip_is_exact() {
     for p in [ArmPlatform::new(), busy_platform()] {
         let bytes = saved(&p);
-        let q = ArmPlatform::restore(&bytes).expect("restores");
+        let q = ArmPlatform::restore(&bytes, None).expect("restores");
         assert_eq!(q.vgic, p.vgic, "the vGIC model comes back field for field");
         assert_eq!(saved(&q), bytes);
         assert_eq!(q.uart.rx_pending(), p.uart.rx_pending());
@@ -193,7 +193,7 @@ fn round_trip_is_exact() {
 #[test]
 fn restored_platform_behaves_the_same() {
     let mut p = busy_platform();
-    let mut q = ArmPlatform::restore(&saved(&p)).expect("restores");
+    let mut q = ArmPlatform::restore(&saved(&p), None).expect("restores");
     let (a, b) = (observe(&mut p), observe(&mut q));
     assert_eq!(a.len(), b.len());
     if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
@@ -206,7 +206,7 @@ fn restored_platform_behaves_the_same() {
 #[test]
 fn fifo_order_survives_a_wrapped_ring() {
     let mut p = busy_platform();
-    let mut q = ArmPlatform::restore(&saved(&p)).expect("restores");
+    let mut q = ArmPlatform::restore(&saved(&p), None).expect("restores");
     let n = p.uart.rx_pending();
     let drain = |p: &mut ArmPlatform| (0..n).map(|_| rd(p, U_DR, 1)).collect::<Vec<_>>();
     let expected: Vec<u64> = (12u8..20).chain(100..122).map(u64::from).collect();
@@ -233,7 +233,7 @@ fn uart_at(bytes: &[u8]) -> usize {
 fn patched(bytes: &[u8], at: usize, with: &[u8]) -> Result<ArmPlatform, SnapshotError> {
     let mut b = bytes.to_vec();
     b[at..at + with.len()].copy_from_slice(with);
-    ArmPlatform::restore(&b)
+    ArmPlatform::restore(&b, None)
 }
 
 fn bad(field: &'static str) -> impl Fn(Result<ArmPlatform, SnapshotError>) -> bool {
@@ -257,7 +257,7 @@ fn rejects_out_of_range_values() {
     let ok = |r: Result<ArmPlatform, SnapshotError>| r.is_ok();
     assert!(ok(patched(&b, 0, b"VSDV")));
     assert_eq!(patched(&b, 0, b"VSDW").err(), Some(SnapshotError::BadMagic));
-    assert_eq!(patched(&b, 4, &[2, 0]).err(), Some(SnapshotError::BadVersion(2)));
+    assert_eq!(patched(&b, 4, &[3, 0]).err(), Some(SnapshotError::BadVersion(3)));
     assert!(matches!(patched(&b, 6, b"GIC2"), Err(SnapshotError::BadSection { .. })));
     assert!(bad("vgic.nr_intids")(patched(&b, GIC, &[128, 0])));
     assert!(bad("vgic.ctlr")(patched(&b, GIC_CTLR, &[0x13])));
@@ -291,11 +291,11 @@ fn rejects_out_of_range_values() {
     p.uart_input(1);
     let mut e = saved(&p);
     let u = uart_at(&e);
-    assert!(ArmPlatform::restore(&e).is_ok());
+    assert!(ArmPlatform::restore(&e, None).is_ok());
     e.truncate(u + 19);
     e[u - 4..u].copy_from_slice(&19u32.to_le_bytes());
     e[u + 18] = 0;
-    assert!(bad("pl011.ris")(ArmPlatform::restore(&e)));
+    assert!(bad("pl011.ris")(ArmPlatform::restore(&e, None)));
 }
 
 #[test]
@@ -303,25 +303,25 @@ fn rejects_wrong_lengths() {
     let b = saved(&busy_platform());
     let mut long = b.clone();
     long.push(0);
-    assert_eq!(ArmPlatform::restore(&long).err(), Some(SnapshotError::TrailingBytes));
+    assert_eq!(ArmPlatform::restore(&long, None).err(), Some(SnapshotError::TrailingBytes));
     // A section one byte longer than its fields (the byte inside it).
     let u = uart_at(&b);
     let mut inner = b.clone();
     let len = u32::from_le_bytes(inner[u - 4..u].try_into().unwrap());
     inner[u - 4..u].copy_from_slice(&(len + 1).to_le_bytes());
     inner.push(0);
-    assert_eq!(ArmPlatform::restore(&inner).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
+    assert_eq!(ArmPlatform::restore(&inner, None).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
     // One byte shorter: the section's fields run past it.
     let mut short = b.clone();
     short[u - 4..u].copy_from_slice(&(len - 1).to_le_bytes());
     short.pop();
-    assert_eq!(ArmPlatform::restore(&short).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
+    assert_eq!(ArmPlatform::restore(&short, None).err(), Some(SnapshotError::SectionLength { section: *b"UART" }));
     // A length running past the input.
     assert_eq!(patched(&b, GIC_LEN_AT, &u32::MAX.to_le_bytes()).err(), Some(SnapshotError::Truncated));
     for n in 0..b.len() {
-        assert!(ArmPlatform::restore(&b[..n]).is_err(), "prefix of {n} bytes");
+        assert!(ArmPlatform::restore(&b[..n], None).is_err(), "prefix of {n} bytes");
     }
-    assert_eq!(ArmPlatform::restore(&[]).err(), Some(SnapshotError::Truncated));
+    assert_eq!(ArmPlatform::restore(&[], None).err(), Some(SnapshotError::Truncated));
 }
 
 /// xorshift64: deterministic, so a failure reproduces. Shared with the
@@ -340,7 +340,7 @@ impl Rng {
 /// Restoring must not panic; what it accepts must re-save to the same
 /// bytes (the encoding is canonical) and behave like a platform.
 fn check_hostile(input: &[u8]) -> bool {
-    let Ok(mut p) = ArmPlatform::restore(input) else { return false };
+    let Ok(mut p) = ArmPlatform::restore(input, None) else { return false };
     assert_eq!(saved(&p), input, "accepted input is canonical");
     live(&mut p);
     true
@@ -402,4 +402,56 @@ fn hostile_input_never_panics() {
         check_hostile(&g);
     }
     check_hostile(&vec![0xff; 4096]);
+}
+
+const DISK_CAP: u64 = 64 << 20;
+
+/// Where the DISK section's payload starts.
+fn disk_at(bytes: &[u8]) -> usize {
+    let u = uart_at(bytes);
+    let uart_len = u32::from_le_bytes(bytes[u - 4..u].try_into().unwrap()) as usize;
+    u + uart_len + 8
+}
+
+#[test]
+fn no_disk_is_one_zero_byte() {
+    let b = saved(&ArmPlatform::new());
+    let d = disk_at(&b);
+    assert_eq!(&b[d - 8..d - 4], b"DISK");
+    assert_eq!(&b[d - 4..], &[1, 0, 0, 0, 0], "length 1, present = 0, and nothing after");
+    assert!(bad("disk.present")(patched(&b, d, &[2])));
+}
+
+#[test]
+fn a_disk_round_trips_and_restores_only_where_the_disk_is_the_same() {
+    let mut p = busy_platform();
+    p.disk = Some(crate::vplatform::virtio::blk::VirtioBlk::new(DISK_CAP));
+    // The guest reads the disk's identity: the same before and after.
+    let magic = rd(&mut p, DISK_BASE, 4);
+    assert_eq!(magic, 0x7472_6976);
+    assert_eq!(rd(&mut p, DISK_BASE + 8, 4), 2, "a block device");
+    let b = saved(&p);
+    assert_eq!(b[disk_at(&b)], 1);
+    let mut q = ArmPlatform::restore(&b, Some(DISK_CAP)).expect("restores on a device with the same disk");
+    assert_eq!(saved(&q), b, "canonical");
+    assert_eq!(q.disk.as_ref().map(|d| d.capacity()), Some(DISK_CAP));
+    assert_eq!(rd(&mut q, DISK_BASE + 8, 4), 2);
+    assert_eq!(ArmPlatform::restore(&b, Some(DISK_CAP * 2)).err(), Some(SnapshotError::DiskMismatch { saved: Some(DISK_CAP), here: Some(DISK_CAP * 2) }));
+    assert_eq!(ArmPlatform::restore(&b, None).err(), Some(SnapshotError::DiskMismatch { saved: Some(DISK_CAP), here: None }));
+    let none = saved(&ArmPlatform::new());
+    assert_eq!(ArmPlatform::restore(&none, Some(DISK_CAP)).err(), Some(SnapshotError::DiskMismatch { saved: None, here: Some(DISK_CAP) }));
+    let msg = alloc::format!("{}", SnapshotError::DiskMismatch { saved: Some(DISK_CAP), here: None });
+    assert!(msg.contains("64 MiB") && msg.contains("no disk"), "{msg}");
+    for n in 0..b.len() {
+        assert!(ArmPlatform::restore(&b[..n], Some(DISK_CAP)).is_err(), "prefix of {n} bytes");
+    }
+}
+
+#[test]
+fn the_disk_answers_only_where_the_board_has_one() {
+    let mut p = ArmPlatform::new();
+    assert!(p.mmio(MmioAccess { ipa: DISK_BASE, size: 4, write: None }).is_err(), "no disk: nothing at its address");
+    let mut p = <ArmPlatform as crate::vplatform::Platform>::fresh(Some(DISK_CAP));
+    assert_eq!(rd(&mut p, DISK_BASE, 4), 0x7472_6976);
+    assert!(p.mmio(MmioAccess { ipa: DISK_BASE + DISK_SIZE, size: 4, write: None }).is_err(), "past its registers");
 }

@@ -1,0 +1,134 @@
+//! The guest's disk through the node: a request the guest queues and
+//! notifies is served from the machine's storage at the notify, lands in
+//! guest RAM as tracked writes, and raises the disk's interrupt; a device
+//! that syncs with others refuses a guest disk.
+extern crate std;
+
+use alloc::boxed::Box;
+
+use super::fake::{self, World, RAM_BASE};
+use super::{exits, DiskRefusal};
+use crate::arch::seam::Completion;
+use crate::storage::MemDisk;
+use crate::vplatform::arm::board::{DISK_BASE, DISK_INTID};
+use crate::vplatform::virtio::BlockBackend;
+use crate::vplatform::MmioAccess;
+
+const CAP: u64 = 1 << 20;
+
+/// Where the driver keeps its queue and buffers in guest RAM.
+const DESC: u64 = RAM_BASE + 0x1_0000;
+const AVAIL: u64 = RAM_BASE + 0x1_1000;
+const USED: u64 = RAM_BASE + 0x1_2000;
+const HEADER: u64 = RAM_BASE + 0x1_3000;
+const DATA: u64 = RAM_BASE + 0x1_4000;
+const STATUS: u64 = RAM_BASE + 0x1_5000;
+const QUEUE: u64 = 8;
+
+fn wr(parts: &mut super::Parts<fake::FakeArch, crate::net::test_link::Link>, vm: &mut super::vm::Vm<crate::vplatform::arm::ArmPlatform>, off: u64, v: u64) {
+    exits::mmio(parts, vm, MmioAccess { ipa: DISK_BASE + off, size: 4, write: Some(v) });
+    assert_eq!(parts.arch.last_mmio, Some(Completion::MmioWritten), "write at {off:#x}");
+}
+
+#[test]
+fn a_notified_read_is_served_from_the_storage_into_tracked_guest_ram() {
+    let world = World::new();
+    let mut parts = world.parts(fake::config(0, false, None, false), None, 0);
+    let mut disk = MemDisk::new(CAP);
+    let pattern: std::vec::Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    disk.write(8 * 512, &pattern).unwrap();
+    parts.machine.disk = Some(Box::new(disk));
+    assert_eq!(parts.machine.guest_disk(), Some(CAP));
+    let mut vm = fake::active_vm(&mut parts, false);
+    assert!(vm.platform.disk.is_some(), "the board has the disk the machine has");
+
+    // The driver's set-up (virtio 1.2, 3.1.1): status, features (VERSION_1
+    // only), one queue of QUEUE entries, DRIVER_OK.
+    wr(&mut parts, &mut vm, 0x70, 1);
+    wr(&mut parts, &mut vm, 0x70, 1 | 2);
+    wr(&mut parts, &mut vm, 0x24, 1);
+    wr(&mut parts, &mut vm, 0x20, 1);
+    wr(&mut parts, &mut vm, 0x24, 0);
+    wr(&mut parts, &mut vm, 0x20, 0);
+    wr(&mut parts, &mut vm, 0x70, 1 | 2 | 8);
+    wr(&mut parts, &mut vm, 0x30, 0);
+    wr(&mut parts, &mut vm, 0x38, QUEUE);
+    for (reg, at) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
+        wr(&mut parts, &mut vm, reg, at & 0xffff_ffff);
+        wr(&mut parts, &mut vm, reg + 4, at >> 32);
+    }
+    wr(&mut parts, &mut vm, 0x44, 1);
+    wr(&mut parts, &mut vm, 0x70, 1 | 2 | 4 | 8);
+
+    // One read of 8 sectors at sector 8: header, data (device-writable),
+    // status (device-writable), chained.
+    let mut header = [0u8; 16];
+    header[8..16].copy_from_slice(&8u64.to_le_bytes());
+    vm.mem.write(HEADER, &header).unwrap();
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        d
+    };
+    vm.mem.write(DESC, &desc(HEADER, 16, 1, 1)).unwrap();
+    vm.mem.write(DESC + 16, &desc(DATA, 4096, 1 | 2, 2)).unwrap();
+    vm.mem.write(DESC + 32, &desc(STATUS, 1, 2, 0)).unwrap();
+    vm.mem.write(STATUS, &[0xff]).unwrap();
+    // avail: flags 0, idx 1, ring[0] = 0.
+    vm.mem.write(AVAIL, &[0, 0, 1, 0, 0, 0]).unwrap();
+
+    // The cut before the notify: what the device writes must be dirty after.
+    vm.mem.cut();
+    assert!(!vm.mem.is_dirty_now((DATA - RAM_BASE) / 4096));
+    assert!(!vm.platform.vgic.is_pending(DISK_INTID));
+    wr(&mut parts, &mut vm, 0x50, 0);
+
+    let mut got = alloc::vec![0u8; 4096];
+    vm.mem.read(DATA, &mut got).unwrap();
+    assert_eq!(got, pattern, "the storage's bytes are in guest RAM");
+    let mut status = [0xffu8];
+    vm.mem.read(STATUS, &mut status).unwrap();
+    assert_eq!(status, [0], "VIRTIO_BLK_S_OK");
+    let mut used = [0u8; 4];
+    vm.mem.read(USED + 2, &mut used[..2]).unwrap();
+    assert_eq!(u16::from_le_bytes([used[0], used[1]]), 1, "one used entry");
+    assert!(vm.mem.is_dirty_now((DATA - RAM_BASE) / 4096), "the device's writes are tracked");
+    assert!(vm.mem.is_dirty_now((USED - RAM_BASE) / 4096));
+    assert!(vm.platform.vgic.is_pending(DISK_INTID), "the disk's interrupt is raised");
+    let stats = vm.platform.disk.as_ref().unwrap().stats().clone();
+    assert_eq!((stats.reads, stats.bytes_read, stats.errors), (1, 4096, 0));
+    let line = alloc::format!("{}", exits::DiskLine(&stats));
+    assert_eq!(line, "disk: requests read=1 write=0 flush=0 discard=0 bytes_read=4096 bytes_written=0 errors=0");
+
+    // The driver acknowledges: the line drops.
+    wr(&mut parts, &mut vm, 0x64, 1);
+    assert!(!vm.platform.vgic.is_pending(DISK_INTID));
+}
+
+#[test]
+fn disk_off_hides_the_storage_and_sync_refuses_a_guest_disk() {
+    let world = World::new();
+    let mut parts = world.parts(fake::config(0, false, None, false), None, 0);
+    assert_eq!((parts.machine.guest_disk(), parts.machine.disk_refusal()), (None, None), "no storage, no disk");
+    parts.machine.disk = Some(Box::new(MemDisk::new(CAP)));
+    assert_eq!(parts.machine.disk_refusal(), None, "one device: the disk is fine");
+    parts.machine.config.disk = false;
+    assert_eq!(parts.machine.guest_disk(), None, "disk=off");
+    let vm = fake::active_vm(&mut parts, false);
+    assert!(vm.platform.disk.is_none());
+
+    // With sync peers, or as a standby: refused while disk blocks are not synced.
+    let mut peer = world.parts(fake::config(1, false, Some(2), false), None, 0);
+    peer.machine.disk = Some(Box::new(MemDisk::new(CAP)));
+    let r = peer.machine.disk_refusal().expect("refused");
+    assert_eq!(r, DiskRefusal { capacity: CAP, standby: false });
+    assert!(alloc::format!("{r}").contains("set disk=off"), "{r}");
+    let mut standby = world.parts(fake::config(2, true, Some(0), false), None, 0);
+    standby.machine.disk = Some(Box::new(MemDisk::new(CAP)));
+    assert_eq!(standby.machine.disk_refusal().map(|r| r.standby), Some(true));
+    standby.machine.config.disk = false;
+    assert_eq!(standby.machine.disk_refusal(), None, "disk=off is the way out");
+}
