@@ -8,10 +8,10 @@ mod markdown;
 mod plots;
 mod probes;
 pub(crate) mod results;
+mod schedule;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use sync_core::policy::PolicySpec;
@@ -30,6 +30,10 @@ const DEFAULT_SECONDS: u64 = 20;
 const QUICK_WORKLOADS: &[&str] = &["dav1d", "video"];
 const QUICK_POLICIES: &[&str] = &["interval:200ms", "switch-only"];
 const QUICK_SECONDS: u64 = 4;
+/// Guest runs at a time: `--quick` fills the two cores `cargo xtask test`
+/// is sized for (each QEMU run uses one).
+const DEFAULT_JOBS: usize = 1;
+const QUICK_JOBS: usize = 2;
 /// Shadow budgets (percent of guest RAM, 100: full): the run's own first,
 /// then those its probes count. The study's: the figure; `--quick`:
 /// the default budget against a full shadow.
@@ -70,6 +74,17 @@ pub struct StudyArgs {
     /// options still apply).
     #[arg(long)]
     quick: bool,
+    /// Guest runs at a time, at least 1; results.csv, report.md and the
+    /// plots come out the same whichever run ends first. Each QEMU run uses
+    /// one core: with N > 1 the runs share the cores, so each run takes
+    /// longer and the pause column (the guest's pause at each cut) is worse
+    /// than with one run at a time, and so is progress/s when N exceeds the
+    /// free cores; the byte columns count what the guest wrote, which does
+    /// not depend on how fast the host ran it (as long as the workload keeps
+    /// its pace: see progress/s). After a run fails no new run starts.
+    /// [default: 1; 2 with --quick]
+    #[arg(long, value_parser = jobs)]
+    jobs: Option<usize>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
@@ -81,6 +96,15 @@ pub struct StudyArgs {
     /// (and console logs) already in the output directory.
     #[arg(long)]
     report_only: bool,
+}
+
+/// `--jobs`: at least one run at a time.
+fn jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("give 1 or more runs at a time".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `--seconds`: a rate needs two of the workload's per-second lines.
@@ -105,6 +129,8 @@ struct Plan {
     seconds: u64,
     out: PathBuf,
     mem: u64,
+    /// Guest runs at a time (at least 1).
+    jobs: usize,
 }
 
 /// The runs the arguments ask for, defaults filled in (clap has checked
@@ -137,7 +163,8 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     }
     let seconds = a.seconds.unwrap_or(ds);
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
-    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem })
+    let jobs = a.jobs.unwrap_or(if a.quick { QUICK_JOBS } else { DEFAULT_JOBS });
+    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem, jobs })
 }
 
 /// A file name for a policy spec (`interval:50ms` → `interval-50ms`), as
@@ -175,6 +202,7 @@ pub fn quick(out: &Path) -> Result<()> {
         seconds: None,
         out: Some(out.to_path_buf()),
         quick: true,
+        jobs: None,
         mem: 256,
         report_only: false,
         resume: false,
@@ -206,7 +234,6 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
     let hv = work.join("hypervisor.bin");
     let built = image::build_hypervisor()?;
     std::fs::copy(&built, &hv).with_context(|| format!("copying {} to {}", built.display(), hv.display()))?;
-    let img = work.join("guest.img");
 
     let shadows = &plan.shadows;
     let own = shadows[0];
@@ -225,58 +252,48 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
         logs.display()
     );
     let csv = plan.out.join("results.csv");
-    let mut rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
+    let rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
     let done = |rows: &[results::Row], &(w, p, _): &Run| shadows.iter().all(|&s| has_row(rows, &(w, p, s)));
-    let todo = runs.iter().filter(|run| !done(&rows, run)).count();
-    let started = Instant::now();
-    let mut ran = 0;
-    let mut failed: Vec<(String, String, String)> = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
-        let &(w, policy, shadow) = run;
-        eprint!("study: [{}/{}] {w} × {policy} × shadow {shadow} % ... ", i + 1, runs.len());
-        if done(&rows, run) {
-            eprintln!("kept from {} (--resume)", csv.display());
-            continue;
-        }
-        rows.retain(|r| !(r.workload == w && r.policy == policy));
-        let _ = std::io::stderr().flush();
-        let t = Instant::now();
-        let log = logs.join(format!("{}.log", log_stem(run)));
-        let outcome = run_pair(&plan, &g, &hv, run, &img, &log);
-        ran += 1;
-        let left = started.elapsed().as_secs_f64() / ran as f64 * (todo - ran) as f64;
-        let timing = format!("{:.0} s; about {:.0} min left", t.elapsed().as_secs_f64(), left / 60.0);
-        match outcome {
-            Ok(got) => {
-                let row = &got[0];
-                eprintln!(
-                    "{:.2} MB wire, dirty pages / changed {}, dirty pages / wire {}{} ({timing})",
-                    row.wire_bytes as f64 / 1e6,
-                    markdown::ratio(row.dirty_page_bytes, row.changed_bytes),
-                    markdown::ratio(row.dirty_page_bytes, row.wire_bytes),
-                    got[1..].iter().map(|r| format!("; {}: {:.2} MB", probes::label(r.shadow), r.wire_bytes as f64 / 1e6)).collect::<String>()
-                );
-                rows.extend(got);
-            }
-            Err(e) => {
-                eprintln!("FAILED: {e:#} ({timing})");
-                failed.push((w.to_string(), format!("{policy} × shadow {shadow} %"), format!("{e:#}")));
-            }
-        }
-        // After every run, so an interrupted study keeps what it measured
-        // (and `--resume` goes on from there).
-        rows = in_plan_order(rows, &pairs);
-        write(&csv, &results::csv(&rows))?;
+    for i in (0..runs.len()).filter(|&i| done(&rows, &runs[i])) {
+        eprintln!("study: {}: kept from {} (--resume)", schedule::name(&runs, i), csv.display());
     }
-
-    // 35 MB, and rebuilt for every run.
-    let _ = std::fs::remove_file(&img);
+    // The plan indices of the runs to do, in plan order.
+    let todo: Vec<usize> = (0..runs.len()).filter(|&i| !done(&rows, &runs[i])).collect();
+    let jobs = plan.jobs.min(todo.len()).max(1);
+    if jobs > 1 {
+        eprintln!(
+            "study: {} runs, {jobs} at a time: they share the cores, so each takes longer and pauses more than alone (bytes are not affected)",
+            todo.len()
+        );
+    }
+    let started = Instant::now();
+    let run = |run: &Run| {
+        // Each run has its own image and console log (`log_stem` names one
+        // workload × policy × budget), so two runs never share a path;
+        // QEMU's serial console is its stdio and it has no monitor or
+        // network, so they share no port either.
+        let img = work.join(format!("{}.img", log_stem(run)));
+        let log = logs.join(format!("{}.log", log_stem(run)));
+        let got = run_pair(&plan, &g, &hv, run, &img, &log);
+        // 35 MB, and made afresh for every run.
+        let _ = std::fs::remove_file(&img);
+        got
+    };
+    // After every run, so an interrupted study keeps what it measured (and
+    // `--resume` goes on from there).
+    let save = |rows: &[results::Row]| write(&csv, &results::csv(rows));
+    let schedule::Collected { rows, failed, ran, not_started } = schedule::run_all(&runs, &todo, &pairs, jobs, rows, run, save)?;
     let plots = plots::write_all(&plan.out, &plotted(&rows))?;
-    let cx = markdown::Context { command, kernel: &g.kernel_release, mem_mib: plan.mem, seconds: plan.seconds, failed: &failed, plots: &plots };
+    let cx = markdown::Context { command, kernel: &g.kernel_release, mem_mib: plan.mem, seconds: plan.seconds, jobs, failed: &failed, plots: &plots };
     write(&plan.out.join("report.md"), &markdown::report(&rows, &cx))?;
     eprintln!("study: {ran} runs in {:.1} min; results in {}", started.elapsed().as_secs_f64() / 60.0, plan.out.display());
-    if !failed.is_empty() {
-        bail!("{} of {ran} runs failed (listed in report.md; consoles in {}); --resume runs only those again", failed.len(), logs.display());
+    if let Some((w, what, why)) = failed.first() {
+        bail!(
+            "{} of {ran} runs failed, the first in plan order {w} × {what}: {why}{} (all listed in report.md; consoles in {}); --resume runs only the runs without results",
+            failed.len(),
+            if not_started > 0 { format!("; {not_started} runs not started after the failure") } else { String::new() },
+            logs.display()
+        );
     }
     Ok(())
 }
@@ -372,7 +389,16 @@ fn report_only(plan: &Plan, command: &str) -> Result<()> {
     let command = old.lines().find_map(|l| l.strip_prefix('`')?.split_once('`').map(|(c, _)| c.to_string())).unwrap_or_else(|| command.to_string());
     let plots = plots::write_all(&plan.out, &plotted(&rows))?;
     let kernel = kernel.unwrap_or_else(|| "unknown".into());
-    let cx = markdown::Context { command: &command, kernel: &kernel, mem_mib: plan.mem, seconds: seconds.unwrap_or(plan.seconds), failed: &[], plots: &plots };
+    let cx = markdown::Context {
+        command: &command,
+        kernel: &kernel,
+        mem_mib: plan.mem,
+        seconds: seconds.unwrap_or(plan.seconds),
+        // As the report it replaces says the runs went.
+        jobs: markdown::jobs_of(&old),
+        failed: &[],
+        plots: &plots,
+    };
     write(&plan.out.join("report.md"), &markdown::report(&rows, &cx))?;
     eprintln!("study: report.md and plots rewritten from {} ({} rows)", csv.display(), rows.len());
     Ok(())
@@ -487,6 +513,16 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_one_and_two_with_quick() {
+        assert_eq!(plan_of(&[]).jobs, 1);
+        assert_eq!(plan_of(&["--quick"]).jobs, 2);
+        assert_eq!(plan_of(&["--quick", "--jobs", "1"]).jobs, 1);
+        assert_eq!(plan_of(&["--jobs", "3"]).jobs, 3);
+        let e = refused(&["--jobs", "0"]);
+        assert!(e.contains("give 1 or more"), "{e}");
+    }
+
+    #[test]
     fn lists_are_comma_separated_and_policies_canonical() {
         let p = plan_of(&["--workloads", "sqlite,memtouch", "--policies", "interval:1000ms,threshold:4M,adaptive:50ms"]);
         assert_eq!(p.workloads, ["sqlite", "memtouch"]);
@@ -521,6 +557,9 @@ mod tests {
             assert!(help.contains(&names.join(",")), "{} not in\n{help}", names.join(","));
         }
         assert!(help.contains(&format!("[default: {DEFAULT_SECONDS}; {QUICK_SECONDS} with --quick]")), "{help}");
+        assert!(help.contains(&format!("[default: {DEFAULT_JOBS}; {QUICK_JOBS} with --quick]")), "{help}");
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("the byte columns count what the guest wrote"), "{help}");
         for w in cli::STUDY_WORKLOADS.iter().chain(cli::SYNTHETIC_WORKLOADS) {
             assert!(help.contains(w), "{w} not in\n{help}");
         }
