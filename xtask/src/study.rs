@@ -1,9 +1,9 @@
 //! `cargo xtask study`: the feasibility study (issue 7). How much must be
 //! sent to keep a standby in sync, per workload, sync policy and shadow
-//! budget: one guest run under the hypervisor per workload × policy, in
-//! turn, keeping the first shadow budget and counting the others with
-//! shadow probes in the same run (`probes`), then `results.csv`,
-//! `report.md` and the plots in the output directory.
+//! budget: one guest run under the hypervisor per workload × policy, up
+//! to `--jobs` at a time (`schedule`), keeping the first shadow budget and
+//! counting the others with shadow probes in the same run (`probes`), then
+//! `results.csv`, `report.md` and the plots in the output directory.
 mod markdown;
 mod plots;
 mod probes;
