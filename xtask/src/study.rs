@@ -140,22 +140,16 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     let (dw, dp, ds) = if a.quick { (QUICK_WORKLOADS, QUICK_POLICIES, QUICK_SECONDS) } else { (DEFAULT_WORKLOADS, DEFAULT_POLICIES, DEFAULT_SECONDS) };
     let dshadows = if a.quick { QUICK_SHADOWS } else { DEFAULT_SHADOWS };
     let owned = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let workloads = a.workloads.clone().unwrap_or_else(|| owned(dw));
-    let policies = match &a.policies {
+    // Each asked for twice is run once: `full` and `100` are one budget,
+    // `interval:1000ms` and `interval:1s` one policy. Two runs of one
+    // workload × policy would also write the same files, at once with
+    // `--jobs`.
+    let workloads = first_of_each(a.workloads.clone().unwrap_or_else(|| owned(dw)));
+    let policies = first_of_each(match &a.policies {
         Some(p) => p.iter().map(PolicySpec::to_string).collect(),
         None => owned(dp),
-    };
-    let mut shadows = a.shadows.clone().unwrap_or_else(|| dshadows.to_vec());
-    // `full` and `100` are one budget: run it once.
-    let mut seen = Vec::new();
-    shadows.retain(|s| {
-        if seen.contains(s) {
-            false
-        } else {
-            seen.push(*s);
-            true
-        }
     });
+    let shadows = first_of_each(a.shadows.clone().unwrap_or_else(|| dshadows.to_vec()));
     if workloads.is_empty() || policies.is_empty() || shadows.is_empty() {
         bail!("nothing to run: give at least one workload, one policy and one shadow budget");
     }
@@ -166,6 +160,17 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
     let jobs = a.jobs.unwrap_or(if a.quick { QUICK_JOBS } else { DEFAULT_JOBS });
     Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem, jobs })
+}
+
+/// `items` without repeats, each where it first came.
+fn first_of_each<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// A file name for a policy spec (`interval:50ms` → `interval-50ms`), as
@@ -508,6 +513,21 @@ mod tests {
         assert!(plan(&parse(&["--shadows", "5,10,20,30,40"]).unwrap()).unwrap_err().to_string().contains("at most 4 shadow budgets"));
         let p = plan_of(&["--quick", "--seconds", "3", "--out", "x"]);
         assert_eq!((p.seconds, p.out), (3, PathBuf::from("x")));
+    }
+
+    /// Every run has its own console log and image (named by `log_stem`),
+    /// which runs going at once rely on.
+    #[test]
+    fn a_run_asked_for_twice_is_run_once() {
+        let p = plan_of(&["--workloads", "video,dav1d,video", "--policies", "interval:1s,switch-only,interval:1000ms"]);
+        assert_eq!(p.workloads, ["video", "dav1d"]);
+        assert_eq!(p.policies, ["interval:1s", "switch-only"]);
+        let own = p.shadows[0];
+        let mut stems: Vec<String> = p.workloads.iter().flat_map(|w| p.policies.iter().map(move |q| log_stem(&(w.as_str(), q.as_str(), own)))).collect();
+        let n = stems.len();
+        stems.sort();
+        stems.dedup();
+        assert_eq!(stems.len(), n, "{stems:?}");
     }
 
     #[test]
