@@ -84,7 +84,7 @@ pub struct StudyArgs {
     /// pace (dav1d under TCG) does less and writes less, as progress/s
     /// shows. After a run fails no new run starts.
     /// [default: 1; 2 with --quick]
-    #[arg(long, value_parser = jobs)]
+    #[arg(long, value_parser = jobs, value_name = "N")]
     jobs: Option<usize>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
