@@ -1,17 +1,17 @@
 //! `cargo xtask study`: the feasibility study (issue 7). How much must be
 //! sent to keep a standby in sync, per workload, sync policy and shadow
-//! budget: one guest run under the hypervisor per workload × policy, in
-//! turn, keeping the first shadow budget and counting the others with
-//! shadow probes in the same run (`probes`), then `results.csv`,
-//! `report.md` and the plots in the output directory.
+//! budget: one guest run under the hypervisor per workload × policy, up
+//! to `--jobs` at a time (`schedule`), keeping the first shadow budget and
+//! counting the others with shadow probes in the same run (`probes`), then
+//! `results.csv`, `report.md` and the plots in the output directory.
 mod markdown;
 mod plots;
 mod probes;
 pub(crate) mod results;
+mod schedule;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use sync_core::policy::PolicySpec;
@@ -30,6 +30,10 @@ const DEFAULT_SECONDS: u64 = 20;
 const QUICK_WORKLOADS: &[&str] = &["dav1d", "video"];
 const QUICK_POLICIES: &[&str] = &["interval:200ms", "switch-only"];
 const QUICK_SECONDS: u64 = 4;
+/// Guest runs at a time: `--quick` fills the two cores `cargo xtask test`
+/// is sized for (each QEMU run uses one).
+const DEFAULT_JOBS: usize = 1;
+const QUICK_JOBS: usize = 2;
 /// Shadow budgets (percent of guest RAM, 100: full): the run's own first,
 /// then those its probes count. The study's: the issue's figure; `--quick`:
 /// the default budget against a full shadow.
@@ -70,6 +74,18 @@ pub struct StudyArgs {
     /// options still apply).
     #[arg(long)]
     quick: bool,
+    /// Guest runs at a time, at least 1; results.csv, report.md and the
+    /// plots come out the same whichever run ends first. Each QEMU run uses
+    /// one core: with N > 1 the runs share the cores, so each run takes
+    /// longer and the pause column is worse than with one run at a time.
+    /// The byte columns count what the guest wrote, not how fast: they are
+    /// not affected while each run has a core of its own (N at most the
+    /// free cores); beyond that a guest that cannot keep its workload's
+    /// pace (dav1d under TCG) does less and writes less, as progress/s
+    /// shows. After a run fails no new run starts.
+    /// [default: 1; 2 with --quick]
+    #[arg(long, value_parser = jobs, value_name = "N")]
+    jobs: Option<usize>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
@@ -81,6 +97,15 @@ pub struct StudyArgs {
     /// (and console logs) already in the output directory.
     #[arg(long)]
     report_only: bool,
+}
+
+/// `--jobs`: at least one run at a time.
+fn jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("give 1 or more runs at a time".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `--seconds`: a rate needs two of the workload's per-second lines.
@@ -105,6 +130,8 @@ struct Plan {
     seconds: u64,
     out: PathBuf,
     mem: u64,
+    /// Guest runs at a time (at least 1).
+    jobs: usize,
 }
 
 /// The runs the arguments ask for, defaults filled in (clap has checked
@@ -113,22 +140,16 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     let (dw, dp, ds) = if a.quick { (QUICK_WORKLOADS, QUICK_POLICIES, QUICK_SECONDS) } else { (DEFAULT_WORKLOADS, DEFAULT_POLICIES, DEFAULT_SECONDS) };
     let dshadows = if a.quick { QUICK_SHADOWS } else { DEFAULT_SHADOWS };
     let owned = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let workloads = a.workloads.clone().unwrap_or_else(|| owned(dw));
-    let policies = match &a.policies {
+    // Each asked for twice is run once: `full` and `100` are one budget,
+    // `interval:1000ms` and `interval:1s` one policy. Two runs of one
+    // workload × policy would also write the same files, at once with
+    // `--jobs`.
+    let workloads = first_of_each(a.workloads.clone().unwrap_or_else(|| owned(dw)));
+    let policies = first_of_each(match &a.policies {
         Some(p) => p.iter().map(PolicySpec::to_string).collect(),
         None => owned(dp),
-    };
-    let mut shadows = a.shadows.clone().unwrap_or_else(|| dshadows.to_vec());
-    // `full` and `100` are one budget: run it once.
-    let mut seen = Vec::new();
-    shadows.retain(|s| {
-        if seen.contains(s) {
-            false
-        } else {
-            seen.push(*s);
-            true
-        }
     });
+    let shadows = first_of_each(a.shadows.clone().unwrap_or_else(|| dshadows.to_vec()));
     if workloads.is_empty() || policies.is_empty() || shadows.is_empty() {
         bail!("nothing to run: give at least one workload, one policy and one shadow budget");
     }
@@ -137,7 +158,19 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     }
     let seconds = a.seconds.unwrap_or(ds);
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
-    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem })
+    let jobs = a.jobs.unwrap_or(if a.quick { QUICK_JOBS } else { DEFAULT_JOBS });
+    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem, jobs })
+}
+
+/// `items` without repeats, each where it first came.
+fn first_of_each<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// A file name for a policy spec (`interval:50ms` → `interval-50ms`), as
@@ -175,6 +208,7 @@ pub fn quick(out: &Path) -> Result<()> {
         seconds: None,
         out: Some(out.to_path_buf()),
         quick: true,
+        jobs: None,
         mem: 256,
         report_only: false,
         resume: false,
@@ -206,7 +240,6 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
     let hv = work.join("hypervisor.bin");
     let built = image::build_hypervisor()?;
     std::fs::copy(&built, &hv).with_context(|| format!("copying {} to {}", built.display(), hv.display()))?;
-    let img = work.join("guest.img");
 
     let shadows = &plan.shadows;
     let own = shadows[0];
@@ -225,58 +258,45 @@ fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
         logs.display()
     );
     let csv = plan.out.join("results.csv");
-    let mut rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
+    let rows = if a.resume { kept_rows(&plan.out, &pairs)? } else { Vec::new() };
     let done = |rows: &[results::Row], &(w, p, _): &Run| shadows.iter().all(|&s| has_row(rows, &(w, p, s)));
-    let todo = runs.iter().filter(|run| !done(&rows, run)).count();
-    let started = Instant::now();
-    let mut ran = 0;
-    let mut failed: Vec<(String, String, String)> = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
-        let &(w, policy, shadow) = run;
-        eprint!("study: [{}/{}] {w} × {policy} × shadow {shadow} % ... ", i + 1, runs.len());
-        if done(&rows, run) {
-            eprintln!("kept from {} (--resume)", csv.display());
-            continue;
-        }
-        rows.retain(|r| !(r.workload == w && r.policy == policy));
-        let _ = std::io::stderr().flush();
-        let t = Instant::now();
-        let log = logs.join(format!("{}.log", log_stem(run)));
-        let outcome = run_pair(&plan, &g, &hv, run, &img, &log);
-        ran += 1;
-        let left = started.elapsed().as_secs_f64() / ran as f64 * (todo - ran) as f64;
-        let timing = format!("{:.0} s; about {:.0} min left", t.elapsed().as_secs_f64(), left / 60.0);
-        match outcome {
-            Ok(got) => {
-                let row = &got[0];
-                eprintln!(
-                    "{:.2} MB wire, dirty pages / changed {}, dirty pages / wire {}{} ({timing})",
-                    row.wire_bytes as f64 / 1e6,
-                    markdown::ratio(row.dirty_page_bytes, row.changed_bytes),
-                    markdown::ratio(row.dirty_page_bytes, row.wire_bytes),
-                    got[1..].iter().map(|r| format!("; {}: {:.2} MB", probes::label(r.shadow), r.wire_bytes as f64 / 1e6)).collect::<String>()
-                );
-                rows.extend(got);
-            }
-            Err(e) => {
-                eprintln!("FAILED: {e:#} ({timing})");
-                failed.push((w.to_string(), format!("{policy} × shadow {shadow} %"), format!("{e:#}")));
-            }
-        }
-        // After every run, so an interrupted study keeps what it measured
-        // (and `--resume` goes on from there).
-        rows = in_plan_order(rows, &pairs);
-        write(&csv, &results::csv(&rows))?;
+    for i in (0..runs.len()).filter(|&i| done(&rows, &runs[i])) {
+        eprintln!("study: {}: kept from {} (--resume)", schedule::name(&runs, i), csv.display());
     }
-
-    // 35 MB, and rebuilt for every run.
-    let _ = std::fs::remove_file(&img);
+    // The plan indices of the runs to do, in plan order.
+    let todo: Vec<usize> = (0..runs.len()).filter(|&i| !done(&rows, &runs[i])).collect();
+    let jobs = plan.jobs.min(todo.len()).max(1);
+    if jobs > 1 {
+        eprintln!("study: {} runs, {jobs} at a time: they share the cores, so each takes longer and pauses more than alone (see --help)", todo.len());
+    }
+    let started = Instant::now();
+    let run = |run: &Run| {
+        // Each run has its own image and console log (`log_stem` names one
+        // workload × policy × budget), so two runs never share a path;
+        // QEMU's serial console is its stdio and it has no monitor or
+        // network, so they share no port either.
+        let img = work.join(format!("{}.img", log_stem(run)));
+        let log = logs.join(format!("{}.log", log_stem(run)));
+        let got = run_pair(&plan, &g, &hv, run, &img, &log);
+        // 35 MB, and made afresh for every run.
+        let _ = std::fs::remove_file(&img);
+        got
+    };
+    // After every run, so an interrupted study keeps what it measured (and
+    // `--resume` goes on from there).
+    let save = |rows: &[results::Row]| write(&csv, &results::csv(rows));
+    let schedule::Collected { rows, failed, ran, not_started } = schedule::run_all(&runs, &todo, &pairs, jobs, rows, run, save)?;
     let plots = plots::write_all(&plan.out, &plotted(&rows))?;
-    let cx = markdown::Context { command, kernel: &g.kernel_release, mem_mib: plan.mem, seconds: plan.seconds, failed: &failed, plots: &plots };
+    let cx = markdown::Context { command, kernel: &g.kernel_release, mem_mib: plan.mem, seconds: plan.seconds, jobs, failed: &failed, plots: &plots };
     write(&plan.out.join("report.md"), &markdown::report(&rows, &cx))?;
     eprintln!("study: {ran} runs in {:.1} min; results in {}", started.elapsed().as_secs_f64() / 60.0, plan.out.display());
-    if !failed.is_empty() {
-        bail!("{} of {ran} runs failed (listed in report.md; consoles in {}); --resume runs only those again", failed.len(), logs.display());
+    if let Some((w, what, why)) = failed.first() {
+        bail!(
+            "{} of {ran} runs failed, the first in plan order {w} × {what}: {why}{} (all listed in report.md; consoles in {}); --resume runs only the runs without results",
+            failed.len(),
+            if not_started > 0 { format!("; {not_started} runs not started after the failure") } else { String::new() },
+            logs.display()
+        );
     }
     Ok(())
 }
@@ -372,7 +392,16 @@ fn report_only(plan: &Plan, command: &str) -> Result<()> {
     let command = old.lines().find_map(|l| l.strip_prefix('`')?.split_once('`').map(|(c, _)| c.to_string())).unwrap_or_else(|| command.to_string());
     let plots = plots::write_all(&plan.out, &plotted(&rows))?;
     let kernel = kernel.unwrap_or_else(|| "unknown".into());
-    let cx = markdown::Context { command: &command, kernel: &kernel, mem_mib: plan.mem, seconds: seconds.unwrap_or(plan.seconds), failed: &[], plots: &plots };
+    let cx = markdown::Context {
+        command: &command,
+        kernel: &kernel,
+        mem_mib: plan.mem,
+        seconds: seconds.unwrap_or(plan.seconds),
+        // As the report it replaces says the runs went.
+        jobs: markdown::jobs_of(&old),
+        failed: &[],
+        plots: &plots,
+    };
     write(&plan.out.join("report.md"), &markdown::report(&rows, &cx))?;
     eprintln!("study: report.md and plots rewritten from {} ({} rows)", csv.display(), rows.len());
     Ok(())
@@ -486,6 +515,31 @@ mod tests {
         assert_eq!((p.seconds, p.out), (3, PathBuf::from("x")));
     }
 
+    /// Every run has its own console log and image (named by `log_stem`),
+    /// which runs going at once rely on.
+    #[test]
+    fn a_run_asked_for_twice_is_run_once() {
+        let p = plan_of(&["--workloads", "video,dav1d,video", "--policies", "interval:1s,switch-only,interval:1000ms"]);
+        assert_eq!(p.workloads, ["video", "dav1d"]);
+        assert_eq!(p.policies, ["interval:1s", "switch-only"]);
+        let own = p.shadows[0];
+        let mut stems: Vec<String> = p.workloads.iter().flat_map(|w| p.policies.iter().map(move |q| log_stem(&(w.as_str(), q.as_str(), own)))).collect();
+        let n = stems.len();
+        stems.sort();
+        stems.dedup();
+        assert_eq!(stems.len(), n, "{stems:?}");
+    }
+
+    #[test]
+    fn jobs_are_one_and_two_with_quick() {
+        assert_eq!(plan_of(&[]).jobs, 1);
+        assert_eq!(plan_of(&["--quick"]).jobs, 2);
+        assert_eq!(plan_of(&["--quick", "--jobs", "1"]).jobs, 1);
+        assert_eq!(plan_of(&["--jobs", "3"]).jobs, 3);
+        let e = refused(&["--jobs", "0"]);
+        assert!(e.contains("give 1 or more"), "{e}");
+    }
+
     #[test]
     fn lists_are_comma_separated_and_policies_canonical() {
         let p = plan_of(&["--workloads", "sqlite,memtouch", "--policies", "interval:1000ms,threshold:4M,adaptive:50ms"]);
@@ -521,6 +575,11 @@ mod tests {
             assert!(help.contains(&names.join(",")), "{} not in\n{help}", names.join(","));
         }
         assert!(help.contains(&format!("[default: {DEFAULT_SECONDS}; {QUICK_SECONDS} with --quick]")), "{help}");
+        assert!(help.contains(&format!("[default: {DEFAULT_JOBS}; {QUICK_JOBS} with --quick]")), "{help}");
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for truth in ["the pause column is worse than with one run at a time", "The byte columns count what the guest wrote, not how fast"] {
+            assert!(flat.contains(truth), "{truth} not in\n{help}");
+        }
         for w in cli::STUDY_WORKLOADS.iter().chain(cli::SYNTHETIC_WORKLOADS) {
             assert!(help.contains(w), "{w} not in\n{help}");
         }

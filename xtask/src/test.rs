@@ -51,9 +51,10 @@ pub fn run(host_only: bool, filter: Option<&str>, long: bool) -> Result<()> {
     let g = guest::prepare(false)?;
     done(t);
 
-    // The study's short form, alone (one guest at a time); the QEMU tests
-    // check its files (qemu-tests/tests/study.rs). A failure here shows
-    // there, after the other QEMU tests ran.
+    // The study's short form, before the QEMU tests (its two guests at a
+    // time fill the two cores); the QEMU tests check its files
+    // (qemu-tests/tests/study.rs). A failure here shows there, after the
+    // other QEMU tests ran.
     let study_dir = image::workspace_root().join("target/qemu-tests/study");
     if filter.is_none_or(|f| study::QUICK_TESTS.iter().any(|name| name.contains(f))) {
         let t = step("cargo xtask study --quick");

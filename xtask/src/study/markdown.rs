@@ -57,10 +57,29 @@ pub struct Context<'a> {
     pub kernel: &'a str,
     pub mem_mib: u64,
     pub seconds: u64,
+    /// Guest runs at a time (`--jobs`).
+    pub jobs: usize,
     /// (workload, policy, why) of runs that gave no row.
     pub failed: &'a [(String, String, String)],
     /// The plots written beside the report (file stems).
     pub plots: &'a [(&'a str, &'a str)],
+}
+
+/// What running `jobs` guests at a time does to the figures; `jobs_of`
+/// reads the number back.
+fn jobs_sentence(jobs: usize) -> String {
+    format!(
+        "**{jobs} runs at a time** (`--jobs {jobs}`). Each QEMU run uses one host core, and the runs shared the host's \
+         cores: the pauses are worse than with one run at a time. The byte columns count what the guest wrote, not \
+         how fast: they are not affected while each run had a core of its own; where the runs outnumbered the free \
+         cores, a guest that could not keep its workload's pace (dav1d under TCG) did less and wrote less, and its \
+         progress/s is lower."
+    )
+}
+
+/// The `--jobs` an earlier report names (1 when it names none).
+pub fn jobs_of(report: &str) -> usize {
+    report.lines().find_map(|l| l.strip_prefix("**")?.split_once(" runs at a time**")?.0.parse().ok()).unwrap_or(1)
 }
 
 pub fn report(rows: &[Row], cx: &Context) -> String {
@@ -74,6 +93,9 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
          compressed and sealed exactly as it would be sent.\n",
         cx.command, cx.kernel, cx.mem_mib, cx.seconds
     );
+    if cx.jobs > 1 {
+        let _ = writeln!(o, "{}\n", jobs_sentence(cx.jobs));
+    }
     let _ = writeln!(
         o,
         "**What is counted.** The workload's steady state: every epoch cut after the one the hypervisor \
@@ -288,6 +310,7 @@ mod tests {
             kernel: "6.1.0-test",
             mem_mib: 256,
             seconds: 20,
+            jobs: 1,
             failed: &failed,
             plots: &[("bytes_per_second", "Bytes per second")],
         };
@@ -304,13 +327,26 @@ mod tests {
         assert!(md.contains("`dav1d` (playing AV1") && md.contains("`video`, `storage` and `browse` (the programs' stand-ins)"), "{md}");
         assert!(!md.contains("synth-"), "{md}");
         assert!(!md.contains("## Shadow budget"), "one budget: no comparison");
+        assert!(!md.contains("at a time"), "one run at a time is not worth a word: {md}");
+        assert_eq!(jobs_of(&md), 1);
+    }
+
+    /// Runs that shared the cores say so, and `--report-only` reads how many.
+    #[test]
+    fn several_runs_at_a_time_are_said_and_read_back() {
+        let cx = Context { command: "cargo xtask study --quick", kernel: "k", mem_mib: 256, seconds: 4, jobs: 2, failed: &[], plots: &[] };
+        let md = report(&[row("video", "switch-only", 4.0, 4096, 4096, 100)], &cx);
+        assert!(md.contains("**2 runs at a time** (`--jobs 2`)") && md.contains("the pauses are worse than with one run at a time"), "{md}");
+        assert!(md.contains("The byte columns count what the guest wrote, not how fast: they are not affected while each run had a core"), "{md}");
+        assert_eq!(jobs_of(&md), 2);
+        assert_eq!(jobs_of(""), 1);
     }
 
     #[test]
     fn shadow_budgets_are_compared_with_the_largest() {
         let at = |shadow: u8, wire: u64| Row { shadow, ..row("sqlite", "interval:200ms", 20.0, 4096, 4096, wire) };
         let rows = [at(100, 2_000_000), at(25, 2_100_000), at(10, 3_000_000), Row { workload: "video".into(), ..at(100, 0) }];
-        let cx = Context { command: "c", kernel: "k", mem_mib: 256, seconds: 20, failed: &[], plots: &[] };
+        let cx = Context { command: "c", kernel: "k", mem_mib: 256, seconds: 20, jobs: 1, failed: &[], plots: &[] };
         let md = report(&rows, &cx);
         assert!(md.contains("| workload | policy | 100 % | 25 % | 10 % |"), "{md}");
         // 20 s each: 100, 105 and 150 KB/s.
