@@ -145,12 +145,16 @@ fn the_guests_disk_writes_join_the_epoch_line_and_start_afresh_after_the_cut() {
     });
     assert_eq!(written, Some([0x5a; 512]), "the write reached the storage");
 
+    // A shadow probe counts the same cut: the same disk figures.
+    let budget = parts.machine.config.shadow.budget(parts.machine.config.mem_bytes);
+    vm.sync.as_mut().unwrap().add_probe(alloc::string::String::from("probe"), budget).expect("a probe");
     let epoch = super::epochs::cut_epoch(&mut parts, &mut vm, true).expect("an epoch");
     assert_eq!(fake::logged(&alloc::format!("epoch epoch={epoch} ")), 1);
-    assert_eq!(fake::logged("disk_dirty_blocks=3 disk_guest_bytes=6144"), 1, "the epoch's disk figures are on its line");
+    assert_eq!(fake::logged("disk_dirty_blocks=3 disk_guest_bytes=6144"), 2, "the epoch's disk figures are on its line and its probe's");
+    assert_eq!(fake::logged("shadow probe probe epoch="), 1);
     // The next epoch starts afresh.
     super::epochs::cut_epoch(&mut parts, &mut vm, true).expect("an epoch");
-    assert_eq!(fake::logged("disk_dirty_blocks=0 disk_guest_bytes=0"), 1);
+    assert_eq!(fake::logged("disk_dirty_blocks=0 disk_guest_bytes=0"), 2);
     let totals = vm.sync.as_ref().unwrap().totals;
     assert_eq!((totals.disk_dirty_blocks, totals.disk_guest_bytes), (3, 6144));
 }
