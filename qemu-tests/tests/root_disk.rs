@@ -3,9 +3,11 @@
 //! the disk's init runs sqlite, which keeps its database on the disk. The
 //! run boots a copy of the base image, as each device does, and the host
 //! checks the copy afterwards with e2fsprogs; without a disk the guest
-//! stays in its initramfs. Keep the test names in step with
+//! stays in its initramfs. With an epoch policy the hypervisor counts the
+//! guest's disk writes per epoch on the epoch lines (`disk_dirty_blocks`,
+//! `disk_guest_bytes`). Keep the test names in step with
 //! `ROOT_DISK_TESTS` in xtask/src/test.rs.
-use qemu_tests::{attach_disk, disk_copy, e2fs_program, host_mem_mib, plain_command, qemu_command, run, Assets};
+use qemu_tests::{attach_disk, disk_copy, e2fs_program, epochs, host_mem_mib, plain_command, qemu_command, run, Assets};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -90,4 +92,59 @@ fn without_its_root_disk_the_guest_stays_in_the_initramfs() {
     assert!(!o.contains("vmsync-guest: root-disk"), "{}", out.tail());
     assert_eq!(out.lines_with("vmsync-guest: init").count(), 1, "{}", out.tail());
     assert!(o.contains("vmsync-guest: workload counter end rc=0") && out.exited_ok(), "{}", out.tail());
+}
+
+/// One device with an epoch policy booted from a copy of the root disk
+/// (`name`.ext4) with `cmdline`: its console, and the disk's 4 KiB blocks.
+fn tracked_run(a: &Assets, name: &str, cmdline: &str) -> (qemu_tests::RunOutput, u64) {
+    let disk = disk_copy(a.root_disk(), &a.workdir, &format!("{name}.ext4")).expect("copying the root disk");
+    let blocks = std::fs::metadata(&disk).expect("the copy").len() / 4096;
+    let img = a.image_with(&format!("{name}.img"), &a.hypervisor, cmdline, MEM_MIB, "policy=interval:200ms\n");
+    let mut cmd = qemu_command(&img, host_mem_mib(MEM_MIB));
+    attach_disk(&mut cmd, &disk);
+    let out = run(cmd, DEADLINE, &[], false).expect("starting QEMU");
+    let _ = std::fs::remove_file(&disk);
+    assert!(!out.timed_out(), "the guest did not power off within {DEADLINE:?}:\n{}", out.tail());
+    assert!(out.output.contains("vmsync-guest: root /dev/vda mounted; switching to it"), "{}", out.tail());
+    assert!(out.exited_ok(), "QEMU exit status {:?}:\n{}", out.status, out.tail());
+    (out, blocks)
+}
+
+/// Sums of the epochs' (disk_dirty_blocks, disk_guest_bytes), each epoch
+/// checked to touch no more blocks than the disk has.
+fn disk_sums(out: &qemu_tests::RunOutput, blocks: u64) -> (u64, u64) {
+    let e = epochs(&out.output);
+    assert!(e.len() >= 3, "{} epochs:\n{}", e.len(), out.tail());
+    for s in &e {
+        assert!(s.disk_dirty_blocks <= blocks, "epoch {}: {} dirty blocks on a disk of {blocks}", s.epoch, s.disk_dirty_blocks);
+    }
+    (e.iter().map(|s| s.disk_dirty_blocks).sum(), e.iter().map(|s| s.disk_guest_bytes).sum())
+}
+
+/// The storage workload (its files on the disk) for a few seconds under
+/// interval:200ms: the epochs count its disk writes.
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn root_disk_epochs_count_the_storage_workloads_writes() {
+    let a = Assets::from_env();
+    let cmdline = format!("console=ttyAMA0 root=/dev/vda vmsync.workload=storage vmsync.seconds={SECONDS}");
+    let (out, blocks) = tracked_run(&a, "root_disk-epochs-storage", &cmdline);
+    assert!(out.output.contains("vmsync-guest: workload storage end rc=0"), "{}", out.tail());
+    let (dirty, guest) = disk_sums(&out, blocks);
+    assert!(dirty > 0 && guest > 0, "no disk writes counted: {dirty} blocks, {guest} bytes:\n{}", out.tail());
+    eprintln!("storage: {dirty} dirty blocks ({} MB), {guest} guest bytes over the run", dirty * 4096 / 1_000_000);
+}
+
+/// The guest writes 4 MiB to a file on its disk and fsyncs it: the epochs
+/// count at least that (1024 blocks, 4 MiB of write requests).
+#[test]
+#[cfg_attr(not(vmsync_test_assets), ignore = "boots QEMU: run it with `cargo xtask test`")]
+fn root_disk_epochs_count_a_known_write() {
+    let a = Assets::from_env();
+    let cmdline = "console=ttyAMA0 root=/dev/vda vmsync.exec=/bin/dd vmsync.args=if=/dev/urandom,of=/var/lib/vmsync/known,bs=1M,count=4,conv=fsync";
+    let (out, blocks) = tracked_run(&a, "root_disk-epochs-known", cmdline);
+    assert!(out.output.contains("vmsync-guest: workload /bin/dd end rc=0"), "{}", out.tail());
+    let (dirty, guest) = disk_sums(&out, blocks);
+    assert!(dirty >= 1024, "{dirty} dirty blocks for 4 MiB written:\n{}", out.tail());
+    assert!(guest >= 4 << 20, "{guest} guest bytes for 4 MiB written:\n{}", out.tail());
 }

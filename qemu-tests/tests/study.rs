@@ -6,7 +6,8 @@
 //! wrote. Keep the test names in step with `QUICK_TESTS` in xtask/src/study.rs.
 use std::path::PathBuf;
 
-const HEADER: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+/// The disk's two columns are empty: the quick study runs without a disk.
+const HEADER: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate,disk_dirty_bytes,disk_guest_bytes";
 const QUICK_WORKLOADS: [&str; 2] = ["dav1d", "video"];
 const QUICK_POLICIES: [&str; 2] = ["interval:200ms", "switch-only"];
 /// The run's own shadow budget, then the probed one (percent; 100: full).
@@ -49,7 +50,8 @@ fn rows() -> Vec<Row> {
             let values = columns[2..]
                 .iter()
                 .zip(&f[2..])
-                // progress_rate is empty for a workload without a progress field.
+                // progress_rate is empty for a workload without a progress
+                // field, the disk's columns for a run without a disk.
                 .filter(|(_, v)| !v.is_empty())
                 .map(|(c, v)| (*c, v.parse::<f64>().unwrap_or_else(|_| panic!("{c}={v:?} in {line:?} is not a number"))))
                 .collect();
@@ -68,6 +70,7 @@ fn study_quick_files() {
             assert!(r.get("seconds") > 1.0, "{w} × {p}: steady state of {} s", r.get("seconds"));
             assert!(r.get("epochs") >= 1.0, "{w} × {p}: no steady epoch");
             assert!(r.get("progress_rate") > 0.0, "{w} × {p}: the workload made no progress");
+            assert!(!r.values.iter().any(|(c, _)| c.starts_with("disk_")), "{w} × {p}: a run without a disk has empty disk columns");
         }
     }
     assert_eq!(rows.len(), QUICK_WORKLOADS.len() * QUICK_POLICIES.len() * QUICK_SHADOWS.len());

@@ -5,13 +5,18 @@
 //!   `epoch=3 dirty_pages=.. dirty_bytes=.. changed_bytes=.. ...`
 //!   `epochs=12 dirty_pages=.. dirty_bytes=.. changed_bytes=.. ...`
 //! `dirty_bytes` is always dirty_pages × 4096 (what sending whole pages
-//! would have moved; the paper's baseline).
+//! would have moved; the paper's baseline). The epoch line ends with the
+//! guest's disk writes in the epoch (`disk_dirty_blocks`,
+//! `disk_guest_bytes`, both optional when parsed: lines of older builds
+//! read as 0), the totals line before `max_pause_us` likewise.
 
 use core::fmt;
 
 use crate::delta::{EncodeOutcome, RecordKind};
 
 const PAGE_BYTES: u64 = 4096;
+/// The unit the guest's disk writes are tracked in.
+pub const DISK_BLOCK_BYTES: u64 = 4096;
 
 /// What the hypervisor logs (after its `vmsync: ` prefix) right after the
 /// epoch it cuts at the guest workload's first progress line (one second
@@ -48,6 +53,11 @@ pub struct EpochStats {
     /// When the epoch was cut, milliseconds since sync started (optional
     /// in the line; 0 when absent). Rates per second divide by these.
     pub at_ms: u64,
+    /// 4 KiB blocks of the guest's disk touched by its completed write,
+    /// discard and write-zeroes requests in the epoch (not sent yet).
+    pub disk_dirty_blocks: u64,
+    /// Bytes the guest's completed write requests carried in the epoch.
+    pub disk_guest_bytes: u64,
 }
 
 impl EpochStats {
@@ -73,13 +83,18 @@ impl EpochStats {
     pub fn dirty_page_bytes(&self) -> u64 {
         self.dirty_pages.saturating_mul(PAGE_BYTES)
     }
+
+    /// What sending every dirty disk block whole would move.
+    pub fn disk_dirty_bytes(&self) -> u64 {
+        self.disk_dirty_blocks.saturating_mul(DISK_BLOCK_BYTES)
+    }
 }
 
 impl fmt::Display for EpochStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "epoch={} ", self.epoch)?;
         write_fields(f, &Fields::of_epoch(self))?;
-        write!(f, " at_ms={}", self.at_ms)
+        write!(f, " at_ms={} disk_dirty_blocks={} disk_guest_bytes={}", self.at_ms, self.disk_dirty_blocks, self.disk_guest_bytes)
     }
 }
 
@@ -100,6 +115,8 @@ pub struct TotalStats {
     pub same_pages: u64,
     pub full_pages: u64,
     pub delta_pages: u64,
+    pub disk_dirty_blocks: u64,
+    pub disk_guest_bytes: u64,
 }
 
 impl TotalStats {
@@ -119,10 +136,16 @@ impl TotalStats {
         s(&mut self.same_pages, e.same_pages);
         s(&mut self.full_pages, e.full_pages);
         s(&mut self.delta_pages, e.delta_pages);
+        s(&mut self.disk_dirty_blocks, e.disk_dirty_blocks);
+        s(&mut self.disk_guest_bytes, e.disk_guest_bytes);
     }
 
     pub fn dirty_page_bytes(&self) -> u64 {
         self.dirty_pages.saturating_mul(PAGE_BYTES)
+    }
+
+    pub fn disk_dirty_bytes(&self) -> u64 {
+        self.disk_dirty_blocks.saturating_mul(DISK_BLOCK_BYTES)
     }
 }
 
@@ -130,7 +153,7 @@ impl fmt::Display for TotalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "epochs={} ", self.epochs)?;
         write_fields(f, &Fields::of_total(self))?;
-        write!(f, " max_pause_us={}", self.max_pause_us)
+        write!(f, " disk_dirty_blocks={} disk_guest_bytes={} max_pause_us={}", self.disk_dirty_blocks, self.disk_guest_bytes, self.max_pause_us)
     }
 }
 
@@ -222,6 +245,8 @@ pub fn parse_epoch_line(line: &str) -> Result<EpochStats, StatsParseError> {
             "full_pages" => (12, Some(&mut e.full_pages)),
             "delta_pages" => (13, Some(&mut e.delta_pages)),
             "at_ms" => (14, Some(&mut e.at_ms)),
+            "disk_dirty_blocks" => (15, Some(&mut e.disk_dirty_blocks)),
+            "disk_guest_bytes" => (16, Some(&mut e.disk_guest_bytes)),
             _ => return Err(StatsParseError::UnknownKey),
         };
         if seen & (1 << bit) != 0 {
@@ -233,7 +258,7 @@ pub fn parse_epoch_line(line: &str) -> Result<EpochStats, StatsParseError> {
             None => dirty_bytes = Some(v),
         }
     }
-    // `at_ms` (bit 14) is optional.
+    // `at_ms` and the disk's fields (bits 14..=16) are optional.
     if seen & ((1 << 14) - 1) != (1 << 14) - 1 {
         return Err(StatsParseError::MissingKey);
     }
@@ -265,6 +290,8 @@ mod tests {
             full_pages: 3 * k,
             delta_pages: 5 * k,
             at_ms: 200 * k,
+            disk_dirty_blocks: 7 * k,
+            disk_guest_bytes: 20_000 * k,
         }
     }
 
@@ -275,12 +302,18 @@ mod tests {
             e.to_string(),
             "epoch=3 dirty_pages=10 dirty_bytes=40960 sent_pages=11 changed_bytes=1000 \
              encoded_bytes=1200 compressed_bytes=600 sealed_bytes=650 write_faults=12 pause_us=30 \
-             zero_pages=1 same_pages=2 full_pages=3 delta_pages=5 at_ms=200"
+             zero_pages=1 same_pages=2 full_pages=3 delta_pages=5 at_ms=200 disk_dirty_blocks=7 \
+             disk_guest_bytes=20000"
         );
         assert_eq!(parse_epoch_line(&format!("vmsync: sync {e}")), Ok(e));
-        // `at_ms` may be left out (lines of older builds).
+        assert_eq!(e.disk_dirty_bytes(), 7 * 4096);
+        // `at_ms` and the disk's fields may be left out (lines of older
+        // builds): they read as 0.
         let without = e.to_string().replace(" at_ms=200", "");
         assert_eq!(parse_epoch_line(&without), Ok(EpochStats { at_ms: 0, ..e }));
+        let no_disk = e.to_string().replace(" disk_dirty_blocks=7 disk_guest_bytes=20000", "");
+        assert!(!no_disk.contains("disk"), "{no_disk}");
+        assert_eq!(parse_epoch_line(&no_disk), Ok(EpochStats { disk_dirty_blocks: 0, disk_guest_bytes: 0, ..e }));
     }
 
     #[test]
@@ -308,6 +341,7 @@ mod tests {
         assert_eq!(t.pause_us, 120);
         let line = t.to_string();
         assert!(line.starts_with("epochs=2 dirty_pages=40 dirty_bytes=163840 sent_pages=44 "), "{line}");
-        assert!(line.ends_with(" delta_pages=20 max_pause_us=90"), "{line}");
+        assert_eq!((t.disk_dirty_blocks, t.disk_guest_bytes, t.disk_dirty_bytes()), (28, 80_000, 28 * 4096));
+        assert!(line.ends_with(" delta_pages=20 disk_dirty_blocks=28 disk_guest_bytes=80000 max_pause_us=90"), "{line}");
     }
 }

@@ -97,6 +97,12 @@ pub struct StudyArgs {
     /// (and console logs) already in the output directory.
     #[arg(long)]
     report_only: bool,
+    /// Boot each run from a fresh copy of the root disk (`cargo xtask
+    /// guest --root-disk`, `root=/dev/vda`): the storage and sqlite
+    /// workloads keep their files on it, and results.csv gets what the
+    /// guest wrote to its disk (disk_dirty_bytes, disk_guest_bytes).
+    #[arg(long)]
+    root_disk: bool,
 }
 
 /// `--jobs`: at least one run at a time.
@@ -132,6 +138,9 @@ struct Plan {
     mem: u64,
     /// Guest runs at a time (at least 1).
     jobs: usize,
+    /// `--root-disk`: every run boots a copy of this base image (set once
+    /// it is built, in `run_as`).
+    disk_base: Option<PathBuf>,
 }
 
 /// The runs the arguments ask for, defaults filled in (clap has checked
@@ -159,7 +168,7 @@ fn plan(a: &StudyArgs) -> Result<Plan> {
     let seconds = a.seconds.unwrap_or(ds);
     let out = a.out.clone().unwrap_or_else(|| guest::workspace_root().join("target").join("study"));
     let jobs = a.jobs.unwrap_or(if a.quick { QUICK_JOBS } else { DEFAULT_JOBS });
-    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem, jobs })
+    Ok(Plan { workloads, policies, shadows, seconds, out, mem: a.mem, jobs, disk_base: None })
 }
 
 /// `items` without repeats, each where it first came.
@@ -212,6 +221,7 @@ pub fn quick(out: &Path) -> Result<()> {
         mem: 256,
         report_only: false,
         resume: false,
+        root_disk: false,
     };
     run_as(&a, &format!("cargo xtask study --quick --out {}", out.display()))
 }
@@ -222,13 +232,18 @@ pub fn run(a: &StudyArgs) -> Result<()> {
 
 /// The study; `command` is how the report names it.
 fn run_as(a: &StudyArgs, command: &str) -> Result<()> {
-    let plan = plan(a)?;
+    let mut plan = plan(a)?;
     if a.report_only {
         return report_only(&plan, command);
     }
     apt::ensure_qemu_aarch64()?;
     // Before the long part: a missing font should not cost the whole study.
     plots::load_font()?;
+    // The root disk's /init is the study initramfs's (one init.sh, the
+    // same virtio modules): it mounts the disk and switch_roots into it.
+    if a.root_disk {
+        plan.disk_base = Some(guest::prepare_root_disk(false)?.image);
+    }
     let g = guest::prepare_study(false)?;
     let logs = plan.out.join("logs");
     let work = plan.out.join("work");
@@ -421,7 +436,17 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// as shadows, its console kept in `log`: its row, then (with more than one
 /// budget) a row per other budget of the plan from the run's probes.
 fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow): &Run, img: &Path, log: &Path) -> Result<Vec<results::Row>> {
-    let (cmdline, initrd, _) = demo::workload_guest(w, None, plan.seconds, &g.initrd)?;
+    let (mut cmdline, initrd, _) = demo::workload_guest(w, None, plan.seconds, &g.initrd)?;
+    // A fresh copy of the root disk per run (named for the run, so runs
+    // never share one): each workload starts from the same files.
+    let disk = match &plan.disk_base {
+        Some(base) => {
+            cmdline.push_str(" root=/dev/vda");
+            let dir = img.parent().unwrap_or(Path::new("."));
+            Some(qemu_tests::disk_copy(base, dir, &format!("{}.ext4", log_stem(&(w, policy, shadow))))?)
+        }
+        None => None,
+    };
     // No verify: it hashes all of guest RAM at every cut.
     let spec = image::GuestSpec {
         kernel: &g.kernel,
@@ -440,8 +465,14 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow)
     // under TCG) with the guest paused: the boot's allowance once more each.
     let probes = if plan.shadows.len() > 1 { plan.shadows.len() as u32 } else { 0 };
     let deadline = Duration::from_secs(plan.seconds) + BOOT_ALLOWANCE * (1 + probes);
-    let cmd = qemu_tests::qemu_command(img, qemu_tests::host_mem_mib(plan.mem));
+    let mut cmd = qemu_tests::qemu_command(img, qemu_tests::host_mem_mib(plan.mem));
+    if let Some(d) = &disk {
+        qemu_tests::attach_disk(&mut cmd, d);
+    }
     let out = qemu_tests::run(cmd, deadline, &[], false).context("starting QEMU")?;
+    if let Some(d) = &disk {
+        let _ = std::fs::remove_file(d);
+    }
     write(log, &out.output)?;
     if out.timed_out() {
         bail!("killed at its deadline ({} s); console in {}", deadline.as_secs(), log.display());
@@ -455,12 +486,22 @@ fn run_pair(plan: &Plan, g: &guest::GuestAssets, hv: &Path, &(w, policy, shadow)
         None => bail!("the workload never finished; console in {}", log.display()),
     }
     let progress = vmsync_workloads::progress_field(w);
-    let rows = if plan.shadows.len() > 1 {
+    let mut rows = if plan.shadows.len() > 1 {
         probes::rows(w, policy, &plan.shadows, progress, &out.output)
     } else {
         results::row(w, policy, shadow, progress, &out.output).map(|r| vec![r])
-    };
-    rows.with_context(|| format!("console in {}", log.display()))
+    }
+    .with_context(|| format!("console in {}", log.display()))?;
+    if disk.is_some() {
+        // Either line: a hypervisor log line may cut one of them.
+        if !["/dev/vda mounted", "vmsync-guest: root-disk "].iter().any(|l| out.output.contains(l)) {
+            bail!("the guest never mounted its root disk; console in {}", log.display());
+        }
+    } else {
+        // No disk: its columns stay empty (not 0 bytes written).
+        rows.iter_mut().for_each(|r| r.disk = None);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -587,6 +628,14 @@ mod tests {
     }
 
     #[test]
+    fn root_disk_is_asked_for_and_off_by_default() {
+        assert!(parse(&["--root-disk", "--workloads", "sqlite,storage"]).unwrap().root_disk);
+        assert!(!parse(&[]).unwrap().root_disk);
+        // The base image is found when the study runs, not when it plans.
+        assert_eq!(plan_of(&["--root-disk"]).disk_base, None);
+    }
+
+    #[test]
     fn log_names() {
         assert_eq!(file_stem("dav1d", "interval:50ms"), "dav1d_interval-50ms");
     }
@@ -599,7 +648,7 @@ mod tests {
         std::fs::create_dir_all(out.join("logs")).unwrap();
         let mut csv = format!("{}\n", results::CSV_HEADER);
         for (w, p, program) in rows {
-            csv += &format!("{w},{p},25,2.0,1,1,4096,1,1,1,1,1,1,1,30.00\n");
+            csv += &format!("{w},{p},25,2.0,1,1,4096,1,1,1,1,1,1,1,30.00,,\n");
             if let Some(program) = program {
                 std::fs::write(out.join("logs").join(format!("{}.log", file_stem(w, p))), format!("vmsync-guest: workload {program} start\n")).unwrap();
             }

@@ -8,7 +8,12 @@ use crate::{apt, guest, image, study, toolchain};
 /// The QEMU tests that boot the root disk (qemu-tests/tests/root_disk.rs):
 /// `cargo xtask test` builds it when its filter selects one of them. Each
 /// name holds "root_disk", so `--filter root_disk` runs them all.
-pub const ROOT_DISK_TESTS: &[&str] = &["sqlite_runs_on_a_copy_of_the_root_disk", "without_its_root_disk_the_guest_stays_in_the_initramfs"];
+pub const ROOT_DISK_TESTS: &[&str] = &[
+    "sqlite_runs_on_a_copy_of_the_root_disk",
+    "without_its_root_disk_the_guest_stays_in_the_initramfs",
+    "root_disk_epochs_count_the_storage_workloads_writes",
+    "root_disk_epochs_count_a_known_write",
+];
 
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: == {name} ==");

@@ -165,6 +165,7 @@ pub fn start<A: ArchBoot>(mut arch: A, boot: BootInfo<'_>) -> Stop {
     };
     let mut vm = Vm::new(mem, A::Platform::fresh(guest_disk));
     vm.sync = engine;
+    vm.track_disk(guest_disk);
     vm.sync_start_ns = parts.arch.now_ns();
     Node::active(parts, vm).run()
 }

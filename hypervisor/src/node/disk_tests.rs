@@ -30,6 +30,36 @@ fn wr(parts: &mut super::Parts<fake::FakeArch, crate::net::test_link::Link>, vm:
     assert_eq!(parts.arch.last_mmio, Some(Completion::MmioWritten), "write at {off:#x}");
 }
 
+/// The driver's set-up (virtio 1.2, 3.1.1): status, features (VERSION_1
+/// only), one queue of QUEUE entries, DRIVER_OK.
+fn driver_ready(parts: &mut super::Parts<fake::FakeArch, crate::net::test_link::Link>, vm: &mut super::vm::Vm<crate::vplatform::arm::ArmPlatform>) {
+    wr(parts, vm, 0x70, 1);
+    wr(parts, vm, 0x70, 1 | 2);
+    wr(parts, vm, 0x24, 1);
+    wr(parts, vm, 0x20, 1);
+    wr(parts, vm, 0x24, 0);
+    wr(parts, vm, 0x20, 0);
+    wr(parts, vm, 0x70, 1 | 2 | 8);
+    wr(parts, vm, 0x30, 0);
+    wr(parts, vm, 0x38, QUEUE);
+    for (reg, at) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
+        wr(parts, vm, reg, at & 0xffff_ffff);
+        wr(parts, vm, reg + 4, at >> 32);
+    }
+    wr(parts, vm, 0x44, 1);
+    wr(parts, vm, 0x70, 1 | 2 | 4 | 8);
+}
+
+/// A split-queue descriptor.
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    d
+}
+
 #[test]
 fn a_notified_read_is_served_from_the_storage_into_tracked_guest_ram() {
     let world = World::new();
@@ -42,37 +72,13 @@ fn a_notified_read_is_served_from_the_storage_into_tracked_guest_ram() {
     let mut vm = fake::active_vm(&mut parts, false);
     assert!(vm.platform.disk.is_some(), "the board has the disk the machine has");
 
-    // The driver's set-up (virtio 1.2, 3.1.1): status, features (VERSION_1
-    // only), one queue of QUEUE entries, DRIVER_OK.
-    wr(&mut parts, &mut vm, 0x70, 1);
-    wr(&mut parts, &mut vm, 0x70, 1 | 2);
-    wr(&mut parts, &mut vm, 0x24, 1);
-    wr(&mut parts, &mut vm, 0x20, 1);
-    wr(&mut parts, &mut vm, 0x24, 0);
-    wr(&mut parts, &mut vm, 0x20, 0);
-    wr(&mut parts, &mut vm, 0x70, 1 | 2 | 8);
-    wr(&mut parts, &mut vm, 0x30, 0);
-    wr(&mut parts, &mut vm, 0x38, QUEUE);
-    for (reg, at) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
-        wr(&mut parts, &mut vm, reg, at & 0xffff_ffff);
-        wr(&mut parts, &mut vm, reg + 4, at >> 32);
-    }
-    wr(&mut parts, &mut vm, 0x44, 1);
-    wr(&mut parts, &mut vm, 0x70, 1 | 2 | 4 | 8);
+    driver_ready(&mut parts, &mut vm);
 
     // One read of 8 sectors at sector 8: header, data (device-writable),
     // status (device-writable), chained.
     let mut header = [0u8; 16];
     header[8..16].copy_from_slice(&8u64.to_le_bytes());
     vm.mem.write(HEADER, &header).unwrap();
-    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
-        let mut d = [0u8; 16];
-        d[..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        d
-    };
     vm.mem.write(DESC, &desc(HEADER, 16, 1, 1)).unwrap();
     vm.mem.write(DESC + 16, &desc(DATA, 4096, 1 | 2, 2)).unwrap();
     vm.mem.write(DESC + 32, &desc(STATUS, 1, 2, 0)).unwrap();
@@ -106,6 +112,51 @@ fn a_notified_read_is_served_from_the_storage_into_tracked_guest_ram() {
     // The driver acknowledges: the line drops.
     wr(&mut parts, &mut vm, 0x64, 1);
     assert!(!vm.platform.vgic.is_pending(DISK_INTID));
+}
+
+#[test]
+fn the_guests_disk_writes_join_the_epoch_line_and_start_afresh_after_the_cut() {
+    let world = World::new();
+    let mut parts = world.parts(fake::config(0, false, None, false), None, 0);
+    parts.machine.disk = Some(Box::new(MemDisk::new(CAP)));
+    let mut vm = fake::active_vm(&mut parts, false);
+    assert_eq!(vm.disk_writes.as_ref().map(|w| w.blocks()), Some(CAP / 4096), "one bit per block of the disk");
+    driver_ready(&mut parts, &mut vm);
+
+    // One write of 6 KiB at sector 7: bytes 3584..9728, blocks 0 to 2.
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&1u32.to_le_bytes()); // VIRTIO_BLK_T_OUT
+    header[8..16].copy_from_slice(&7u64.to_le_bytes());
+    vm.mem.write(HEADER, &header).unwrap();
+    vm.mem.write(DATA, &[0x5a; 6144]).unwrap();
+    vm.mem.write(DESC, &desc(HEADER, 16, 1, 1)).unwrap();
+    vm.mem.write(DESC + 16, &desc(DATA, 6144, 1, 2)).unwrap();
+    vm.mem.write(DESC + 32, &desc(STATUS, 1, 2, 0)).unwrap();
+    vm.mem.write(STATUS, &[0xff]).unwrap();
+    vm.mem.write(AVAIL, &[0, 0, 1, 0, 0, 0]).unwrap();
+    wr(&mut parts, &mut vm, 0x50, 0);
+    let mut status = [0xffu8];
+    vm.mem.read(STATUS, &mut status).unwrap();
+    assert_eq!(status, [0], "VIRTIO_BLK_S_OK");
+    let written = parts.machine.disk.as_mut().map(|d| {
+        let mut b = [0u8; 512];
+        d.read(9 * 512, &mut b).unwrap();
+        b
+    });
+    assert_eq!(written, Some([0x5a; 512]), "the write reached the storage");
+
+    // A shadow probe counts the same cut: the same disk figures.
+    let budget = parts.machine.config.shadow.budget(parts.machine.config.mem_bytes);
+    vm.sync.as_mut().unwrap().add_probe(alloc::string::String::from("probe"), budget).expect("a probe");
+    let epoch = super::epochs::cut_epoch(&mut parts, &mut vm, true).expect("an epoch");
+    assert_eq!(fake::logged(&alloc::format!("epoch epoch={epoch} ")), 1);
+    assert_eq!(fake::logged("disk_dirty_blocks=3 disk_guest_bytes=6144"), 2, "the epoch's disk figures are on its line and its probe's");
+    assert_eq!(fake::logged("shadow probe probe epoch="), 1);
+    // The next epoch starts afresh.
+    super::epochs::cut_epoch(&mut parts, &mut vm, true).expect("an epoch");
+    assert_eq!(fake::logged("disk_dirty_blocks=0 disk_guest_bytes=0"), 2);
+    let totals = vm.sync.as_ref().unwrap().totals;
+    assert_eq!((totals.disk_dirty_blocks, totals.disk_guest_bytes), (3, 6144));
 }
 
 #[test]

@@ -196,6 +196,12 @@ pub fn cut_epoch<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Plat
         }
     };
     p.s2.write_protect(&mut reprotect_set(&dirty));
+    // The disk's writes in the epoch: counts taken and the bitmap cleared
+    // over the words written (the disk itself is not read). After a failed
+    // cut they stay, for the next epoch, like the pages.
+    if let Some(w) = vm.disk_writes.as_mut() {
+        (st.disk_dirty_blocks, st.disk_guest_bytes) = w.cut();
+    }
     st.pause_us = p.arch.now_ns().saturating_sub(start) / 1000;
     if engine.peers().is_some() {
         info!("digest epoch={} d={}", st.epoch, hex(&engine.digest()));

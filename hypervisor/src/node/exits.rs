@@ -93,8 +93,13 @@ pub(super) fn mmio<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, vm: &mut Vm<A::Pl
                 MmioOutcome::Notify(_) => {
                     // The board has a disk only when the machine has
                     // storage for it (`Machine::guest_disk`).
+                    // While RAM is tracked, the disk's writes are counted
+                    // for the epoch line (`storage::writes`).
                     if let Some(disk) = p.machine.disk.as_deref_mut() {
-                        vm.platform.disk_process(&mut vm.mem, disk);
+                        match vm.disk_writes.as_mut() {
+                            Some(w) => vm.platform.disk_process(&mut vm.mem, &mut w.over(disk)),
+                            None => vm.platform.disk_process(&mut vm.mem, disk),
+                        }
                     }
                     Completion::MmioWritten
                 }

@@ -458,6 +458,7 @@ pub fn active_vm(parts: &mut Parts<FakeArch, Link>, verify: bool) -> super::vm::
     let disk = parts.machine.guest_disk();
     let mut vm = super::vm::Vm::new(mem, <ArmPlatform as crate::vplatform::Platform>::fresh(disk));
     vm.sync = Some(engine);
+    vm.track_disk(disk);
     vm.sync_start_ns = now;
     vm
 }

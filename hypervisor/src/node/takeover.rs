@@ -143,6 +143,7 @@ fn run<A: Arch, D: NetDevice>(p: &mut Parts<A, D>, mut s: Box<Standby>, how: Tak
     p.s2.flush();
     let mut vm = Vm::new(mem, platform);
     vm.sync = Some(engine);
+    vm.track_disk(p.machine.guest_disk());
     vm.sync_start_ns = p.arch.now_ns();
     p.started_ns.get_or_insert(vm.sync_start_ns);
     p.arch.arm_tick(epochs::TICK_NS);

@@ -2,6 +2,7 @@
 use crate::console_cmd::ConsoleCommands;
 use crate::memory::guest::GuestMemory;
 use crate::stats::TrapStats;
+use crate::storage::writes::DiskWrites;
 use crate::sync::engine::Engine;
 use crate::sync::standby_node::GuestState;
 use crate::vplatform::Platform;
@@ -28,6 +29,9 @@ pub struct Vm<P> {
     pub last_state: Option<GuestState>,
     /// Hypervisor commands typed on the console among the guest's input.
     pub console: ConsoleCommands,
+    /// The guest's disk writes in the open epoch, counted while guest RAM
+    /// is tracked and the guest has a disk (`track_disk`).
+    pub disk_writes: Option<DiskWrites>,
 }
 
 impl<P: Platform> Vm<P> {
@@ -44,6 +48,15 @@ impl<P: Platform> Vm<P> {
             switch_to: None,
             last_state: None,
             console: ConsoleCommands::default(),
+            disk_writes: None,
+        }
+    }
+
+    /// With sync on and a guest disk of `capacity` bytes: count its writes
+    /// per epoch (one bitmap, allocated here, once).
+    pub fn track_disk(&mut self, capacity: Option<u64>) {
+        if let (Some(_), Some(capacity)) = (&self.sync, capacity) {
+            self.disk_writes = Some(DiskWrites::new(capacity));
         }
     }
 }

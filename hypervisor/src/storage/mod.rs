@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 use crate::vplatform::virtio::{BackendError, BlockBackend, SECTOR};
 
 pub mod virtio_disk;
+pub mod writes;
 
 /// virtio device ID of a block device (virtio 1.2, 5).
 pub const DEVICE_ID_BLK: u32 = 2;

@@ -156,6 +156,8 @@ impl Engine {
         self.probes.retain_mut(|(label, p)| match p.cut(st.epoch, dirty, guest, state) {
             Ok(mut ps) => {
                 (ps.write_faults, ps.pause_us, ps.at_ms) = (st.write_faults, st.pause_us, st.at_ms);
+                // The disk's writes do not depend on the shadow budget.
+                (ps.disk_dirty_blocks, ps.disk_guest_bytes) = (st.disk_dirty_blocks, st.disk_guest_bytes);
                 report(label, Ok(&ps));
                 true
             }

@@ -187,6 +187,7 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
     }
 
     shadow_section(&mut o, rows);
+    disk_section(&mut o, rows);
 
     if !cx.plots.is_empty() {
         let _ = writeln!(o, "\n## Plots\n");
@@ -201,6 +202,39 @@ pub fn report(rows: &[Row], cx: &Context) -> String {
         }
     }
     o
+}
+
+/// The guest's disk writes, for the runs that had a disk (`--root-disk`).
+fn disk_section(o: &mut String, rows: &[Row]) {
+    let with_disk: Vec<(&Row, super::results::DiskBytes)> = rows.iter().filter_map(|r| Some((r, r.disk?))).collect();
+    if with_disk.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\n## The guest's disk\n");
+    let _ = writeln!(
+        o,
+        "Runs booted from a fresh copy of the root disk (`--root-disk`). What the guest wrote to its disk \
+         in the steady state, not sent yet (disk blocks are not synced): `guest writes` = bytes its write \
+         requests carried; `dirty blocks` = 4 KiB blocks touched by its writes, discards and \
+         write-zeroes, each once per epoch (what sending whole written blocks would move); against \
+         `dirty pages`, the same epochs' RAM figure.\n"
+    );
+    let _ = writeln!(o, "| workload | policy | shadow | guest writes MB | dirty blocks MB | dirty pages MB | blocks / pages | guest writes KB/s |");
+    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|");
+    for (r, d) in with_disk {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} % | {} | {} | {} | {} | {:.1} |",
+            r.workload,
+            r.policy,
+            r.shadow,
+            mb(d.guest_bytes),
+            mb(d.dirty_bytes),
+            mb(r.dirty_page_bytes),
+            ratio(d.dirty_bytes, r.dirty_page_bytes),
+            r.per_second(d.guest_bytes) / 1e3
+        );
+    }
 }
 
 /// Wire bytes per second per workload × policy at each shadow budget, against the
@@ -278,6 +312,7 @@ mod tests {
             pause_us_median: 150,
             pause_us_max: 900,
             progress_rate: Some(29.96),
+            disk: None,
         }
     }
 
@@ -329,6 +364,7 @@ mod tests {
         assert!(!md.contains("## Shadow budget"), "one budget: no comparison");
         assert!(!md.contains("at a time"), "one run at a time is not worth a word: {md}");
         assert_eq!(jobs_of(&md), 1);
+        assert!(!md.contains("## The guest's disk"), "no run had a disk");
     }
 
     /// Runs that shared the cores say so, and `--report-only` reads how many.
@@ -340,6 +376,19 @@ mod tests {
         assert!(md.contains("The byte columns count what the guest wrote, not how fast: they are not affected while each run had a core"), "{md}");
         assert_eq!(jobs_of(&md), 2);
         assert_eq!(jobs_of(""), 1);
+    }
+
+    #[test]
+    fn runs_with_a_disk_show_its_writes() {
+        // 20 s: 4 MB written by the guest, 8.192 MB of dirty blocks, 40.96 MB of dirty pages.
+        let disk = Some(super::super::results::DiskBytes { dirty_bytes: 8_192_000, guest_bytes: 4_000_000 });
+        let rows =
+            [Row { disk, ..row("sqlite", "interval:200ms", 20.0, 40_960_000, 12_000_000, 2_000_000) }, row("video", "interval:200ms", 20.0, 4096, 4096, 100)];
+        let cx = Context { command: "cargo xtask study --root-disk", kernel: "6.1.0-test", mem_mib: 256, seconds: 20, jobs: 1, failed: &[], plots: &[] };
+        let md = report(&rows, &cx);
+        assert!(md.contains("## The guest's disk"), "{md}");
+        assert!(md.contains("| sqlite | interval:200ms | 25 % | 4.00 | 8.19 | 40.96 | 0.2x | 200.0 |"), "{md}");
+        assert!(!md.contains("| video | interval:200ms | 25 % | 0.00"), "a run without a disk has no disk row: {md}");
     }
 
     #[test]

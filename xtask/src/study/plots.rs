@@ -315,6 +315,7 @@ mod tests {
             pause_us_median: 100,
             pause_us_max: 200,
             progress_rate: None,
+            disk: None,
         }
     }
 

@@ -14,7 +14,12 @@ use sync_core::stats::{EpochStats, STEADY_STATE_LOG};
 use crate::report;
 
 /// The columns of `results.csv`, named as in the demo's JSON report.
-pub const CSV_HEADER: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
+/// The last two are empty for a run without a disk.
+pub const CSV_HEADER: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate,disk_dirty_bytes,disk_guest_bytes";
+
+/// The header of a results.csv from before the disk's columns (its runs
+/// had no disk).
+const CSV_HEADER_NO_DISK: &str = "workload,policy,shadow_pct,seconds,epochs,dirty_pages,dirty_page_bytes,changed_bytes,delta_bytes,compressed_bytes,wire_bytes,write_faults,pause_us_median,pause_us_max,progress_rate";
 
 /// The header of a results.csv from before the shadow budget was a column
 /// (every run then kept a full shadow).
@@ -43,6 +48,19 @@ pub struct Row {
     pub pause_us_max: u64,
     /// The workload's progress field per second (None: it has none, as idle).
     pub progress_rate: Option<f64>,
+    /// What the guest wrote to its disk in the steady state (None: the run
+    /// had no disk). Not sent yet: disk blocks are not synced.
+    pub disk: Option<DiskBytes>,
+}
+
+/// The guest's disk writes over a run's steady epochs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskBytes {
+    /// Blocks written × 4 KiB, each block once per epoch: what sending
+    /// whole written blocks would move (the disk's `dirty_page_bytes`).
+    pub dirty_bytes: u64,
+    /// Bytes the guest's write requests carried.
+    pub guest_bytes: u64,
 }
 
 impl Row {
@@ -103,6 +121,7 @@ pub fn row_of(workload: &str, policy: &str, shadow: u8, start: &EpochStats, stea
         pause_us_median: report::median(steady.iter().map(|e| e.pause_us).collect()),
         pause_us_max: steady.iter().map(|e| e.pause_us).max().unwrap_or(0),
         progress_rate: None,
+        disk: Some(DiskBytes { dirty_bytes: sum(|e| e.disk_dirty_bytes()), guest_bytes: sum(|e| e.disk_guest_bytes) }),
     })
 }
 
@@ -155,10 +174,11 @@ pub fn csv(rows: &[Row]) -> String {
     let mut s = format!("{CSV_HEADER}\n");
     for r in rows {
         let rate = r.progress_rate.map(|v| format!("{v:.2}")).unwrap_or_default();
+        let disk = r.disk.map(|d| format!("{},{}", d.dirty_bytes, d.guest_bytes)).unwrap_or_else(|| ",".into());
         // Infallible: writing to a String cannot fail.
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{disk}",
             r.workload,
             r.policy,
             r.shadow,
@@ -180,13 +200,15 @@ pub fn csv(rows: &[Row]) -> String {
 }
 
 /// Reads `results.csv` back (the inverse of `csv`); one from before the
-/// shadow column reads as full shadows.
+/// shadow column reads as full shadows, one from before the disk's columns
+/// as runs without a disk.
 pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
     let mut lines = text.lines();
     let header = lines.next().context("empty CSV")?;
-    let with_shadow = match header {
-        CSV_HEADER => true,
-        CSV_HEADER_FULL_SHADOW => false,
+    let (with_shadow, with_disk) = match header {
+        CSV_HEADER => (true, true),
+        CSV_HEADER_NO_DISK => (true, false),
+        CSV_HEADER_FULL_SHADOW => (false, false),
         _ => bail!("unexpected CSV header {header:?}"),
     };
     lines
@@ -196,8 +218,11 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
             if !with_shadow && f.len() >= 2 {
                 f.insert(2, "100");
             }
-            if f.len() != 15 {
-                bail!("line {}: {} fields, not {}", i + 2, f.len(), if with_shadow { 15 } else { 14 });
+            if !with_disk {
+                f.extend(["", ""]);
+            }
+            if f.len() != 17 {
+                bail!("line {}: {} fields, not {}", i + 2, f.len(), 17 - 2 * !with_disk as usize - !with_shadow as usize);
             }
             let shadow = f.remove(2).parse::<u8>().ok().filter(|p| (1..=100).contains(p)).with_context(|| format!("line {}: shadow_pct", i + 2))?;
             let n = |k: usize| f[k].parse::<u64>().with_context(|| format!("line {}: field {} = {:?}", i + 2, k + 1, f[k]));
@@ -217,6 +242,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
                 pause_us_median: n(11)?,
                 pause_us_max: n(12)?,
                 progress_rate: if f[13].is_empty() { None } else { Some(f[13].parse().with_context(|| format!("line {}: progress_rate {:?}", i + 2, f[13]))?) },
+                disk: match (f[14], f[15]) {
+                    ("", "") => None,
+                    _ => Some(DiskBytes { dirty_bytes: n(14)?, guest_bytes: n(15)? }),
+                },
             })
         })
         .collect()
@@ -238,6 +267,8 @@ mod tests {
             write_faults: dirty,
             pause_us,
             at_ms,
+            disk_dirty_blocks: dirty / 10,
+            disk_guest_bytes: dirty * 100,
             ..EpochStats::default()
         };
         format!("vmsync: epoch {e}\n")
@@ -271,6 +302,7 @@ mod tests {
         assert_eq!(r.compressed_bytes, 750);
         assert_eq!(r.wire_bytes, 830);
         assert_eq!(r.write_faults, 150);
+        assert_eq!(r.disk, Some(DiskBytes { dirty_bytes: 15 * 4096, guest_bytes: 15_000 }), "the disk's steady epochs, 10 + 5 blocks");
         // From 2400 ms + the start cut's 100 ms pause to 4500 ms.
         assert!((r.seconds - 2.0).abs() < 1e-9, "{}", r.seconds);
         assert_eq!((r.pause_us_median, r.pause_us_max), (300, 300));
@@ -313,13 +345,21 @@ mod tests {
         let text = csv(&[a.clone(), b.clone()]);
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some(CSV_HEADER));
-        assert_eq!(lines.next(), Some("dav1d,interval:1s,25,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00"));
-        assert!(lines.next().is_some_and(|l| l.ends_with(",300,300,")), "idle has an empty progress_rate");
-        assert_eq!(parse_csv(&text).unwrap(), vec![a.clone(), b]);
+        assert_eq!(lines.next(), Some("dav1d,interval:1s,25,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00,61440,15000"));
+        assert!(lines.next().is_some_and(|l| l.ends_with(",300,300,,61440,15000")), "idle has an empty progress_rate");
+        assert_eq!(parse_csv(&text).unwrap(), vec![a.clone(), b.clone()]);
+        // A run without a disk: empty cells, read back as None.
+        let no_disk = Row { disk: None, ..b.clone() };
+        let text = csv(std::slice::from_ref(&no_disk));
+        assert!(text.lines().nth(1).is_some_and(|l| l.ends_with(",300,300,,,")), "{text}");
+        assert_eq!(parse_csv(&text).unwrap(), vec![no_disk]);
+        // A study from before the disk's columns had no disk.
+        let old = parse_csv(&format!("{CSV_HEADER_NO_DISK}\ndav1d,interval:1s,25,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00\n")).unwrap();
+        assert_eq!(old, vec![Row { disk: None, ..a.clone() }]);
         assert!(parse_csv("workload,policy\n").is_err());
         // A study from before the shadow column kept full shadows.
         let old = parse_csv(&format!("{CSV_HEADER_FULL_SHADOW}\ndav1d,interval:1s,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00\n")).unwrap();
-        assert_eq!(old, vec![Row { shadow: 100, ..a.clone() }]);
+        assert_eq!(old, vec![Row { shadow: 100, disk: None, ..a.clone() }]);
         assert!(parse_csv(&format!("{CSV_HEADER}\ndav1d,interval:1s,0,19.875,2,150,614400,1500,1520,750,830,150,300,300,30.00\n")).is_err());
         assert!(parse_csv(&format!("{CSV_HEADER}\ndav1d,x,1\n")).is_err());
     }

@@ -335,6 +335,7 @@ mod tests {
             pause_us_median: 1,
             pause_us_max: 1,
             progress_rate: None,
+            disk: None,
         }
     }
 
