@@ -412,8 +412,6 @@ impl VirtioBlk {
     /// The disk's device state: its capacity (u64, bytes), then the
     /// transport's registers and queue (`MmioTransport::save_into`).
     /// Requests run to completion at the notify, so none is in flight.
-    // The board's snapshot calls these once the disk is wired in.
-    #[allow(dead_code)]
     pub(crate) fn save_into(&self, w: &mut Writer) {
         w.u64(self.capacity);
         self.transport.save_into(w);
@@ -421,7 +419,6 @@ impl VirtioBlk {
 
     /// What `save_into` wrote. The capacity must be whole sectors; the
     /// caller checks it against its backend's.
-    #[allow(dead_code)]
     pub(crate) fn restore_from(r: &mut Reader) -> Result<Self, SnapshotError> {
         let capacity = r.u64()?;
         if !capacity.is_multiple_of(SECTOR) {
