@@ -11,7 +11,7 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::vplatform::virtio::{BackendError, BlockBackend, SECTOR};
+use crate::vplatform::virtio::{check_range, BackendError, BlockBackend, SECTOR};
 
 pub mod virtio_disk;
 pub mod writes;
@@ -21,17 +21,6 @@ pub const DEVICE_ID_BLK: u32 = 2;
 
 /// The device's storage, as the node holds it.
 pub type Disk = Box<dyn BlockBackend + Send>;
-
-/// Whether `[offset, offset + len)` is whole sectors inside `capacity`.
-pub fn check_range(capacity: u64, offset: u64, len: u64) -> Result<(), BackendError> {
-    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
-        return Err(BackendError::OutOfRange);
-    }
-    match offset.checked_add(len) {
-        Some(end) if end <= capacity => Ok(()),
-        _ => Err(BackendError::OutOfRange),
-    }
-}
 
 /// `[offset, offset + len)` as consecutive `(offset, len)` pieces of at
 /// most `max` bytes (`max` > 0): how a store with a bounded buffer moves a
@@ -126,17 +115,6 @@ impl BlockBackend for MemDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_are_whole_sectors_inside_the_disk() {
-        assert_eq!(check_range(4096, 0, 4096), Ok(()));
-        assert_eq!(check_range(4096, 512, 512), Ok(()));
-        assert_eq!(check_range(4096, 4096, 0), Ok(()));
-        assert_eq!(check_range(4096, 3584, 1024), Err(BackendError::OutOfRange));
-        assert_eq!(check_range(4096, 1, 512), Err(BackendError::OutOfRange));
-        assert_eq!(check_range(4096, 0, 100), Err(BackendError::OutOfRange));
-        assert_eq!(check_range(u64::MAX - 511, 1024, u64::MAX - 1023), Err(BackendError::OutOfRange), "no overflow");
-    }
 
     #[test]
     fn long_requests_go_in_bounded_pieces() {

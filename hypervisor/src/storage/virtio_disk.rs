@@ -19,9 +19,9 @@ use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
 
-use super::{check_range, pieces};
+use super::pieces;
 use crate::net::hal::DmaHal;
-use crate::vplatform::virtio::{BackendError, BlockBackend, SECTOR};
+use crate::vplatform::virtio::{check_range, BackendError, BlockBackend, SECTOR};
 
 /// Bytes one backing request moves at most (the bounce buffer's size).
 const BOUNCE: usize = 64 << 10;

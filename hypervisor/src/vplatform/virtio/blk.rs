@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 
 use super::mmio::{MmioTransport, WriteOutcome, VIRTIO_F_VERSION_1};
 use super::queue::{ChainHead, Desc, QueueError, QUEUE_SIZE_MAX};
-use super::{BlockBackend, DmaError, GuestDma, SECTOR};
+use super::{check_range, BlockBackend, DmaError, GuestDma, SECTOR};
 use crate::vplatform::snapshot::{Reader, SnapshotError, Writer};
 
 /// Bytes of the device's MMIO window: registers and configuration space.
@@ -368,7 +368,7 @@ impl VirtioBlk {
     /// sectors inside the disk.
     fn range(&self, sector: u64, len: u64) -> Option<u64> {
         let offset = sector.checked_mul(SECTOR)?;
-        (len.is_multiple_of(SECTOR) && offset.checked_add(len)? <= self.capacity).then_some(offset)
+        check_range(self.capacity, offset, len).ok().map(|()| offset)
     }
 }
 

@@ -120,7 +120,7 @@ impl Disk {
     }
 
     pub(super) fn check(&mut self, offset: u64, len: u64) -> Result<usize, BackendError> {
-        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) || offset.checked_add(len).is_none_or(|e| e > DISK_LEN) {
+        if check_range(DISK_LEN, offset, len).is_err() {
             self.bad_calls += 1;
             return Err(BackendError::OutOfRange);
         }

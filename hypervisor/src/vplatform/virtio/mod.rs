@@ -50,10 +50,38 @@ pub trait BlockBackend {
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), BackendError>;
 }
 
+/// Whether `[offset, offset + len)` is whole sectors inside `capacity`:
+/// what the model asks of a request and every store of its calls.
+pub fn check_range(capacity: u64, offset: u64, len: u64) -> Result<(), BackendError> {
+    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
+        return Err(BackendError::OutOfRange);
+    }
+    match offset.checked_add(len) {
+        Some(end) if end <= capacity => Ok(()),
+        _ => Err(BackendError::OutOfRange),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendError {
     /// The store failed the request (its driver's error, logged there).
     Io,
     /// Beyond the disk's end.
     OutOfRange,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_whole_sectors_inside_the_disk() {
+        assert_eq!(check_range(4096, 0, 4096), Ok(()));
+        assert_eq!(check_range(4096, 512, 512), Ok(()));
+        assert_eq!(check_range(4096, 4096, 0), Ok(()));
+        assert_eq!(check_range(4096, 3584, 1024), Err(BackendError::OutOfRange));
+        assert_eq!(check_range(4096, 1, 512), Err(BackendError::OutOfRange));
+        assert_eq!(check_range(4096, 0, 100), Err(BackendError::OutOfRange));
+        assert_eq!(check_range(u64::MAX - 511, 1024, u64::MAX - 1023), Err(BackendError::OutOfRange), "no overflow");
+    }
 }
